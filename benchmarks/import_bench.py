@@ -1,0 +1,381 @@
+"""Import benchmark (issue "Core"): V1 JSON lines through iotpipe vs. each engine's bulk-insert ceiling."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Run as `python benchmarks/import_bench.py`, Python puts benchmarks/ (not the repo root)
+# on sys.path, so `tests.servers` (the private PostgreSQL server) would not import.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import argparse
+import cProfile
+import datetime as dt
+import io
+import json
+import math
+import os
+import platform
+import pstats
+import random
+import sqlite3
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field
+from typing import Any, TextIO
+
+import orjson
+import psycopg
+
+from iotpipe.app import App
+from iotpipe.config import PipelineSettings, Settings
+from iotpipe.pipeline import Counters, PipelineConfig
+from iotpipe.sources.files import FileSource
+from iotpipe.store import open_store
+from iotpipe.store.postgres import PG_EPOCH_OFFSET_MICROS
+from iotpipe.store.sqlite import _PRAGMAS as SQLITE_PRAGMAS
+from tests.servers import PostgresServer
+
+METRICS = ("temperature", "humidity", "pressure", "battery", "rssi")
+# iotpipe creates a device's series with its metrics sorted, devices in order of first
+# appearance; numbering the ceiling's series the same way makes it write the very rows
+# the import writes, in the same order, so the two differ only by the work in between.
+_METRIC_RANK = {m: i for i, m in enumerate(sorted(METRICS))}
+REPORT_INTERVAL_MS = 60_000
+ENGINES = ("sqlite", "postgresql")
+
+Row = tuple[int, int, float]  # (series_id, time µs, value)
+
+
+@dataclass
+class Dataset:
+    path: Path
+    lines: int
+    devices: int
+    rows: list[Row]  # what the file holds, as the store's rows, in file order
+
+
+@dataclass
+class ImportRun:
+    seconds: float
+    counters: dict[str, int]
+
+    @property
+    def rate(self) -> float:
+        return self.counters["readings_received"] / self.seconds
+
+
+@dataclass
+class EngineResult:
+    engine: str
+    readings: int
+    import_seconds: float
+    import_rate: float
+    ceiling_seconds: float
+    ceiling_rate: float
+    ratio: float
+    reimport_seconds: float
+    reimport_rate: float
+    bytes_per_reading: float
+    ceiling_bytes_per_reading: float
+    batches: int
+    mean_batch: float
+    import_counters: dict[str, int]
+    reimport_counters: dict[str, int]
+    failures: list[str] = field(default_factory=list)
+
+
+# -- the data --------------------------------------------------------------------------
+def generate(path: Path, readings: int, devices: int = 1000, seed: int = 7) -> Dataset:
+    """Write `readings` V1 readings (5 per line, round-robin over devices, one report a
+    minute each, ms timestamps) and return the same readings as store rows."""
+    rng = random.Random(seed)
+    lines = math.ceil(readings / len(METRICS))
+    devices = max(1, min(devices, lines))
+    # Recent past: readings more than a day ahead of the import are rejected.
+    now_ms = int(time.time() * 1000)
+    rounds = math.ceil(lines / devices)
+    start_ms = (now_ms // 3_600_000) * 3_600_000 - rounds * REPORT_INTERVAL_MS - 86_400_000
+    temp_base = [rng.uniform(15.0, 24.0) for _ in range(devices)]
+    pressure = [rng.uniform(1005.0, 1020.0) for _ in range(devices)]
+    battery = [rng.uniform(60.0, 100.0) for _ in range(devices)]
+    rows: list[Row] = []
+    left = readings
+    with open(path, "wb") as out:
+        for i in range(lines):
+            d, round_index = i % devices, i // devices
+            # Per-device ms jitter: devices do not report in lockstep, and real ms digits.
+            t_ms = start_ms + round_index * REPORT_INTERVAL_MS + (d * 7919) % REPORT_INTERVAL_MS
+            daily = math.sin(2 * math.pi * (t_ms / 1000 % 86_400) / 86_400 - math.pi / 2)
+            pressure[d] += rng.gauss(0, 0.05)
+            battery[d] = max(0.0, battery[d] - rng.uniform(0.0, 0.002))
+            values = {
+                "temperature": round(temp_base[d] + 5.0 * daily + rng.gauss(0, 0.3), 2),
+                "humidity": round(min(100.0, max(5.0, 55.0 - 12.0 * daily + rng.gauss(0, 1.5))), 1),
+                "pressure": round(pressure[d], 2),
+                "battery": round(battery[d], 2),
+                "rssi": float(round(-65 + rng.gauss(0, 4))),
+            }
+            metrics = METRICS[: min(len(METRICS), left)]  # the last line may carry fewer
+            left -= len(metrics)
+            out.write(orjson.dumps({"device_id": f"dev-{d + 1:04d}", "timestamp": t_ms,
+                                    **{m: values[m] for m in metrics}}))
+            out.write(b"\n")
+            t_us = t_ms * 1000
+            rows.extend((d * len(METRICS) + _METRIC_RANK[m] + 1, t_us, values[m]) for m in metrics)
+    return Dataset(path, lines, devices, rows)
+
+
+def batches(rows: list[Row], size: int) -> Iterator[list[Row]]:
+    for start in range(0, len(rows), size):
+        yield rows[start:start + size]
+
+
+# -- the iotpipe path ------------------------------------------------------------------
+def iotpipe_import(url: str, path: Path, profile: Path | None = None) -> ImportRun:
+    """`iotpipe import path` as the CLI runs it, default pipeline settings; the store is
+    opened and migrated before the clock starts (a one-off, not a per-reading cost)."""
+    # Explicit defaults, so an IOTPIPE_PIPELINE__* variable or .env cannot skew the figure.
+    app = App(Settings(database_url=url, pipeline=PipelineSettings()))  # type: ignore[call-arg]
+    try:
+        app.store  # noqa: B018 - opens and migrates
+        source = FileSource([path])
+        profiler = cProfile.Profile() if profile else None
+        started = time.perf_counter()
+        with profiler or nullcontext():
+            # A progress callback as the CLI passes one: its clock reads are on the path.
+            counters = app.import_files(source, progress=lambda done: None)
+        seconds = time.perf_counter() - started
+        if profiler is not None and profile is not None:
+            profiler.dump_stats(profile)
+        return ImportRun(seconds, counters.as_dict())
+    finally:
+        app.close()
+
+
+def stored_readings(url: str) -> int:
+    store = open_store(url, migrate=False)
+    try:
+        return store.stats()["readings"]
+    finally:
+        store.close()
+
+
+# -- the ceilings ----------------------------------------------------------------------
+def sqlite_ceiling(path: Path, rows: list[Row], batch_size: int) -> float:
+    """Plain executemany INSERT, one transaction per batch, under the store's pragmas."""
+    open_store(f"sqlite:///{path}").close()  # the same migrated schema, WITHOUT ROWID table
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        for pragma in SQLITE_PRAGMAS:
+            conn.execute(pragma)
+        started = time.perf_counter()
+        for batch in batches(rows, batch_size):
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany("INSERT INTO readings (series_id, time, value) VALUES (?, ?, ?)", batch)
+            conn.execute("COMMIT")
+        return time.perf_counter() - started
+    finally:
+        conn.close()
+
+
+def postgres_ceiling(url: str, rows: list[Row], batch_size: int) -> float:
+    """Binary COPY with C dumpers into the keyed table, one transaction per batch; the
+    epoch shift is done before the clock starts (no per-row Python work is timed)."""
+    open_store(url).close()
+    shifted = [(sid, t - PG_EPOCH_OFFSET_MICROS, v) for sid, t, v in rows]
+    with psycopg.connect(url) as conn:
+        started = time.perf_counter()
+        for batch in batches(shifted, batch_size):
+            with conn.transaction(), conn.cursor() as cur, cur.copy(
+                "COPY readings (series_id, time, value) FROM STDIN (FORMAT BINARY)"
+            ) as copy:
+                copy.set_types(["int4", "int8", "float8"])
+                for row in batch:
+                    copy.write_row(row)
+        return time.perf_counter() - started
+
+
+# -- bytes per reading -----------------------------------------------------------------
+def sqlite_bytes(path: Path) -> float:
+    conn = sqlite3.connect(path)
+    try:
+        count = conn.execute("SELECT count(*) FROM readings").fetchone()[0]
+        try:
+            size = conn.execute("SELECT sum(pgsize) FROM dbstat WHERE name = 'readings'").fetchone()[0]
+        except sqlite3.OperationalError:  # SQLite built without the dbstat table
+            size = _sqlite_readings_only_size(conn)
+        return size / count if count else 0.0
+    finally:
+        conn.close()
+
+
+def _sqlite_readings_only_size(conn: sqlite3.Connection) -> int:
+    """page_count * page_size of a database holding nothing but a copy of readings."""
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "readings.db"
+        ddl = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'readings'").fetchone()[0]
+        conn.execute("ATTACH DATABASE ? AS only_readings", (str(copy),))
+        conn.execute(ddl.replace("CREATE TABLE readings", "CREATE TABLE only_readings.readings", 1))
+        conn.execute("INSERT INTO only_readings.readings SELECT * FROM main.readings")
+        conn.commit()
+        conn.execute("DETACH DATABASE only_readings")
+        with sqlite3.connect(copy) as only:
+            pages = only.execute("PRAGMA page_count").fetchone()[0]
+            page_size = only.execute("PRAGMA page_size").fetchone()[0]
+        return int(pages * page_size)
+
+
+def postgres_bytes(url: str) -> float:
+    with psycopg.connect(url) as conn:
+        size, count = conn.execute(
+            "SELECT pg_total_relation_size('readings'), (SELECT count(*) FROM readings)"
+        ).fetchone() or (0, 0)
+    return size / count if count else 0.0
+
+
+# -- one engine ------------------------------------------------------------------------
+@contextmanager
+def databases(engine: str, workdir: Path) -> Iterator[tuple[str, Any, Any]]:
+    """(iotpipe URL, ceiling target, bytes-per-reading target) on a fresh database each."""
+    if engine == "sqlite":
+        pipe_db, ceiling_db = workdir / "import.db", workdir / "ceiling.db"
+        yield f"sqlite:///{pipe_db}", ceiling_db, pipe_db
+        return
+    with PostgresServer() as server:
+        pipe_url = server.create_database("bench_import")
+        yield pipe_url, server.create_database("bench_ceiling"), pipe_url
+
+
+def bench_engine(
+    engine: str, data: Dataset, workdir: Path, profile_dir: Path | None, say: TextIO
+) -> EngineResult:
+    batch_size = PipelineConfig().batch_size
+    expected = len(data.rows)
+    failures: list[str] = []
+    with databases(engine, workdir) as (url, ceiling_target, size_target):
+        if engine == "sqlite":
+            ceiling_seconds = sqlite_ceiling(ceiling_target, data.rows, batch_size)
+            ceiling_bytes = sqlite_bytes(ceiling_target)
+        else:
+            ceiling_seconds = postgres_ceiling(ceiling_target, data.rows, batch_size)
+            ceiling_bytes = postgres_bytes(ceiling_target)
+        ceiling_rate = expected / ceiling_seconds
+        print(f"  ceiling   {ceiling_rate:>12,.0f} rows/s      ({ceiling_seconds:.2f} s)", file=say)
+
+        profile = profile_dir / f"import-{engine}.pstats" if profile_dir else None
+        first = iotpipe_import(url, data.path, profile)
+        print(f"  iotpipe   {first.rate:>12,.0f} readings/s  ({first.seconds:.2f} s)", file=say)
+        c = first.counters
+        in_db = stored_readings(url)
+        if not (c["readings_stored"] == in_db == expected and c["readings_duplicate"] == 0):
+            failures.append(f"import stored {c['readings_stored']:,} (table holds {in_db:,}), "
+                            f"{c['readings_duplicate']:,} duplicates; expected {expected:,} and 0")
+        if c["messages_dead_lettered"] or c["values_invalid"]:
+            failures.append(
+                f"{c['messages_dead_lettered']} dead letters, {c['values_invalid']} invalid values"
+            )
+        size = sqlite_bytes(size_target) if engine == "sqlite" else postgres_bytes(size_target)
+
+        second = iotpipe_import(url, data.path)
+        print(f"  re-import {second.rate:>12,.0f} readings/s  ({second.seconds:.2f} s)", file=say)
+        r = second.counters
+        in_db = stored_readings(url)
+        if not (r["readings_stored"] == 0 and r["readings_duplicate"] == expected and in_db == expected):
+            failures.append(f"re-import stored {r['readings_stored']:,} new, {r['readings_duplicate']:,} "
+                            f"duplicates (table holds {in_db:,}); expected 0 and {expected:,}")
+        for run in (c, r):
+            if not Counters(**run).accounted():
+                failures.append(f"counters do not add up: {run}")
+    return EngineResult(
+        engine=engine,
+        readings=expected,
+        import_seconds=first.seconds,
+        import_rate=first.rate,
+        ceiling_seconds=ceiling_seconds,
+        ceiling_rate=ceiling_rate,
+        ratio=first.rate / ceiling_rate,
+        reimport_seconds=second.seconds,
+        reimport_rate=second.rate,
+        bytes_per_reading=size,
+        ceiling_bytes_per_reading=ceiling_bytes,
+        batches=c["batches_written"],
+        mean_batch=c["readings_received"] / max(1, c["batches_written"]),
+        import_counters=c,
+        reimport_counters=r,
+        failures=failures,
+    )
+
+
+def print_profile(path: Path, say: TextIO, top: int = 30) -> None:
+    text = io.StringIO()
+    pstats.Stats(str(path), stream=text).sort_stats("cumulative").print_stats(top)
+    print(text.getvalue(), file=say)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--readings", type=int, default=1_000_000, help="readings in the file (5 per line)")
+    parser.add_argument("--engines", default=",".join(ENGINES), help="comma-separated: sqlite,postgresql")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON (progress to stderr)")
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="cProfile the first import per engine into DIR/import-<engine>.pstats "
+                             "(slows it: rates are then not comparable)")
+    args = parser.parse_args(argv)
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    unknown = sorted(set(engines) - set(ENGINES))
+    if unknown or args.readings < 1:
+        parser.error(f"unknown engine(s) {unknown}" if unknown else "--readings must be positive")
+    say = sys.stderr if args.json else sys.stdout
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
+
+    results: list[EngineResult] = []
+    with tempfile.TemporaryDirectory(prefix="iotpipe-bench-") as tmp:
+        workdir = Path(tmp)
+        started = time.perf_counter()
+        data = generate(workdir / "readings.jsonl", args.readings)
+        generated = time.perf_counter() - started
+        print(f"import: {len(data.rows):,} readings, {data.lines:,} V1 JSON lines, {data.devices:,} devices, "
+              f"{data.path.stat().st_size / 1e6:.1f} MB (generated in {generated:.1f} s); "
+              f"batch {PipelineConfig().batch_size:,}", file=say)
+        for engine in engines:
+            print(f"{engine}:", file=say)
+            result = bench_engine(engine, data, workdir, args.profile, say)
+            results.append(result)
+            print(f"  ratio     {result.ratio:>12.2f} of the ceiling; "
+                  f"{result.bytes_per_reading:.1f} B/reading "
+                  f"(ceiling table {result.ceiling_bytes_per_reading:.1f}); "
+                  f"{result.batches} batches of {result.mean_batch:,.0f}", file=say)
+            for failure in result.failures:
+                print(f"  FAIL: {failure}", file=say)
+            if args.profile:
+                print_profile(args.profile / f"import-{engine}.pstats", say)
+
+    if args.json:
+        print(json.dumps({
+            "benchmark": "import",
+            "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                        "platform": platform.platform(), "sqlite": sqlite3.sqlite_version},
+            "profiled": bool(args.profile),
+            "results": [asdict(r) for r in results],
+        }, indent=2))
+    else:
+        _print_table(results, say)
+    return 1 if any(r.failures for r in results) else 0
+
+
+def _print_table(results: list[EngineResult], say: TextIO) -> None:
+    print(f"\n{'engine':<11}{'iotpipe/s':>12}{'ceiling/s':>12}{'ratio':>7}{'B/reading':>11}{'re-import/s':>13}",
+          file=say)
+    for r in results:
+        print(f"{r.engine:<11}{r.import_rate:>12,.0f}{r.ceiling_rate:>12,.0f}{r.ratio:>7.2f}"
+              f"{r.bytes_per_reading:>11.1f}{r.reimport_rate:>13,.0f}", file=say)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+"""`python -m iotpipe` runs the CLI."""
+
+from iotpipe.cli import main
+
+main()

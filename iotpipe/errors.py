@@ -1,0 +1,29 @@
+"""The exception hierarchy: one precise type per kind of failure."""
+
+
+class IotpipeError(Exception):
+    """Base of every error iotpipe raises on purpose; its message is meant for users."""
+
+
+class DecodeError(IotpipeError):
+    """A payload could not be turned into readings; the message says which field and why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class RejectedMessage(IotpipeError):
+    """A decoded message failed validation (e.g. far-future timestamp, nothing valid)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ConfigError(IotpipeError):
+    """Configuration is missing or contradictory; the message says what to set."""
+
+
+class StoreError(IotpipeError):
+    """The database could not be reached or is not in the expected shape."""

@@ -1,0 +1,75 @@
+"""V1 flat JSON: `{"device_id": ..., "timestamp": ..., "<metric>": <number>, ...}`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from iotpipe.formats import register
+from iotpipe.formats.json import JSON_VERSIONS, decode_object, load_json
+from iotpipe.formats.timestamps import parse_timestamp
+from iotpipe.formats.values import check_device_id, coerce_value, unusable_metric_name
+from iotpipe.model import DecodedMessage, DeviceInfo, InvalidValue, RawMessage
+
+# Top-level keys that describe the message or device, never metrics.
+RESERVED_KEYS = frozenset(
+    {"device_id", "timestamp", "time", "ts", "schema_version", "type", "name", "firmware",
+     "location", "lat", "lon", "latitude", "longitude", "elevation", "unit", "units"}
+)
+_TIME_KEYS = ("timestamp", "time", "ts")
+
+
+def decode_v1_object(obj: dict[str, Any], raw: RawMessage) -> DecodedMessage:
+    # A null device_id is as good as absent: fall back to what the source knows.
+    device_id = check_device_id(_first(obj.get("device_id"), raw.device_id))
+    time = message_time(obj, raw)
+    readings: list[tuple[str, int, float]] = []
+    invalid: list[InvalidValue] = []
+    for key, value in obj.items():
+        if key in RESERVED_KEYS or isinstance(value, dict | list):
+            continue
+        number = coerce_value(key, value)
+        if type(number) is float:
+            bad_name = unusable_metric_name(key, "top-level key")
+            if bad_name is None:
+                readings.append((key, time, number))
+            else:
+                invalid.append(bad_name)
+        elif number is not None:
+            invalid.append(number)  # type: ignore[arg-type]
+    return DecodedMessage(device_id, readings, invalid=invalid, info=_info(obj))
+
+
+def message_time(obj: dict[str, Any], raw: RawMessage) -> int:
+    """The first time key present, parsed; the receipt time when there is none."""
+    for key in _TIME_KEYS:
+        value = obj.get(key)
+        if value is not None:
+            return parse_timestamp(value, key)
+    return raw.received_at
+
+
+def _info(obj: dict[str, Any]) -> DeviceInfo | None:
+    if not any(k in obj for k in ("type", "name", "firmware")):
+        return None
+    return DeviceInfo(
+        type=_text(obj.get("type")), name=_text(obj.get("name")), firmware=_text(obj.get("firmware"))
+    )
+
+
+def _first(value: object, fallback: object) -> object:
+    return fallback if value is None else value
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+JSON_VERSIONS[1] = decode_v1_object
+
+
+@register("v1")
+def decode_v1(raw: RawMessage) -> list[DecodedMessage]:
+    obj = load_json(raw)
+    if isinstance(obj, dict) and "schema_version" not in obj:
+        return [decode_v1_object(obj, raw)]
+    return [decode_object(obj, raw)]

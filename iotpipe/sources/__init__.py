@@ -1,0 +1,1 @@
+"""Sources: where raw messages come from (files, simulator, MQTT, ThingSpeak); none touch the store."""

@@ -1,0 +1,350 @@
+"""The store: one object owning the database, shared by both engines except the bulk paths.
+
+Everything here is SQLAlchemy Core; subclasses provide only what differs per engine:
+the readings bulk insert (COPY / executemany) and how a batch updates device times.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Table, delete, func, insert, select, update
+
+from iotpipe.model import DeviceInfo, Micros, RawMessage, now_micros
+from iotpipe.store import migrations
+from iotpipe.store.schema import (
+    dead_letters,
+    devices,
+    ingest_watermarks,
+    invalid_values,
+    readings,
+    series,
+)
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    """A message that could not be stored, with the reason."""
+
+    raw: RawMessage
+    reason: str
+
+
+@dataclass(slots=True)
+class WriteBatch:
+    """Everything one transaction commits: readings, dead letters, watermarks, counts.
+
+    Readings stay grouped as decoded: (device_id, [(metric, time, value), ...]) so the
+    writer maps each device once and each metric with one dict lookup.
+    """
+
+    groups: list[tuple[str, list[tuple[str, Micros, float]]]] = field(default_factory=list)
+    units: dict[tuple[str, str], str] = field(default_factory=dict)
+    infos: dict[str, DeviceInfo] = field(default_factory=dict)
+    invalid: dict[tuple[str, str, str], int] = field(default_factory=dict)  # (device, day, metric)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    replayed: list[int] = field(default_factory=list)  # dead letter ids now stored
+    watermarks: dict[tuple[str, str], str] = field(default_factory=dict)
+    reading_count: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.groups or self.dead_letters or self.replayed or self.watermarks or self.invalid)
+
+
+@dataclass(slots=True, frozen=True)
+class WriteResult:
+    stored: int
+    duplicates: int
+
+
+class Store:
+    """A database holding iotpipe's schema. Create with `iotpipe.store.open_store(url)`."""
+
+    dialect = "base"
+
+    def __init__(self, engine: Engine, url: str) -> None:
+        self.engine = engine
+        self.url = url
+        # device_id -> (device pk, {metric: series id}); filled only after commits succeed.
+        self._series_ids: dict[str, tuple[int, dict[str, int]]] = {}
+        self._device_infos: dict[str, DeviceInfo] = {}
+
+    # -- lifecycle --------------------------------------------------------------------
+    def migrate(self, upto: str | None = None) -> list[str]:
+        return migrations.apply(self.engine, upto)
+
+    def pending_migrations(self) -> list[str]:
+        with self.engine.connect() as conn:
+            names = [m.name for m in migrations.pending(conn)]
+            conn.commit()
+        return names
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def describe(self) -> str:
+        """Where the data is, for humans."""
+        return self.engine.url.render_as_string(hide_password=True)
+
+    @contextmanager
+    def write_transaction(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    # -- the write path ---------------------------------------------------------------
+    def write(self, batch: WriteBatch) -> WriteResult:
+        """Commit a whole batch in one transaction; raises and commits nothing on failure."""
+        with self.write_transaction() as conn:
+            new_ids = self._resolve_series(conn, batch)
+            rows, spans = self._reading_rows(batch, new_ids)
+            stored = self._insert_readings(conn, rows) if rows else 0
+            if spans:
+                self._touch_devices(conn, spans)
+            self._update_device_infos(conn, batch.infos)
+            self._write_invalid(conn, batch.invalid, new_ids)
+            self._write_dead_letters(conn, batch)
+            self._write_watermarks(conn, batch.watermarks)
+        self._remember(new_ids, batch.infos)
+        return WriteResult(stored=stored, duplicates=batch.reading_count - stored)
+
+    def _reading_rows(
+        self, batch: WriteBatch, new_ids: dict[str, tuple[int, dict[str, int]]]
+    ) -> tuple[list[tuple[int, Micros, float]], dict[int, tuple[Micros, Micros]]]:
+        """(series_id, time, value) rows deduplicated within the batch (first wins), and
+        each device's (first, last) reading time."""
+        unique: dict[tuple[int, Micros], float] = {}
+        spans: dict[int, tuple[Micros, Micros]] = {}
+        cache = self._series_ids
+        for device_id, group in batch.groups:
+            device_pk, ids = new_ids.get(device_id) or cache[device_id]
+            first, last = spans.get(device_pk, (group[0][1], group[0][1]))
+            for metric, time, value in group:
+                unique.setdefault((ids[metric], time), value)
+                if time > last:
+                    last = time
+                elif time < first:
+                    first = time
+            spans[device_pk] = (first, last)
+        return [(sid, t, v) for (sid, t), v in unique.items()], spans
+
+    def _insert_readings(self, conn: Connection, rows: list[tuple[int, Micros, float]]) -> int:
+        """Insert rows, skipping (series_id, time) already stored; return how many were new."""
+        raise NotImplementedError  # each engine has its own bulk path
+
+    def _touch_devices(self, conn: Connection, spans: dict[int, tuple[Micros, Micros]]) -> None:
+        """Widen each device's first_seen/last_seen to cover the batch's readings."""
+        raise NotImplementedError  # one statement per engine
+
+    def _resolve_series(
+        self, conn: Connection, batch: WriteBatch
+    ) -> dict[str, tuple[int, dict[str, int]]]:
+        """Ids for devices and series the cache lacks, creating them; not cached until commit."""
+        missing: dict[str, set[str]] = {}
+        for device_id, group in batch.groups:
+            known = self._series_ids.get(device_id)
+            for metric, _, _ in group:
+                if known is None or metric not in known[1]:
+                    missing.setdefault(device_id, set()).add(metric)
+        for device_id, _, _ in batch.invalid:
+            if device_id not in self._series_ids:
+                missing.setdefault(device_id, set())
+        if not missing:
+            return {}
+        device_pks = self._ensure_devices(conn, missing.keys(), batch.infos)
+        now = now_micros()
+        wanted = [
+            {"device_pk": device_pks[d], "metric": m, "unit": batch.units.get((d, m)), "created_at": now}
+            for d, metrics in missing.items()
+            for m in sorted(metrics)
+        ]
+        if wanted:
+            conn.execute(self._insert_ignore(series, ["device_pk", "metric"]), wanted)
+        resolved: dict[str, tuple[int, dict[str, int]]] = {}
+        by_pk = {pk: d for d, pk in device_pks.items()}
+        rows = conn.execute(
+            select(series.c.id, series.c.device_pk, series.c.metric).where(
+                series.c.device_pk.in_(list(by_pk))
+            )
+        )
+        for series_id, device_pk, metric in rows:
+            device_id = by_pk[device_pk]
+            resolved.setdefault(device_id, (device_pk, {}))[1][metric] = series_id
+        for device_id in missing:
+            resolved.setdefault(device_id, (device_pks[device_id], {}))
+        return resolved
+
+    def _ensure_devices(self, conn: Connection, device_ids: Any, infos: dict[str, DeviceInfo]) -> dict[str, int]:
+        ids = list(device_ids)
+        now = now_micros()
+        conn.execute(
+            self._insert_ignore(devices, ["device_id"]),
+            [{"device_id": d, "created_at": now, **_info_columns(infos.get(d), keep_none=True)} for d in ids],
+        )
+        rows = conn.execute(select(devices.c.device_id, devices.c.id).where(devices.c.device_id.in_(ids)))
+        return {device_id: pk for device_id, pk in rows}
+
+    # The engine's INSERT construct, which knows ON CONFLICT (set by each engine).
+    dialect_insert: Callable[[Table], Any]
+
+    def _insert_ignore(self, table: Table, conflict_columns: list[str]) -> Any:
+        return self.dialect_insert(table).on_conflict_do_nothing(index_elements=conflict_columns)
+
+    def _update_device_infos(self, conn: Connection, infos: dict[str, DeviceInfo]) -> None:
+        for device_id, info in infos.items():
+            if self._device_infos.get(device_id) == info:
+                continue  # unchanged since we last wrote it: the common case
+            values = _info_columns(info)
+            if values:
+                conn.execute(update(devices).where(devices.c.device_id == device_id).values(**values))
+
+    def _write_invalid(
+        self, conn: Connection, counts: dict[tuple[str, str, str], int], new_ids: dict[str, tuple[int, dict[str, int]]]
+    ) -> None:
+        for (device_id, day, metric), count in counts.items():
+            device_pk = (new_ids.get(device_id) or self._series_ids[device_id])[0]
+            key = {"device_pk": device_pk, "day": day, "metric": metric}
+            changed = conn.execute(
+                update(invalid_values)
+                .where(*(invalid_values.c[k] == v for k, v in key.items()))
+                .values(count=invalid_values.c.count + count)
+            ).rowcount
+            if not changed:
+                conn.execute(insert(invalid_values).values(count=count, **key))
+
+    def _write_dead_letters(self, conn: Connection, batch: WriteBatch) -> None:
+        now = now_micros()
+        fresh = []
+        for letter in batch.dead_letters:
+            raw = letter.raw
+            if raw.dead_letter_id is not None:  # a replay that failed again: update in place
+                conn.execute(
+                    update(dead_letters)
+                    .where(dead_letters.c.id == raw.dead_letter_id)
+                    .values(reason=letter.reason, attempts=dead_letters.c.attempts + 1, last_attempt_at=now)
+                )
+                continue
+            fresh.append(
+                {
+                    "received_at": raw.received_at,
+                    "source": raw.source,
+                    "origin": raw.origin,
+                    "format": raw.format,
+                    "device_hint": raw.device_id,
+                    "header": list(raw.header) if raw.header is not None else None,
+                    "payload": raw.payload,
+                    "reason": letter.reason,
+                    "fingerprint": dead_letter_fingerprint(raw),
+                    "attempts": 1,
+                    "last_attempt_at": now,
+                }
+            )
+        if fresh:
+            statement = self.dialect_insert(dead_letters)
+            statement = statement.on_conflict_do_update(
+                index_elements=["fingerprint"],
+                set_={"attempts": dead_letters.c.attempts + 1, "last_attempt_at": now,
+                      "reason": statement.excluded.reason},
+            )
+            conn.execute(statement, fresh)
+        if batch.replayed:
+            conn.execute(delete(dead_letters).where(dead_letters.c.id.in_(batch.replayed)))
+
+    def _write_watermarks(self, conn: Connection, marks: dict[tuple[str, str], str]) -> None:
+        now = now_micros()
+        for (source, key), value in marks.items():
+            where = (ingest_watermarks.c.source == source, ingest_watermarks.c.key == key)
+            if not conn.execute(update(ingest_watermarks).where(*where).values(value=value, updated_at=now)).rowcount:
+                conn.execute(insert(ingest_watermarks).values(source=source, key=key, value=value, updated_at=now))
+
+    def _remember(self, new_ids: dict[str, tuple[int, dict[str, int]]], infos: dict[str, DeviceInfo]) -> None:
+        for device_id, (device_pk, metrics) in new_ids.items():
+            cached = self._series_ids.setdefault(device_id, (device_pk, {}))
+            cached[1].update(metrics)
+        self._device_infos.update(infos)
+
+    # -- reads ------------------------------------------------------------------------
+    def stats(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            return {
+                "devices": conn.scalar(select(func.count()).select_from(devices)) or 0,
+                "series": conn.scalar(select(func.count()).select_from(series)) or 0,
+                "readings": conn.scalar(select(func.count()).select_from(readings)) or 0,
+                "dead_letters": conn.scalar(select(func.count()).select_from(dead_letters)) or 0,
+                "invalid_values": conn.scalar(select(func.coalesce(func.sum(invalid_values.c.count), 0))) or 0,
+            }
+
+    def watermark(self, source: str, key: str) -> str | None:
+        with self.engine.connect() as conn:
+            return conn.scalar(
+                select(ingest_watermarks.c.value).where(
+                    ingest_watermarks.c.source == source, ingest_watermarks.c.key == key
+                )
+            )
+
+    def dead_letter_rows(self, limit: int | None = None, after_id: int = 0) -> list[dict[str, Any]]:
+        query = select(dead_letters).where(dead_letters.c.id > after_id).order_by(dead_letters.c.id)
+        if limit is not None:
+            query = query.limit(limit)
+        with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
+
+    def device_rows(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(select(devices).order_by(devices.c.device_id))]
+
+    def raw_readings(
+        self, device_id: str, metric: str, start: Micros | None = None, end: Micros | None = None
+    ) -> list[tuple[Micros, float]]:
+        """One series' readings in [start, end), oldest first."""
+        query = (
+            select(readings.c.time, readings.c.value)
+            .join(series, series.c.id == readings.c.series_id)
+            .join(devices, devices.c.id == series.c.device_pk)
+            .where(devices.c.device_id == device_id, series.c.metric == metric)
+            .order_by(readings.c.time)
+        )
+        if start is not None:
+            query = query.where(readings.c.time >= start)
+        if end is not None:
+            query = query.where(readings.c.time < end)
+        with self.engine.connect() as conn:
+            return [(t, v) for t, v in conn.execute(query)]
+
+
+_INFO_COLUMNS = ("type", "name", "firmware", "latitude", "longitude", "elevation", "attributes")
+
+
+def _info_columns(info: DeviceInfo | None, keep_none: bool = False) -> dict[str, Any]:
+    """The device columns an info says something about (None fields are left alone).
+
+    keep_none gives every column, for inserts that must share one set of keys."""
+    if info is None:
+        return dict.fromkeys(_INFO_COLUMNS) if keep_none else {}
+    values = {
+        "type": info.type,
+        "name": info.name,
+        "firmware": info.firmware,
+        "latitude": info.latitude,
+        "longitude": info.longitude,
+        "elevation": info.elevation,
+        "attributes": info.attributes,
+    }
+    return values if keep_none else {k: v for k, v in values.items() if v is not None}
+
+
+def dead_letter_fingerprint(raw: RawMessage) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for part in (raw.source.encode(), raw.origin.encode(), raw.payload):
+        digest.update(len(part).to_bytes(8, "big"))
+        digest.update(part)
+    return digest.hexdigest()
+
+
+def utc_day(time: Micros) -> str:
+    """The UTC calendar day of a time, as 'YYYY-MM-DD' (the invalid_values key)."""
+    return dt.datetime.fromtimestamp(time // 1_000_000, dt.UTC).date().isoformat()

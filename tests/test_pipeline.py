@@ -1,0 +1,182 @@
+"""The pipeline on both engines: exact accounting, dedupe, dead letters, batching, acks."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from iotpipe.model import MICROS_PER_SECOND, now_micros
+from iotpipe.pipeline import Pipeline, PipelineConfig
+from iotpipe.store import Store
+from tests.helpers import raw
+
+T0 = 1_763_805_600_000_000  # 2025-11-22T10:00:00Z
+
+
+def v1(device: str, at: int, **metrics: object) -> dict[str, object]:
+    return {"device_id": device, "timestamp": at // 1000, **metrics}
+
+
+def test_counters_add_up_and_every_reading_is_stored_once(store: Store) -> None:
+    pipeline = Pipeline(store, PipelineConfig(batch_size=7))
+    messages = [raw(v1(f"d{i % 3}", T0 + i * MICROS_PER_SECOND, temperature=20.0 + i, humidity=50)) for i in range(20)]
+    messages += messages[:5]  # replayed
+    messages.append(raw(b"not json at all {"))
+    counters = pipeline.feed_all(messages)
+
+    assert counters.accounted()
+    assert counters.messages_received == 26
+    assert counters.messages_accepted == 25
+    assert counters.messages_dead_lettered == 1
+    assert counters.readings_stored == 40
+    assert counters.readings_duplicate == 10
+    assert store.stats()["readings"] == 40
+    assert store.stats()["dead_letters"] == 1
+
+
+def test_duplicates_inside_one_batch_store_the_first_value(store: Store) -> None:
+    pipeline = Pipeline(store)
+    pipeline.feed_all([raw(v1("d", T0, temperature=1.0)), raw(v1("d", T0, temperature=2.0))])
+    assert store.raw_readings("d", "temperature") == [(T0, 1.0)]
+    assert pipeline.counters.readings_duplicate == 1
+
+
+def test_a_replayed_batch_on_postgres_and_sqlite_counts_only_duplicates(store: Store) -> None:
+    batch = [raw(v1("d", T0 + i * MICROS_PER_SECOND, temperature=float(i))) for i in range(100)]
+    Pipeline(store).feed_all(batch)
+    again = Pipeline(store)
+    again.feed_all(batch + [raw(v1("d", T0 + 1000 * MICROS_PER_SECOND, temperature=5.0))])
+    assert again.counters.readings_stored == 1
+    assert again.counters.readings_duplicate == 100
+    assert len(store.raw_readings("d", "temperature")) == 101
+
+
+def test_invalid_value_is_counted_and_the_rest_of_the_message_kept(store: Store) -> None:
+    pipeline = Pipeline(store)
+    pipeline.feed_all([raw(v1("d", T0, temperature=21.5, humidity="wet"))])
+    assert store.raw_readings("d", "temperature") == [(T0, 21.5)]
+    assert store.raw_readings("d", "humidity") == []
+    assert pipeline.counters.values_invalid == 1
+    assert store.stats()["invalid_values"] == 1
+    assert store.stats()["dead_letters"] == 0
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b'{"device_id": "d", "temp', "payload is not valid JSON"),
+        (b'{"temperature": 20}', "device_id missing"),
+        (b'{"device_id": "d", "timestamp": "yesterday", "t": 1}', "timestamp 'yesterday' is not a valid ISO 8601 time"),
+        (b'{"device_id": "d", "timestamp": "2999-01-01T00:00:00Z", "t": 1}', "more than a day in the future"),
+        (b'{"device_id": "d", "temperature": "abc"}', "no valid metric: temperature: 'abc' is not a number"),
+        (b'{"device_id": "d", "status": {"ok": true}}', "no metric in message"),
+        (b"", "payload is empty"),
+    ],
+)
+def test_rejected_message_is_dead_lettered_with_its_reason_and_creates_no_device(
+    store: Store, payload: bytes, reason: str
+) -> None:
+    pipeline = Pipeline(store)
+    counters = pipeline.feed_all([raw(payload, origin="telemetry/d")])
+    letters = store.dead_letter_rows()
+    assert len(letters) == 1
+    assert reason in letters[0]["reason"]
+    assert bytes(letters[0]["payload"]) == payload
+    assert letters[0]["origin"] == "telemetry/d"
+    assert store.stats()["devices"] == 0
+    assert counters.accounted() and counters.messages_dead_lettered == 1
+
+
+def test_oversize_payload_is_dead_lettered_with_its_size(store: Store) -> None:
+    pipeline = Pipeline(store, PipelineConfig(max_payload_bytes=100))
+    big = raw(v1("d", T0, temperature=1.0, padding="x" * 200))
+    counters = pipeline.feed_all([big, raw(v1("d", T0, temperature=1.0))])
+    [letter] = store.dead_letter_rows()
+    assert "over the limit of 100" in letter["reason"]
+    assert len(letter["payload"]) == 100  # the evidence, not the whole body
+    assert counters.readings_stored == 1 and counters.accounted()
+
+
+def test_a_day_ahead_is_accepted_but_not_more(store: Store) -> None:
+    now = now_micros()
+    pipeline = Pipeline(store)
+    counters = pipeline.feed_all([
+        raw(v1("d", now + 23 * 3600 * MICROS_PER_SECOND, t=1.0), received_at=now),
+        raw(v1("d", now + 25 * 3600 * MICROS_PER_SECOND, t=2.0), received_at=now),
+    ])
+    assert counters.readings_stored == 1 and counters.messages_dead_lettered == 1
+
+
+def test_ancient_history_is_accepted(store: Store) -> None:
+    counters = Pipeline(store).feed_all([raw(v1("d", 946_684_800_000_000, t=1.0))])  # 2000-01-01
+    assert counters.readings_stored == 1
+
+
+def test_acks_are_called_only_after_the_batch_commits(store: Store) -> None:
+    acked: list[int] = []
+    pipeline = Pipeline(store, PipelineConfig(batch_size=3, batch_delay=3600))
+    for i in range(5):
+        message = raw(v1("d", T0 + i * MICROS_PER_SECOND, t=float(i)), ack=lambda i=i: acked.append(i))
+        pipeline.feed(message)
+        stored = store.stats()["readings"]
+        assert len(acked) == stored  # never acked ahead of the commit
+    assert acked == [0, 1, 2]
+    pipeline.flush()
+    assert acked == [0, 1, 2, 3, 4]
+
+
+def test_failed_write_acks_nothing_and_keeps_the_batch_for_retry(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    acked: list[int] = []
+    pipeline = Pipeline(store, PipelineConfig(batch_size=100))
+    pipeline.feed(raw(v1("d", T0, t=1.0), ack=lambda: acked.append(1)))
+    original = store.write
+
+    def broken(batch: object) -> object:
+        raise ConnectionError("database went away")
+
+    monkeypatch.setattr(store, "write", broken)
+    with pytest.raises(ConnectionError):
+        pipeline.flush()
+    assert acked == [] and store.stats()["readings"] == 0
+    monkeypatch.setattr(store, "write", original)
+    pipeline.flush()
+    assert acked == [1] and store.stats()["readings"] == 1
+
+
+def test_push_path_flushes_by_time_and_on_stop(store: Store) -> None:
+    pipeline = Pipeline(store, PipelineConfig(batch_size=10_000, batch_delay=0.2, queue_size=4))
+    writer = threading.Thread(target=pipeline.run)
+    writer.start()
+    committed = threading.Event()
+    pipeline.submit(raw(v1("d", T0, t=1.0), ack=committed.set))
+    assert committed.wait(10), "a lone message must be committed after batch_delay"
+    for i in range(1, 50):  # more than the queue holds: submit blocks, nothing is dropped
+        pipeline.submit(raw(v1("d", T0 + i * MICROS_PER_SECOND, t=float(i))))
+    pipeline.stop()
+    writer.join(10)
+    assert store.stats()["readings"] == 50
+    assert pipeline.counters.accounted()
+
+
+def test_watermark_commits_with_the_readings_before_it(store: Store) -> None:
+    pipeline = Pipeline(store, PipelineConfig(batch_size=1000))
+    pipeline.feed(raw(v1("d", T0, t=1.0)))
+    pipeline.set_watermark("thingspeak", "9", "42")
+    assert store.watermark("thingspeak", "9") is None
+    pipeline.flush()
+    assert store.watermark("thingspeak", "9") == "42"
+
+
+def test_device_metadata_and_seen_times_follow_the_readings(store: Store) -> None:
+    v2 = {"schema_version": 2, "device": {"id": "pump-7", "type": "pump", "firmware": "1.4.0",
+                                          "location": {"lat": 42.79, "lon": -86.1}},
+          "ts": T0 // 1000, "readings": {"pressure": {"value": 3.2, "unit": "bar"}}}
+    Pipeline(store).feed_all([raw(v2), raw(v1("pump-7", T0 - 10 * MICROS_PER_SECOND, t=1.0)),
+                              raw(v1("pump-7", T0 + 10 * MICROS_PER_SECOND, t=1.0))])
+    [device] = store.device_rows()
+    assert (device["type"], device["firmware"], device["latitude"], device["longitude"]) == ("pump", "1.4.0", 42.79, -86.1)
+    assert device["first_seen"] == T0 - 10 * MICROS_PER_SECOND
+    assert device["last_seen"] == T0 + 10 * MICROS_PER_SECOND
+    Pipeline(store).feed_all([raw({**v2, "device": {**v2["device"], "firmware": "1.5.0"}})])  # type: ignore[dict-item]
+    assert store.device_rows()[0]["firmware"] == "1.5.0"
