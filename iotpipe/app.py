@@ -12,8 +12,8 @@ from pathlib import Path
 from iotpipe.config import Settings
 from iotpipe.model import RawMessage
 from iotpipe.pipeline import Counters, Pipeline
+from iotpipe.services import build_services
 from iotpipe.sources.files import FileSource
-from iotpipe.sources.simulator import Simulator
 from iotpipe.store import Store, open_store
 
 log = logging.getLogger(__name__)
@@ -50,9 +50,7 @@ class App:
         finally:
             store.close()
 
-    def import_files(
-        self, source: FileSource, progress: Callable[[int], None] | None = None
-    ) -> Counters:
+    def import_files(self, source: FileSource, progress: Callable[[int], None] | None = None) -> Counters:
         pipeline = self.pipeline(max_payload_bytes=FILE_MAX_PAYLOAD_BYTES)
         last_report = 0.0
         for raw in source:
@@ -83,51 +81,49 @@ class App:
                 after = row["id"]
                 served += 1
                 header = tuple(row["header"]) if row["header"] is not None else None
-                yield RawMessage(bytes(row["payload"]), row["source"], row["origin"], row["received_at"],
-                                 row["format"], row["device_hint"], header, dead_letter_id=row["id"])
+                yield RawMessage(
+                    bytes(row["payload"]),
+                    row["source"],
+                    row["origin"],
+                    row["received_at"],
+                    row["format"],
+                    row["device_hint"],
+                    header,
+                    dead_letter_id=row["id"],
+                )
 
     def run(
         self,
         duration: float | None = None,
         report: Callable[[Counters], None] | None = None,
         report_every: float = 10.0,
+        announce: Callable[[str], None] | None = None,
     ) -> Counters:
-        """The main job: every configured source into the store until stopped or `duration` ends.
+        """The main job: every configured service until stopped or `duration` ends.
 
-        With no source configured, the built-in simulator feeds it, so `iotpipe run`
-        works with zero setup.
+        Sources are stopped first, then the pipeline flushes what they handed over.
         """
         pipeline = self.pipeline()
-        stop = threading.Event()
-        sim = self.settings.simulator
-        simulator = Simulator(devices=sim.devices, interval=sim.interval, seed=sim.seed)
+        services = build_services(self.settings, self.store)
         writer = threading.Thread(target=pipeline.run, name="iotpipe-writer", daemon=True)
-        feeder = threading.Thread(
-            target=_feed_until, args=(simulator.live(), pipeline, stop), name="iotpipe-simulator", daemon=True
-        )
         writer.start()
-        feeder.start()
+        for service in services:
+            service.start(pipeline)
+            if announce is not None:
+                announce(service.describe())
         deadline = None if duration is None else time.monotonic() + duration
         try:
             while deadline is None or time.monotonic() < deadline:
-                wait = report_every if deadline is None else min(report_every, max(0.0, deadline - time.monotonic()))
-                if stop.wait(wait):
-                    break
+                left = report_every if deadline is None else max(0.0, deadline - time.monotonic())
+                time.sleep(min(report_every, left))
                 if report is not None:
                     report(pipeline.counters)
         finally:
-            stop.set()
-            feeder.join(timeout=simulator.interval + 5)
+            for service in services:
+                service.stop()
             pipeline.stop()
             writer.join()
         return pipeline.counters
-
-
-def _feed_until(messages: Iterable[RawMessage], pipeline: Pipeline, stop: threading.Event) -> None:
-    for raw in messages:
-        if stop.is_set():
-            return
-        pipeline.submit(raw)
 
 
 def database_location(settings: Settings) -> str:

@@ -81,7 +81,7 @@ def load_settings(config_file: str | Path | None = None, **flags: Any) -> Settin
     try:
         return Settings(**given)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"invalid configuration ({problems}); check flags, IOTPIPE_* variables and {path}") from None
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
+        raise ConfigError(
+            f"invalid configuration ({problems}); check flags, IOTPIPE_* variables and {path}"
+        ) from None

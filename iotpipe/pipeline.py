@@ -211,7 +211,9 @@ class Pipeline:
             acks = self._acks
             log.debug(
                 "batch of %d readings, %d dead letters in %.3fs",
-                self._batch.reading_count, self._pending_dead, time.perf_counter() - started,
+                self._batch.reading_count,
+                self._pending_dead,
+                time.perf_counter() - started,
             )
             self._batch = WriteBatch()
             self._acks = []

@@ -7,7 +7,9 @@ import orjson
 from iotpipe.model import RawMessage, now_micros
 
 
-def raw(payload: bytes | str | dict | list, origin: str = "test", source: str = "test", **kw: object) -> RawMessage:
+def raw(
+    payload: bytes | str | dict | list, origin: str = "test", source: str = "test", **kw: object
+) -> RawMessage:
     if isinstance(payload, dict | list):
         body = orjson.dumps(payload)
     elif isinstance(payload, str):

@@ -75,15 +75,41 @@ class PostgresServer:
             pw = pwd.getpwnam("postgres")
             os.chown(self.root, pw.pw_uid, pw.pw_gid)
         subprocess.run(
-            [_pg_bin("initdb"), "-D", str(self.data_dir), "-U", "postgres", "--auth=trust",
-             "--encoding=UTF8", "--no-sync"],
-            check=True, capture_output=True, **drop,  # type: ignore[call-overload]
+            [
+                _pg_bin("initdb"),
+                "-D",
+                str(self.data_dir),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-sync",
+            ],
+            check=True,
+            capture_output=True,
+            **drop,  # type: ignore[call-overload]
         )
         self.process = subprocess.Popen(
-            [_pg_bin("postgres"), "-D", str(self.data_dir), "-p", str(self.port),
-             "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.root}",
-             "-c", "fsync=off", "-c", "max_connections=100", "-c", "shared_buffers=256MB"],
-            stdout=subprocess.DEVNULL, stderr=open(self.root / "server.log", "wb"), **drop,  # type: ignore[call-overload]
+            [
+                _pg_bin("postgres"),
+                "-D",
+                str(self.data_dir),
+                "-p",
+                str(self.port),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                f"unix_socket_directories={self.root}",
+                "-c",
+                "fsync=off",
+                "-c",
+                "max_connections=100",
+                "-c",
+                "shared_buffers=256MB",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.root / "server.log", "wb"),  # noqa: SIM115 - the child keeps it
+            **drop,  # type: ignore[call-overload]
         )
         wait_for_port(self.port)
         self._wait_ready()
@@ -155,7 +181,8 @@ class MosquittoServer:
             shutil.chown(self.root, user="mosquitto")
         self.process = subprocess.Popen(
             [binary, "-c", str(conf)],
-            stdout=subprocess.DEVNULL, stderr=open(self.root / "broker.log", "wb"),
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.root / "broker.log", "wb"),  # noqa: SIM115 - the child keeps it
         )
         wait_for_port(self.port)
         return self

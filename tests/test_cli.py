@@ -12,9 +12,17 @@ import pytest
 COMMANDS = [[], ["init"], ["run"], ["import"], ["stats"], ["dlq"], ["dlq", "list"], ["dlq", "replay"]]
 
 
-def iotpipe(*args: str, cwd: Path, timeout: float = 60, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "iotpipe", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=timeout, env=env)
+def iotpipe(
+    *args: str, cwd: Path, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "iotpipe", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
+        env=env,
+    )
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "top")
@@ -26,7 +34,9 @@ def test_every_command_has_useful_help(command: list[str], tmp_path: Path) -> No
 
 
 def test_run_ingests_simulated_data_into_the_default_sqlite_file(tmp_path: Path) -> None:
-    result = iotpipe("run", "--duration", "3", "--interval", "0.5", "--devices", "3", "--seed", "1", cwd=tmp_path)
+    result = iotpipe(
+        "run", "--duration", "3", "--interval", "0.5", "--devices", "3", "--seed", "1", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     database = tmp_path / "iotpipe.db"
     assert f"SQLite database {database}" in result.stdout
@@ -52,8 +62,18 @@ def test_unsupported_database_url_is_explained(tmp_path: Path) -> None:
 
 
 def test_log_format_json_prints_json_lines(tmp_path: Path) -> None:
-    result = iotpipe("--log-format", "json", "--log-level", "debug", "run", "--duration", "1.5", "--interval", "0.5",
-                     cwd=tmp_path)
+    result = iotpipe(
+        "--log-format",
+        "json",
+        "--log-level",
+        "debug",
+        "run",
+        "--duration",
+        "1.5",
+        "--interval",
+        "0.5",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith("{")]
     assert lines, result.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,12 @@ from iotpipe.errors import ConfigError
 
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in ("IOTPIPE_DATABASE_URL", "IOTPIPE_CONFIG", "IOTPIPE_LOG_LEVEL", "IOTPIPE_PIPELINE__BATCH_SIZE"):
+    for name in (
+        "IOTPIPE_DATABASE_URL",
+        "IOTPIPE_CONFIG",
+        "IOTPIPE_LOG_LEVEL",
+        "IOTPIPE_PIPELINE__BATCH_SIZE",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
 
@@ -28,7 +34,11 @@ def test_toml_then_environment_then_flags(monkeypatch: pytest.MonkeyPatch, tmp_p
         'database_url = "sqlite:///from-toml.db"\nlog_level = "WARNING"\n[pipeline]\nbatch_size = 10\nbatch_delay = 3\n'
     )
     settings = load_settings()
-    assert (settings.database_url, settings.log_level, settings.pipeline.batch_size) == ("sqlite:///from-toml.db", "WARNING", 10)
+    assert (settings.database_url, settings.log_level, settings.pipeline.batch_size) == (
+        "sqlite:///from-toml.db",
+        "WARNING",
+        10,
+    )
 
     monkeypatch.setenv("IOTPIPE_DATABASE_URL", "sqlite:///from-env.db")
     monkeypatch.setenv("IOTPIPE_PIPELINE__BATCH_SIZE", "20")
@@ -48,11 +58,13 @@ def test_dotenv_is_read(tmp_path: Path) -> None:
 
 
 def test_explicit_config_file_must_exist() -> None:
-    with pytest.raises(ConfigError, match="config file missing.toml does not exist"):
+    with pytest.raises(ConfigError, match=re.escape("config file missing.toml does not exist")):
         load_settings("missing.toml")
 
 
 def test_invalid_value_names_the_setting(tmp_path: Path) -> None:
     (tmp_path / "iotpipe.toml").write_text("[pipeline]\nbatch_size = 0\n")
-    with pytest.raises(ConfigError, match=r"pipeline\.batch_size: Input should be greater than or equal to 1"):
+    with pytest.raises(
+        ConfigError, match=r"pipeline\.batch_size: Input should be greater than or equal to 1"
+    ):
         load_settings()

@@ -17,23 +17,45 @@ T = "2026-11-22T10:00:00Z"
 # Each valid line with the readings it holds.
 VALID_LINES = [
     (json.dumps({"device_id": "pump-7", "timestamp": T, "temperature": 21.5, "humidity": 40}), 2),
-    (json.dumps({"schema_version": 2, "device": {"id": "pump-8", "type": "pump", "firmware": "1.4.0",
-                 "location": {"lat": 42.79, "lon": -86.1}}, "ts": 1763805600123,
-                 "readings": {"temperature": 21.5, "pressure": {"value": 3.2, "unit": "bar"}}}), 2),
+    (
+        json.dumps(
+            {
+                "schema_version": 2,
+                "device": {
+                    "id": "pump-8",
+                    "type": "pump",
+                    "firmware": "1.4.0",
+                    "location": {"lat": 42.79, "lon": -86.1},
+                },
+                "ts": 1763805600123,
+                "readings": {"temperature": 21.5, "pressure": {"value": 3.2, "unit": "bar"}},
+            }
+        ),
+        2,
+    ),
     # RFC 8428's own example: a voltage and six currents.
-    ('[{"bn":"urn:dev:ow:10e2073a01080063:","bt":1.276020076001e+09,"bu":"A","bver":5,"n":"voltage","u":"V",'
-     '"v":120.1},{"n":"current","t":-5,"v":1.2},{"n":"current","t":-4,"v":1.3},{"n":"current","t":-3,"v":1.4},'
-     '{"n":"current","t":-2,"v":1.5},{"n":"current","t":-1,"v":1.6},{"n":"current","v":1.7}]', 7),
+    (
+        '[{"bn":"urn:dev:ow:10e2073a01080063:","bt":1.276020076001e+09,"bu":"A","bver":5,"n":"voltage","u":"V",'
+        '"v":120.1},{"n":"current","t":-5,"v":1.2},{"n":"current","t":-4,"v":1.3},{"n":"current","t":-3,"v":1.4},'
+        '{"n":"current","t":-2,"v":1.5},{"n":"current","t":-1,"v":1.6},{"n":"current","v":1.7}]',
+        7,
+    ),
     ("weather,device_id=ws-1,location=us-midwest temperature=82,humidity=40i 1465839830100400200", 2),
     ("cpu,cpu=cpu0,host=loaner time_idle=1527035.04,time_user=154324.34 1568760922000000000", 2),
 ]
-PARTLY_INVALID = (json.dumps({"device_id": "pump-9", "timestamp": T, "temperature": 19.0, "humidity": "wet"}), 1)
+PARTLY_INVALID = (
+    json.dumps({"device_id": "pump-9", "timestamp": T, "temperature": 19.0, "humidity": "wet"}),
+    1,
+)
 # Each malformed line with a fragment of the reason it must be dead-lettered with.
 MALFORMED_LINES = [
     ('{"device_id": "broken", "temp', "payload is not valid JSON"),
     (json.dumps({"timestamp": T, "temperature": 20}), "device_id missing"),
     (json.dumps({"device_id": "bad-time", "timestamp": "yesterday", "t": 1}), "timestamp 'yesterday'"),
-    (json.dumps({"device_id": "future", "timestamp": "2999-01-01T00:00:00Z", "t": 1}), "more than a day in the future"),
+    (
+        json.dumps({"device_id": "future", "timestamp": "2999-01-01T00:00:00Z", "t": 1}),
+        "more than a day in the future",
+    ),
     (json.dumps({"device_id": "no-metric", "temperature": "abc"}), "no valid metric: temperature"),
     (json.dumps({"schema_version": 7, "device": {"id": "v7"}}), "schema_version 7 is not supported"),
     ('[{"bn":"urn:dev:x:","n":"t","vs":"hot"}]', "no valid metric"),
@@ -63,7 +85,10 @@ def write_mixed(tmp_path: Path) -> tuple[Path, Path]:
 def iotpipe(*args: str, database_url: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "iotpipe", "--database-url", database_url, *args],
-        capture_output=True, text=True, cwd=cwd, timeout=120,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
     )
 
 
@@ -88,7 +113,15 @@ def test_mixed_import_gives_exact_counts_and_reasons(database_url: str, tmp_path
     assert stats["dead_letters"] == len(MALFORMED_LINES) + csv_dead
     # Dead-lettered messages create no device.
     device_ids = {d["device_id"] for d in store.device_rows()}
-    assert device_ids == {"pump-7", "pump-8", "pump-9", "urn:dev:ow:10e2073a01080063", "ws-1", "loaner", "tank-1"}
+    assert device_ids == {
+        "pump-7",
+        "pump-8",
+        "pump-9",
+        "urn:dev:ow:10e2073a01080063",
+        "ws-1",
+        "loaner",
+        "tank-1",
+    }
 
     letters = store.dead_letter_rows()
     for (line, reason), letter in zip(MALFORMED_LINES, letters, strict=False):
@@ -96,7 +129,7 @@ def test_mixed_import_gives_exact_counts_and_reasons(database_url: str, tmp_path
         assert bytes(letter["payload"]).decode() == line
     line_numbers = [int(letter["origin"].rsplit(":", 1)[1]) for letter in letters[: len(MALFORMED_LINES)]]
     assert line_numbers == list(range(len(VALID_LINES) + 3, len(VALID_LINES) + 3 + len(MALFORMED_LINES)))
-    csv_letters = letters[len(MALFORMED_LINES):]
+    csv_letters = letters[len(MALFORMED_LINES) :]
     assert [letter["origin"] for letter in csv_letters] == [f"{csv_path}:5", f"{csv_path}:6"]
     assert "CSV row has 3 columns, the header has 4" in csv_letters[0]["reason"]
     assert "not-a-time" in csv_letters[1]["reason"]
@@ -105,8 +138,12 @@ def test_mixed_import_gives_exact_counts_and_reasons(database_url: str, tmp_path
 
 def test_reimport_stores_nothing_new_and_does_not_double_the_dlq(database_url: str, tmp_path: Path) -> None:
     jsonl, csv_path = write_mixed(tmp_path)
-    first = json.loads(iotpipe("import", str(jsonl), str(csv_path), "--json", database_url=database_url, cwd=tmp_path).stdout)
-    second = json.loads(iotpipe("import", str(jsonl), str(csv_path), "--json", database_url=database_url, cwd=tmp_path).stdout)
+    first = json.loads(
+        iotpipe("import", str(jsonl), str(csv_path), "--json", database_url=database_url, cwd=tmp_path).stdout
+    )
+    second = json.loads(
+        iotpipe("import", str(jsonl), str(csv_path), "--json", database_url=database_url, cwd=tmp_path).stdout
+    )
     assert second["stored"] == 0
     assert second["duplicates"] == first["stored"] + first["duplicates"]
     assert second["dead_lettered"] == first["dead_lettered"]
@@ -119,7 +156,9 @@ def test_reimport_stores_nothing_new_and_does_not_double_the_dlq(database_url: s
 def test_single_device_csv_export_takes_the_device_flag(database_url: str, tmp_path: Path) -> None:
     export = tmp_path / "export.csv"
     export.write_text("timestamp,value\n2026-11-22T10:00:00Z,1.5\n1763805660,2.5\n")
-    result = iotpipe("import", str(export), "--device", "meter-1", "--json", database_url=database_url, cwd=tmp_path)
+    result = iotpipe(
+        "import", str(export), "--device", "meter-1", "--json", database_url=database_url, cwd=tmp_path
+    )
     assert json.loads(result.stdout)["stored"] == 2
     store = open_store(database_url)
     assert [v for _, v in store.raw_readings("meter-1", "value")] == [2.5, 1.5]
@@ -128,7 +167,9 @@ def test_single_device_csv_export_takes_the_device_flag(database_url: str, tmp_p
 
 def test_whole_json_documents_import(database_url: str, tmp_path: Path) -> None:
     array = tmp_path / "batch.json"
-    array.write_text(json.dumps([{"device_id": "a", "timestamp": T, "t": 1}, {"device_id": "b", "timestamp": T, "t": 2}]))
+    array.write_text(
+        json.dumps([{"device_id": "a", "timestamp": T, "t": 1}, {"device_id": "b", "timestamp": T, "t": 2}])
+    )
     pack = tmp_path / "pack.senml.json"
     pack.write_text(VALID_LINES[2][0])
     result = iotpipe("import", str(array), str(pack), "--json", database_url=database_url, cwd=tmp_path)
@@ -139,7 +180,9 @@ def test_dlq_replay_stores_what_now_decodes(database_url: str, tmp_path: Path) -
     export = tmp_path / "export.csv"
     export.write_text("timestamp,value\n2026-11-22T10:00:00Z,1.5\n")
     # Without --device the rows have no device id and are dead-lettered.
-    first = json.loads(iotpipe("import", str(export), "--json", database_url=database_url, cwd=tmp_path).stdout)
+    first = json.loads(
+        iotpipe("import", str(export), "--json", database_url=database_url, cwd=tmp_path).stdout
+    )
     assert first["dead_lettered"] == 1
     listed = json.loads(iotpipe("dlq", "list", "--json", database_url=database_url, cwd=tmp_path).stdout)
     assert "device" in listed[0]["reason"] and listed[0]["origin"].endswith("export.csv:2")

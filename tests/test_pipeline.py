@@ -20,7 +20,9 @@ def v1(device: str, at: int, **metrics: object) -> dict[str, object]:
 
 def test_counters_add_up_and_every_reading_is_stored_once(store: Store) -> None:
     pipeline = Pipeline(store, PipelineConfig(batch_size=7))
-    messages = [raw(v1(f"d{i % 3}", T0 + i * MICROS_PER_SECOND, temperature=20.0 + i, humidity=50)) for i in range(20)]
+    messages = [
+        raw(v1(f"d{i % 3}", T0 + i * MICROS_PER_SECOND, temperature=20.0 + i, humidity=50)) for i in range(20)
+    ]
     messages += messages[:5]  # replayed
     messages.append(raw(b"not json at all {"))
     counters = pipeline.feed_all(messages)
@@ -46,7 +48,7 @@ def test_a_replayed_batch_on_postgres_and_sqlite_counts_only_duplicates(store: S
     batch = [raw(v1("d", T0 + i * MICROS_PER_SECOND, temperature=float(i))) for i in range(100)]
     Pipeline(store).feed_all(batch)
     again = Pipeline(store)
-    again.feed_all(batch + [raw(v1("d", T0 + 1000 * MICROS_PER_SECOND, temperature=5.0))])
+    again.feed_all([*batch, raw(v1("d", T0 + 1000 * MICROS_PER_SECOND, temperature=5.0))])
     assert again.counters.readings_stored == 1
     assert again.counters.readings_duplicate == 100
     assert len(store.raw_readings("d", "temperature")) == 101
@@ -67,7 +69,10 @@ def test_invalid_value_is_counted_and_the_rest_of_the_message_kept(store: Store)
     [
         (b'{"device_id": "d", "temp', "payload is not valid JSON"),
         (b'{"temperature": 20}', "device_id missing"),
-        (b'{"device_id": "d", "timestamp": "yesterday", "t": 1}', "timestamp 'yesterday' is not a valid ISO 8601 time"),
+        (
+            b'{"device_id": "d", "timestamp": "yesterday", "t": 1}',
+            "timestamp 'yesterday' is not a valid ISO 8601 time",
+        ),
         (b'{"device_id": "d", "timestamp": "2999-01-01T00:00:00Z", "t": 1}', "more than a day in the future"),
         (b'{"device_id": "d", "temperature": "abc"}', "no valid metric: temperature: 'abc' is not a number"),
         (b'{"device_id": "d", "status": {"ok": true}}', "no metric in message"),
@@ -101,10 +106,12 @@ def test_oversize_payload_is_dead_lettered_with_its_size(store: Store) -> None:
 def test_a_day_ahead_is_accepted_but_not_more(store: Store) -> None:
     now = now_micros()
     pipeline = Pipeline(store)
-    counters = pipeline.feed_all([
-        raw(v1("d", now + 23 * 3600 * MICROS_PER_SECOND, t=1.0), received_at=now),
-        raw(v1("d", now + 25 * 3600 * MICROS_PER_SECOND, t=2.0), received_at=now),
-    ])
+    counters = pipeline.feed_all(
+        [
+            raw(v1("d", now + 23 * 3600 * MICROS_PER_SECOND, t=1.0), received_at=now),
+            raw(v1("d", now + 25 * 3600 * MICROS_PER_SECOND, t=2.0), received_at=now),
+        ]
+    )
     assert counters.readings_stored == 1 and counters.messages_dead_lettered == 1
 
 
@@ -126,7 +133,9 @@ def test_acks_are_called_only_after_the_batch_commits(store: Store) -> None:
     assert acked == [0, 1, 2, 3, 4]
 
 
-def test_failed_write_acks_nothing_and_keeps_the_batch_for_retry(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_write_acks_nothing_and_keeps_the_batch_for_retry(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
     acked: list[int] = []
     pipeline = Pipeline(store, PipelineConfig(batch_size=100))
     pipeline.feed(raw(v1("d", T0, t=1.0), ack=lambda: acked.append(1)))
@@ -169,13 +178,31 @@ def test_watermark_commits_with_the_readings_before_it(store: Store) -> None:
 
 
 def test_device_metadata_and_seen_times_follow_the_readings(store: Store) -> None:
-    v2 = {"schema_version": 2, "device": {"id": "pump-7", "type": "pump", "firmware": "1.4.0",
-                                          "location": {"lat": 42.79, "lon": -86.1}},
-          "ts": T0 // 1000, "readings": {"pressure": {"value": 3.2, "unit": "bar"}}}
-    Pipeline(store).feed_all([raw(v2), raw(v1("pump-7", T0 - 10 * MICROS_PER_SECOND, t=1.0)),
-                              raw(v1("pump-7", T0 + 10 * MICROS_PER_SECOND, t=1.0))])
+    v2 = {
+        "schema_version": 2,
+        "device": {
+            "id": "pump-7",
+            "type": "pump",
+            "firmware": "1.4.0",
+            "location": {"lat": 42.79, "lon": -86.1},
+        },
+        "ts": T0 // 1000,
+        "readings": {"pressure": {"value": 3.2, "unit": "bar"}},
+    }
+    Pipeline(store).feed_all(
+        [
+            raw(v2),
+            raw(v1("pump-7", T0 - 10 * MICROS_PER_SECOND, t=1.0)),
+            raw(v1("pump-7", T0 + 10 * MICROS_PER_SECOND, t=1.0)),
+        ]
+    )
     [device] = store.device_rows()
-    assert (device["type"], device["firmware"], device["latitude"], device["longitude"]) == ("pump", "1.4.0", 42.79, -86.1)
+    assert (device["type"], device["firmware"], device["latitude"], device["longitude"]) == (
+        "pump",
+        "1.4.0",
+        42.79,
+        -86.1,
+    )
     assert device["first_seen"] == T0 - 10 * MICROS_PER_SECOND
     assert device["last_seen"] == T0 + 10 * MICROS_PER_SECOND
     Pipeline(store).feed_all([raw({**v2, "device": {**v2["device"], "firmware": "1.5.0"}})])  # type: ignore[dict-item]

@@ -29,8 +29,13 @@ def test_init_upgrades_an_older_schema_and_is_idempotent(database_url: str, tmp_
     old.close()
 
     def init() -> str:
-        result = subprocess.run([sys.executable, "-m", "iotpipe", "--database-url", database_url, "init"],
-                                capture_output=True, text=True, cwd=tmp_path, timeout=60)
+        result = subprocess.run(
+            [sys.executable, "-m", "iotpipe", "--database-url", database_url, "init"],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=60,
+        )
         assert result.returncode == 0, result.stderr
         return result.stdout
 
@@ -47,7 +52,9 @@ def test_sqlite_readings_are_compact(tmp_path: Path) -> None:
     from tests.helpers import raw
 
     store = open_store(f"sqlite:///{tmp_path / 'c.db'}")
-    messages = [raw({"device_id": f"d{i % 10}", "timestamp": 1_763_805_600 + i, "t": i * 0.5}) for i in range(20_000)]
+    messages = [
+        raw({"device_id": f"d{i % 10}", "timestamp": 1_763_805_600 + i, "t": i * 0.5}) for i in range(20_000)
+    ]
     Pipeline(store).feed_all(messages)
     with store.engine.connect() as conn:
         size = conn.exec_driver_sql("SELECT sum(pgsize) FROM dbstat WHERE name = 'readings'").scalar()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import gzip
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import orjson
 
@@ -64,7 +64,7 @@ class FileSource:
         for path in self.paths:
             with open(path, "rb") as handle:
                 self._current = handle
-                stream: BinaryIO = gzip.GzipFile(fileobj=handle) if path.suffix == ".gz" else handle
+                stream = cast(BinaryIO, gzip.GzipFile(fileobj=handle) if path.suffix == ".gz" else handle)
                 yield from self._messages(path, stream)
                 self._current = None
             self.bytes_done += path.stat().st_size
@@ -104,7 +104,9 @@ class FileSource:
                 continue
             yield RawMessage(body, "file", f"{path}:{number}", received_at, "csv", self.device_id, header)
 
-    def _document(self, path: Path, stream: BinaryIO, fmt: str | None, received_at: int) -> Iterator[RawMessage]:
+    def _document(
+        self, path: Path, stream: BinaryIO, fmt: str | None, received_at: int
+    ) -> Iterator[RawMessage]:
         body = stream.read()
         origin = str(path)
         try:
@@ -114,8 +116,8 @@ class FileSource:
             return
         if isinstance(doc, list) and doc and not any(isinstance(d, dict) and is_senml_record(d) for d in doc):
             for index, element in enumerate(doc):
-                yield RawMessage(orjson.dumps(element), "file", f"{origin}[{index}]", received_at, fmt,
-                                 self.device_id)
+                yield RawMessage(
+                    orjson.dumps(element), "file", f"{origin}[{index}]", received_at, fmt, self.device_id
+                )
             return
         yield RawMessage(body, "file", origin, received_at, fmt, self.device_id)
-

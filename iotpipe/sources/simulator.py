@@ -80,13 +80,19 @@ class Simulator:
     def payload(self, device: SimulatedDevice, at: Micros) -> bytes:
         values = self.reading_values(device, at)
         if self.rng.random() < self.v2_ratio:
-            return orjson.dumps({
-                "schema_version": 2,
-                "device": {"id": device.device_id, "type": device.type, "firmware": device.firmware,
-                           "location": {"lat": device.latitude, "lon": device.longitude}},
-                "ts": at // 1000,
-                "readings": {**values, "pressure": {"value": values["pressure"], "unit": "hPa"}},
-            })
+            return orjson.dumps(
+                {
+                    "schema_version": 2,
+                    "device": {
+                        "id": device.device_id,
+                        "type": device.type,
+                        "firmware": device.firmware,
+                        "location": {"lat": device.latitude, "lon": device.longitude},
+                    },
+                    "ts": at // 1000,
+                    "readings": {**values, "pressure": {"value": values["pressure"], "unit": "hPa"}},
+                }
+            )
         return orjson.dumps({"device_id": device.device_id, "timestamp": at // 1000, **values})
 
     def history(self, start: Micros, reports: int) -> Iterator[RawMessage]:

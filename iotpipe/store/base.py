@@ -140,9 +140,7 @@ class Store:
         """Widen each device's first_seen/last_seen to cover the batch's readings."""
         raise NotImplementedError  # one statement per engine
 
-    def _resolve_series(
-        self, conn: Connection, batch: WriteBatch
-    ) -> dict[str, tuple[int, dict[str, int]]]:
+    def _resolve_series(self, conn: Connection, batch: WriteBatch) -> dict[str, tuple[int, dict[str, int]]]:
         """Ids for devices and series the cache lacks, creating them; not cached until commit."""
         missing: dict[str, set[str]] = {}
         for device_id, group in batch.groups:
@@ -178,7 +176,9 @@ class Store:
             resolved.setdefault(device_id, (device_pks[device_id], {}))
         return resolved
 
-    def _ensure_devices(self, conn: Connection, device_ids: Any, infos: dict[str, DeviceInfo]) -> dict[str, int]:
+    def _ensure_devices(
+        self, conn: Connection, device_ids: Any, infos: dict[str, DeviceInfo]
+    ) -> dict[str, int]:
         ids = list(device_ids)
         now = now_micros()
         conn.execute(
@@ -203,7 +203,10 @@ class Store:
                 conn.execute(update(devices).where(devices.c.device_id == device_id).values(**values))
 
     def _write_invalid(
-        self, conn: Connection, counts: dict[tuple[str, str, str], int], new_ids: dict[str, tuple[int, dict[str, int]]]
+        self,
+        conn: Connection,
+        counts: dict[tuple[str, str, str], int],
+        new_ids: dict[str, tuple[int, dict[str, int]]],
     ) -> None:
         for (device_id, day, metric), count in counts.items():
             device_pk = (new_ids.get(device_id) or self._series_ids[device_id])[0]
@@ -247,8 +250,11 @@ class Store:
             statement = self.dialect_insert(dead_letters)
             statement = statement.on_conflict_do_update(
                 index_elements=["fingerprint"],
-                set_={"attempts": dead_letters.c.attempts + 1, "last_attempt_at": now,
-                      "reason": statement.excluded.reason},
+                set_={
+                    "attempts": dead_letters.c.attempts + 1,
+                    "last_attempt_at": now,
+                    "reason": statement.excluded.reason,
+                },
             )
             conn.execute(statement, fresh)
         if batch.replayed:
@@ -258,8 +264,12 @@ class Store:
         now = now_micros()
         for (source, key), value in marks.items():
             where = (ingest_watermarks.c.source == source, ingest_watermarks.c.key == key)
-            if not conn.execute(update(ingest_watermarks).where(*where).values(value=value, updated_at=now)).rowcount:
-                conn.execute(insert(ingest_watermarks).values(source=source, key=key, value=value, updated_at=now))
+            if not conn.execute(
+                update(ingest_watermarks).where(*where).values(value=value, updated_at=now)
+            ).rowcount:
+                conn.execute(
+                    insert(ingest_watermarks).values(source=source, key=key, value=value, updated_at=now)
+                )
 
     def _remember(self, new_ids: dict[str, tuple[int, dict[str, int]]], infos: dict[str, DeviceInfo]) -> None:
         for device_id, (device_pk, metrics) in new_ids.items():
@@ -275,7 +285,8 @@ class Store:
                 "series": conn.scalar(select(func.count()).select_from(series)) or 0,
                 "readings": conn.scalar(select(func.count()).select_from(readings)) or 0,
                 "dead_letters": conn.scalar(select(func.count()).select_from(dead_letters)) or 0,
-                "invalid_values": conn.scalar(select(func.coalesce(func.sum(invalid_values.c.count), 0))) or 0,
+                "invalid_values": conn.scalar(select(func.coalesce(func.sum(invalid_values.c.count), 0)))
+                or 0,
             }
 
     def watermark(self, source: str, key: str) -> str | None:

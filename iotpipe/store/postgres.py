@@ -25,7 +25,7 @@ def postgres_url(url: str) -> str:
     """SQLAlchemy URL that selects psycopg 3 for a plain postgresql:// URL."""
     for prefix in ("postgresql://", "postgres://"):
         if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix):]
+            return "postgresql+psycopg://" + url[len(prefix) :]
     return url
 
 
@@ -83,7 +83,6 @@ class PostgresStore(Store):
             ),
             (pks, firsts, lasts),
         )
-
 
 
 def _copy(cur: psycopg.Cursor[Any], statement: str, rows: list[tuple[int, int, float]]) -> None:

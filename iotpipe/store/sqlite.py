@@ -78,4 +78,3 @@ class SqliteStore(Store):
             "last_seen = max(coalesce(last_seen, ?2), ?2) WHERE id = ?3",
             [(first, last, pk) for pk, (first, last) in spans.items()],
         )
-

@@ -81,7 +81,7 @@ def test_millisecond_epoch_from_v2_example() -> None:
     ],
 )
 def test_unusable_timestamps_are_rejected_naming_the_field(value: object, message: str) -> None:
-    with pytest.raises(DecodeError, match="^ts ") as caught:
+    with pytest.raises(DecodeError, match=r"^ts ") as caught:
         parse_timestamp(value, "ts")
     assert message in caught.value.reason
 

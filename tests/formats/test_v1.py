@@ -49,12 +49,12 @@ def test_null_device_id_falls_back_to_the_source_device() -> None:
 
 
 def test_missing_device_id_is_rejected() -> None:
-    with pytest.raises(DecodeError, match="^device_id missing$"):
+    with pytest.raises(DecodeError, match=r"^device_id missing$"):
         decode_v1(raw_message(b'{"x": 1}'))
 
 
 def test_bad_timestamp_rejects_the_message() -> None:
-    with pytest.raises(DecodeError, match="^timestamp 'soon' is not a valid ISO 8601 time$"):
+    with pytest.raises(DecodeError, match=r"^timestamp 'soon' is not a valid ISO 8601 time$"):
         decode_v1(raw_message(b'{"device_id": "a", "timestamp": "soon", "x": 1}'))
 
 
