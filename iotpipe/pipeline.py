@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass
 
 from iotpipe import formats
 from iotpipe.errors import DecodeError
-from iotpipe.model import MICROS_PER_SECOND, DecodedMessage, RawMessage
-from iotpipe.store import DeadLetter, Store, WriteBatch, utc_day
+from iotpipe.model import MICROS_PER_SECOND, DecodedMessage, DeviceInfo, RawMessage
+from iotpipe.store import DeadLetter, Store, WriteBatch, WriteResult, utc_day
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,27 @@ class PipelineConfig:
     batch_delay: float = 1.0  # seconds a reading may wait for its batch to fill
     max_payload_bytes: int = 256 * 1024
     queue_size: int = 10_000  # messages between push sources and the writer
+    # Write the batch once this many messages await their ack. A broker lets only so
+    # many unacknowledged messages be in flight to one client (Mosquitto: 20 by
+    # default); waiting for a full batch beyond that window would stall the stream.
+    max_unacked: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Watermark:
+    source: str
+    key: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class _DeviceInfoUpdate:
+    device_id: str
+    info: DeviceInfo
+
+
+# Called after each commit with the batch that was written and its result.
+BatchObserver = Callable[[WriteBatch, WriteResult], None]
 
 
 @dataclass
@@ -65,11 +86,13 @@ class Pipeline:
         store: Store,
         config: PipelineConfig | None = None,
         on_commit: Callable[[Counters], None] | None = None,
+        observers: list[BatchObserver] | None = None,
     ) -> None:
         self.store = store
         self.config = config or PipelineConfig()
         self.counters = Counters()
         self.on_commit = on_commit
+        self.observers: list[BatchObserver] = list(observers or [])
         self._batch = WriteBatch()
         self._acks: list[Callable[[], None]] = []
         self._pending_messages = 0  # received into the open batch, not yet committed
@@ -83,6 +106,14 @@ class Pipeline:
     def submit(self, raw: RawMessage, timeout: float | None = None) -> None:
         """Hand a message to the writer thread; blocks while the queue is full."""
         self._queue.put(raw, timeout=timeout)
+
+    def submit_watermark(self, source: str, key: str, value: str) -> None:
+        """Queue a source's resume point behind the messages submitted before it."""
+        self._queue.put(_Watermark(source, key, value))
+
+    def submit_device_info(self, device_id: str, info: DeviceInfo) -> None:
+        """Queue device metadata (e.g. a ThingSpeak channel's) behind earlier messages."""
+        self._queue.put(_DeviceInfoUpdate(device_id, info))
 
     def queue_depth(self) -> int:
         return self._queue.qsize()
@@ -99,8 +130,12 @@ class Pipeline:
             if item is _STOP:
                 self.flush()
                 return
-            assert isinstance(item, RawMessage)
-            self.feed(item)
+            if isinstance(item, RawMessage):
+                self.feed(item)
+            elif isinstance(item, _Watermark):
+                self.set_watermark(item.source, item.key, item.value)
+            elif isinstance(item, _DeviceInfoUpdate):
+                self.set_device_info(item.device_id, item.info)
 
     def stop(self) -> None:
         """Ask `run()` to flush what it holds and return (after queued messages)."""
@@ -132,7 +167,9 @@ class Pipeline:
                 self._dead_letter(raw, exc.reason)
             else:
                 self._accept(raw, decoded)
-            full = self._batch.reading_count >= self.config.batch_size
+            full = self._batch.reading_count >= self.config.batch_size or (
+                self.config.max_unacked is not None and len(self._acks) >= self.config.max_unacked
+            )
             late = time.monotonic() - self._batch_started >= self.config.batch_delay
         if full or late:
             self.flush()
@@ -141,6 +178,12 @@ class Pipeline:
         """Commit a source's resume point together with the readings fed before it."""
         with self._lock:
             self._batch.watermarks[(source, key)] = value
+
+    def set_device_info(self, device_id: str, info: DeviceInfo) -> None:
+        """Stage device metadata; it is written with the batch (a device is created only
+        when a reading of it is stored)."""
+        with self._lock:
+            self._batch.infos[device_id] = info
 
     def _decode(self, raw: RawMessage) -> list[DecodedMessage]:
         size = len(raw.payload)
@@ -215,11 +258,14 @@ class Pipeline:
                 self._pending_dead,
                 time.perf_counter() - started,
             )
+            written = self._batch
             self._batch = WriteBatch()
             self._acks = []
             self._pending_messages = self._pending_accepted = self._pending_dead = 0
         for ack in acks:
             ack()
+        for observer in self.observers:
+            observer(written, result)
         if self.on_commit is not None:
             self.on_commit(counters)
 

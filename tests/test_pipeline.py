@@ -207,3 +207,39 @@ def test_device_metadata_and_seen_times_follow_the_readings(store: Store) -> Non
     assert device["last_seen"] == T0 + 10 * MICROS_PER_SECOND
     Pipeline(store).feed_all([raw({**v2, "device": {**v2["device"], "firmware": "1.5.0"}})])  # type: ignore[dict-item]
     assert store.device_rows()[0]["firmware"] == "1.5.0"
+
+
+def test_queued_watermark_commits_after_the_messages_submitted_before_it(store: Store) -> None:
+    pipeline = Pipeline(store, PipelineConfig(batch_size=2, batch_delay=3600))
+    seen: list[tuple[int, str | None]] = []
+    pipeline.observers.append(lambda batch, result: seen.append((result.stored, store.watermark("ts", "9"))))
+    for i in range(3):
+        pipeline.submit(raw(v1("d", T0 + i * MICROS_PER_SECOND, t=1.0)))
+    pipeline.submit_watermark("ts", "9", "3")
+    pipeline.stop()
+    pipeline.run()
+    # The first batch (2 readings) committed without the mark; the last one with it.
+    assert seen == [(2, None), (1, "3")]
+
+
+def test_unacked_window_forces_a_write(store: Store) -> None:
+    acked: list[int] = []
+    pipeline = Pipeline(store, PipelineConfig(batch_size=10_000, batch_delay=3600, max_unacked=3))
+    for i in range(7):
+        pipeline.feed(raw(v1("d", T0 + i * MICROS_PER_SECOND, t=1.0), ack=lambda i=i: acked.append(i)))
+    assert acked == [0, 1, 2, 3, 4, 5]
+    assert pipeline.counters.batches_written == 2
+
+
+def test_write_hooks_run_inside_the_transaction(store: Store) -> None:
+    def failing_hook(conn: object, rows: list[tuple[int, int, float]]) -> None:
+        assert len(rows) == 1
+        raise RuntimeError("hook failed")
+
+    store.write_hooks.append(failing_hook)
+    pipeline = Pipeline(store)
+    pipeline.feed(raw(v1("d", T0, t=1.0)))
+    with pytest.raises(RuntimeError):
+        pipeline.flush()
+    store.write_hooks.clear()
+    assert store.stats()["readings"] == 0  # rolled back with the hook

@@ -117,7 +117,7 @@ def _split(text: str, what: str) -> list[str]:
     if '"' not in text and "\n" not in text and "\r" not in text:
         return text.split(",")
     try:
-        rows = list(csv.reader(io.StringIO(text, newline="")))
+        rows = list(csv.reader(io.StringIO(text, newline=""), strict=True))
     except csv.Error as exc:
         raise DecodeError(f"{what} is not valid CSV: {exc}") from None
     if len(rows) != 1:

@@ -56,6 +56,12 @@ class WriteBatch:
         return bool(self.groups or self.dead_letters or self.replayed or self.watermarks or self.invalid)
 
 
+# Runs inside a batch's transaction with the (series_id, time, value) rows it inserts
+# (before dedupe against stored readings): e.g. analytics marking rollup buckets dirty,
+# which must commit or fail together with the readings.
+WriteHook = Callable[[Connection, list[tuple[int, Micros, float]]], None]
+
+
 @dataclass(slots=True, frozen=True)
 class WriteResult:
     stored: int
@@ -73,6 +79,7 @@ class Store:
         # device_id -> (device pk, {metric: series id}); filled only after commits succeed.
         self._series_ids: dict[str, tuple[int, dict[str, int]]] = {}
         self._device_infos: dict[str, DeviceInfo] = {}
+        self.write_hooks: list[WriteHook] = []
 
     # -- lifecycle --------------------------------------------------------------------
     def migrate(self, upto: str | None = None) -> list[str]:
@@ -103,6 +110,8 @@ class Store:
             new_ids = self._resolve_series(conn, batch)
             rows, spans = self._reading_rows(batch, new_ids)
             stored = self._insert_readings(conn, rows) if rows else 0
+            for hook in self.write_hooks:
+                hook(conn, rows)
             if spans:
                 self._touch_devices(conn, spans)
             self._update_device_infos(conn, batch.infos)
