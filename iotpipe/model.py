@@ -13,6 +13,7 @@ from typing import Any
 
 Micros = int
 MICROS_PER_SECOND = 1_000_000
+MICROS_PER_HOUR = 3600 * MICROS_PER_SECOND
 
 
 def now_micros() -> Micros:

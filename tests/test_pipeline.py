@@ -243,3 +243,18 @@ def test_write_hooks_run_inside_the_transaction(store: Store) -> None:
         pipeline.flush()
     store.write_hooks.clear()
     assert store.stats()["readings"] == 0  # rolled back with the hook
+
+
+def test_every_batch_marks_the_hours_it_touched_late_data_included(store: Store) -> None:
+    from sqlalchemy import select
+
+    from iotpipe.store.schema import dirty_hours
+
+    hour = 3600 * MICROS_PER_SECOND
+    Pipeline(store).feed_all(
+        [raw(v1("d", T0 + 5 * MICROS_PER_SECOND, t=1.0)), raw(v1("d", T0 + hour, t=2.0))]
+    )
+    Pipeline(store).feed_all([raw(v1("d", T0 - 3 * hour + 1, t=3.0))])  # late reading
+    with store.engine.connect() as conn:
+        marked = sorted(conn.execute(select(dirty_hours.c.hour_start)).scalars())
+    assert marked == [T0 - 3 * hour, T0, T0 + hour]

@@ -15,11 +15,12 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, delete, func, insert, select, update
 
-from iotpipe.model import DeviceInfo, Micros, RawMessage, now_micros
+from iotpipe.model import MICROS_PER_HOUR, DeviceInfo, Micros, RawMessage, now_micros
 from iotpipe.store import migrations
 from iotpipe.store.schema import (
     dead_letters,
     devices,
+    dirty_hours,
     ingest_watermarks,
     invalid_values,
     readings,
@@ -110,6 +111,8 @@ class Store:
             new_ids = self._resolve_series(conn, batch)
             rows, spans = self._reading_rows(batch, new_ids)
             stored = self._insert_readings(conn, rows) if rows else 0
+            if rows:
+                self._mark_dirty_hours(conn, rows)
             for hook in self.write_hooks:
                 hook(conn, rows)
             if spans:
@@ -144,6 +147,20 @@ class Store:
     def _insert_readings(self, conn: Connection, rows: list[tuple[int, Micros, float]]) -> int:
         """Insert rows, skipping (series_id, time) already stored; return how many were new."""
         raise NotImplementedError  # each engine has its own bulk path
+
+    def _mark_dirty_hours(self, conn: Connection, rows: list[tuple[int, Micros, float]]) -> None:
+        """Record each (series, hour) the batch touched, so rollups recompute only those —
+        late and replayed readings included (a replay re-marks, and recomputing is idempotent)."""
+        hours = {(sid, t - t % MICROS_PER_HOUR) for sid, t, _ in rows}
+        conn.execute(
+            self._insert_ignore(dirty_hours, ["series_id", "hour_start"]),
+            [{"series_id": sid, "hour_start": hour} for sid, hour in hours],
+        )
+
+    def cached_series_id(self, device_id: str, metric: str) -> int | None:
+        """The series id of a (device, metric) this store has written, without a query."""
+        known = self._series_ids.get(device_id)
+        return known[1].get(metric) if known else None
 
     def _touch_devices(self, conn: Connection, spans: dict[int, tuple[Micros, Micros]]) -> None:
         """Widen each device's first_seen/last_seen to cover the batch's readings."""

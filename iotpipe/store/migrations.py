@@ -117,6 +117,19 @@ MIGRATIONS: tuple[Migration, ...] = (
                 PRIMARY KEY (source, key))""",
         ),
     ),
+    Migration(
+        "0003_dirty_hours",
+        sqlite=(
+            """CREATE TABLE dirty_hours (
+                series_id INTEGER NOT NULL, hour_start INTEGER NOT NULL,
+                PRIMARY KEY (series_id, hour_start)) WITHOUT ROWID""",
+        ),
+        postgresql=(
+            """CREATE TABLE dirty_hours (
+                series_id integer NOT NULL, hour_start timestamptz NOT NULL,
+                PRIMARY KEY (series_id, hour_start))""",
+        ),
+    ),
 )
 
 _CREATE_LEDGER = {

@@ -148,3 +148,12 @@ schema_migrations = Table(
     Column("name", Text, primary_key=True),
     Column("applied_at", UtcMicros, nullable=False),
 )
+
+# Hours of a series that received readings since the rollup job last visited them:
+# written by every batch in the readings' transaction, consumed by analytics.
+dirty_hours = Table(
+    "dirty_hours",
+    metadata,
+    Column("series_id", Integer, primary_key=True),
+    Column("hour_start", UtcMicros, primary_key=True),
+)
