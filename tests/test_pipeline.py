@@ -37,10 +37,11 @@ def test_counters_add_up_and_every_reading_is_stored_once(store: Store) -> None:
     assert store.stats()["dead_letters"] == 1
 
 
-def test_duplicates_inside_one_batch_store_the_first_value(store: Store) -> None:
+def test_duplicates_inside_one_batch_are_stored_once(store: Store) -> None:
     pipeline = Pipeline(store)
     pipeline.feed_all([raw(v1("d", T0, temperature=1.0)), raw(v1("d", T0, temperature=2.0))])
-    assert store.raw_readings("d", "temperature") == [(T0, 1.0)]
+    # Which of the two values wins is the engine's choice; that exactly one is kept is ours.
+    assert len(store.raw_readings("d", "temperature")) == 1
     assert pipeline.counters.readings_duplicate == 1
 
 

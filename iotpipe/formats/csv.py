@@ -141,8 +141,15 @@ def _layout(header: tuple[str, ...], source_names_device: bool) -> _Layout:
 
     if "metric" in positions and "value" in positions:
         return _Layout(
-            len(names), time, time_name, device, positions["metric"], positions["value"],
-            positions.get("unit"), (), (),
+            len(names),
+            time,
+            time_name,
+            device,
+            positions["metric"],
+            positions["value"],
+            positions.get("unit"),
+            (),
+            (),
         )
 
     not_metrics = set(TIME_COLUMNS) | set(DEVICE_COLUMNS) | IGNORED_COLUMNS

@@ -33,8 +33,16 @@ GENERIC_MEASUREMENTS = frozenset({"iotpipe", "telemetry", "readings"})
 DEVICE_TAGS = ("device_id", "host")  # in order of precedence
 
 _BOOLEANS = {
-    "t": 1.0, "T": 1.0, "true": 1.0, "True": 1.0, "TRUE": 1.0,
-    "f": 0.0, "F": 0.0, "false": 0.0, "False": 0.0, "FALSE": 0.0,
+    "t": 1.0,
+    "T": 1.0,
+    "true": 1.0,
+    "True": 1.0,
+    "TRUE": 1.0,
+    "f": 0.0,
+    "F": 0.0,
+    "false": 0.0,
+    "False": 0.0,
+    "FALSE": 0.0,
 }
 _INT64 = 2**63
 _UINT64 = 2**64
@@ -74,9 +82,9 @@ def decode_lineproto(raw: RawMessage) -> list[DecodedMessage]:
         line = text[pos:newline].strip(" \t")
         if line and line[0] != "#":
             if "\\" in line or '"' in line:
+                # A quoted string may hold newlines: the parser says where the line really ends.
                 message, newline = _parse_escaped(text, pos, lineno, raw, devices)
-                lineno_end = lineno + text.count("\n", pos, newline)
-                lineno = lineno_end
+                lineno += text.count("\n", pos, newline)
             else:
                 message = _parse_plain(line, lineno, raw, devices)
             messages.append(message)
@@ -136,7 +144,7 @@ def _parse_escaped(
     while i < end and text[i] == ",":
         match = _KEY.match(text, i + 1)
         if match is None:
-            raise DecodeError(f"line {lineno}: empty tag key after {_preview(text[pos:i + 1])}")
+            raise DecodeError(f"line {lineno}: empty tag key after {_preview(text[pos : i + 1])}")
         key = _unescape(match.group(), _KEY_ESCAPE)
         i = match.end()
         if i >= end or text[i] != "=":
@@ -156,7 +164,7 @@ def _parse_escaped(
     while True:
         match = _KEY.match(text, i)
         if match is None:
-            raise DecodeError(f"line {lineno}: empty field key at {_preview(text[i:i + 20])}")
+            raise DecodeError(f"line {lineno}: empty field key at {_preview(text[i : i + 20])}")
         key = _unescape(match.group(), _KEY_ESCAPE)
         i = match.end()
         if i >= end or text[i] != "=":
@@ -187,7 +195,9 @@ def _parse_escaped(
         timestamp = text[blanks:stop]
         blanks = _skip_blanks(text, stop)
     if blanks < end and text[blanks] != "\n":
-        raise DecodeError(f"line {lineno}: unexpected {_preview(text[blanks:blanks + 20])} after the fields")
+        raise DecodeError(
+            f"line {lineno}: unexpected {_preview(text[blanks : blanks + 20])} after the fields"
+        )
 
     device_id = _device(device_tags, raw, lineno, devices)
     time = raw.received_at if timestamp is None else _timestamp(timestamp, lineno)

@@ -27,13 +27,15 @@ from iotpipe.formats.json import load_json
 from iotpipe.formats.values import MAX_ID_LENGTH, check_device_id, coerce_value
 from iotpipe.model import DecodedMessage, InvalidValue, RawMessage
 
-# Labels of the IANA SenML registry (RFC 8428 §12.2, plus `ct`/`bct` of RFC 9193).
+# Labels of the IANA SenML registry: RFC 8428 §12.2 and later additions (`ct`/`bct`, RFC 9193).
 SENML_LABELS = frozenset(
-    {"bn", "bt", "bu", "bv", "bs", "bver", "n", "u", "v", "vs", "vb", "vd", "s", "t", "ut",
-     "l", "ct", "bct"}
+    {"bn", "bt", "bu", "bv", "bs", "bver", "n", "u", "v", "vs", "vb", "vd", "s", "t", "ut", "l", "ct", "bct"}
 )
 _RELATIVE_BELOW = 2**28  # RFC 8428 §4.5.3: smaller resolved times are relative to "now"
 _MAX_SECONDS = 1e11  # year ~5138, the same bound the timestamp parser uses
+_BASE_LABELS = frozenset({"bn", "bt", "bu", "bv", "bs", "bver"})
+_VALUE_LABELS = frozenset({"v", "vb", "vs", "vd", "s"})
+_ABSENT = object()
 _SEPARATORS = ":/"
 _NUMBER_TYPES = (int, float)
 
@@ -44,8 +46,7 @@ def is_senml_record(record: dict[str, Any]) -> bool:
     Extension labels outside the registry make it "not SenML" for sniffing; a source that
     names the "senml" format explicitly still gets them ignored as RFC 8428 §4.4 says.
     """
-    keys = record.keys()
-    return bool(keys) and not (keys - SENML_LABELS)
+    return bool(record) and record.keys() <= SENML_LABELS
 
 
 def decode_records(records: list[Any], raw: RawMessage) -> list[DecodedMessage]:
@@ -59,78 +60,89 @@ def decode_records(records: list[Any], raw: RawMessage) -> list[DecodedMessage]:
     base_unit: str | None = None
     base_value = 0.0
     base_sum = 0.0
-    # Device and metric of the last resolved name: consecutive records usually repeat it.
-    last_key: tuple[str, str] | None = None
-    last_name = ("", "")
+    # Packs repeat a handful of names many times: resolve each (bn, n) once.
+    names: dict[tuple[str, str], tuple[DecodedMessage, str]] = {}
 
     for index, record in enumerate(records):
         if type(record) is not dict:
             raise DecodeError(f"record {index} is not a JSON object (got {type(record).__name__})")
-        if len(record.keys() - SENML_LABELS):
+        if not record.keys() <= SENML_LABELS:
             _check_extensions(record, index)
 
         # Base fields apply to this and every later record until redefined (RFC 8428 §4.1).
-        if "bn" in record:
-            base_name = _text(record["bn"], "bn", index)
-        if "bt" in record:
-            base_seconds = _number(record["bt"], "bt", index)
-            base_micros = round(base_seconds * 1_000_000)
-        if "bu" in record:
-            base_unit = _text(record["bu"], "bu", index) or None
-        if "bv" in record:
-            base_value = _number(record["bv"], "bv", index)
-        if "bs" in record:
-            base_sum = _number(record["bs"], "bs", index)
-        if "bver" in record:
-            version = record["bver"]
-            if type(version) is not int or version < 1:
-                raise DecodeError(f"record {index}: bver {version!r} is not a positive integer")
-
-        has_value = "v" in record or "vb" in record or "vs" in record or "vd" in record
-        if not has_value and "s" not in record:
+        if not record.keys().isdisjoint(_BASE_LABELS):
+            if "bn" in record:
+                base_name = _text(record["bn"], "bn", index)
+            if "bt" in record:
+                base_seconds = _number(record["bt"], "bt", index)
+                base_micros = round(base_seconds * 1_000_000)
+            if "bu" in record:
+                base_unit = _text(record["bu"], "bu", index) or None
+            if "bv" in record:
+                base_value = _number(record["bv"], "bv", index)
+            if "bs" in record:
+                base_sum = _number(record["bs"], "bs", index)
+            if "bver" in record:
+                version = record["bver"]
+                if type(version) is not int or version < 1:
+                    raise DecodeError(f"record {index}: bver {version!r} is not a positive integer")
+        if record.keys().isdisjoint(_VALUE_LABELS):
             continue  # a record of base fields only
 
         name = record.get("n", "")
         if type(name) is not str:
             raise DecodeError(f"record {index}: n {name!r} is not a string")
         key = (base_name, name)
-        if key != last_key:
-            last_key = key
-            last_name = _resolve_name(base_name, name, raw, index)
-        device_id, metric = last_name
+        target = names.get(key)
+        if target is None:
+            device_id, metric = _resolve_name(base_name, name, raw, index)
+            message = messages.get(device_id)
+            if message is None:
+                message = messages[device_id] = DecodedMessage(device_id, [])
+            target = names[key] = (message, metric)
+        message, metric = target
 
-        time = _record_time(record, base_seconds, base_micros, raw, index)
-        message = messages.get(device_id)
-        if message is None:
-            message = messages[device_id] = DecodedMessage(device_id, [])
+        offset = record.get("t")
+        if offset is None:
+            time = _absolute(base_seconds, base_micros, raw, index)
+        else:
+            offset = _number(offset, "t", index)
+            # Summed in µs, so whole-second offsets from a fractional bt stay exact.
+            time = _absolute(base_seconds + offset, base_micros + round(offset * 1_000_000), raw, index)
         unit = record.get("u", base_unit)
         if type(unit) is not str:
             unit = base_unit
 
-        if has_value:
-            if "v" in record:
-                value = coerce_value(metric, record["v"])
-                if type(value) is float:
-                    value += base_value
-                    if not math.isfinite(value):
-                        value = InvalidValue(metric, f"record {index}: v + bv is not a finite number")
-            elif "vb" in record:
-                flag = record["vb"]
-                value = (
-                    coerce_value(metric, flag)
-                    if flag is None or type(flag) is bool
-                    else InvalidValue(metric, f"record {index}: vb {_preview(flag)} is not a boolean")
-                )
-            elif "vs" in record:
-                text = record["vs"]
-                value = None if text is None else InvalidValue(
-                    metric, f"record {index}: vs {_preview(text)} is a string, not a number"
-                )
-            else:
-                value = None if record["vd"] is None else InvalidValue(
-                    metric, f"record {index}: vd is binary data, not a number"
-                )
-            _add(message, metric, time, value, unit)
+        value = record.get("v", _ABSENT)
+        if value is not _ABSENT:
+            value = coerce_value(metric, value)
+            if type(value) is float:
+                value += base_value
+                if value - value != 0.0:  # v + bv overflowed to infinity
+                    value = InvalidValue(metric, f"record {index}: v + bv is not a finite number")
+        elif "vb" in record:
+            flag = record["vb"]
+            value = (
+                coerce_value(metric, flag)
+                if flag is None or type(flag) is bool
+                else InvalidValue(metric, f"record {index}: vb {_preview(flag)} is not a boolean")
+            )
+        elif "vs" in record:
+            text = record["vs"]
+            value = (
+                None
+                if text is None
+                else InvalidValue(metric, f"record {index}: vs {_preview(text)} is a string, not a number")
+            )
+        elif "vd" in record:
+            value = (
+                None
+                if record["vd"] is None
+                else InvalidValue(metric, f"record {index}: vd is binary data, not a number")
+            )
+        else:
+            value = None  # only a sum
+        _add(message, metric, time, value, unit)
         if "s" in record:
             sum_metric = metric + "_sum"
             value = coerce_value(sum_metric, record["s"])
@@ -189,16 +201,8 @@ def _split_name(full: str) -> tuple[str, str]:
     return full[:cut], full[cut + 1 :]
 
 
-def _record_time(
-    record: dict[str, Any], base_seconds: float, base_micros: int, raw: RawMessage, index: int
-) -> int:
-    if "t" in record:
-        offset = _number(record["t"], "t", index)
-        seconds = base_seconds + offset
-        micros = base_micros + round(offset * 1_000_000)  # summed in µs: exact for whole t
-    else:
-        seconds = base_seconds
-        micros = base_micros
+def _absolute(seconds: float, micros: int, raw: RawMessage, index: int) -> int:
+    """The time of a record from its resolved bt + t, in seconds and in µs."""
     if not -_MAX_SECONDS < seconds < _MAX_SECONDS:
         raise DecodeError(f"record {index}: time {seconds!r} s is out of range")
     if seconds < _RELATIVE_BELOW:

@@ -20,7 +20,6 @@ from iotpipe.store import migrations
 from iotpipe.store.schema import (
     dead_letters,
     devices,
-    dirty_hours,
     ingest_watermarks,
     invalid_values,
     readings,
@@ -127,22 +126,25 @@ class Store:
     def _reading_rows(
         self, batch: WriteBatch, new_ids: dict[str, tuple[int, dict[str, int]]]
     ) -> tuple[list[tuple[int, Micros, float]], dict[int, tuple[Micros, Micros]]]:
-        """(series_id, time, value) rows deduplicated within the batch (first wins), and
-        each device's (first, last) reading time."""
-        unique: dict[tuple[int, Micros], float] = {}
+        """(series_id, time, value) rows, and each device's (first, last) reading time.
+
+        Duplicates inside the batch are left in: both engines' inserts skip a row whose
+        (series_id, time) is already there, including one inserted earlier in the same
+        statement, so deduplicating here would only cost time.
+        """
+        rows: list[tuple[int, Micros, float]] = []
         spans: dict[int, tuple[Micros, Micros]] = {}
         cache = self._series_ids
         for device_id, group in batch.groups:
             device_pk, ids = new_ids.get(device_id) or cache[device_id]
-            first, last = spans.get(device_pk, (group[0][1], group[0][1]))
-            for metric, time, value in group:
-                unique.setdefault((ids[metric], time), value)
-                if time > last:
-                    last = time
-                elif time < first:
-                    first = time
-            spans[device_pk] = (first, last)
-        return [(sid, t, v) for (sid, t), v in unique.items()], spans
+            rows += [(ids[metric], time, value) for metric, time, value in group]
+            first = last = group[0][1]
+            if len(group) > 1:
+                times = [time for _, time, _ in group]
+                first, last = min(times), max(times)
+            known = spans.get(device_pk)
+            spans[device_pk] = (first, last) if known is None else (min(known[0], first), max(known[1], last))
+        return rows, spans
 
     def _insert_readings(self, conn: Connection, rows: list[tuple[int, Micros, float]]) -> int:
         """Insert rows, skipping (series_id, time) already stored; return how many were new."""
@@ -152,10 +154,10 @@ class Store:
         """Record each (series, hour) the batch touched, so rollups recompute only those —
         late and replayed readings included (a replay re-marks, and recomputing is idempotent)."""
         hours = {(sid, t - t % MICROS_PER_HOUR) for sid, t, _ in rows}
-        conn.execute(
-            self._insert_ignore(dirty_hours, ["series_id", "hour_start"]),
-            [{"series_id": sid, "hour_start": hour} for sid, hour in hours],
-        )
+        self._insert_dirty_hours(conn, list(hours))
+
+    def _insert_dirty_hours(self, conn: Connection, hours: list[tuple[int, Micros]]) -> None:
+        raise NotImplementedError  # through the driver: this runs on every batch
 
     def cached_series_id(self, device_id: str, metric: str) -> int | None:
         """The series id of a (device, metric) this store has written, without a query."""

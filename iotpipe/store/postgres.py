@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
-from psycopg import sql
 from sqlalchemy import Connection, create_engine
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
@@ -16,6 +15,9 @@ from iotpipe.store.base import Store
 # carries no per-field type, so sending our µs-since-1970 ints shifted by this offset
 # through psycopg's C int8 dumper stores real timestamptz values with no datetime objects.
 PG_EPOCH_OFFSET_MICROS = 946_684_800_000_000
+
+# SQL turning an offset column (µs since 2000-01-01) back into a timestamptz.
+_FROM_OFFSET = "('2000-01-01 00:00:00+00'::timestamptz + {} * interval '1 microsecond')"
 
 COPY_READINGS = "COPY readings (series_id, time, value) FROM STDIN (FORMAT BINARY)"
 COPY_STAGING = "COPY readings_staging (series_id, time, value) FROM STDIN (FORMAT BINARY)"
@@ -44,8 +46,7 @@ class PostgresStore(Store):
         New data (the common case) pays for one COPY; replays and re-imports pay for two
         passes but still store each (series, time) once.
         """
-        raw = conn.connection.driver_connection
-        assert isinstance(raw, psycopg.Connection)
+        raw = _driver(conn)
         shifted = [(sid, t - PG_EPOCH_OFFSET_MICROS, v) for sid, t, v in rows]
         try:
             with raw.transaction(), raw.cursor() as cur:  # a savepoint inside the batch
@@ -66,21 +67,25 @@ class PostgresStore(Store):
             )
             return cur.rowcount
 
+    def _insert_dirty_hours(self, conn: Connection, hours: list[tuple[int, Micros]]) -> None:
+        _driver(conn).execute(
+            "INSERT INTO dirty_hours (series_id, hour_start) "
+            f"SELECT s, {_FROM_OFFSET.format('h')} FROM unnest(%s::int[], %s::bigint[]) AS u(s, h) "
+            "ON CONFLICT DO NOTHING",
+            ([sid for sid, _ in hours], [hour - PG_EPOCH_OFFSET_MICROS for _, hour in hours]),
+        )
+
     def _touch_devices(self, conn: Connection, spans: dict[int, tuple[Micros, Micros]]) -> None:
-        raw = conn.connection.driver_connection
-        assert isinstance(raw, psycopg.Connection)
+        raw = _driver(conn)
         pks = list(spans)
         firsts = [spans[pk][0] - PG_EPOCH_OFFSET_MICROS for pk in pks]
         lasts = [spans[pk][1] - PG_EPOCH_OFFSET_MICROS for pk in pks]
         raw.execute(
-            sql.SQL(
-                "UPDATE devices d SET "
-                "first_seen = LEAST(d.first_seen, v.first), last_seen = GREATEST(d.last_seen, v.last) "
-                "FROM (SELECT unnest(%s::int[]) AS id, "
-                "'2000-01-01 00:00:00+00'::timestamptz + unnest(%s::bigint[]) * interval '1 microsecond' AS first, "
-                "'2000-01-01 00:00:00+00'::timestamptz + unnest(%s::bigint[]) * interval '1 microsecond' AS last) v "
-                "WHERE d.id = v.id"
-            ),
+            "UPDATE devices d SET "
+            "first_seen = LEAST(d.first_seen, v.first), last_seen = GREATEST(d.last_seen, v.last) "
+            f"FROM (SELECT id, {_FROM_OFFSET.format('f')} AS first, {_FROM_OFFSET.format('l')} AS last "
+            "FROM unnest(%s::int[], %s::bigint[], %s::bigint[]) AS u(id, f, l)) v "
+            "WHERE d.id = v.id",
             (pks, firsts, lasts),
         )
 
@@ -90,3 +95,10 @@ def _copy(cur: psycopg.Cursor[Any], statement: str, rows: list[tuple[int, int, f
         copy.set_types(["int4", "int8", "float8"])
         for row in rows:
             copy.write_row(row)
+
+
+def _driver(conn: Connection) -> psycopg.Connection[Any]:
+    """The psycopg connection under SQLAlchemy's, for COPY and the per-batch statements."""
+    raw = conn.connection.driver_connection
+    assert isinstance(raw, psycopg.Connection)
+    return raw

@@ -64,17 +64,26 @@ class SqliteStore(Store):
                 yield conn
 
     def _insert_readings(self, conn: Connection, rows: list[tuple[int, Micros, float]]) -> int:
-        raw = conn.connection.driver_connection
-        assert isinstance(raw, sqlite3.Connection)
+        raw = _driver(conn)
         before = raw.total_changes
         raw.executemany("INSERT OR IGNORE INTO readings (series_id, time, value) VALUES (?, ?, ?)", rows)
         return raw.total_changes - before
 
+    def _insert_dirty_hours(self, conn: Connection, hours: list[tuple[int, Micros]]) -> None:
+        _driver(conn).executemany(
+            "INSERT OR IGNORE INTO dirty_hours (series_id, hour_start) VALUES (?, ?)", hours
+        )
+
     def _touch_devices(self, conn: Connection, spans: dict[int, tuple[Micros, Micros]]) -> None:
-        raw = conn.connection.driver_connection
-        assert isinstance(raw, sqlite3.Connection)
-        raw.executemany(
+        _driver(conn).executemany(
             "UPDATE devices SET first_seen = min(coalesce(first_seen, ?1), ?1), "
             "last_seen = max(coalesce(last_seen, ?2), ?2) WHERE id = ?3",
             [(first, last, pk) for pk, (first, last) in spans.items()],
         )
+
+
+def _driver(conn: Connection) -> sqlite3.Connection:
+    """The sqlite3 connection under SQLAlchemy's, for the per-batch bulk statements."""
+    raw = conn.connection.driver_connection
+    assert isinstance(raw, sqlite3.Connection)
+    return raw

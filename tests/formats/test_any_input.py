@@ -19,10 +19,49 @@ FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCh
 
 # Keys the decoders look for, so generated objects reach past the first shape check.
 _VOCABULARY = [
-    "device_id", "timestamp", "time", "ts", "schema_version", "device", "id", "type", "name", "firmware",
-    "location", "lat", "lon", "alt", "readings", "value", "unit", "temperature",
-    "n", "bn", "v", "vs", "vb", "vd", "s", "t", "bt", "bu", "bv", "bs", "bver", "u", "x_",
-    "channel", "feeds", "created_at", "entry_id", "field1", "field2", "latitude", "longitude", "elevation", "tags",
+    "device_id",
+    "timestamp",
+    "time",
+    "ts",
+    "schema_version",
+    "device",
+    "id",
+    "type",
+    "name",
+    "firmware",
+    "location",
+    "lat",
+    "lon",
+    "alt",
+    "readings",
+    "value",
+    "unit",
+    "temperature",
+    "n",
+    "bn",
+    "v",
+    "vs",
+    "vb",
+    "vd",
+    "s",
+    "t",
+    "bt",
+    "bu",
+    "bv",
+    "bs",
+    "bver",
+    "u",
+    "x_",
+    "channel",
+    "feeds",
+    "created_at",
+    "entry_id",
+    "field1",
+    "field2",
+    "latitude",
+    "longitude",
+    "elevation",
+    "tags",
 ]
 _scalars = st.one_of(
     st.none(),
@@ -40,12 +79,42 @@ _json = st.recursive(
 )
 _headers = st.one_of(
     st.none(),
-    st.lists(st.one_of(st.sampled_from(["timestamp", "device_id", "metric", "value", "x", "Light", ""]), st.text(max_size=6)), max_size=6).map(tuple),
+    st.lists(
+        st.one_of(
+            st.sampled_from(["timestamp", "device_id", "metric", "value", "x", "Light", ""]),
+            st.text(max_size=6),
+        ),
+        max_size=6,
+    ).map(tuple),
 )
 _devices = st.one_of(st.none(), st.sampled_from(["dev-1", "", " ", "d" * 201]), st.text(max_size=10))
 _line_pieces = st.sampled_from(
-    ["m", ",", "host=h", "device_id=d", " ", "x=1", "y=2i", "z=3u", "w=t", 's="a b"', '"', "\\", "=", "\n", "#",
-     "1465839830100400200", "nan", "1e400", "\\ ", "\\,", "\\\"", "\r\n", "\t", "é"]
+    [
+        "m",
+        ",",
+        "host=h",
+        "device_id=d",
+        " ",
+        "x=1",
+        "y=2i",
+        "z=3u",
+        "w=t",
+        's="a b"',
+        '"',
+        "\\",
+        "=",
+        "\n",
+        "#",
+        "1465839830100400200",
+        "nan",
+        "1e400",
+        "\\ ",
+        "\\,",
+        '\\"',
+        "\r\n",
+        "\t",
+        "é",
+    ]
 )
 
 
@@ -80,7 +149,9 @@ def test_arbitrary_json_raises_only_decode_errors(
 @pytest.mark.parametrize("name", DECODERS)
 @FUZZ
 @given(
-    lines=st.lists(st.one_of(st.text(max_size=30), st.lists(_line_pieces, max_size=12).map("".join)), max_size=5),
+    lines=st.lists(
+        st.one_of(st.text(max_size=30), st.lists(_line_pieces, max_size=12).map("".join)), max_size=5
+    ),
     header=_headers,
     device_id=_devices,
 )

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from iotpipe.errors import DecodeError
 from iotpipe.formats import decoder_for
 from iotpipe.formats.csv import split_header
-from iotpipe.model import InvalidValue
+from iotpipe.model import DecodedMessage, InvalidValue
 
 from .support import RECEIVED_AT, raw_message, readings_of
 
@@ -20,7 +20,7 @@ decode_csv = decoder_for("csv")
 T = 1_795_341_600_000_000  # 2026-11-22T10:00:00Z
 
 
-def row(line: str, header: str, device_id: str | None = None) -> list:  # type: ignore[type-arg]
+def row(line: str, header: str, device_id: str | None = None) -> list[DecodedMessage]:
     return decode_csv(raw_message(line, header=split_header(header.encode()), device_id=device_id))
 
 
@@ -117,7 +117,7 @@ def test_non_utf8_row_is_rejected() -> None:
 
 
 def test_split_header_strips_bom_whitespace_and_line_ending() -> None:
-    assert split_header(b"\xef\xbb\xbftimestamp, temperature ,\"Humidity, %\"\r\n") == (
+    assert split_header(b'\xef\xbb\xbftimestamp, temperature ,"Humidity, %"\r\n') == (
         "timestamp",
         "temperature",
         "Humidity, %",
@@ -139,9 +139,24 @@ def test_unusable_headers_are_rejected(line: bytes, message: str) -> None:
         split_header(line)
 
 
-_column = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=12).filter(
-    lambda c: c.strip() == c
-    and c.lower() not in {"timestamp", "time", "ts", "created_at", "datetime", "date", "device_id", "device", "entry_id", "metric", "value"}
+_column = st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=12).filter(
+    lambda c: (
+        c.strip() == c
+        and c.lower()
+        not in {
+            "timestamp",
+            "time",
+            "ts",
+            "created_at",
+            "datetime",
+            "date",
+            "device_id",
+            "device",
+            "entry_id",
+            "metric",
+            "value",
+        }
+    )
 )
 _finite = st.floats(allow_nan=False, allow_infinity=False)
 

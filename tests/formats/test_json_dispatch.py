@@ -47,7 +47,9 @@ def test_sniffing_an_empty_payload_is_an_error() -> None:
 
 
 def test_v1_is_the_default_shape() -> None:
-    messages = decode(raw_message(b'{"device_id": "pump-7", "timestamp": "2026-11-22T10:00:00Z", "humidity": 40}'))
+    messages = decode(
+        raw_message(b'{"device_id": "pump-7", "timestamp": "2026-11-22T10:00:00Z", "humidity": 40}')
+    )
     assert readings_of(messages) == [("pump-7", "humidity", 1_795_341_600_000_000, 40.0)]
 
 
@@ -90,7 +92,10 @@ def test_json_array_that_is_not_senml_is_rejected(payload: bytes) -> None:
 
 
 def test_thingspeak_document_goes_to_thingspeak() -> None:
-    doc = {"channel": {"id": 9, "field1": "Light"}, "feeds": [{"created_at": "2016-02-09T20:13:30Z", "field1": "199"}]}
+    doc = {
+        "channel": {"id": 9, "field1": "Light"},
+        "feeds": [{"created_at": "2016-02-09T20:13:30Z", "field1": "199"}],
+    }
     messages = decode(raw_message(orjson.dumps(doc)))
     assert readings_of(messages) == [("thingspeak-9", "light", 1_455_048_810_000_000, 199.0)]
 

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from iotpipe.errors import DecodeError
 from iotpipe.formats import decoder_for
 from iotpipe.formats.lineproto import GENERIC_MEASUREMENTS, _parse_escaped, _parse_plain
-from iotpipe.model import InvalidValue
+from iotpipe.model import DecodedMessage, InvalidValue
 
 from .support import RECEIVED_AT, raw_message, readings_of
 
@@ -28,7 +28,7 @@ TELEGRAF_TEST = (
 )
 
 
-def decode(payload: str, device_id: str | None = None) -> list:  # type: ignore[type-arg]
+def decode(payload: str, device_id: str | None = None) -> list[DecodedMessage]:
     return decode_lineproto(raw_message(payload, device_id=device_id))
 
 
@@ -87,7 +87,10 @@ def test_string_fields_are_skipped_silently() -> None:
 
 def test_string_field_may_span_lines() -> None:
     messages = decode('log,host=a msg="line one\nline two",level=3\nlog,host=b level=4')
-    assert readings_of(messages) == [("a", "log_level", RECEIVED_AT, 3.0), ("b", "log_level", RECEIVED_AT, 4.0)]
+    assert readings_of(messages) == [
+        ("a", "log_level", RECEIVED_AT, 3.0),
+        ("b", "log_level", RECEIVED_AT, 4.0),
+    ]
 
 
 def test_line_numbers_count_lines_inside_multiline_strings() -> None:
@@ -154,7 +157,10 @@ def test_each_line_may_name_its_own_device() -> None:
         ("m,host=a x=1_000", "^line 1: field 'x' value '1_000' is not a number"),
         ("m,host=a x=١", "^line 1: field 'x' value '١' is not a number"),
         ("m,host=a x=-1u", "^line 1: field 'x' value '-1u' is not a number"),
-        ("m,host=a x=9223372036854775808i", "^line 1: field 'x' value '9223372036854775808i' is out of range$"),
+        (
+            "m,host=a x=9223372036854775808i",
+            "^line 1: field 'x' value '9223372036854775808i' is out of range$",
+        ),
         ("m,host=a x=1 12:00", "^line 1: timestamp '12:00' is not an integer of nanoseconds$"),
         ("m,host=a x=1 1.5", "^line 1: timestamp '1.5' is not an integer of nanoseconds$"),
         ("m,host=a x=1 99999999999999999999", "^line 1: timestamp '99999999999999999999' is out of range"),
@@ -181,7 +187,9 @@ def test_invalid_utf8_is_rejected() -> None:
 
 # --- properties --------------------------------------------------------------------------
 
-_alphabet = st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="\n\r\t\x0b\x0c\x85\u2028\u2029")
+_alphabet = st.characters(
+    exclude_categories=["Cs", "Cc"], exclude_characters="\n\r\t\x0b\x0c\x85\u2028\u2029"
+)
 _special = st.sampled_from([" ", ",", "=", "\\", '"', "#"])
 _name = st.text(st.one_of(_alphabet, _special), min_size=1, max_size=12)
 
@@ -223,7 +231,9 @@ def _lines(draw: st.DrawFn) -> tuple[str, str, list[tuple[str, float]], int | No
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(_lines(), min_size=1, max_size=4), st.lists(st.sampled_from(["", "# comment", "  "]), max_size=3))
+@given(
+    st.lists(_lines(), min_size=1, max_size=4), st.lists(st.sampled_from(["", "# comment", "  "]), max_size=3)
+)
 def test_generated_escaped_lines_decode_back_to_their_fields(
     lines: list[tuple[str, str, list[tuple[str, float]], int | None]], noise: list[str]
 ) -> None:
@@ -237,7 +247,9 @@ def test_generated_escaped_lines_decode_back_to_their_fields(
         assert message.invalid == []
 
 
-_piece = st.one_of(st.sampled_from(["m", "host", "device_id", "x1"]), st.text(st.sampled_from("ab=,#"), max_size=3))
+_piece = st.one_of(
+    st.sampled_from(["m", "host", "device_id", "x1"]), st.text(st.sampled_from("ab=,#"), max_size=3)
+)
 _plain_value = st.sampled_from(["1", "-2.5", "3i", "4u", "t", "false", "nan", "-inf", "1e3", "1x", "5_0", ""])
 
 
@@ -245,7 +257,9 @@ _plain_value = st.sampled_from(["1", "-2.5", "3i", "4u", "t", "false", "nan", "-
 def _plain_lines(draw: st.DrawFn) -> str:
     """Mostly well-formed lines without backslashes or quotes, with some damage."""
     tags = draw(st.lists(st.tuples(_piece, _piece), max_size=3))
-    fields = draw(st.lists(st.tuples(_piece, _plain_value), min_size=draw(st.sampled_from([0, 1, 1])), max_size=3))
+    fields = draw(
+        st.lists(st.tuples(_piece, _plain_value), min_size=draw(st.sampled_from([0, 1, 1])), max_size=3)
+    )
     line = draw(_piece) + "".join(f",{k}={v}" for k, v in tags)
     line += draw(st.sampled_from([" ", " ", "  ", ""])) + ",".join(f"{k}={v}" for k, v in fields)
     return line + draw(st.sampled_from(["", "", " 123", " -5000", " 1.5", " 12 13", "  7 "]))
@@ -256,7 +270,7 @@ def _plain_lines(draw: st.DrawFn) -> str:
 def test_fast_path_and_escaped_path_agree_on_plain_lines(line: str) -> None:
     line = line.strip(" \t")
     raw = raw_message(b"", device_id="dev")
-    outcomes = []
+    outcomes: list[tuple[object, ...]] = []
     for parse in (lambda: _parse_plain(line, 1, raw, {}), lambda: _parse_escaped(line, 0, 1, raw, {})[0]):
         try:
             message = parse()

@@ -126,7 +126,9 @@ def test_senml_records_are_grouped_per_device_in_order() -> None:
 
 
 def test_senml_data_values_and_non_boolean_vb_are_invalid() -> None:
-    [message] = senml({"bn": "d/", "n": "blob", "vd": "aGVsbG8"}, {"n": "flag", "vb": "yes"}, {"n": "ok", "v": 1})
+    [message] = senml(
+        {"bn": "d/", "n": "blob", "vd": "aGVsbG8"}, {"n": "flag", "vb": "yes"}, {"n": "ok", "v": 1}
+    )
     assert message.readings == [("ok", RECEIVED_AT, 1.0)]
     assert message.invalid == [
         InvalidValue("blob", "record 0: vd is binary data, not a number"),
@@ -158,7 +160,10 @@ def test_senml_base_only_record_sets_bases_without_readings() -> None:
         ([], "^SenML pack is empty$"),
         ([{"n": "d/x", "v": 1}, 5], r"^record 1 is not a JSON object \(got int\)$"),
         ([{"v": 1}], r"^record 0: no name \(neither n nor bn is given\)$"),
-        ([{"n": "temperature", "v": 1}], "^record 0: name 'temperature' has no device part and the message names no device$"),
+        (
+            [{"n": "temperature", "v": 1}],
+            "^record 0: name 'temperature' has no device part and the message names no device$",
+        ),
         ([{"n": 5, "v": 1}], "^record 0: n 5 is not a string$"),
         ([{"bn": ["d"], "n": "x", "v": 1}], r"^record 0: bn \['d'\] is not a string$"),
         ([{"n": "d/x", "t": "now", "v": 1}], "^record 0: t 'now' is not a number$"),
@@ -203,7 +208,9 @@ _finite = st.floats(allow_nan=False, allow_infinity=False, min_value=-1e12, max_
 @given(
     device=_names,
     base_time=st.integers(min_value=2**28 + 86_400, max_value=4_000_000_000),
-    points=st.lists(st.tuples(_names, st.integers(min_value=-86_400, max_value=0), _finite), min_size=1, max_size=10),
+    points=st.lists(
+        st.tuples(_names, st.integers(min_value=-86_400, max_value=0), _finite), min_size=1, max_size=10
+    ),
 )
 def test_generated_pack_with_base_name_and_relative_times_round_trips(
     device: str, base_time: int, points: list[tuple[str, int, float]]

@@ -13,7 +13,7 @@ from iotpipe.errors import DecodeError
 from iotpipe.formats import decoder_for
 from iotpipe.formats.thingspeak import decode_document, field_labels, metric_names
 from iotpipe.formats.values import coerce_value
-from iotpipe.model import DeviceInfo, InvalidValue
+from iotpipe.model import DecodedMessage, DeviceInfo, InvalidValue
 
 from .support import RECEIVED_AT, raw_message, readings_of
 
@@ -37,7 +37,11 @@ LAST_ENTRY = b'{"created_at":"2014-02-26T12:42:49-05:00","entry_id":6060624,"fie
 LABELS_9 = ("Light", "Outside Temperature", "", "", "", "", "", "")
 
 
-def entry(obj: dict[str, Any] | bytes, header: tuple[str, ...] | None = LABELS_9, device_id: str | None = "thingspeak-9"):  # type: ignore[no-untyped-def]
+def entry(
+    obj: dict[str, Any] | bytes,
+    header: tuple[str, ...] | None = LABELS_9,
+    device_id: str | None = "thingspeak-9",
+) -> list[DecodedMessage]:
     payload = obj if isinstance(obj, bytes) else orjson.dumps(obj)
     return decode_thingspeak(raw_message(payload, header=header, device_id=device_id))
 
@@ -74,11 +78,17 @@ def test_zero_zero_location_is_thingspeaks_no_location_and_null_fields_are_missi
 
 
 def test_channel_tags_are_kept_by_name() -> None:
-    doc = {"channel": {"id": 1, "tags": [{"id": 3, "name": "weather"}, "outdoor", 5]}, "feeds": []}
+    doc: dict[str, Any] = {
+        "channel": {"id": 1, "tags": [{"id": 3, "name": "weather"}, "outdoor", 5]},
+        "feeds": [],
+    }
     assert decode_document(doc, raw_message(b"")) == []
     doc["feeds"] = [{"field1": "1"}]
     [message] = decode_document(doc, raw_message(b""))
-    assert message.info is not None and message.info.attributes == {"tags": ["weather", "outdoor"], "field_labels": {}}
+    assert message.info is not None and message.info.attributes == {
+        "tags": ["weather", "outdoor"],
+        "field_labels": {},
+    }
 
 
 def test_json_dispatch_hands_a_feeds_document_to_thingspeak() -> None:
@@ -103,13 +113,23 @@ def test_unnamed_fields_are_called_fieldn() -> None:
 
 
 def test_labels_that_slug_alike_stay_separate_series() -> None:
-    assert metric_names(("Temp", "temp", "%", "% ")) == ("temp", "field2", "value", "field4", *[f"field{n}" for n in range(5, 9)])
+    assert metric_names(("Temp", "temp", "%", "% ")) == (
+        "temp",
+        "field2",
+        "value",
+        "field4",
+        *[f"field{n}" for n in range(5, 9)],
+    )
 
 
 def test_entry_values_empty_null_or_garbage() -> None:
-    [message] = entry({"created_at": "2016-02-09T20:13:30Z", "field1": "", "field2": "oops", "status": "rebooted"})
+    [message] = entry(
+        {"created_at": "2016-02-09T20:13:30Z", "field1": "", "field2": "oops", "status": "rebooted"}
+    )
     assert message.readings == []
-    assert message.invalid == [InvalidValue("outside_temperature", "outside_temperature: 'oops' is not a number")]
+    assert message.invalid == [
+        InvalidValue("outside_temperature", "outside_temperature: 'oops' is not a number")
+    ]
 
 
 def test_entry_location_is_the_devices_position() -> None:
@@ -121,14 +141,23 @@ def test_entry_location_is_the_devices_position() -> None:
 
 def test_field_labels_are_eight_with_blanks_for_unnamed() -> None:
     assert field_labels({"field1": " Light ", "field3": "Humidity", "field4": 7}) == (
-        "Light", "", "Humidity", "", "", "", "", "",
+        "Light",
+        "",
+        "Humidity",
+        "",
+        "",
+        "",
+        "",
+        "",
     )
 
 
 def test_a_bad_created_at_rejects_the_whole_document_naming_the_entry() -> None:
     doc = orjson.loads(CHANNEL_9)
     doc["feeds"][1]["created_at"] = "yesterday"
-    with pytest.raises(DecodeError, match=r"^feeds\[1\]: created_at 'yesterday' is not a valid ISO 8601 time$"):
+    with pytest.raises(
+        DecodeError, match=r"^feeds\[1\]: created_at 'yesterday' is not a valid ISO 8601 time$"
+    ):
         decode_document(doc, raw_message(b""))
 
 
@@ -140,7 +169,10 @@ def test_a_bad_created_at_rejects_the_whole_document_naming_the_entry() -> None:
         ({"channel": {}, "feeds": []}, r"^channel.id missing$"),
         ({"channel": {"id": True}, "feeds": []}, r"^channel.id True is not an integer$"),
         ({"channel": {"id": " "}, "feeds": []}, r"^channel.id is empty$"),
-        ({"channel": {"id": 1}, "feeds": [[1]]}, r"^feeds\[0\]: a ThingSpeak feed entry must be a JSON object, got list$"),
+        (
+            {"channel": {"id": 1}, "feeds": [[1]]},
+            r"^feeds\[0\]: a ThingSpeak feed entry must be a JSON object, got list$",
+        ),
     ],
 )
 def test_unusable_documents_are_rejected(doc: dict[str, Any], message: str) -> None:
@@ -149,7 +181,9 @@ def test_unusable_documents_are_rejected(doc: dict[str, Any], message: str) -> N
 
 
 def test_document_without_channel_id_uses_the_source_device() -> None:
-    [message] = decode_document({"channel": {}, "feeds": [{"field1": "1"}]}, raw_message(b"", device_id="ts-x"))
+    [message] = decode_document(
+        {"channel": {}, "feeds": [{"field1": "1"}]}, raw_message(b"", device_id="ts-x")
+    )
     assert message.device_id == "ts-x"
 
 
@@ -175,10 +209,14 @@ _field_values = st.one_of(
 
 @settings(max_examples=200, deadline=None)
 @given(labels=_labels, values=st.lists(_field_values, min_size=8, max_size=8))
-def test_generated_entries_map_field_n_to_its_label_metric(labels: tuple[str, ...], values: list[str | None]) -> None:
+def test_generated_entries_map_field_n_to_its_label_metric(
+    labels: tuple[str, ...], values: list[str | None]
+) -> None:
     names = metric_names(labels)
     assert len(set(names)) == 8
     [message] = entry({f"field{n}": value for n, value in enumerate(values, start=1)}, header=labels)
     expected = [(name, coerce_value(name, value)) for name, value in zip(names, values, strict=True)]
     assert message.readings == [(name, RECEIVED_AT, v) for name, v in expected if isinstance(v, float)]
-    assert [i.metric for i in message.invalid] == [name for name, v in expected if isinstance(v, InvalidValue)]
+    assert [i.metric for i in message.invalid] == [
+        name for name, v in expected if isinstance(v, InvalidValue)
+    ]

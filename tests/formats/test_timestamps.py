@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from iotpipe.errors import DecodeError
 from iotpipe.formats.timestamps import epoch_to_micros, parse_timestamp
+from iotpipe.model import datetime_to_micros
 
 T = 1_763_805_600_123_456  # 2025-11-22T10:00:00.123456Z in µs
 
@@ -118,7 +121,5 @@ def test_millisecond_integers_round_trip(millis: int) -> None:
 
 @settings(max_examples=200, deadline=None)
 @given(st.datetimes(timezones=st.timezones()))
-def test_iso_strings_round_trip_to_the_same_instant(moment) -> None:  # type: ignore[no-untyped-def]
-    from iotpipe.model import datetime_to_micros
-
+def test_iso_strings_round_trip_to_the_same_instant(moment: datetime) -> None:
     assert parse_timestamp(moment.isoformat()) == datetime_to_micros(moment)

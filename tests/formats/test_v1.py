@@ -18,7 +18,9 @@ decode_v1 = decoder_for("v1")
 
 
 def test_product_example_decodes_to_two_readings() -> None:
-    payload = b'{"device_id": "pump-7", "timestamp": "2026-11-22T10:00:00Z", "temperature": 21.5, "humidity": 40}'
+    payload = (
+        b'{"device_id": "pump-7", "timestamp": "2026-11-22T10:00:00Z", "temperature": 21.5, "humidity": 40}'
+    )
     t = 1_795_341_600_000_000
     assert readings_of(decode_v1(raw_message(payload))) == [
         ("pump-7", "temperature", t, 21.5),

@@ -67,11 +67,15 @@ def test_null_reading_and_null_value_are_missing() -> None:
 
 
 def test_unit_is_kept_only_for_a_usable_reading_and_only_if_text() -> None:
-    [message] = decode_v2(raw_message(v2(readings={"a": {"value": 1, "unit": 5}, "b": {"value": 2, "unit": "V"}})))
+    [message] = decode_v2(
+        raw_message(v2(readings={"a": {"value": 1, "unit": 5}, "b": {"value": 2, "unit": "V"}}))
+    )
     assert message.units == {"b": "V"}
 
 
-@pytest.mark.parametrize("ts", ["2025-11-22T10:00:00.123Z", 1763805600.123, "1763805600123", 1763805600123000])
+@pytest.mark.parametrize(
+    "ts", ["2025-11-22T10:00:00.123Z", 1763805600.123, "1763805600123", 1763805600123000]
+)
 def test_ts_takes_any_accepted_timestamp_shape(ts: object) -> None:
     [message] = decode_v2(raw_message(v2(ts=ts, readings={"a": 1})))
     assert message.readings == [("a", T, 1.0)]
@@ -144,7 +148,8 @@ def test_generated_v2_readings_decode_to_exactly_those_values_and_units(
     readings: dict[str, tuple[float, str | None]],
 ) -> None:
     body = {
-        name: value if unit is None else {"value": value, "unit": unit} for name, (value, unit) in readings.items()
+        name: value if unit is None else {"value": value, "unit": unit}
+        for name, (value, unit) in readings.items()
     }
     [message] = decode_v2(raw_message(v2(ts=1763805600123, readings=body)))
     assert message.readings == [(name, T, value) for name, (value, _) in readings.items()]
