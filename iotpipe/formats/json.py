@@ -19,6 +19,10 @@ ObjectDecoder = Callable[[dict[str, Any], RawMessage], DecodedMessage]
 # schema_version -> decoder of one JSON object of that version.
 JSON_VERSIONS: dict[int, ObjectDecoder] = {}
 
+# Whole-document shapes other than one versioned object (a SenML pack, a ThingSpeak
+# feeds export), each registered by its module as (recognises, decode).
+JSON_DOCUMENTS: list[tuple[Callable[[Any], bool], Callable[[Any, RawMessage], list[DecodedMessage]]]] = []
+
 
 def load_json(raw: RawMessage) -> Any:
     try:
@@ -50,13 +54,10 @@ def decode_object(obj: Any, raw: RawMessage) -> DecodedMessage:
 
 @register("json")
 def decode_json(raw: RawMessage) -> list[DecodedMessage]:
-    from iotpipe.formats import senml, thingspeak
-
     doc = load_json(raw)
+    for matches, decode_document in JSON_DOCUMENTS:
+        if matches(doc):
+            return decode_document(doc, raw)
     if isinstance(doc, list):
-        if doc and all(isinstance(item, dict) and senml.is_senml_record(item) for item in doc):
-            return senml.decode_records(doc, raw)
         raise DecodeError("a JSON array must be a SenML pack (records with n/bn and v)")
-    if isinstance(doc, dict) and "feeds" in doc and "channel" in doc:
-        return thingspeak.decode_document(doc, raw)
     return [decode_object(doc, raw)]

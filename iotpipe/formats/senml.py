@@ -23,7 +23,7 @@ from typing import Any
 
 from iotpipe.errors import DecodeError
 from iotpipe.formats import register
-from iotpipe.formats.json import load_json
+from iotpipe.formats.json import JSON_DOCUMENTS, load_json
 from iotpipe.formats.values import MAX_ID_LENGTH, check_device_id, coerce_value
 from iotpipe.model import DecodedMessage, InvalidValue, RawMessage
 
@@ -244,3 +244,12 @@ def decode_senml(raw: RawMessage) -> list[DecodedMessage]:
     if not isinstance(pack, list):
         raise DecodeError(f"a SenML pack is a JSON array of records, got {type(pack).__name__}")
     return decode_records(pack, raw)
+
+
+def _is_pack(doc: Any) -> bool:
+    return (
+        isinstance(doc, list) and bool(doc) and all(isinstance(r, dict) and is_senml_record(r) for r in doc)
+    )
+
+
+JSON_DOCUMENTS.append((_is_pack, decode_records))

@@ -15,7 +15,7 @@ from typing import Any
 
 from iotpipe.errors import DecodeError
 from iotpipe.formats import register
-from iotpipe.formats.json import load_json
+from iotpipe.formats.json import JSON_DOCUMENTS, load_json
 from iotpipe.formats.timestamps import parse_timestamp
 from iotpipe.formats.values import MAX_ID_LENGTH, check_device_id, coerce_value, coordinate, slug_metric
 from iotpipe.model import DecodedMessage, DeviceInfo, InvalidValue, RawMessage
@@ -160,3 +160,10 @@ def _location(obj: dict[str, Any]) -> tuple[float | None, float | None, float | 
     if latitude is None or longitude is None or (latitude == 0.0 and longitude == 0.0):
         latitude = longitude = None  # half a position, or ThingSpeak's 0/0 default, is none
     return latitude, longitude, coordinate(obj.get("elevation"), _MAX_ELEVATION_M)
+
+
+def _is_feeds_export(doc: Any) -> bool:
+    return isinstance(doc, dict) and "feeds" in doc and "channel" in doc
+
+
+JSON_DOCUMENTS.append((_is_feeds_export, decode_document))

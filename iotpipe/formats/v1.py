@@ -7,15 +7,32 @@ from typing import Any
 from iotpipe.formats import register
 from iotpipe.formats.json import JSON_VERSIONS, decode_object, load_json
 from iotpipe.formats.timestamps import parse_timestamp
-from iotpipe.formats.values import check_device_id, coerce_value, unusable_metric_name
+from iotpipe.formats.values import MAX_ID_LENGTH, check_device_id, coerce_value, unusable_metric_name
 from iotpipe.model import DecodedMessage, DeviceInfo, InvalidValue, RawMessage
 
 # Top-level keys that describe the message or device, never metrics.
 RESERVED_KEYS = frozenset(
-    {"device_id", "timestamp", "time", "ts", "schema_version", "type", "name", "firmware",
-     "location", "lat", "lon", "latitude", "longitude", "elevation", "unit", "units"}
+    {
+        "device_id",
+        "timestamp",
+        "time",
+        "ts",
+        "schema_version",
+        "type",
+        "name",
+        "firmware",
+        "location",
+        "lat",
+        "lon",
+        "latitude",
+        "longitude",
+        "elevation",
+        "unit",
+        "units",
+    }
 )
 _TIME_KEYS = ("timestamp", "time", "ts")
+_FLOAT_SAFE = 2**1000  # ints beyond this overflow float(); coerce_value explains them
 
 
 def decode_v1_object(obj: dict[str, Any], raw: RawMessage) -> DecodedMessage:
@@ -25,17 +42,26 @@ def decode_v1_object(obj: dict[str, Any], raw: RawMessage) -> DecodedMessage:
     readings: list[tuple[str, int, float]] = []
     invalid: list[InvalidValue] = []
     for key, value in obj.items():
-        if key in RESERVED_KEYS or isinstance(value, dict | list):
+        if key in RESERVED_KEYS:
             continue
-        number = coerce_value(key, value)
-        if type(number) is float:
+        kind = type(value)
+        # Fast path for what devices send nearly always: a finite number under a sane key.
+        if (kind is float or kind is int) and 0 < len(key) <= MAX_ID_LENGTH and not key.isspace():
+            number = float(value) if kind is int and -_FLOAT_SAFE < value < _FLOAT_SAFE else value
+            if type(number) is float and number - number == 0.0:  # finite: inf - inf and nan are nan
+                readings.append((key, time, number))
+                continue
+        if kind is dict or kind is list:
+            continue
+        coerced = coerce_value(key, value)
+        if type(coerced) is float:
             bad_name = unusable_metric_name(key, "top-level key")
             if bad_name is None:
-                readings.append((key, time, number))
+                readings.append((key, time, coerced))
             else:
                 invalid.append(bad_name)
-        elif number is not None:
-            invalid.append(number)  # type: ignore[arg-type]
+        elif coerced is not None:
+            invalid.append(coerced)  # type: ignore[arg-type]
     return DecodedMessage(device_id, readings, invalid=invalid, info=_info(obj))
 
 
