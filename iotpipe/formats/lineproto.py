@@ -7,8 +7,10 @@
 * Metric: `{measurement}_{field}` (`cpu_usage_idle`, `weather_temperature`), so that
   fields of different measurements never collide; the field key alone when the measurement
   is a generic one (GENERIC_MEASUREMENTS, e.g. `telemetry,device_id=pump-7 temperature=21.5`).
-  Other tags are not part of the canonical reading and are dropped: two lines that differ
-  only by such a tag (Telegraf's per-CPU `cpu=cpu0` / `cpu=cpu-total`) name the same series.
+  Other tags tell series of one device apart (Telegraf's per-CPU `cpu=cpu0` and
+  `cpu=cpu-total` lines): they are kept in the metric name, sorted, Prometheus-style —
+  `cpu_usage_idle{cpu=cpu0}` — since dropping them would store one CPU and count the
+  others as duplicates.
 * Values: floats, `123i`, `123u`, booleans (t/T/true/True/TRUE and the f forms) as 1/0.
   Quoted strings are typed strings by design (`status="ok"`), never metrics: skipped.
   NaN/Inf (which InfluxDB itself refuses) become invalid values; any other malformed
@@ -108,23 +110,27 @@ def _parse_plain(line: str, lineno: int, raw: RawMessage, devices: dict[str, str
     if not measurement:
         raise DecodeError(f"line {lineno}: measurement is empty")
     device_tags: dict[str, str] = {}
+    series_tags: list[tuple[str, str]] = []
     for tag in tags:
         key, equals, value = tag.partition("=")
         if not key or not equals or not value:
             raise DecodeError(f"line {lineno}: tag {_preview(tag)} is not key=value")
         if key in DEVICE_TAGS:
             device_tags[key] = value
+        else:
+            series_tags.append((key, value))
     device_id = _device(device_tags, raw, lineno, devices)
 
     time = _timestamp(parts[2], lineno) if len(parts) == 3 else raw.received_at
     prefix = "" if measurement in GENERIC_MEASUREMENTS else measurement + "_"
+    suffix = _tag_suffix(series_tags)
     readings: list[tuple[str, int, float]] = []
     invalid: list[InvalidValue] = []
     for field in parts[1].split(","):
         key, equals, text = field.partition("=")
         if not key or not equals or not text:
             raise DecodeError(f"line {lineno}: field {_preview(field)} is not key=value")
-        _add(readings, invalid, prefix + key, time, _number(text, key, lineno))
+        _add(readings, invalid, prefix + key + suffix, time, _number(text, key, lineno))
     return DecodedMessage(device_id, readings, invalid=invalid)
 
 
@@ -141,6 +147,7 @@ def _parse_escaped(
     i = match.end()
 
     device_tags: dict[str, str] = {}
+    series_tags: list[tuple[str, str]] = []
     while i < end and text[i] == ",":
         match = _KEY.match(text, i + 1)
         if match is None:
@@ -154,6 +161,8 @@ def _parse_escaped(
             raise DecodeError(f"line {lineno}: tag {key!r} has an empty value")
         if key in DEVICE_TAGS:
             device_tags[key] = _unescape(match.group(), _KEY_ESCAPE)
+        else:
+            series_tags.append((key, _unescape(match.group(), _KEY_ESCAPE)))
         i = match.end()
     if i >= end or text[i] != " ":
         raise DecodeError(f"line {lineno}: no fields; expected {_SYNTAX}")
@@ -202,12 +211,20 @@ def _parse_escaped(
     device_id = _device(device_tags, raw, lineno, devices)
     time = raw.received_at if timestamp is None else _timestamp(timestamp, lineno)
     prefix = "" if measurement in GENERIC_MEASUREMENTS else measurement + "_"
+    suffix = _tag_suffix(series_tags)
     readings: list[tuple[str, int, float]] = []
     invalid: list[InvalidValue] = []
     for key, value in fields:
         if value is not None:  # string fields are not metrics
-            _add(readings, invalid, prefix + key, time, _number(value, key, lineno))
+            _add(readings, invalid, prefix + key + suffix, time, _number(value, key, lineno))
     return DecodedMessage(device_id, readings, invalid=invalid), blanks
+
+
+def _tag_suffix(tags: list[tuple[str, str]]) -> str:
+    """`{k=v,...}` of the non-device tags in key order, '' when there are none."""
+    if not tags:
+        return ""
+    return "{" + ",".join(f"{key}={value}" for key, value in sorted(tags)) + "}"
 
 
 def _add(

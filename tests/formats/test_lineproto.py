@@ -35,21 +35,21 @@ def decode(payload: str, device_id: str | None = None) -> list[DecodedMessage]:
 def test_influx_tutorial_line_uses_measurement_prefixed_metric_and_ns_time() -> None:
     [message] = decode(INFLUX_TUTORIAL, device_id="station-1")
     assert message.device_id == "station-1"
-    assert message.readings == [("weather_temperature", 1_465_839_830_100_400, 82.0)]
+    assert message.readings == [("weather_temperature{location=us-midwest}", 1_465_839_830_100_400, 82.0)]
 
 
 def test_telegraf_cpu_output_takes_the_host_tag_as_device() -> None:
     [message] = decode(TELEGRAF_CPU)
     assert message.device_id == "loaner"
     assert len(message.readings) == 11
-    assert message.readings[0] == ("cpu_time_active", 1_568_760_922_000_000, 202224.15999999992)
-    assert message.readings[-1] == ("cpu_time_user", 1_568_760_922_000_000, 154324.34)
+    assert message.readings[0] == ("cpu_time_active{cpu=cpu0}", 1_568_760_922_000_000, 202224.15999999992)
+    assert message.readings[-1] == ("cpu_time_user{cpu=cpu0}", 1_568_760_922_000_000, 154324.34)
 
 
 def test_telegraf_batch_gives_one_message_per_line() -> None:
     messages = decode(f"{TELEGRAF_CPU}\n{TELEGRAF_TEST}\n")
     assert [m.device_id for m in messages] == ["loaner", "BER-0803"]
-    assert ("BER-0803", "cpu_usage_idle", 1_727_601_679_000_000, 96.875) in readings_of(messages)
+    assert ("BER-0803", "cpu_usage_idle{cpu=cpu0}", 1_727_601_679_000_000, 96.875) in readings_of(messages)
 
 
 def test_device_id_tag_wins_over_host_and_host_over_the_source() -> None:
@@ -101,7 +101,10 @@ def test_line_numbers_count_lines_inside_multiline_strings() -> None:
 def test_escaped_separators_in_names_and_tags() -> None:
     [message] = decode(r"disk\ io\,total,host=my\ host\,1,path=/a\=b read\ bytes=1,w\=x=2")
     assert message.device_id == "my host,1"
-    assert [metric for metric, _, _ in message.readings] == ["disk io,total_read bytes", "disk io,total_w=x"]
+    assert [metric for metric, _, _ in message.readings] == [
+        "disk io,total_read bytes{path=/a=b}",
+        "disk io,total_w=x{path=/a=b}",
+    ]
 
 
 def test_double_backslash_is_one_backslash_and_lone_backslash_is_literal() -> None:
@@ -278,3 +281,13 @@ def test_fast_path_and_escaped_path_agree_on_plain_lines(line: str) -> None:
         except DecodeError:
             outcomes.append(("error",))
     assert outcomes[0] == outcomes[1]
+
+
+def test_per_cpu_lines_of_one_host_are_separate_series() -> None:
+    payload = (
+        b"cpu,cpu=cpu0,host=loaner usage_idle=90 1568760922000000000\n"
+        b"cpu,cpu=cpu-total,host=loaner usage_idle=95 1568760922000000000\n"
+    )
+    messages = decoder_for("lineproto")(raw_message(payload))
+    metrics = [m for message in messages for m, _, _ in message.readings]
+    assert metrics == ["cpu_usage_idle{cpu=cpu0}", "cpu_usage_idle{cpu=cpu-total}"]
