@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, SecretStr, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -42,6 +42,58 @@ class SimulatorSettings(BaseModel):
     seed: int | None = None
 
 
+class ThingSpeakChannelSettings(BaseModel):
+    """One entry of `[thingspeak] channels`: `{id = 9}` or `{id = 1234, read_key = "..."}`."""
+
+    id: int = Field(ge=1, description="the number in the channel's URL")
+    read_key: SecretStr | None = Field(None, description="Read API Key of a private channel")
+    since: str | None = Field(
+        None, description="first run only: ISO time to start from (default: all history)"
+    )
+
+
+class ThingSpeakSettings(BaseModel):
+    """`[thingspeak]`: channels `iotpipe run` polls, and how politely."""
+
+    channels: list[ThingSpeakChannelSettings] = Field(default_factory=list)
+    # Keys kept out of the config file: IOTPIPE_THINGSPEAK__READ_KEYS__1234=KEY.
+    read_keys: dict[str, SecretStr] = Field(default_factory=dict)
+    # The account's User API Key: only to read each channel's tags (its settings).
+    user_api_key: SecretStr | None = None
+    base_url: str = "https://api.thingspeak.com"
+    interval: float = Field(60.0, gt=0, description="seconds between polls of a channel")
+    requests_per_second: float = Field(1.0, gt=0, description="shared by every channel of a process")
+    burst: int = Field(2, ge=1, description="requests that may go back to back")
+    timeout: float = Field(30.0, gt=0, description="seconds to wait for an answer")
+    max_attempts: int = Field(5, ge=1, description="tries per request on timeouts and 5xx")
+    results: int = Field(8000, ge=1, le=8000, description="entries per request (ThingSpeak's cap: 8000)")
+
+    def read_key(self, channel_id: int) -> str | None:
+        """The channel's read key from its entry in `channels`, else from `read_keys`."""
+        for channel in self.channels:
+            if channel.id == channel_id and channel.read_key is not None:
+                return channel.read_key.get_secret_value()
+        key = self.read_keys.get(str(channel_id))
+        return key.get_secret_value() if key is not None else None
+
+
+class StreamingDetectorSettings(BaseModel):
+    """`[anomalies.streaming]`: the detector that scores every reading as it is stored."""
+
+    enabled: bool = True
+    window: int = Field(128, ge=8, description="readings of a series' recent past its baseline is made of")
+    refresh: int = Field(
+        32, ge=1, description="the baseline is recomputed every this many readings, on average"
+    )
+    threshold: float = Field(6.0, gt=0, description="score (robust z) from which a reading is abnormal")
+    calm: int = Field(5, ge=1, description="normal readings in a row that end an episode")
+    stuck_min: int = Field(5, ge=2, description="identical readings in a row that can be a stuck sensor")
+    stuck_chance: float = Field(
+        1e-5, gt=0, lt=1, description="stuck: a run of identical values chance makes once in 1/this readings"
+    )
+    max_series: int = Field(100_000, ge=1, description="series whose state is kept in memory (LRU)")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="IOTPIPE_", env_nested_delimiter="__", env_file=".env", extra="ignore"
@@ -55,6 +107,7 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     pipeline: PipelineSettings = PipelineSettings()  # type: ignore[call-arg]
     simulator: SimulatorSettings = SimulatorSettings()  # type: ignore[call-arg]
+    thingspeak: ThingSpeakSettings = ThingSpeakSettings()  # type: ignore[call-arg]
 
     @classmethod
     def settings_customise_sources(

@@ -90,3 +90,17 @@ def build_services(settings: Settings, store: Store) -> list[Service]:
     if not any(s.is_source for s in services):
         services.insert(0, simulator_service(settings))
     return services
+
+
+def thingspeak_service(settings: Settings, store: Store) -> Service | None:
+    """Poll the channels `[thingspeak] channels` lists, each from its stored cursor."""
+    from iotpipe.sources import thingspeak
+
+    config = settings.thingspeak
+    if not config.channels:
+        return None
+    readers = thingspeak.resume_readers(thingspeak.configured_channels(config), config, store.watermark)
+    return thingspeak.ThingSpeakService(readers, thingspeak.client_options(config), config.interval)
+
+
+FACTORIES.append(thingspeak_service)

@@ -109,4 +109,4 @@ def main() -> None:
 
 
 # Importing the command modules registers their commands.
-from iotpipe.cli import core  # noqa: E402,F401
+from iotpipe.cli import core, thingspeak  # noqa: E402,F401
