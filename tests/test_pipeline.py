@@ -259,3 +259,16 @@ def test_every_batch_marks_the_hours_it_touched_late_data_included(store: Store)
     with store.engine.connect() as conn:
         marked = sorted(conn.execute(select(dirty_hours.c.hour_start)).scalars())
     assert marked == [T0 - 3 * hour, T0, T0 + hour]
+
+
+def test_device_attributes_merge_and_metadata_alone_is_written(store: Store) -> None:
+    from iotpipe.model import DeviceInfo
+
+    pipeline = Pipeline(store)
+    pipeline.set_device_info("ch-9", DeviceInfo(attributes={"field_labels": {"field1": "Light"}}))
+    pipeline.feed_all([raw(v1("ch-9", T0, light=1.0))])
+    pipeline.set_device_info("ch-9", DeviceInfo(name="my house", attributes={"tags": ["home"]}))
+    pipeline.flush()  # a batch holding only metadata is still written
+    [device] = store.device_rows()
+    assert device["name"] == "my house"
+    assert device["attributes"] == {"field_labels": {"field1": "Light"}, "tags": ["home"]}

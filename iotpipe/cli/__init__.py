@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import orjson
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from iotpipe import __version__
 from iotpipe.app import App
@@ -104,7 +105,8 @@ def main() -> None:
     try:
         app(prog_name="iotpipe")
     except IotpipeError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        # Escaped: messages quote config sections like [thingspeak], which rich would eat.
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         sys.exit(2)
 
 

@@ -34,7 +34,7 @@ def init(ctx: typer.Context) -> None:
 def run(
     ctx: typer.Context,
     duration: Annotated[
-        float | None, typer.Option(help="Stop after this many seconds [default: run until Ctrl-C].")
+        float | None, typer.Option(help="Stop after this many seconds (default: run until Ctrl-C).")
     ] = None,
     devices: Annotated[
         int | None, typer.Option(help="Simulated devices, when no source is configured.")

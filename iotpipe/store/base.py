@@ -53,7 +53,9 @@ class WriteBatch:
     reading_count: int = 0
 
     def __bool__(self) -> bool:
-        return bool(self.groups or self.dead_letters or self.replayed or self.watermarks or self.invalid)
+        return bool(
+            self.groups or self.dead_letters or self.replayed or self.watermarks or self.invalid or self.infos
+        )
 
 
 # Runs inside a batch's transaction with the (series_id, time, value) rows it inserts
@@ -227,6 +229,12 @@ class Store:
             if self._device_infos.get(device_id) == info:
                 continue  # unchanged since we last wrote it: the common case
             values = _info_columns(info)
+            if info.attributes is not None:
+                # Merge, so that one source's attributes (a channel's tags) do not erase
+                # another's (its field labels); a key set to None is removed.
+                current = conn.scalar(select(devices.c.attributes).where(devices.c.device_id == device_id))
+                merged = {**(current or {}), **info.attributes}
+                values["attributes"] = {k: v for k, v in merged.items() if v is not None}
             if values:
                 conn.execute(update(devices).where(devices.c.device_id == device_id).values(**values))
 
