@@ -20,9 +20,10 @@ import platform
 import pstats
 import random
 import sqlite3
+import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
@@ -36,9 +37,10 @@ from iotpipe.pipeline import Counters, PipelineConfig
 from iotpipe.sources.files import FileSource
 from iotpipe.store import open_store
 from iotpipe.store.postgres import PG_EPOCH_OFFSET_MICROS
-from iotpipe.store.sqlite import _PRAGMAS as SQLITE_PRAGMAS
+from iotpipe.store.sqlite import _PRAGMAS as SQLITE_PRAGMAS  # the ceiling runs under the same durability
 from tests.servers import PostgresServer
 
+ROOT = Path(__file__).resolve().parent.parent
 METRICS = ("temperature", "humidity", "pressure", "battery", "rssi")
 # iotpipe creates a device's series with its metrics sorted, devices in order of first
 # appearance; numbering the ceiling's series the same way makes it write the very rows
@@ -61,6 +63,7 @@ class Dataset:
 @dataclass
 class ImportRun:
     seconds: float
+    cpu_seconds: float  # this process only: steadier than wall time on a shared machine
     counters: dict[str, int]
 
     @property
@@ -74,6 +77,7 @@ class EngineResult:
     readings: int
     import_seconds: float
     import_rate: float
+    import_cpu_seconds: float
     ceiling_seconds: float
     ceiling_rate: float
     ratio: float
@@ -83,6 +87,7 @@ class EngineResult:
     ceiling_bytes_per_reading: float
     batches: int
     mean_batch: float
+    runs: dict[str, list[float]]  # every run's seconds, when --repeat > 1
     import_counters: dict[str, int]
     reimport_counters: dict[str, int]
     failures: list[str] = field(default_factory=list)
@@ -121,8 +126,11 @@ def generate(path: Path, readings: int, devices: int = 1000, seed: int = 7) -> D
             }
             metrics = METRICS[: min(len(METRICS), left)]  # the last line may carry fewer
             left -= len(metrics)
-            out.write(orjson.dumps({"device_id": f"dev-{d + 1:04d}", "timestamp": t_ms,
-                                    **{m: values[m] for m in metrics}}))
+            out.write(
+                orjson.dumps(
+                    {"device_id": f"dev-{d + 1:04d}", "timestamp": t_ms, **{m: values[m] for m in metrics}}
+                )
+            )
             out.write(b"\n")
             t_us = t_ms * 1000
             rows.extend((d * len(METRICS) + _METRIC_RANK[m] + 1, t_us, values[m]) for m in metrics)
@@ -131,7 +139,7 @@ def generate(path: Path, readings: int, devices: int = 1000, seed: int = 7) -> D
 
 def batches(rows: list[Row], size: int) -> Iterator[list[Row]]:
     for start in range(0, len(rows), size):
-        yield rows[start:start + size]
+        yield rows[start : start + size]
 
 
 # -- the iotpipe path ------------------------------------------------------------------
@@ -144,14 +152,14 @@ def iotpipe_import(url: str, path: Path, profile: Path | None = None) -> ImportR
         app.store  # noqa: B018 - opens and migrates
         source = FileSource([path])
         profiler = cProfile.Profile() if profile else None
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         with profiler or nullcontext():
             # A progress callback as the CLI passes one: its clock reads are on the path.
             counters = app.import_files(source, progress=lambda done: None)
-        seconds = time.perf_counter() - started
+        seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
         if profiler is not None and profile is not None:
             profiler.dump_stats(profile)
-        return ImportRun(seconds, counters.as_dict())
+        return ImportRun(seconds, cpu_seconds, counters.as_dict())
     finally:
         app.close()
 
@@ -190,9 +198,11 @@ def postgres_ceiling(url: str, rows: list[Row], batch_size: int) -> float:
     with psycopg.connect(url) as conn:
         started = time.perf_counter()
         for batch in batches(shifted, batch_size):
-            with conn.transaction(), conn.cursor() as cur, cur.copy(
-                "COPY readings (series_id, time, value) FROM STDIN (FORMAT BINARY)"
-            ) as copy:
+            with (
+                conn.transaction(),
+                conn.cursor() as cur,
+                cur.copy("COPY readings (series_id, time, value) FROM STDIN (FORMAT BINARY)") as copy,
+            ):
                 copy.set_types(["int4", "int8", "float8"])
                 for row in batch:
                     copy.write_row(row)
@@ -252,75 +262,109 @@ def settle(engine: str, target: Any) -> None:
 
 # -- one engine ------------------------------------------------------------------------
 @contextmanager
-def databases(engine: str, workdir: Path) -> Iterator[tuple[str, Any, Any]]:
-    """(iotpipe URL, ceiling target, bytes-per-reading target) on a fresh database each."""
+def database_factory(engine: str, workdir: Path) -> Iterator[Callable[[str], Any]]:
+    """name -> a fresh, empty database: a SQLite file path, or a PostgreSQL URL on one
+    private server shared by the engine's runs."""
     if engine == "sqlite":
-        pipe_db, ceiling_db = workdir / "import.db", workdir / "ceiling.db"
-        yield f"sqlite:///{pipe_db}", ceiling_db, pipe_db
+        yield lambda name: workdir / f"{name}.db"
         return
     with PostgresServer() as server:
-        pipe_url = server.create_database("bench_import")
-        yield pipe_url, server.create_database("bench_ceiling"), pipe_url
+        yield server.create_database
 
 
 def bench_engine(
-    engine: str, data: Dataset, workdir: Path, profile_dir: Path | None, say: TextIO
+    engine: str, data: Dataset, workdir: Path, repeat: int, profile_dir: Path | None, say: TextIO
 ) -> EngineResult:
+    """Ceiling, import and re-import `repeat` times on fresh databases; best of each."""
     batch_size = PipelineConfig().batch_size
     expected = len(data.rows)
     failures: list[str] = []
-    with databases(engine, workdir) as (url, ceiling_target, size_target):
-        if engine == "sqlite":
-            ceiling_seconds = sqlite_ceiling(ceiling_target, data.rows, batch_size)
-            ceiling_bytes = sqlite_bytes(ceiling_target)
-        else:
-            ceiling_seconds = postgres_ceiling(ceiling_target, data.rows, batch_size)
-            ceiling_bytes = postgres_bytes(ceiling_target)
-        settle(engine, ceiling_target)
-        ceiling_rate = expected / ceiling_seconds
-        print(f"  ceiling   {ceiling_rate:>12,.0f} rows/s      ({ceiling_seconds:.2f} s)", file=say)
-
-        profile = profile_dir / f"import-{engine}.pstats" if profile_dir else None
-        first = iotpipe_import(url, data.path, profile)
-        print(f"  iotpipe   {first.rate:>12,.0f} readings/s  ({first.seconds:.2f} s)", file=say)
-        c = first.counters
-        in_db = stored_readings(url)
-        if not (c["readings_stored"] == in_db == expected and c["readings_duplicate"] == 0):
-            failures.append(f"import stored {c['readings_stored']:,} (table holds {in_db:,}), "
-                            f"{c['readings_duplicate']:,} duplicates; expected {expected:,} and 0")
-        if c["messages_dead_lettered"] or c["values_invalid"]:
-            failures.append(
-                f"{c['messages_dead_lettered']} dead letters, {c['values_invalid']} invalid values"
+    ceilings: list[float] = []
+    imports: list[ImportRun] = []
+    reimports: list[ImportRun] = []
+    with database_factory(engine, workdir) as fresh:
+        for run in range(1, repeat + 1):
+            ceiling_db, pipe_db = fresh(f"bench_ceiling_{run}"), fresh(f"bench_import_{run}")
+            url = f"sqlite:///{pipe_db}" if engine == "sqlite" else pipe_db
+            if repeat > 1:
+                print(f"  run {run} of {repeat}", file=say)
+            if engine == "sqlite":
+                ceilings.append(sqlite_ceiling(ceiling_db, data.rows, batch_size))
+                ceiling_bytes = sqlite_bytes(ceiling_db)
+            else:
+                ceilings.append(postgres_ceiling(ceiling_db, data.rows, batch_size))
+                ceiling_bytes = postgres_bytes(ceiling_db)
+            settle(engine, ceiling_db)
+            print(
+                f"  ceiling   {expected / ceilings[-1]:>12,.0f} rows/s      ({ceilings[-1]:.2f} s)", file=say
             )
-        size = sqlite_bytes(size_target) if engine == "sqlite" else postgres_bytes(size_target)
-        settle(engine, url)
 
-        second = iotpipe_import(url, data.path)
-        print(f"  re-import {second.rate:>12,.0f} readings/s  ({second.seconds:.2f} s)", file=say)
-        r = second.counters
-        in_db = stored_readings(url)
-        if not (r["readings_stored"] == 0 and r["readings_duplicate"] == expected and in_db == expected):
-            failures.append(f"re-import stored {r['readings_stored']:,} new, {r['readings_duplicate']:,} "
-                            f"duplicates (table holds {in_db:,}); expected 0 and {expected:,}")
-        for run in (c, r):
-            if not Counters(**run).accounted():
-                failures.append(f"counters do not add up: {run}")
+            profile = profile_dir / f"import-{engine}.pstats" if profile_dir and run == 1 else None
+            first = iotpipe_import(url, data.path, profile)
+            imports.append(first)
+            print(
+                f"  iotpipe   {first.rate:>12,.0f} readings/s  ({first.seconds:.2f} s, "
+                f"{first.cpu_seconds:.2f} s CPU in this process)",
+                file=say,
+            )
+            c = first.counters
+            in_db = stored_readings(url)
+            if not (c["readings_stored"] == in_db == expected and c["readings_duplicate"] == 0):
+                failures.append(
+                    f"import stored {c['readings_stored']:,} (table holds {in_db:,}), "
+                    f"{c['readings_duplicate']:,} duplicates; expected {expected:,} and 0"
+                )
+            if c["messages_dead_lettered"] or c["values_invalid"]:
+                failures.append(
+                    f"{c['messages_dead_lettered']} dead letters, {c['values_invalid']} invalid values"
+                )
+            size = sqlite_bytes(pipe_db) if engine == "sqlite" else postgres_bytes(pipe_db)
+            settle(engine, pipe_db)
+
+            second = iotpipe_import(url, data.path)
+            reimports.append(second)
+            print(
+                f"  re-import {second.rate:>12,.0f} readings/s  ({second.seconds:.2f} s, "
+                f"{second.cpu_seconds:.2f} s CPU in this process)",
+                file=say,
+            )
+            r = second.counters
+            in_db = stored_readings(url)
+            if not (r["readings_stored"] == 0 and r["readings_duplicate"] == expected and in_db == expected):
+                failures.append(
+                    f"re-import stored {r['readings_stored']:,} new, {r['readings_duplicate']:,} "
+                    f"duplicates (table holds {in_db:,}); expected 0 and {expected:,}"
+                )
+            for counters in (c, r):
+                if not Counters(**counters).accounted():
+                    failures.append(f"counters do not add up: {counters}")
+            settle(engine, pipe_db)
+    ceiling_seconds = min(ceilings)
+    best = min(imports, key=lambda i: i.seconds)
+    best_again = min(reimports, key=lambda i: i.seconds)
+    c = best.counters
     return EngineResult(
         engine=engine,
         readings=expected,
-        import_seconds=first.seconds,
-        import_rate=first.rate,
+        import_seconds=best.seconds,
+        import_rate=best.rate,
+        import_cpu_seconds=best.cpu_seconds,
         ceiling_seconds=ceiling_seconds,
-        ceiling_rate=ceiling_rate,
-        ratio=first.rate / ceiling_rate,
-        reimport_seconds=second.seconds,
-        reimport_rate=second.rate,
+        ceiling_rate=expected / ceiling_seconds,
+        ratio=best.rate / (expected / ceiling_seconds),
+        reimport_seconds=best_again.seconds,
+        reimport_rate=best_again.rate,
         bytes_per_reading=size,
         ceiling_bytes_per_reading=ceiling_bytes,
         batches=c["batches_written"],
         mean_batch=c["readings_received"] / max(1, c["batches_written"]),
+        runs={
+            "ceiling_seconds": ceilings,
+            "import_seconds": [i.seconds for i in imports],
+            "reimport_seconds": [i.seconds for i in reimports],
+        },
         import_counters=c,
-        reimport_counters=r,
+        reimport_counters=best_again.counters,
         failures=failures,
     )
 
@@ -336,14 +380,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readings", type=int, default=1_000_000, help="readings in the file (5 per line)")
     parser.add_argument("--engines", default=",".join(ENGINES), help="comma-separated: sqlite,postgresql")
     parser.add_argument("--json", action="store_true", help="print the result as JSON (progress to stderr)")
-    parser.add_argument("--profile", type=Path, metavar="DIR",
-                        help="cProfile the first import per engine into DIR/import-<engine>.pstats "
-                             "(slows it: rates are then not comparable)")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="cProfile the first import per engine into DIR/import-<engine>.pstats "
+        "(slows it: rates are then not comparable)",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run each phase N times on fresh databases and keep the best "
+        "(steadier figures on a busy or virtual machine)",
+    )
     args = parser.parse_args(argv)
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     unknown = sorted(set(engines) - set(ENGINES))
-    if unknown or args.readings < 1:
-        parser.error(f"unknown engine(s) {unknown}" if unknown else "--readings must be positive")
+    if unknown:
+        parser.error(f"unknown engine(s) {unknown}")
+    if args.readings < 1 or args.repeat < 1:
+        parser.error("--readings and --repeat must be positive")
     say = sys.stderr if args.json else sys.stdout
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
@@ -354,42 +412,91 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         data = generate(workdir / "readings.jsonl", args.readings)
         generated = time.perf_counter() - started
-        print(f"import: {len(data.rows):,} readings, {data.lines:,} V1 JSON lines, {data.devices:,} devices, "
-              f"{data.path.stat().st_size / 1e6:.1f} MB (generated in {generated:.1f} s); "
-              f"batch {PipelineConfig().batch_size:,}", file=say)
+        print(
+            f"import: {len(data.rows):,} readings, {data.lines:,} V1 JSON lines, {data.devices:,} devices, "
+            f"{data.path.stat().st_size / 1e6:.1f} MB (generated in {generated:.1f} s); "
+            f"batch {PipelineConfig().batch_size:,}; best of {args.repeat}; at {revision()}",
+            file=say,
+        )
+        load = os.getloadavg()[0]
+        if load > 0.5:
+            # Both engines share the machine's cores with whatever else runs.
+            print(
+                f"warning: load average {load:.1f} before starting: other work is running, "
+                "figures will be low and noisy",
+                file=say,
+            )
         for engine in engines:
             print(f"{engine}:", file=say)
-            result = bench_engine(engine, data, workdir, args.profile, say)
+            result = bench_engine(engine, data, workdir, args.repeat, args.profile, say)
             results.append(result)
-            print(f"  ratio     {result.ratio:>12.2f} of the ceiling; "
-                  f"{result.bytes_per_reading:.1f} B/reading "
-                  f"(ceiling table {result.ceiling_bytes_per_reading:.1f}); "
-                  f"{result.batches} batches of {result.mean_batch:,.0f}", file=say)
+            print(
+                f"  ratio     {result.ratio:>12.2f} of the ceiling; "
+                f"{result.bytes_per_reading:.1f} B/reading "
+                f"(ceiling table {result.ceiling_bytes_per_reading:.1f}); "
+                f"{result.batches} batches of {result.mean_batch:,.0f}",
+                file=say,
+            )
             for failure in result.failures:
                 print(f"  FAIL: {failure}", file=say)
             if args.profile:
                 print_profile(args.profile / f"import-{engine}.pstats", say)
 
     if args.json:
-        print(json.dumps({
-            "benchmark": "import",
-            "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                        "platform": platform.platform(), "sqlite": sqlite3.sqlite_version},
-            "profiled": bool(args.profile),
-            "results": [asdict(r) for r in results],
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "benchmark": "import",
+                    "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                    "machine": {
+                        "cpus": os.cpu_count(),
+                        "python": platform.python_version(),
+                        "platform": platform.platform(),
+                        "sqlite": sqlite3.sqlite_version,
+                    },
+                    "revision": revision(),
+                    "repeat": args.repeat,
+                    "load_average_before": load,
+                    "profiled": bool(args.profile),
+                    "results": [asdict(r) for r in results],
+                },
+                indent=2,
+            )
+        )
     else:
         _print_table(results, say)
     return 1 if any(r.failures for r in results) else 0
 
 
+def revision() -> str:
+    """The commit measured, '+dirty' when iotpipe/ has uncommitted changes."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "iotpipe"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown revision"
+    return head + ("+dirty" if dirty else "")
+
+
 def _print_table(results: list[EngineResult], say: TextIO) -> None:
-    print(f"\n{'engine':<11}{'iotpipe/s':>12}{'ceiling/s':>12}{'ratio':>7}{'B/reading':>11}{'re-import/s':>13}",
-          file=say)
+    print(
+        f"\n{'engine':<11}{'iotpipe/s':>12}{'ceiling/s':>12}{'ratio':>7}{'B/reading':>11}{'re-import/s':>13}",
+        file=say,
+    )
     for r in results:
-        print(f"{r.engine:<11}{r.import_rate:>12,.0f}{r.ceiling_rate:>12,.0f}{r.ratio:>7.2f}"
-              f"{r.bytes_per_reading:>11.1f}{r.reimport_rate:>13,.0f}", file=say)
+        print(
+            f"{r.engine:<11}{r.import_rate:>12,.0f}{r.ceiling_rate:>12,.0f}{r.ratio:>7.2f}"
+            f"{r.bytes_per_reading:>11.1f}{r.reimport_rate:>13,.0f}",
+            file=say,
+        )
 
 
 if __name__ == "__main__":
