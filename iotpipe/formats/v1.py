@@ -33,12 +33,23 @@ RESERVED_KEYS = frozenset(
 )
 _TIME_KEYS = ("timestamp", "time", "ts")
 _FLOAT_SAFE = 2**1000  # ints beyond this overflow float(); coerce_value explains them
+_MILLIS_FROM, _MILLIS_BELOW = 10**11, 10**14  # parse_timestamp's band for epoch ms
 
 
 def decode_v1_object(obj: dict[str, Any], raw: RawMessage) -> DecodedMessage:
-    # A null device_id is as good as absent: fall back to what the source knows.
-    device_id = check_device_id(_first(obj.get("device_id"), raw.device_id))
-    time = message_time(obj, raw)
+    device_id = obj.get("device_id")
+    if (
+        type(device_id) is not str
+        or not 0 < len(device_id) <= MAX_ID_LENGTH
+        or device_id != device_id.strip()
+    ):
+        # A null device_id is as good as absent: fall back to what the source knows.
+        device_id = check_device_id(_first(device_id, raw.device_id))
+    stamp = obj.get("timestamp")
+    if type(stamp) is int and _MILLIS_FROM <= stamp < _MILLIS_BELOW:
+        time = stamp * 1000  # epoch ms, what most devices send: skip the general parser
+    else:
+        time = message_time(obj, raw)
     readings: list[tuple[str, int, float]] = []
     invalid: list[InvalidValue] = []
     for key, value in obj.items():
@@ -75,7 +86,7 @@ def message_time(obj: dict[str, Any], raw: RawMessage) -> int:
 
 
 def _info(obj: dict[str, Any]) -> DeviceInfo | None:
-    if not any(k in obj for k in ("type", "name", "firmware")):
+    if "type" not in obj and "name" not in obj and "firmware" not in obj:
         return None
     return DeviceInfo(
         type=_text(obj.get("type")), name=_text(obj.get("name")), firmware=_text(obj.get("firmware"))

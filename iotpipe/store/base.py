@@ -58,8 +58,8 @@ class WriteBatch:
         )
 
 
-# Runs inside a batch's transaction with the (series_id, time, value) rows it inserts
-# (before dedupe against stored readings): e.g. analytics marking rollup buckets dirty,
+# Runs inside a batch's transaction with the (series_id, engine time, value) rows it
+# inserts (before dedupe against stored readings): e.g. analytics marking rollup buckets dirty,
 # which must commit or fail together with the readings.
 WriteHook = Callable[[Connection, list[tuple[int, Micros, float]]], None]
 
@@ -74,6 +74,9 @@ class Store:
     """A database holding iotpipe's schema. Create with `iotpipe.store.open_store(url)`."""
 
     dialect = "base"
+    # Whether a pipeline should write a full batch from a second thread while it decodes
+    # the next: worth it when the engine's server does the work in another process.
+    writes_behind = False
 
     def __init__(self, engine: Engine, url: str) -> None:
         self.engine = engine
@@ -110,10 +113,10 @@ class Store:
         """Commit a whole batch in one transaction; raises and commits nothing on failure."""
         with self.write_transaction() as conn:
             new_ids = self._resolve_series(conn, batch)
-            rows, spans = self._reading_rows(batch, new_ids)
+            rows, hours, spans = self._reading_rows(batch, new_ids)
             stored = self._insert_readings(conn, rows) if rows else 0
-            if rows:
-                self._mark_dirty_hours(conn, rows)
+            if hours:
+                self._insert_dirty_hours(conn, list(hours))
             for hook in self.write_hooks:
                 hook(conn, rows)
             if spans:
@@ -125,40 +128,55 @@ class Store:
         self._remember(new_ids, batch.infos)
         return WriteResult(stored=stored, duplicates=batch.reading_count - stored)
 
+    # Added to a Unix-epoch µs time to get the engine's own representation (PostgreSQL:
+    # µs since 2000-01-01, what its binary protocol carries). Whole hours, so an hour
+    # boundary in one is an hour boundary in the other.
+    time_offset: int = 0
+
     def _reading_rows(
         self, batch: WriteBatch, new_ids: dict[str, tuple[int, dict[str, int]]]
-    ) -> tuple[list[tuple[int, Micros, float]], dict[int, tuple[Micros, Micros]]]:
-        """(series_id, time, value) rows, and each device's (first, last) reading time.
+    ) -> tuple[list[tuple[int, Micros, float]], set[tuple[int, Micros]], dict[int, tuple[Micros, Micros]]]:
+        """One pass over the batch, in engine time: the (series_id, time, value) rows, the
+        (series_id, hour) pairs they touch (dirty for rollups, late data included), and
+        each device's (first, last) reading time.
 
         Duplicates inside the batch are left in: both engines' inserts skip a row whose
         (series_id, time) is already there, including one inserted earlier in the same
         statement, so deduplicating here would only cost time.
         """
+        offset = self.time_offset
         rows: list[tuple[int, Micros, float]] = []
+        hours: set[tuple[int, Micros]] = set()
         spans: dict[int, tuple[Micros, Micros]] = {}
         cache = self._series_ids
         for device_id, group in batch.groups:
             device_pk, ids = new_ids.get(device_id) or cache[device_id]
-            rows += [(ids[metric], time, value) for metric, time, value in group]
             first = last = group[0][1]
-            if len(group) > 1:
-                times = [time for _, time, _ in group]
-                first, last = min(times), max(times)
+            for _, time, _ in group:
+                if time < first:
+                    first = time
+                elif time > last:
+                    last = time
+            first += offset
+            last += offset
+            group_rows = [(ids[metric], time + offset, value) for metric, time, value in group]
+            rows += group_rows
+            if first == last:  # one time for the whole message: the common case
+                hour = first - first % MICROS_PER_HOUR
+                hours.update((sid, hour) for sid, _, _ in group_rows)
+            else:
+                hours.update((sid, t - t % MICROS_PER_HOUR) for sid, t, _ in group_rows)
             known = spans.get(device_pk)
             spans[device_pk] = (first, last) if known is None else (min(known[0], first), max(known[1], last))
-        return rows, spans
+        return rows, hours, spans
 
     def _insert_readings(self, conn: Connection, rows: list[tuple[int, Micros, float]]) -> int:
-        """Insert rows, skipping (series_id, time) already stored; return how many were new."""
+        """Insert rows (engine time), skipping (series_id, time) already stored; return how
+        many were new."""
         raise NotImplementedError  # each engine has its own bulk path
 
-    def _mark_dirty_hours(self, conn: Connection, rows: list[tuple[int, Micros, float]]) -> None:
-        """Record each (series, hour) the batch touched, so rollups recompute only those —
-        late and replayed readings included (a replay re-marks, and recomputing is idempotent)."""
-        hours = {(sid, t - t % MICROS_PER_HOUR) for sid, t, _ in rows}
-        self._insert_dirty_hours(conn, list(hours))
-
     def _insert_dirty_hours(self, conn: Connection, hours: list[tuple[int, Micros]]) -> None:
+        """Record (series, hour) pairs, in engine time, for the rollup job (idempotent)."""
         raise NotImplementedError  # through the driver: this runs on every batch
 
     def cached_series_id(self, device_id: str, metric: str) -> int | None:
@@ -167,7 +185,7 @@ class Store:
         return known[1].get(metric) if known else None
 
     def _touch_devices(self, conn: Connection, spans: dict[int, tuple[Micros, Micros]]) -> None:
-        """Widen each device's first_seen/last_seen to cover the batch's readings."""
+        """Widen each device's first_seen/last_seen (engine time) to cover the batch."""
         raise NotImplementedError  # one statement per engine
 
     def _resolve_series(self, conn: Connection, batch: WriteBatch) -> dict[str, tuple[int, dict[str, int]]]:

@@ -34,52 +34,60 @@ def postgres_url(url: str) -> str:
 class PostgresStore(Store):
     dialect = "postgresql"
     dialect_insert = staticmethod(pg_insert)
+    time_offset = -PG_EPOCH_OFFSET_MICROS
+    writes_behind = True  # COPY is the server's work: decode the next batch meanwhile
 
     def __init__(self, url: str) -> None:
         engine = create_engine(postgres_url(url), pool_pre_ping=True)
         super().__init__(engine, url)
+        # Set once a batch hit stored readings (a replay, a re-import): the next batches
+        # go straight to staging instead of paying for a COPY that fails, until one
+        # batch comes through with nothing already stored.
+        self._expect_duplicates = False
 
     def _insert_readings(self, conn: Connection, rows: list[tuple[int, Micros, float]]) -> int:
-        """COPY straight into readings; only when that hits an existing reading, fall back
-        to COPY into a staging table + INSERT ... ON CONFLICT DO NOTHING.
+        """COPY straight into readings; when that hits an existing reading, COPY into a
+        staging table and INSERT ... ON CONFLICT DO NOTHING from there.
 
         New data (the common case) pays for one COPY; replays and re-imports pay for two
         passes but still store each (series, time) once.
         """
         raw = _driver(conn)
-        shifted = [(sid, t - PG_EPOCH_OFFSET_MICROS, v) for sid, t, v in rows]
-        try:
-            with raw.transaction(), raw.cursor() as cur:  # a savepoint inside the batch
-                _copy(cur, COPY_READINGS, shifted)
-            return len(rows)
-        except psycopg.errors.UniqueViolation:
-            pass
+        if not self._expect_duplicates:
+            try:
+                with raw.transaction(), raw.cursor() as cur:  # a savepoint inside the batch
+                    _copy(cur, COPY_READINGS, rows)
+                return len(rows)
+            except psycopg.errors.UniqueViolation:
+                self._expect_duplicates = True
         with raw.cursor() as cur:
             cur.execute(
                 "CREATE TEMP TABLE IF NOT EXISTS readings_staging "
                 "(LIKE readings INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
             )
             cur.execute("TRUNCATE readings_staging")
-            _copy(cur, COPY_STAGING, shifted)
+            _copy(cur, COPY_STAGING, rows)
             cur.execute(
                 "INSERT INTO readings (series_id, time, value) "
                 "SELECT series_id, time, value FROM readings_staging ON CONFLICT DO NOTHING"
             )
-            return cur.rowcount
+            stored = cur.rowcount
+        self._expect_duplicates = stored < len(rows)
+        return stored
 
     def _insert_dirty_hours(self, conn: Connection, hours: list[tuple[int, Micros]]) -> None:
         _driver(conn).execute(
             "INSERT INTO dirty_hours (series_id, hour_start) "
             f"SELECT s, {_FROM_OFFSET.format('h')} FROM unnest(%s::int[], %s::bigint[]) AS u(s, h) "
             "ON CONFLICT DO NOTHING",
-            ([sid for sid, _ in hours], [hour - PG_EPOCH_OFFSET_MICROS for _, hour in hours]),
+            ([sid for sid, _ in hours], [hour for _, hour in hours]),
         )
 
     def _touch_devices(self, conn: Connection, spans: dict[int, tuple[Micros, Micros]]) -> None:
         raw = _driver(conn)
         pks = list(spans)
-        firsts = [spans[pk][0] - PG_EPOCH_OFFSET_MICROS for pk in pks]
-        lasts = [spans[pk][1] - PG_EPOCH_OFFSET_MICROS for pk in pks]
+        firsts = [spans[pk][0] for pk in pks]
+        lasts = [spans[pk][1] for pk in pks]
         raw.execute(
             "UPDATE devices d SET "
             "first_seen = LEAST(d.first_seen, v.first), last_seen = GREATEST(d.last_seen, v.last) "
