@@ -58,8 +58,8 @@ class WriteBatch:
         )
 
 
-# Runs inside a batch's transaction with the (series_id, engine time, value) rows it
-# inserts (before dedupe against stored readings): e.g. analytics marking rollup buckets dirty,
+# Runs inside a batch's transaction with the (series_id, time, value) rows it inserts
+# (Unix µs like everywhere else; before dedupe against stored readings): e.g. analytics marking rollup buckets dirty,
 # which must commit or fail together with the readings.
 WriteHook = Callable[[Connection, list[tuple[int, Micros, float]]], None]
 
@@ -117,8 +117,11 @@ class Store:
             stored = self._insert_readings(conn, rows) if rows else 0
             if hours:
                 self._insert_dirty_hours(conn, list(hours))
-            for hook in self.write_hooks:
-                hook(conn, rows)
+            if self.write_hooks:
+                offset = self.time_offset
+                unix_rows = [(sid, t - offset, v) for sid, t, v in rows] if offset else rows
+                for hook in self.write_hooks:
+                    hook(conn, unix_rows)
             if spans:
                 self._touch_devices(conn, spans)
             self._update_device_infos(conn, batch.infos)

@@ -54,12 +54,19 @@ class PostgresStore(Store):
         """
         raw = _driver(conn)
         if not self._expect_duplicates:
+            # A SAVEPOINT through SQLAlchemy, which opens the batch's transaction first if
+            # nothing ran yet (psycopg's own transaction() would then start and commit a
+            # separate one, taking the readings out of the batch's atomicity).
+            savepoint = conn.begin_nested()
             try:
-                with raw.transaction(), raw.cursor() as cur:  # a savepoint inside the batch
+                with raw.cursor() as cur:
                     _copy(cur, COPY_READINGS, rows)
-                return len(rows)
             except psycopg.errors.UniqueViolation:
+                savepoint.rollback()
                 self._expect_duplicates = True
+            else:
+                savepoint.commit()
+                return len(rows)
         with raw.cursor() as cur:
             cur.execute(
                 "CREATE TEMP TABLE IF NOT EXISTS readings_staging "
