@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from sqlalchemy import Connection, Engine, Table, delete, func, insert, select, update
 
 from iotpipe.model import MICROS_PER_HOUR, DeviceInfo, Micros, RawMessage, now_micros
@@ -64,6 +65,46 @@ class WriteBatch:
 WriteHook = Callable[[Connection, list[tuple[int, Micros, float]]], None]
 
 
+@dataclass(slots=True)
+class ReadingColumns:
+    """A batch's readings as arrays (times in the engine's representation), in the order
+    decoded, with which device each decoded message's run of readings belongs to."""
+
+    series_ids: np.ndarray  # int32
+    times: np.ndarray  # int64 µs, engine time
+    values: np.ndarray  # float64
+    group_devices: list[int]  # device pk of each consecutive run of readings
+    group_sizes: list[int]
+
+    def __len__(self) -> int:
+        return len(self.series_ids)
+
+    def rows(self) -> Iterator[tuple[int, Micros, float]]:
+        return zip(self.series_ids.tolist(), self.times.tolist(), self.values.tolist(), strict=True)
+
+    def unix_rows(self, time_offset: int) -> list[tuple[int, Micros, float]]:
+        times = (self.times - time_offset).tolist()
+        return list(zip(self.series_ids.tolist(), times, self.values.tolist(), strict=True))
+
+    def dirty_hours(self) -> list[tuple[int, Micros]]:
+        """Each (series, hour) the readings touch, so rollups recompute only those — late
+        and replayed readings included (a replay re-marks; recomputing is idempotent)."""
+        hours = self.times - self.times % MICROS_PER_HOUR  # floor, for times before 2000 too
+        pairs = np.unique(np.column_stack((self.series_ids.astype(np.int64), hours)), axis=0)
+        return [(sid, hour) for sid, hour in pairs.tolist()]
+
+    def device_spans(self) -> dict[int, tuple[Micros, Micros]]:
+        """Each device's (first, last) reading time in the batch."""
+        starts = np.cumsum([0, *self.group_sizes[:-1]])
+        firsts = np.minimum.reduceat(self.times, starts).tolist()
+        lasts = np.maximum.reduceat(self.times, starts).tolist()
+        spans: dict[int, tuple[Micros, Micros]] = {}
+        for device_pk, first, last in zip(self.group_devices, firsts, lasts, strict=True):
+            known = spans.get(device_pk)
+            spans[device_pk] = (first, last) if known is None else (min(known[0], first), max(known[1], last))
+        return spans
+
+
 @dataclass(slots=True, frozen=True)
 class WriteResult:
     stored: int
@@ -113,17 +154,15 @@ class Store:
         """Commit a whole batch in one transaction; raises and commits nothing on failure."""
         with self.write_transaction() as conn:
             new_ids = self._resolve_series(conn, batch)
-            rows, hours, spans = self._reading_rows(batch, new_ids)
-            stored = self._insert_readings(conn, rows) if rows else 0
-            if hours:
-                self._insert_dirty_hours(conn, list(hours))
+            columns = self._reading_columns(batch, new_ids)
+            stored = self._insert_readings(conn, columns) if len(columns) else 0
+            if len(columns):
+                self._insert_dirty_hours(conn, columns.dirty_hours())
+                self._touch_devices(conn, columns.device_spans())
             if self.write_hooks:
-                offset = self.time_offset
-                unix_rows = [(sid, t - offset, v) for sid, t, v in rows] if offset else rows
+                unix_rows = columns.unix_rows(self.time_offset)
                 for hook in self.write_hooks:
                     hook(conn, unix_rows)
-            if spans:
-                self._touch_devices(conn, spans)
             self._update_device_infos(conn, batch.infos)
             self._write_invalid(conn, batch.invalid, new_ids)
             self._write_dead_letters(conn, batch)
@@ -136,44 +175,38 @@ class Store:
     # boundary in one is an hour boundary in the other.
     time_offset: int = 0
 
-    def _reading_rows(
+    def _reading_columns(
         self, batch: WriteBatch, new_ids: dict[str, tuple[int, dict[str, int]]]
-    ) -> tuple[list[tuple[int, Micros, float]], set[tuple[int, Micros]], dict[int, tuple[Micros, Micros]]]:
-        """One pass over the batch, in engine time: the (series_id, time, value) rows, the
-        (series_id, hour) pairs they touch (dirty for rollups, late data included), and
-        each device's (first, last) reading time.
+    ) -> ReadingColumns:
+        """The batch's readings as columns of series ids, engine times and values.
 
         Duplicates inside the batch are left in: both engines' inserts skip a row whose
         (series_id, time) is already there, including one inserted earlier in the same
         statement, so deduplicating here would only cost time.
         """
-        offset = self.time_offset
-        rows: list[tuple[int, Micros, float]] = []
-        hours: set[tuple[int, Micros]] = set()
-        spans: dict[int, tuple[Micros, Micros]] = {}
+        series_ids: list[int] = []
+        times: list[Micros] = []
+        values: list[float] = []
+        group_devices: list[int] = []
+        group_sizes: list[int] = []
         cache = self._series_ids
         for device_id, group in batch.groups:
             device_pk, ids = new_ids.get(device_id) or cache[device_id]
-            first = last = group[0][1]
-            for _, time, _ in group:
-                if time < first:
-                    first = time
-                elif time > last:
-                    last = time
-            first += offset
-            last += offset
-            group_rows = [(ids[metric], time + offset, value) for metric, time, value in group]
-            rows += group_rows
-            if first == last:  # one time for the whole message: the common case
-                hour = first - first % MICROS_PER_HOUR
-                hours.update((sid, hour) for sid, _, _ in group_rows)
-            else:
-                hours.update((sid, t - t % MICROS_PER_HOUR) for sid, t, _ in group_rows)
-            known = spans.get(device_pk)
-            spans[device_pk] = (first, last) if known is None else (min(known[0], first), max(known[1], last))
-        return rows, hours, spans
+            metrics, group_times, group_values = zip(*group, strict=True)  # C-speed transpose
+            series_ids += map(ids.__getitem__, metrics)
+            times += group_times
+            values += group_values
+            group_devices.append(device_pk)
+            group_sizes.append(len(group))
+        return ReadingColumns(
+            np.array(series_ids, dtype=np.int32),
+            np.array(times, dtype=np.int64) + self.time_offset,
+            np.array(values, dtype=np.float64),
+            group_devices,
+            group_sizes,
+        )
 
-    def _insert_readings(self, conn: Connection, rows: list[tuple[int, Micros, float]]) -> int:
+    def _insert_readings(self, conn: Connection, columns: ReadingColumns) -> int:
         """Insert rows (engine time), skipping (series_id, time) already stored; return how
         many were new."""
         raise NotImplementedError  # each engine has its own bulk path

@@ -11,7 +11,7 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from iotpipe.model import Micros
-from iotpipe.store.base import Store
+from iotpipe.store.base import ReadingColumns, Store
 
 # Pragmas every connection gets. NORMAL synchronous in WAL mode survives process
 # crashes without loss (only an OS crash may lose the last commits), at a fraction of
@@ -63,10 +63,12 @@ class SqliteStore(Store):
             with conn.begin():
                 yield conn
 
-    def _insert_readings(self, conn: Connection, rows: list[tuple[int, Micros, float]]) -> int:
+    def _insert_readings(self, conn: Connection, columns: ReadingColumns) -> int:
         raw = _driver(conn)
         before = raw.total_changes
-        raw.executemany("INSERT OR IGNORE INTO readings (series_id, time, value) VALUES (?, ?, ?)", rows)
+        raw.executemany(
+            "INSERT OR IGNORE INTO readings (series_id, time, value) VALUES (?, ?, ?)", columns.rows()
+        )
         return raw.total_changes - before
 
     def _insert_dirty_hours(self, conn: Connection, hours: list[tuple[int, Micros]]) -> None:
