@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
 
+from iotpipe.analytics.streaming import anomaly_observers
 from iotpipe.config import Settings
 from iotpipe.model import RawMessage
 from iotpipe.pipeline import Counters, Pipeline
@@ -40,7 +41,7 @@ class App:
 
     def pipeline(self, **overrides: object) -> Pipeline:
         config = replace(self.settings.pipeline.to_config(), **overrides)  # type: ignore[arg-type]
-        return Pipeline(self.store, config)
+        return Pipeline(self.store, config, observers=anomaly_observers(self.store, self.settings))
 
     # -- operations -----------------------------------------------------------------------
     def init(self) -> list[str]:

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError
+from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -40,6 +40,76 @@ class SimulatorSettings(BaseModel):
     devices: int = Field(5, ge=1)
     interval: float = Field(5.0, gt=0, description="seconds between a device's reports")
     seed: int | None = None
+
+
+Severity = Literal["critical", "major", "minor", "warning"]
+
+
+class AlertRuleSettings(BaseModel):
+    """`[[analytics.alert_rules]]`: alert when a metric leaves [min, max] for a while."""
+
+    name: str = Field(min_length=1)
+    device: str = Field("*", description="a device id or a glob (pump-*)")
+    device_type: str | None = None
+    metric: str = Field(min_length=1)
+    min: float | None = None
+    max: float | None = None
+    for_seconds: float = Field(0.0, ge=0, description="how long the value must stay out of bounds")
+    severity: Severity = "warning"
+
+    @model_validator(mode="after")
+    def _has_a_bound(self) -> AlertRuleSettings:
+        if self.min is None and self.max is None:
+            raise ValueError(f"alert rule {self.name!r} needs min, max or both")
+        return self
+
+
+class MetricBounds(BaseModel):
+    min: float | None = None
+    max: float | None = None
+
+
+class AnalyticsSettings(BaseModel):
+    """`[analytics]`: the scheduled jobs (rollups, quality, health, alerts) and their knobs."""
+
+    jobs: bool = Field(True, description="run the analytics jobs inside `iotpipe run`")
+    # Seconds between two runs of each job inside `iotpipe run`.
+    rollups_every: float = Field(60.0, gt=0)
+    anomalies_every: float = Field(300.0, gt=0)
+    quality_every: float = Field(300.0, gt=0)
+    health_every: float = Field(30.0, gt=0)
+    alerts_every: float = Field(30.0, gt=0)
+    rollup_chunk_hours: int = Field(5000, ge=1, description="(series, hour) buckets per transaction")
+    # Data quality: valid range per metric (readings outside are out-of-range).
+    bounds: dict[str, MetricBounds] = Field(
+        default_factory=lambda: {
+            "humidity": MetricBounds(min=0, max=100),
+            "battery": MetricBounds(min=0, max=100),
+        }
+    )
+    quality_days: int = Field(7, ge=1, description="recent days the quality job recomputes each run")
+    interval_sample: int = Field(
+        100, ge=2, description="recent readings whose median gap is the usual interval"
+    )
+    # Device health.
+    offline_multiple: float = Field(
+        3.0, gt=0, description="offline after this many usual intervals of silence"
+    )
+    offline_min_seconds: float = Field(300.0, ge=0, description="never offline sooner than this")
+    battery_metrics: list[str] = Field(default_factory=lambda: ["battery"])
+    battery_threshold: float = Field(20.0, description="low battery below this (percent)")
+    # Alerts.
+    alert_rules: list[AlertRuleSettings] = Field(default_factory=list)
+    quality_threshold: float = Field(80.0, ge=0, le=100, description="alert when a day's score is below")
+    offline_severity: Severity = "major"
+    battery_severity: Severity = "warning"
+    anomaly_severity: Severity = "minor"
+    quality_severity: Severity = "warning"
+    alert_lookback_seconds: float = Field(86_400.0, gt=0, description="how far back alerts judge readings")
+    webhooks: list[str] = Field(default_factory=list, description="URLs that get each alert event as JSON")
+    webhook_timeout: float = Field(5.0, gt=0)
+    webhook_max_attempts: int = Field(8, ge=1)
+    webhook_backoff: float = Field(2.0, gt=0, description="seconds before the first retry; doubles each time")
 
 
 class ThingSpeakChannelSettings(BaseModel):
@@ -82,9 +152,7 @@ class StreamingDetectorSettings(BaseModel):
 
     enabled: bool = True
     window: int = Field(128, ge=8, description="readings of a series' recent past its baseline is made of")
-    refresh: int = Field(
-        32, ge=1, description="the baseline is recomputed every this many readings, on average"
-    )
+    refresh: int = Field(64, ge=2, description="the baseline is recomputed at least every this many readings")
     threshold: float = Field(6.0, gt=0, description="score (robust z) from which a reading is abnormal")
     calm: int = Field(5, ge=1, description="normal readings in a row that end an episode")
     stuck_min: int = Field(5, ge=2, description="identical readings in a row that can be a stuck sensor")
@@ -92,6 +160,49 @@ class StreamingDetectorSettings(BaseModel):
         1e-5, gt=0, lt=1, description="stuck: a run of identical values chance makes once in 1/this readings"
     )
     max_series: int = Field(100_000, ge=1, description="series whose state is kept in memory (LRU)")
+
+
+class AnomalySettings(BaseModel):
+    """`[anomalies]`: the z-score rule (batch) and the streaming detector."""
+
+    k: float = Field(3.0, gt=0, description="z-score rule: flag |x - mean| > k * stddev")
+    window_seconds: float = Field(3600.0, gt=0, description="the trailing window the mean and stddev cover")
+    min_count: int = Field(20, ge=2, description="readings the window needs before a reading is judged")
+    lookback_seconds: float = Field(3600.0, gt=0, description="what the scheduled job re-examines each run")
+    streaming: StreamingDetectorSettings = StreamingDetectorSettings()  # type: ignore[call-arg]
+
+
+class MqttSettings(BaseModel):
+    """`[mqtt]`: how `iotpipe run` and `iotpipe ingest mqtt` subscribe to the broker at `mqtt_url`."""
+
+    topics: list[str] = Field(
+        default_factory=list, description="topic filters to subscribe to (default: one per template)"
+    )
+    templates: list[str] = Field(
+        default_factory=list,
+        description="topic layouts, 'template' or 'template=format', first match wins (default: built-ins)",
+    )
+    qos: Literal[0, 1, 2] = 1
+    client_id: str | None = Field(
+        None, description="stable id of the persistent session (default iotpipe-<host>)"
+    )
+    shared_group: str | None = Field(
+        None, description="split the stream with other workers: $share/<group>/..."
+    )
+    protocol: Literal["3.1.1", "5"] = "5"
+    inflight: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="unacked messages the broker sends us (default 20 on 3.1.1, 1000 on 5)",
+    )
+    session_expiry: int = Field(7 * 86_400, ge=0, description="seconds the broker keeps our session (MQTT 5)")
+    keepalive: int = Field(30, ge=5)
+    username: str | None = None
+    password: SecretStr | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
 
 
 class Settings(BaseSettings):
@@ -108,6 +219,9 @@ class Settings(BaseSettings):
     pipeline: PipelineSettings = PipelineSettings()  # type: ignore[call-arg]
     simulator: SimulatorSettings = SimulatorSettings()  # type: ignore[call-arg]
     thingspeak: ThingSpeakSettings = ThingSpeakSettings()  # type: ignore[call-arg]
+    analytics: AnalyticsSettings = AnalyticsSettings()  # type: ignore[call-arg]
+    anomalies: AnomalySettings = AnomalySettings()  # type: ignore[call-arg]
+    mqtt: MqttSettings = MqttSettings()  # type: ignore[call-arg]
 
     @classmethod
     def settings_customise_sources(

@@ -104,3 +104,25 @@ def thingspeak_service(settings: Settings, store: Store) -> Service | None:
 
 
 FACTORIES.append(thingspeak_service)
+
+
+def analytics_service(settings: Settings, store: Store) -> Service | None:
+    """The analytics job scheduler (rollups, anomalies, quality, health, alerts)."""
+    from iotpipe.analytics.scheduler import analytics_service as scheduler
+
+    return scheduler(settings, store)
+
+
+FACTORIES.append(analytics_service)
+
+
+def mqtt_service(settings: Settings, store: Store) -> Service | None:
+    """Subscribe to the broker `mqtt_url` names, as `[mqtt]` says (topics, templates, QoS...)."""
+    if not settings.mqtt_url:
+        return None
+    from iotpipe.sources import mqtt
+
+    return mqtt.MqttSource(mqtt.options_from_settings(settings))
+
+
+FACTORIES.append(mqtt_service)

@@ -18,8 +18,10 @@ from rich.markup import escape
 from iotpipe import __version__
 from iotpipe.app import App
 from iotpipe.config import load_settings
-from iotpipe.errors import IotpipeError
+from iotpipe.errors import DecodeError, IotpipeError
+from iotpipe.formats.timestamps import parse_timestamp
 from iotpipe.logs import setup_logging
+from iotpipe.model import Micros
 
 app = typer.Typer(
     name="iotpipe",
@@ -92,6 +94,16 @@ def get_app(ctx: typer.Context) -> App:
     return ctx.obj
 
 
+def time_option(value: str | None, flag: str) -> Micros | None:
+    """A --start/--end style option as µs, or an error that shows the expected form."""
+    if value is None:
+        return None
+    try:
+        return parse_timestamp(value, flag)
+    except DecodeError as exc:
+        raise IotpipeError(f"{exc}; write e.g. 2026-11-22T10:00:00Z") from None
+
+
 def print_json(value: Any) -> None:
     sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
 
@@ -106,4 +118,4 @@ def main() -> None:
 
 
 # Importing the command modules registers their commands.
-from iotpipe.cli import core, thingspeak  # noqa: E402,F401
+from iotpipe.cli import analytics, anomalies, core, mqtt, thingspeak  # noqa: E402,F401

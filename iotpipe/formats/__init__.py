@@ -35,9 +35,7 @@ def decoder_for(name: str) -> Decoder:
     try:
         return _DECODERS[name]
     except KeyError:
-        raise DecodeError(
-            f"unknown format {name!r}; known formats: {', '.join(format_names())}"
-        ) from None
+        raise DecodeError(f"unknown format {name!r}; known formats: {', '.join(format_names())}") from None
 
 
 def sniff_format(payload: bytes) -> str:
@@ -62,7 +60,11 @@ from iotpipe.formats import (  # noqa: E402,F401
     json,
     lineproto,
     senml,
+    tasmota,
     thingspeak,
+    unmatched,
     v1,
     v2,
+    value,
+    zigbee2mqtt,
 )

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     Float,
     Integer,
@@ -20,6 +21,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
@@ -156,4 +158,176 @@ dirty_hours = Table(
     metadata,
     Column("series_id", Integer, primary_key=True),
     Column("hour_start", UtcMicros, primary_key=True),
+)
+
+# -- analytics (migration 0004) -------------------------------------------------------
+
+# Mergeable partial state of one series over one bucket ('1h', '1d', '1w'): count, mean
+# and M2 (sum of squared deviations) combine exactly by Chan et al.'s parallel formula,
+# so days and weeks are merged from hours without rescanning readings.
+rollups = Table(
+    "rollups",
+    metadata,
+    Column("series_id", Integer, primary_key=True),
+    Column("bucket", Text, primary_key=True),
+    Column("bucket_start", UtcMicros, primary_key=True),
+    Column("count", BigInteger, nullable=False),
+    Column("mean", Float, nullable=False),
+    Column("m2", Float, nullable=False),
+    Column("min", Float, nullable=False),
+    Column("max", Float, nullable=False),
+    Column("first_time", UtcMicros, nullable=False),
+    Column("first_value", Float, nullable=False),
+    Column("last_time", UtcMicros, nullable=False),
+    Column("last_value", Float, nullable=False),
+    Column("updated_at", UtcMicros, nullable=False),
+)
+
+# Hours taken over from dirty_hours by the rollup job and not yet recomputed: the hand-
+# over is short and locked, the recomputation long and unlocked (see analytics/rollups.py).
+rollup_queue = Table(
+    "rollup_queue",
+    metadata,
+    Column("series_id", Integer, primary_key=True),
+    Column("hour_start", UtcMicros, primary_key=True),
+)
+
+# Data quality per device and UTC day, the numbers behind the score kept beside it.
+data_quality = Table(
+    "data_quality",
+    metadata,
+    Column("device_pk", Integer, primary_key=True),
+    Column("day", Text, primary_key=True),
+    Column("expected", BigInteger, nullable=False),
+    Column("received", BigInteger, nullable=False),
+    Column("missing", BigInteger, nullable=False),
+    Column("invalid", BigInteger, nullable=False),
+    Column("out_of_range", BigInteger, nullable=False),
+    Column("anomalous", BigInteger, nullable=False),
+    Column("missing_pct", Float, nullable=False),
+    Column("out_of_range_pct", Float, nullable=False),
+    Column("anomalous_pct", Float, nullable=False),
+    Column("score", Float, nullable=False),
+    Column("computed_at", UtcMicros, nullable=False),
+)
+
+device_health = Table(
+    "device_health",
+    metadata,
+    Column("device_pk", Integer, primary_key=True),
+    Column("status", Text, nullable=False),  # online | offline
+    Column("last_seen", UtcMicros),
+    Column("interval_seconds", Float),
+    Column("offline_after_seconds", Float, nullable=False),
+    Column("battery", Float),
+    Column("battery_low", Boolean, nullable=False),
+    Column("quality_score", Float),
+    Column("health_score", Float, nullable=False),
+    Column("checked_at", UtcMicros, nullable=False),
+)
+
+# Rules from the config file (origin 'config'), the API ('api') and the built-in
+# conditions ('builtin': offline, low battery, streaming anomalies, low quality).
+alert_rules = Table(
+    "alert_rules",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", Text, nullable=False, unique=True),
+    Column("kind", Text, nullable=False),  # threshold | offline | battery | anomaly | quality
+    Column("origin", Text, nullable=False),
+    Column("device", Text, nullable=False),  # an id or a glob
+    Column("device_type", Text),
+    Column("metric", Text),
+    Column("min", Float),
+    Column("max", Float),
+    Column("for_seconds", Float, nullable=False),
+    Column("severity", Text, nullable=False),
+    Column("enabled", Boolean, nullable=False),
+    Column("created_at", UtcMicros, nullable=False),
+    Column("updated_at", UtcMicros, nullable=False),
+)
+
+# One row per alert; a partial unique index keeps one active (not resolved) alert per
+# rule and subject ('series:<id>' or 'device:<pk>').
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("rule_id", Integer, nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("device_pk", Integer, nullable=False),
+    Column("series_id", Integer),
+    Column("anomaly_id", BigInteger, unique=True),  # the streaming episode it reports
+    Column("status", Text, nullable=False),  # open | acknowledged | resolved
+    Column("severity", Text, nullable=False),
+    Column("message", Text, nullable=False),
+    Column("value", Float),
+    Column("started_at", UtcMicros, nullable=False),  # when the condition began
+    Column("opened_at", UtcMicros, nullable=False),
+    Column("acknowledged_at", UtcMicros),
+    Column("resolved_at", UtcMicros),
+)
+
+alert_events = Table(
+    "alert_events",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("alert_id", Integer, nullable=False),
+    Column("event", Text, nullable=False),  # opened | acknowledged | resolved
+    Column("at", UtcMicros, nullable=False),
+    Column("value", Float),
+)
+
+# The webhook outbox: written with the event, delivered later with retries and backoff.
+alert_notifications = Table(
+    "alert_notifications",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("event_id", Integer, nullable=False),
+    Column("url", Text, nullable=False),
+    Column("payload", JsonDocument, nullable=False),
+    Column("status", Text, nullable=False),  # pending | sent | failed
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", UtcMicros, nullable=False),
+    Column("last_error", Text),
+    Column("sent_at", UtcMicros),
+)
+
+# Evaluation state of a rule for one subject: how far its readings were walked, and
+# since when the condition has held (for for-durations).
+alert_state = Table(
+    "alert_state",
+    metadata,
+    Column("rule_id", Integer, primary_key=True),
+    Column("subject", Text, primary_key=True),
+    Column("cursor_time", UtcMicros),
+    Column("violating_since", UtcMicros),
+)
+
+job_state = Table(
+    "job_state",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("last_started_at", UtcMicros),
+    Column("last_finished_at", UtcMicros),
+    Column("last_status", Text),  # ok | failed
+    Column("last_result", JsonDocument),
+    Column("last_error", Text),
+)
+
+# What the anomaly detectors found: one row per reading the z-score rule flags, one per
+# episode of the streaming detector (its first abnormal reading; end_time is NULL while
+# the episode lasts). Re-detecting the same thing hits the unique key and adds nothing.
+anomalies = Table(
+    "anomalies",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("series_id", Integer, nullable=False),
+    Column("time", UtcMicros, nullable=False),
+    Column("end_time", UtcMicros),
+    Column("value", Float, nullable=False),
+    Column("score", Float, nullable=False),
+    Column("method", Text, nullable=False),  # zscore | streaming
+    Column("detected_at", UtcMicros, nullable=False),
+    UniqueConstraint("series_id", "time", "method"),
 )

@@ -1,0 +1,1 @@
+"""Analytics: what stored readings mean — rollups, anomalies, trends, quality, health, alerts."""

@@ -1,0 +1,524 @@
+"""Alerts: rules evaluated against the store, one alert per condition, open → acknowledged → resolved.
+
+Rules come from the config file (`[[analytics.alert_rules]]`, synced into `alert_rules`
+on every run), from the API (stored there directly) and from the built-in conditions:
+device offline, low battery, streaming anomaly, data quality below a threshold.
+
+- threshold rules walk each matching series' readings in time order since the last
+  run: a value outside [min, max] starts the condition, the alert opens once it has
+  held for `for_seconds` of reading time, and the first value back inside resolves it;
+- offline, low battery and low quality follow the health and quality jobs' latest
+  results (a device's latest day for quality);
+- each streaming anomaly episode opens one alert, resolved when the episode ends.
+
+Only the recent past raises alerts (`alert_lookback_seconds`, a day by default), so
+importing old history does not flood the receivers. A partial unique index keeps one
+active alert per rule and subject (a series, or a device for device conditions). Every
+transition is recorded in `alert_events` and queued for the webhooks (notify.py).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, and_, insert, select, update
+
+from iotpipe.analytics import notify
+from iotpipe.analytics.jobs import register_job
+from iotpipe.config import Settings
+from iotpipe.errors import IotpipeError
+from iotpipe.model import MICROS_PER_SECOND, Micros, format_micros, now_micros
+from iotpipe.store import Store
+from iotpipe.store.schema import (
+    alert_events,
+    alert_rules,
+    alert_state,
+    alerts,
+    anomalies,
+    data_quality,
+    device_health,
+    devices,
+    readings,
+    series,
+)
+
+STATUSES = ("open", "acknowledged", "resolved")
+BUILTIN = {
+    "offline": "device offline",
+    "battery": "low battery",
+    "anomaly": "streaming anomaly",
+    "quality": "low data quality",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    id: int
+    name: str
+    kind: str
+    device: str
+    device_type: str | None
+    metric: str | None
+    min: float | None
+    max: float | None
+    for_seconds: float
+    severity: str
+
+    def selects(self, device_id: str, device_type: str | None) -> bool:
+        return fnmatch.fnmatchcase(device_id, self.device) and (
+            self.device_type is None or self.device_type == device_type
+        )
+
+    def violated_by(self, value: float) -> bool:
+        return (self.min is not None and value < self.min) or (self.max is not None and value > self.max)
+
+
+# A device condition that holds now: (subject, value, since when, message).
+Condition = tuple["Subject", float | None, Micros, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """What one alert is about: a series, or a whole device."""
+
+    key: str
+    device_pk: int
+    device_id: str
+    series_id: int | None = None
+    metric: str | None = None
+
+
+# -- rules ---------------------------------------------------------------------------------
+def sync_rules(store: Store, settings: Settings, now: Micros) -> None:
+    """Make alert_rules match the config file and the built-in settings; API rules stay."""
+    config = settings.analytics
+    wanted: dict[str, dict[str, Any]] = {}
+    for rule in config.alert_rules:
+        wanted[rule.name] = {
+            "kind": "threshold",
+            "origin": "config",
+            "device": rule.device,
+            "device_type": rule.device_type,
+            "metric": rule.metric,
+            "min": rule.min,
+            "max": rule.max,
+            "for_seconds": rule.for_seconds,
+            "severity": rule.severity,
+        }
+    severities = {
+        "offline": config.offline_severity,
+        "battery": config.battery_severity,
+        "anomaly": config.anomaly_severity,
+        "quality": config.quality_severity,
+    }
+    for kind, name in BUILTIN.items():
+        wanted[name] = {
+            "kind": kind,
+            "origin": "builtin",
+            "device": "*",
+            "device_type": None,
+            "metric": None,
+            "min": None,
+            "max": None,
+            "for_seconds": 0.0,
+            "severity": severities[kind],
+        }
+    with store.write_transaction() as conn:
+        existing = {r.name: r for r in conn.execute(select(alert_rules))}
+        for name, values in wanted.items():
+            row = existing.get(name)
+            if row is None:
+                conn.execute(
+                    insert(alert_rules).values(
+                        name=name, enabled=True, created_at=now, updated_at=now, **values
+                    )
+                )
+            elif any(getattr(row, k) != v for k, v in values.items()) or not row.enabled:
+                conn.execute(
+                    update(alert_rules)
+                    .where(alert_rules.c.id == row.id)
+                    .values(enabled=True, updated_at=now, **values)
+                )
+        for name, row in existing.items():
+            if row.origin in ("config", "builtin") and name not in wanted and row.enabled:
+                # Removed from the file: kept (its alerts' history points at it), disabled.
+                conn.execute(
+                    update(alert_rules)
+                    .where(alert_rules.c.id == row.id)
+                    .values(enabled=False, updated_at=now)
+                )
+
+
+def _enabled_rules(conn: Connection) -> list[Rule]:
+    rows = conn.execute(select(alert_rules).where(alert_rules.c.enabled.is_(True)).order_by(alert_rules.c.id))
+    return [
+        Rule(r.id, r.name, r.kind, r.device, r.device_type, r.metric, r.min, r.max, r.for_seconds, r.severity)
+        for r in rows
+    ]
+
+
+# -- the job -------------------------------------------------------------------------------
+@register_job("alerts")
+def alerts_job(store: Store, settings: Settings) -> dict[str, Any]:
+    now = now_micros()
+    result = evaluate(store, settings, now)
+    result["notifications"] = notify.deliver_due(store, settings, now)
+    return result
+
+
+def evaluate(store: Store, settings: Settings, now: Micros) -> dict[str, Any]:
+    """Evaluate every enabled rule once; return how many alerts opened and resolved."""
+    sync_rules(store, settings, now)
+    engine = _Engine(store, settings, now)
+    with store.engine.connect() as conn:
+        rules = _enabled_rules(conn)
+        engine.load_fleet(conn)
+    for rule in rules:
+        evaluate_rule = getattr(engine, f"evaluate_{rule.kind}", None)
+        if evaluate_rule is not None:
+            evaluate_rule(rule)
+    return {"rules": len(rules), "opened": engine.opened, "resolved": engine.resolved}
+
+
+class _Engine:
+    def __init__(self, store: Store, settings: Settings, now: Micros) -> None:
+        self.store = store
+        self.settings = settings
+        self.now = now
+        self.since = now - int(settings.analytics.alert_lookback_seconds * MICROS_PER_SECOND)
+        self.opened = 0
+        self.resolved = 0
+        self.devices: dict[int, tuple[str, str | None]] = {}
+        self.series: dict[int, tuple[int, str]] = {}
+
+    def load_fleet(self, conn: Connection) -> None:
+        self.devices = {
+            pk: (d, t) for pk, d, t in conn.execute(select(devices.c.id, devices.c.device_id, devices.c.type))
+        }
+        self.series = {
+            sid: (pk, m)
+            for sid, pk, m in conn.execute(select(series.c.id, series.c.device_pk, series.c.metric))
+        }
+
+    def device_subjects(self, rule: Rule) -> dict[str, Subject]:
+        return {
+            f"device:{pk}": Subject(f"device:{pk}", pk, device_id)
+            for pk, (device_id, device_type) in self.devices.items()
+            if rule.selects(device_id, device_type)
+        }
+
+    def series_subject(self, rule: Rule, series_id: int) -> Subject | None:
+        known = self.series.get(series_id)
+        if known is None:
+            return None
+        device_pk, metric = known
+        device_id, device_type = self.devices[device_pk]
+        if not rule.selects(device_id, device_type) or (rule.metric is not None and rule.metric != metric):
+            return None
+        return Subject(f"series:{series_id}", device_pk, device_id, series_id, metric)
+
+    # -- threshold rules: walk the readings ----------------------------------------------
+    def evaluate_threshold(self, rule: Rule) -> None:
+        for series_id in sorted(self.series):
+            subject = self.series_subject(rule, series_id)
+            if subject is not None:
+                self._walk(rule, subject)
+
+    def _walk(self, rule: Rule, subject: Subject) -> None:
+        with self.store.write_transaction() as conn:
+            state = conn.execute(
+                select(alert_state.c.cursor_time, alert_state.c.violating_since).where(
+                    alert_state.c.rule_id == rule.id, alert_state.c.subject == subject.key
+                )
+            ).first()
+            cursor, violating_since = (state[0], state[1]) if state is not None else (self.since - 1, None)
+            rows = conn.execute(
+                select(readings.c.time, readings.c.value)
+                .where(
+                    readings.c.series_id == subject.series_id, readings.c.time > max(cursor, self.since - 1)
+                )
+                .order_by(readings.c.time)
+            ).all()
+            if not rows and state is not None:
+                return
+            active = self._active(conn, rule, subject)
+            hold = int(rule.for_seconds * MICROS_PER_SECOND)
+            for t, value in rows:
+                if rule.violated_by(value):
+                    violating_since = violating_since if violating_since is not None else t
+                    if active is None and t - violating_since >= hold:
+                        active = self._open(
+                            conn,
+                            rule,
+                            subject,
+                            value,
+                            violating_since,
+                            _threshold_message(rule, subject, value),
+                        )
+                else:
+                    violating_since = None
+                    if active is not None:
+                        self._resolve(conn, active, value)
+                        active = None
+            cursor = rows[-1][0] if rows else cursor
+            values = {"cursor_time": cursor, "violating_since": violating_since}
+            statement = self.store.dialect_insert(alert_state).values(
+                rule_id=rule.id, subject=subject.key, **values
+            )
+            conn.execute(statement.on_conflict_do_update(index_elements=["rule_id", "subject"], set_=values))
+
+    # -- device conditions from the health and quality jobs ------------------------------
+    def evaluate_offline(self, rule: Rule) -> None:
+        with self.store.engine.connect() as conn:
+            health = {r.device_pk: r for r in conn.execute(select(device_health))}
+        conditions: dict[str, Condition] = {}
+        for key, subject in self.device_subjects(rule).items():
+            row = health.get(subject.device_pk)
+            if row is not None and row.status == "offline":
+                seen = format_micros(row.last_seen) if row.last_seen is not None else "never"
+                message = (
+                    f"{subject.device_id} is offline: silent since {seen} "
+                    f"(longer than {row.offline_after_seconds:g} s)"
+                )
+                conditions[key] = (subject, None, row.last_seen or self.now, message)
+        self._reconcile(rule, conditions)
+
+    def evaluate_battery(self, rule: Rule) -> None:
+        with self.store.engine.connect() as conn:
+            health = {r.device_pk: r for r in conn.execute(select(device_health))}
+        threshold = self.settings.analytics.battery_threshold
+        conditions: dict[str, Condition] = {}
+        for key, subject in self.device_subjects(rule).items():
+            row = health.get(subject.device_pk)
+            if row is not None and row.battery_low:
+                message = f"{subject.device_id} battery at {row.battery:g} % (below {threshold:g} %)"
+                conditions[key] = (subject, row.battery, self.now, message)
+        self._reconcile(rule, conditions)
+
+    def evaluate_quality(self, rule: Rule) -> None:
+        threshold = self.settings.analytics.quality_threshold
+        with self.store.engine.connect() as conn:
+            latest: dict[int, Any] = {}
+            for day_row in conn.execute(select(data_quality).order_by(data_quality.c.day)):
+                latest[day_row.device_pk] = day_row
+        conditions: dict[str, Condition] = {}
+        for key, subject in self.device_subjects(rule).items():
+            row = latest.get(subject.device_pk)
+            if row is not None and row.score < threshold:
+                message = (
+                    f"{subject.device_id} data quality {row.score:g} on {row.day} (below {threshold:g}): "
+                    f"{row.missing_pct:.1f} % missing, {row.out_of_range_pct:.1f} % out of range, "
+                    f"{row.anomalous_pct:.1f} % anomalous"
+                )
+                conditions[key] = (subject, row.score, self.now, message)
+        self._reconcile(rule, conditions)
+
+    def _reconcile(
+        self, rule: Rule, conditions: dict[str, tuple[Subject, float | None, Micros, str]]
+    ) -> None:
+        """Open an alert for each condition that holds without one; resolve the others."""
+        with self.store.write_transaction() as conn:
+            active = {
+                r.subject: r.id
+                for r in conn.execute(
+                    select(alerts.c.id, alerts.c.subject).where(
+                        alerts.c.rule_id == rule.id, alerts.c.status != "resolved"
+                    )
+                )
+            }
+            for key, (subject, value, started_at, message) in conditions.items():
+                if key not in active:
+                    self._open(conn, rule, subject, value, started_at, message)
+            for key, alert_id in active.items():
+                if key not in conditions:
+                    self._resolve(conn, alert_id, None)
+
+    # -- streaming anomalies: one alert per episode --------------------------------------
+    def evaluate_anomaly(self, rule: Rule) -> None:
+        with self.store.write_transaction() as conn:
+            alerted = select(alerts.c.anomaly_id).where(alerts.c.anomaly_id.is_not(None))
+            episodes = conn.execute(
+                select(
+                    anomalies.c.id,
+                    anomalies.c.series_id,
+                    anomalies.c.time,
+                    anomalies.c.end_time,
+                    anomalies.c.value,
+                    anomalies.c.score,
+                )
+                .where(
+                    anomalies.c.method == "streaming",
+                    anomalies.c.time >= self.since,
+                    anomalies.c.id.not_in(alerted),
+                )
+                .order_by(anomalies.c.time, anomalies.c.id)
+            ).all()
+            for episode in episodes:
+                subject = self.series_subject(rule, episode.series_id)
+                if subject is None:
+                    continue
+                previous = self._active(conn, rule, subject)
+                if previous is not None:  # a new episode means the previous one is over
+                    self._resolve(conn, previous, None)
+                message = (
+                    f"{subject.device_id} {subject.metric} = {episode.value:g} is anomalous "
+                    f"(score {episode.score:.1f}) since {format_micros(episode.time)}"
+                )
+                alert_id = self._open(conn, rule, subject, episode.value, episode.time, message, episode.id)
+                if episode.end_time is not None:
+                    self._resolve(conn, alert_id, None)
+            still_open = conn.execute(
+                select(alerts.c.id, anomalies.c.end_time)
+                .select_from(alerts.outerjoin(anomalies, anomalies.c.id == alerts.c.anomaly_id))
+                .where(alerts.c.rule_id == rule.id, alerts.c.status != "resolved")
+            ).all()
+            for alert_id, end_time in still_open:
+                if end_time is not None:
+                    self._resolve(conn, alert_id, None)
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def _active(self, conn: Connection, rule: Rule, subject: Subject) -> int | None:
+        return conn.scalar(
+            select(alerts.c.id).where(
+                and_(
+                    alerts.c.rule_id == rule.id,
+                    alerts.c.subject == subject.key,
+                    alerts.c.status != "resolved",
+                )
+            )
+        )
+
+    def _open(
+        self,
+        conn: Connection,
+        rule: Rule,
+        subject: Subject,
+        value: float | None,
+        started_at: Micros,
+        message: str,
+        anomaly_id: int | None = None,
+    ) -> int:
+        alert_id = conn.execute(
+            insert(alerts).values(
+                rule_id=rule.id,
+                subject=subject.key,
+                device_pk=subject.device_pk,
+                series_id=subject.series_id,
+                anomaly_id=anomaly_id,
+                status="open",
+                severity=rule.severity,
+                message=message,
+                value=value,
+                started_at=started_at,
+                opened_at=self.now,
+            )
+        ).inserted_primary_key
+        assert alert_id is not None
+        record_event(conn, self.settings, int(alert_id[0]), "opened", self.now, value)
+        self.opened += 1
+        return int(alert_id[0])
+
+    def _resolve(self, conn: Connection, alert_id: int, value: float | None) -> None:
+        conn.execute(
+            update(alerts).where(alerts.c.id == alert_id).values(status="resolved", resolved_at=self.now)
+        )
+        record_event(conn, self.settings, alert_id, "resolved", self.now, value)
+        self.resolved += 1
+
+
+def _threshold_message(rule: Rule, subject: Subject, value: float) -> str:
+    side = (
+        f"below min {rule.min:g}" if rule.min is not None and value < rule.min else f"above max {rule.max:g}"
+    )
+    held = f" for {rule.for_seconds:g} s" if rule.for_seconds else ""
+    return f"{subject.device_id} {subject.metric} = {value:g}, {side}{held} ({rule.name})"
+
+
+def record_event(
+    conn: Connection, settings: Settings, alert_id: int, event: str, at: Micros, value: float | None
+) -> None:
+    """Keep the transition in the history and queue it for every webhook."""
+    inserted = conn.execute(
+        insert(alert_events).values(alert_id=alert_id, event=event, at=at, value=value)
+    ).inserted_primary_key
+    assert inserted is not None
+    event_id = inserted[0]
+    if settings.analytics.webhooks:
+        (alert,) = _alert_views(conn, alerts.c.id == alert_id)
+        payload = {"event": event, "at": format_micros(at), "alert": alert}
+        notify.enqueue(conn, settings, int(event_id), payload, at)
+
+
+# -- acknowledging and reading -------------------------------------------------------------
+def acknowledge(store: Store, settings: Settings, alert_id: int, now: Micros | None = None) -> dict[str, Any]:
+    """open → acknowledged; an acknowledged alert still resolves when its condition clears."""
+    now = now or now_micros()
+    with store.write_transaction() as conn:
+        status = conn.scalar(select(alerts.c.status).where(alerts.c.id == alert_id))
+        if status is None:
+            raise IotpipeError(f"no alert {alert_id}; `iotpipe alerts` lists them")
+        if status == "resolved":
+            raise IotpipeError(f"alert {alert_id} is already resolved; nothing to acknowledge")
+        if status == "open":
+            conn.execute(
+                update(alerts)
+                .where(alerts.c.id == alert_id)
+                .values(status="acknowledged", acknowledged_at=now)
+            )
+            record_event(conn, settings, alert_id, "acknowledged", now, None)
+        (view,) = _alert_views(conn, alerts.c.id == alert_id)
+    return view
+
+
+def alert_rows(store: Store, status: str | None = None) -> list[dict[str, Any]]:
+    """Alerts, newest first, as the CLI and API show them."""
+    if status is not None and status not in STATUSES:
+        raise IotpipeError(f"unknown alert status {status!r}; choose one of: {', '.join(STATUSES)}")
+    with store.engine.connect() as conn:
+        return _alert_views(conn, alerts.c.status == status if status is not None else None)
+
+
+def _alert_views(conn: Connection, where: Any) -> list[dict[str, Any]]:
+    query = (
+        select(
+            alerts,
+            alert_rules.c.name.label("rule"),
+            alert_rules.c.kind,
+            devices.c.device_id,
+            series.c.metric,
+        )
+        .join(alert_rules, alert_rules.c.id == alerts.c.rule_id)
+        .join(devices, devices.c.id == alerts.c.device_pk)
+        .outerjoin(series, series.c.id == alerts.c.series_id)
+        .order_by(alerts.c.id.desc())
+    )
+    if where is not None:
+        query = query.where(where)
+    return [
+        {
+            "id": r.id,
+            "rule": r.rule,
+            "kind": r.kind,
+            "severity": r.severity,
+            "status": r.status,
+            "device_id": r.device_id,
+            "metric": r.metric,
+            "message": r.message,
+            "value": r.value,
+            "started_at": format_micros(r.started_at),
+            "opened_at": format_micros(r.opened_at),
+            "acknowledged_at": format_micros(r.acknowledged_at) if r.acknowledged_at is not None else None,
+            "resolved_at": format_micros(r.resolved_at) if r.resolved_at is not None else None,
+        }
+        for r in conn.execute(query)
+    ]
+
+
+def alert_history(store: Store, alert_id: int) -> list[dict[str, Any]]:
+    with store.engine.connect() as conn:
+        rows = conn.execute(
+            select(alert_events).where(alert_events.c.alert_id == alert_id).order_by(alert_events.c.id)
+        )
+        return [{"event": r.event, "at": format_micros(r.at), "value": r.value} for r in rows]

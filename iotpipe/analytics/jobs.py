@@ -1,0 +1,118 @@
+"""The registry of analytics jobs: each module registers its job(s) here by name.
+
+A job reads the store and writes only its own tables; it returns a small summary of
+what it did (for `iotpipe jobs --json` and the job_state table). `run_job` is how the
+CLI and the scheduler run one: on PostgreSQL under an advisory lock, so that several
+`iotpipe run` instances never run the same job at the same time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import text, update
+
+from iotpipe.config import Settings
+from iotpipe.errors import IotpipeError
+from iotpipe.model import now_micros
+from iotpipe.store import Store
+from iotpipe.store.schema import job_state
+
+log = logging.getLogger(__name__)
+
+Job = Callable[[Store, Settings], dict[str, Any]]
+
+JOBS: dict[str, Job] = {}
+
+# The order `all` runs them in: quality needs current rollups and anomalies; alerts
+# read health and quality.
+ORDER = ("rollups", "anomalies", "quality", "health", "alerts")
+
+
+def register_job(name: str) -> Callable[[Job], Job]:
+    def register(job: Job) -> Job:
+        JOBS[name] = job
+        return job
+
+    return register
+
+
+def job_names() -> list[str]:
+    """Registered jobs in the order they should run."""
+    return [n for n in ORDER if n in JOBS] + sorted(n for n in JOBS if n not in ORDER)
+
+
+def advisory_key(name: str) -> int:
+    """A stable signed 64-bit PostgreSQL advisory lock key for a job name."""
+    digest = hashlib.blake2b(f"iotpipe.job.{name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+@contextmanager
+def job_lock(store: Store, name: str) -> Iterator[bool]:
+    """Yield whether this process may run the job now.
+
+    PostgreSQL: a session advisory lock held on its own connection for the whole job,
+    tried without waiting; whoever holds it runs, the others skip. The lock dies with
+    the connection, so a crashed runner never blocks the job for good. SQLite: always
+    True — its jobs stay correct when two processes overlap, because every step that
+    must not interleave is one IMMEDIATE transaction.
+    """
+    if store.dialect != "postgresql":
+        yield True
+        return
+    key = advisory_key(name)
+    with store.engine.connect() as conn:
+        got = bool(conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}))
+        conn.commit()
+        try:
+            yield got
+        finally:
+            if got:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                conn.commit()
+
+
+def run_job(name: str, store: Store, settings: Settings) -> dict[str, Any]:
+    """Run one job once (unless another process is running it); record how it went."""
+    job = JOBS.get(name)
+    if job is None:
+        raise IotpipeError(f"unknown job {name!r}; choose one of: {', '.join(job_names())}, all")
+    with job_lock(store, name) as mine:
+        if not mine:
+            return {"job": name, "skipped": "running in another process"}
+        started = now_micros()
+        clock = time.perf_counter()
+        _record(store, name, last_started_at=started)
+        try:
+            result = job(store, settings)
+        except Exception as exc:
+            _record(
+                store,
+                name,
+                last_finished_at=now_micros(),
+                last_status="failed",
+                last_error="".join(traceback.format_exception_only(exc)).strip(),
+            )
+            raise
+        result = {"job": name, **result, "seconds": round(time.perf_counter() - clock, 3)}
+        _record(
+            store, name, last_finished_at=now_micros(), last_status="ok", last_result=result, last_error=None
+        )
+        return result
+
+
+def _record(store: Store, name: str, **values: Any) -> None:
+    with store.engine.begin() as conn:
+        if not conn.execute(update(job_state).where(job_state.c.name == name).values(**values)).rowcount:
+            conn.execute(store.dialect_insert(job_state).values(name=name, **values).on_conflict_do_nothing())
+
+
+# Importing the job modules registers their jobs.
+from iotpipe.analytics import alerts, anomalies, health, quality, rollups  # noqa: E402,F401

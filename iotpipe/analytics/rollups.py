@@ -1,0 +1,345 @@
+"""Rollups: per series, 1 hour / 1 day / 1 week buckets kept current from the dirty hours.
+
+Every ingest batch marks the (series, hour) pairs it touched in `dirty_hours`, in the
+readings' own transaction, late and replayed readings included. The job:
+
+1. takes the marks over into `rollup_queue` in one short transaction. On PostgreSQL it
+   first locks `dirty_hours` (SHARE ROW EXCLUSIVE, which waits for every ingest
+   transaction that is writing marks and holds new ones back for these few
+   milliseconds). That is what makes the hand-over exact: a batch whose mark found an
+   existing one (ON CONFLICT DO NOTHING leaves no trace) has committed its readings
+   before the marks are taken, and any batch after the hand-over adds a fresh mark that
+   the next run sees. SQLite gets the same from its single writer lock (IMMEDIATE).
+2. recomputes queued hours in chunks, each one transaction: hourly state from the raw
+   readings (aggregated in the database, one primary-key range scan per hour), then the
+   touched days merged from their hours
+   and the touched weeks from their days (Chan et al.'s parallel merge of count, mean
+   and M2 — exact, numerically stable, no second pass over readings), then drops the
+   chunk from the queue. A crash loses nothing (the queue is durable); recomputing a
+   bucket from the same readings gives the same row, so running twice changes nothing.
+
+Weeks are ISO weeks: Monday 00:00 UTC to the next Monday; days are UTC days.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, TextClause, bindparam, select, text
+
+from iotpipe.analytics.common import MICROS_PER_DAY, MICROS_PER_WEEK, WEEK_ORIGIN, SeriesRef
+from iotpipe.analytics.jobs import register_job
+from iotpipe.config import Settings
+from iotpipe.model import MICROS_PER_HOUR, Micros, now_micros
+from iotpipe.store import Store
+from iotpipe.store.schema import UtcMicros, rollups
+
+BUCKETS = ("1h", "1d", "1w")
+
+# Per dialect: a time plus one bucket width, and a time floored to its day / ISO week.
+_SQL_TIME = {
+    "sqlite": {
+        "plus_hour": f"{{}} + {MICROS_PER_HOUR}",
+        "plus_day": f"{{}} + {MICROS_PER_DAY}",
+        "plus_week": f"{{}} + {MICROS_PER_WEEK}",
+        # SQLite's % truncates toward zero; adding the width back floors times before 1970 too.
+        "day": f"({{0}} - (({{0}} % {MICROS_PER_DAY}) + {MICROS_PER_DAY}) % {MICROS_PER_DAY})",
+        "week": f"({{0}} - ((({{0}} - {WEEK_ORIGIN}) % {MICROS_PER_WEEK}) + {MICROS_PER_WEEK}) % {MICROS_PER_WEEK})",
+    },
+    "postgresql": {
+        "plus_hour": "{} + interval '1 hour'",
+        "plus_day": "{} + interval '1 day'",
+        "plus_week": "{} + interval '7 days'",
+        "day": "date_bin('1 day', {0}, timestamptz '1970-01-01 00:00:00+00')",
+        "week": "date_bin('7 days', {0}, timestamptz '1970-01-05 00:00:00+00')",
+    },
+}
+
+_COLUMNS = (
+    "series_id, bucket, bucket_start, count, mean, m2, min, max, "
+    "first_time, first_value, last_time, last_value, updated_at"
+)
+_CHUNK = "(q.series_id, q.hour_start) <= (:s, :h)"
+
+
+def _sql(dialect: str, template: str) -> TextClause:
+    t = _SQL_TIME[dialect]
+    statement = template.format(
+        chunk=_CHUNK,
+        columns=_COLUMNS,
+        hour_end=t["plus_hour"].format("q.hour_start"),
+        day_of_hour=t["day"].format("q.hour_start"),
+        week_of_hour=t["week"].format("q.hour_start"),
+        day_end=t["plus_day"].format("d.bucket_start"),
+        week_end=t["plus_week"].format("d.bucket_start"),
+    )
+    clause = text(statement)
+    typed = [bindparam(name, type_=UtcMicros()) for name in ("h", "now") if f":{name}" in statement]
+    return clause.bindparams(*typed)
+
+
+# Hourly partial state straight from the readings of the chunk's queued hours, each hour
+# one index range scan (PostgreSQL: LATERAL, so the planner never swaps it for a scan of
+# the whole readings table; SQLite's planner walks the primary key by itself). M2 is
+# var_pop·n on PostgreSQL (its float8 aggregates use the stable Youngs–Cramer update);
+# SQLite has no variance, so a second pass over the same range subtracts the mean.
+_HOURLY = {
+    "postgresql": """
+INSERT INTO rollups ({columns})
+SELECT q.series_id, '1h', q.hour_start, a.n, a.mean, a.m2, a.lo, a.hi,
+       a.ft, (SELECT value FROM readings WHERE series_id = q.series_id AND time = a.ft),
+       a.lt, (SELECT value FROM readings WHERE series_id = q.series_id AND time = a.lt),
+       :now
+FROM rollup_queue q
+CROSS JOIN LATERAL (
+    SELECT count(*) AS n, avg(r.value) AS mean, var_pop(r.value) * count(*) AS m2,
+           min(r.value) AS lo, max(r.value) AS hi, min(r.time) AS ft, max(r.time) AS lt
+    FROM readings r
+    WHERE r.series_id = q.series_id AND r.time >= q.hour_start AND r.time < {hour_end}
+) a
+WHERE {chunk} AND a.n > 0""",
+    "sqlite": """
+INSERT INTO rollups ({columns})
+SELECT a.series_id, '1h', a.hour_start, a.n, a.mean,
+       (SELECT sum((r.value - a.mean) * (r.value - a.mean)) FROM readings r
+        WHERE r.series_id = a.series_id AND r.time >= a.hour_start AND r.time < a.hour_start + 3600000000),
+       a.lo, a.hi,
+       a.ft, (SELECT value FROM readings WHERE series_id = a.series_id AND time = a.ft),
+       a.lt, (SELECT value FROM readings WHERE series_id = a.series_id AND time = a.lt),
+       :now
+FROM (
+    SELECT q.series_id, q.hour_start, count(*) AS n, avg(r.value) AS mean,
+           min(r.value) AS lo, max(r.value) AS hi, min(r.time) AS ft, max(r.time) AS lt
+    FROM rollup_queue q
+    JOIN readings r ON r.series_id = q.series_id AND r.time >= q.hour_start AND r.time < {hour_end}
+    WHERE {chunk}
+    GROUP BY q.series_id, q.hour_start
+) a""",
+}
+
+# A day (week) merged from its hours (days): n = Σn, mean = Σn·mean / n,
+# M2 = Σ(M2 + n·(mean_i − mean)²); first/last from the first and last parts (parts do not
+# overlap in time). PostgreSQL reads each day's parts once (the total mean as a window
+# over them) and sums in a stated order: a recomputed bucket equals the old one bit for bit.
+_MERGE = {
+    "postgresql": """
+INSERT INTO rollups ({columns})
+SELECT d.series_id, '{bucket}', d.bucket_start, t.n, t.mean, t.m2, t.lo, t.hi, t.ft, t.fv, t.lt, t.lv, :now
+FROM (SELECT DISTINCT q.series_id, {target_of_hour} AS bucket_start FROM rollup_queue q WHERE {chunk}) d
+CROSS JOIN LATERAL (
+    SELECT sum(x.count) AS n, max(x.total_mean) AS mean,
+           sum(x.m2 + x.count * (x.mean - x.total_mean) * (x.mean - x.total_mean) ORDER BY x.bucket_start) AS m2,
+           min(x.min) AS lo, max(x.max) AS hi, min(x.first_time) AS ft, max(x.last_time) AS lt,
+           max(x.fv) AS fv, max(x.lv) AS lv
+    FROM (
+        SELECT p.bucket_start, p.count, p.mean, p.m2, p.min, p.max, p.first_time, p.last_time,
+               sum(p.count * p.mean) OVER whole / sum(p.count) OVER whole AS total_mean,
+               first_value(p.first_value) OVER whole AS fv, last_value(p.last_value) OVER whole AS lv
+        FROM rollups p
+        WHERE p.series_id = d.series_id AND p.bucket = '{part}'
+          AND p.bucket_start >= d.bucket_start AND p.bucket_start < {target_end}
+        WINDOW whole AS (ORDER BY p.bucket_start ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
+    ) x
+) t
+WHERE t.n IS NOT NULL""",
+    "sqlite": """
+INSERT INTO rollups ({columns})
+WITH targets AS (
+    SELECT DISTINCT q.series_id, {target_of_hour} AS bucket_start
+    FROM rollup_queue q WHERE {chunk}
+), parts AS (
+    SELECT d.series_id, d.bucket_start, p.count, p.mean, p.m2, p.min, p.max,
+           p.first_time, p.first_value, p.last_time, p.last_value
+    FROM targets d
+    JOIN rollups p ON p.series_id = d.series_id AND p.bucket = '{part}'
+        AND p.bucket_start >= d.bucket_start AND p.bucket_start < {target_end}
+), totals AS (
+    SELECT series_id, bucket_start, sum(count) AS n, sum(count * mean) / sum(count) AS mean,
+           min(min) AS lo, max(max) AS hi, min(first_time) AS ft, max(last_time) AS lt
+    FROM parts GROUP BY series_id, bucket_start
+)
+SELECT t.series_id, '{bucket}', t.bucket_start, t.n, t.mean,
+       sum(p.m2 + p.count * (p.mean - t.mean) * (p.mean - t.mean)),
+       t.lo, t.hi,
+       t.ft, max(CASE WHEN p.first_time = t.ft THEN p.first_value END),
+       t.lt, max(CASE WHEN p.last_time = t.lt THEN p.last_value END),
+       :now
+FROM totals t JOIN parts p ON p.series_id = t.series_id AND p.bucket_start = t.bucket_start
+GROUP BY t.series_id, t.bucket_start, t.n, t.mean, t.lo, t.hi, t.ft, t.lt""",
+}
+
+_DELETE = """
+DELETE FROM rollups WHERE bucket = '{bucket}' AND (series_id, bucket_start) IN (
+    SELECT DISTINCT q.series_id, {target_of_hour} FROM rollup_queue q WHERE {chunk})"""
+
+
+# PostgreSQL upserts: the conflict check is an index probe, where a DELETE ... IN
+# (queued buckets) may be planned as a scan of the whole rollups table per chunk.
+_UPSERT = (
+    " ON CONFLICT (series_id, bucket, bucket_start) DO UPDATE SET "
+    + ", ".join(
+        f"{c} = excluded.{c}"
+        for c in ("count", "mean", "m2", "min", "max", "first_time", "first_value", "last_time", "last_value")
+    )
+    + ", updated_at = excluded.updated_at"
+)
+
+
+@dataclass(frozen=True)
+class _Statements:
+    steps: tuple[TextClause, ...]  # in order: hours, then days, then weeks
+    dequeue: TextClause
+
+
+def _statements(dialect: str) -> _Statements:
+    def delete(bucket: str, target_of_hour: str) -> TextClause:
+        return _sql(dialect, _DELETE.replace("{bucket}", bucket).replace("{target_of_hour}", target_of_hour))
+
+    dequeue = _sql(dialect, "DELETE FROM rollup_queue WHERE (series_id, hour_start) <= (:s, :h)")
+    hourly, daily, weekly = (
+        _HOURLY[dialect],
+        _merge_template(dialect, "1d", "1h", "{day_of_hour}", "{day_end}"),
+        _merge_template(dialect, "1w", "1d", "{week_of_hour}", "{week_end}"),
+    )
+    if dialect == "postgresql":
+        steps = tuple(_sql(dialect, template + _UPSERT) for template in (hourly, daily, weekly))
+        return _Statements(steps, dequeue)
+    # SQLite: delete and insert (its IN (...) is index lookups); a bucket whose readings
+    # are gone disappears too.
+    return _Statements(
+        (
+            delete("1h", "q.hour_start"),
+            _sql(dialect, hourly),
+            delete("1d", "{day_of_hour}"),
+            _sql(dialect, daily),
+            delete("1w", "{week_of_hour}"),
+            _sql(dialect, weekly),
+        ),
+        dequeue,
+    )
+
+
+def _merge_template(dialect: str, bucket: str, part: str, target_of_hour: str, target_end: str) -> str:
+    template = _MERGE[dialect].replace("{bucket}", bucket).replace("{part}", part)
+    return template.replace("{target_of_hour}", target_of_hour).replace("{target_end}", target_end)
+
+
+_TAKE_DIRTY = {
+    "postgresql": (
+        "LOCK TABLE dirty_hours IN SHARE ROW EXCLUSIVE MODE",
+        "WITH taken AS (DELETE FROM dirty_hours RETURNING series_id, hour_start) "
+        "INSERT INTO rollup_queue (series_id, hour_start) SELECT series_id, hour_start FROM taken "
+        "ON CONFLICT DO NOTHING",
+    ),
+    "sqlite": (
+        "INSERT OR IGNORE INTO rollup_queue (series_id, hour_start) SELECT series_id, hour_start FROM dirty_hours",
+        "DELETE FROM dirty_hours",
+    ),
+}
+
+
+def take_dirty_hours(store: Store) -> int:
+    """Move the marks of committed batches into the rollup queue; return how many."""
+    with store.write_transaction() as conn:
+        moved = 0
+        for statement in _TAKE_DIRTY[store.dialect]:
+            moved = conn.execute(text(statement)).rowcount
+    return max(moved, 0)
+
+
+def refresh(store: Store, chunk_hours: int = 5000) -> dict[str, Any]:
+    """Bring every rollup up to date with the readings committed so far."""
+    started = time.perf_counter()
+    taken = take_dirty_hours(store)
+    statements = _statements(store.dialect)
+    done: dict[str, Any] = {"marks_taken": taken, "hours": 0, "chunks": 0}
+    done["take_seconds"] = round(time.perf_counter() - started, 4)
+    while True:
+        with store.write_transaction() as conn:
+            bound = _chunk_bound(conn, chunk_hours)
+            if bound is None:
+                done["recompute_seconds"] = round(time.perf_counter() - started - done["take_seconds"], 4)
+                return done
+            params = {"s": bound[0], "h": bound[1], "now": now_micros()}
+            if store.dialect == "postgresql":
+                # The plans are index probes per bucket; their cost estimates would make
+                # PostgreSQL JIT-compile them, which costs more than running them.
+                conn.execute(text("SET LOCAL jit = off"))
+                # A bucket's few readings are fetched faster by a plain index scan than
+                # through a bitmap.
+                conn.execute(text("SET LOCAL enable_bitmapscan = off"))
+            for statement in statements.steps:
+                conn.execute(statement, params)
+            done["hours"] += conn.execute(statements.dequeue, params).rowcount
+            done["chunks"] += 1
+
+
+def _chunk_bound(conn: Connection, chunk_hours: int) -> tuple[int, Micros] | None:
+    """The last (series, hour) of the next chunk: queued pairs are taken in key order, so
+    a series' hours mostly fall in one chunk and its days and weeks are merged once."""
+    queue = text(
+        "SELECT series_id, hour_start FROM rollup_queue ORDER BY series_id, hour_start LIMIT 1 OFFSET :skip"
+    ).columns(hour_start=UtcMicros())
+    row = conn.execute(queue, {"skip": chunk_hours - 1}).first()
+    if row is None:
+        last = text(
+            "SELECT series_id, hour_start FROM rollup_queue ORDER BY series_id DESC, hour_start DESC LIMIT 1"
+        ).columns(hour_start=UtcMicros())
+        row = conn.execute(last).first()
+    return None if row is None else (row[0], row[1])
+
+
+@register_job("rollups")
+def rollups_job(store: Store, settings: Settings) -> dict[str, Any]:
+    return refresh(store, settings.analytics.rollup_chunk_hours)
+
+
+# -- reads ---------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class RollupBucket:
+    bucket_start: Micros
+    count: int
+    avg: float
+    min: float
+    max: float
+    stddev: float | None  # sample standard deviation; None for a single reading
+    first_time: Micros
+    first_value: float
+    last_time: Micros
+    last_value: float
+
+
+def bucket_rows(
+    store: Store, ref: SeriesRef, bucket: str, start: Micros | None = None, end: Micros | None = None
+) -> list[RollupBucket]:
+    """A series' rollups of one width whose bucket starts in [start, end), oldest first."""
+    query = (
+        select(rollups)
+        .where(rollups.c.series_id == ref.series_id, rollups.c.bucket == bucket)
+        .order_by(rollups.c.bucket_start)
+    )
+    if start is not None:
+        query = query.where(rollups.c.bucket_start >= start)
+    if end is not None:
+        query = query.where(rollups.c.bucket_start < end)
+    with store.engine.connect() as conn:
+        return [_bucket(row._mapping) for row in conn.execute(query)]
+
+
+def _bucket(row: Any) -> RollupBucket:
+    count = row["count"]
+    return RollupBucket(
+        bucket_start=row["bucket_start"],
+        count=count,
+        avg=row["mean"],
+        min=row["min"],
+        max=row["max"],
+        stddev=math.sqrt(max(row["m2"], 0.0) / (count - 1)) if count > 1 else None,
+        first_time=row["first_time"],
+        first_value=row["first_value"],
+        last_time=row["last_time"],
+        last_value=row["last_value"],
+    )

@@ -1,0 +1,104 @@
+"""Helpers for the MQTT tests: an in-process worker, a publisher of simulated reports, store reads."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from sqlalchemy import select
+
+from iotpipe import formats
+from iotpipe.app import App
+from iotpipe.cli.mqtt import PipelineWriter, Publisher, topic_for
+from iotpipe.config import MqttSettings, PipelineSettings, Settings
+from iotpipe.sources.mqtt import MqttSource, TopicTemplate, options_from_settings, parse_broker_url
+from iotpipe.sources.simulator import Report
+from iotpipe.store import Store
+from iotpipe.store.schema import devices, readings, series
+
+Reading = tuple[str, str, int, float]  # (device_id, metric, time, value)
+_numbers = itertools.count(1)
+
+
+def unique(name: str) -> str:
+    """A name no other test uses, so tests sharing the session broker never see each other."""
+    return f"{name}{next(_numbers)}"
+
+
+class Worker:
+    """`iotpipe ingest mqtt` in this process: the same source, pipeline and writer."""
+
+    def __init__(
+        self, database_url: str, mqtt_url: str, pipeline: dict[str, Any] | None = None, **mqtt: Any
+    ) -> None:
+        mqtt.setdefault("client_id", unique("worker-"))
+        settings = Settings(  # type: ignore[call-arg]
+            database_url=database_url,
+            mqtt_url=mqtt_url,
+            pipeline=PipelineSettings(**{"batch_delay": 0.2, **(pipeline or {})}),  # type: ignore[arg-type]
+            mqtt=MqttSettings(**mqtt),
+        )
+        self.app = App(settings)
+        self.app.init()
+        self.options = options_from_settings(settings)
+        self.source = MqttSource(self.options, stop_timeout=10)
+        self.pipeline = self.app.pipeline(max_unacked=self.options.max_unacked if self.options.qos else None)
+        self.writer = PipelineWriter(self.pipeline)
+
+    def __enter__(self) -> Worker:
+        self.writer.start()
+        self.source.start(self.pipeline)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.source.stop()
+        self.writer.stop()
+        self.app.close()
+
+
+def publish(
+    url: str, reports: Iterable[Report], template: str, qos: int = 1, pace: float = 0.0
+) -> list[Report]:
+    """Publish reports on the topics of `template`; return them once the broker has them all."""
+    parsed = TopicTemplate.parse(template)
+    publisher = Publisher(parse_broker_url(url), qos)
+    sent = []
+    try:
+        for report in reports:
+            publisher.publish(topic_for(parsed, report), report.payload)
+            sent.append(report)
+            if pace:
+                time.sleep(pace)
+    finally:
+        publisher.close()
+    return sent
+
+
+def expected_readings(reports: Iterable[Report]) -> set[Reading]:
+    """What the store must hold after `reports`: every valid one decoded, none of the malformed."""
+    expected = set()
+    for report in reports:
+        if report.kind != "malformed":
+            for message in formats.decode(report.raw()):
+                expected.update((message.device_id, m, t, v) for m, t, v in message.readings)
+    return expected
+
+
+def stored_readings(store: Store) -> list[Reading]:
+    query = (
+        select(devices.c.device_id, series.c.metric, readings.c.time, readings.c.value)
+        .join(series, series.c.id == readings.c.series_id)
+        .join(devices, devices.c.id == series.c.device_pk)
+    )
+    with store.engine.connect() as conn:
+        return [(d, m, t, v) for d, m, t, v in conn.execute(query)]
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.05)
