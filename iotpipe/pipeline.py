@@ -285,6 +285,7 @@ class Pipeline:
         self._wait_for_write_behind()
         job = self._detach()
         if job is not None:
+            self.store.prepare_columns(job.batch)  # here, while the writer is idle
             if self._writer is None:
                 self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="iotpipe-write")
             self._in_flight = self._writer.submit(self._write, job)

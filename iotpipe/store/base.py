@@ -52,6 +52,7 @@ class WriteBatch:
     replayed: list[int] = field(default_factory=list)  # dead letter ids now stored
     watermarks: dict[tuple[str, str], str] = field(default_factory=dict)
     reading_count: int = 0
+    columns: ReadingColumns | None = None  # built ahead of the write, see prepare_columns()
 
     def __bool__(self) -> bool:
         return bool(
@@ -154,7 +155,7 @@ class Store:
         """Commit a whole batch in one transaction; raises and commits nothing on failure."""
         with self.write_transaction() as conn:
             new_ids = self._resolve_series(conn, batch)
-            columns = self._reading_columns(batch, new_ids)
+            columns = batch.columns if batch.columns is not None else self._reading_columns(batch, new_ids)
             stored = self._insert_readings(conn, columns) if len(columns) else 0
             if len(columns):
                 self._insert_dirty_hours(conn, columns.dirty_hours())
@@ -174,6 +175,18 @@ class Store:
     # µs since 2000-01-01, what its binary protocol carries). Whole hours, so an hour
     # boundary in one is an hour boundary in the other.
     time_offset: int = 0
+
+    def prepare_columns(self, batch: WriteBatch) -> None:
+        """Build the batch's columns now, if every series in it is already known.
+
+        Called by a pipeline that writes behind, from the thread that decodes, so that
+        the writer thread only talks to the database. A batch with a new series gets its
+        columns in write(), once the series exist.
+        """
+        try:
+            batch.columns = self._reading_columns(batch, {})
+        except KeyError:
+            batch.columns = None
 
     def _reading_columns(
         self, batch: WriteBatch, new_ids: dict[str, tuple[int, dict[str, int]]]
