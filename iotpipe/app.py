@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
@@ -12,7 +11,7 @@ from pathlib import Path
 from iotpipe.analytics.streaming import anomaly_observers
 from iotpipe.config import Settings
 from iotpipe.model import RawMessage
-from iotpipe.pipeline import Counters, Pipeline
+from iotpipe.pipeline import Counters, Pipeline, PipelineWriter
 from iotpipe.services import build_services
 from iotpipe.sources.files import FileSource
 from iotpipe.store import Store, open_store
@@ -106,7 +105,7 @@ class App:
         """
         pipeline = self.pipeline()
         services = build_services(self.settings, self.store)
-        writer = threading.Thread(target=pipeline.run, name="iotpipe-writer", daemon=True)
+        writer = PipelineWriter(pipeline)  # survives database outages, acking nothing meanwhile
         writer.start()
         for service in services:
             service.start(pipeline)
@@ -122,8 +121,7 @@ class App:
         finally:
             for service in services:
                 service.stop()
-            pipeline.stop()
-            writer.join()
+            writer.stop()
         return pipeline.counters
 
 

@@ -194,7 +194,7 @@ class MqttSettings(BaseModel):
         None,
         ge=1,
         le=65535,
-        description="unacked messages the broker sends us (default 20 on 3.1.1, 1000 on 5)",
+        description="unacked messages we let the broker send (default 10000; MQTT 5: our Receive Maximum)",
     )
     session_expiry: int = Field(7 * 86_400, ge=0, description="seconds the broker keeps our session (MQTT 5)")
     keepalive: int = Field(30, ge=5)

@@ -10,6 +10,7 @@ A message's `ack` is called only after the transaction holding it committed.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import operator
@@ -33,6 +34,7 @@ FUTURE_TOLERANCE_MICROS = 86_400 * MICROS_PER_SECOND  # readings may be up to a 
 # thousands of times a second: ~1-1.5 s of every 1M readings imported. See tune_gc().
 INGEST_GC_THRESHOLDS = (50_000, 20, 100)
 _STOP = object()
+_FLUSH = object()
 _reading_time = operator.itemgetter(1)
 
 
@@ -152,6 +154,9 @@ class Pipeline:
             if item is _STOP:
                 self.close()
                 return
+            if item is _FLUSH:
+                self.flush()
+                continue
             if isinstance(item, RawMessage):
                 self.feed(item)
             elif isinstance(item, _Watermark):
@@ -162,6 +167,12 @@ class Pipeline:
     def stop(self) -> None:
         """Ask `run()` to flush what it holds and return (after queued messages)."""
         self._queue.put(_STOP)
+
+    def flush_soon(self) -> None:
+        """Ask `run()` to write the open batch now, from any thread (e.g. an MQTT source
+        whose broker stopped sending until we ack); a full queue means it soon will anyway."""
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(_FLUSH)
 
     def _time_left(self) -> float | None:
         if not self._pending_messages:
@@ -353,6 +364,64 @@ class Pipeline:
             observer(job.batch, result)
         if self.on_commit is not None:
             self.on_commit(counters)
+
+
+class PipelineWriter:
+    """The pipeline's writer thread for push sources, kept alive through store failures.
+
+    A failed batch is neither acknowledged nor dropped: the pipeline keeps it, and this
+    retries with backoff (meanwhile the bounded queue fills and blocks the sources; an
+    MQTT broker's in-flight window stops new deliveries), so a database outage delays
+    readings instead of losing them. After the store is back, the writer carries on with
+    what queued up behind the failed batch.
+    """
+
+    def __init__(self, pipeline: Pipeline, max_backoff: float = 30.0) -> None:
+        self.pipeline = pipeline
+        self._max_backoff = max_backoff
+        self._give_up = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="iotpipe-writer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, grace: float = 30.0) -> None:
+        """Write everything queued, then end; if the store stays down for `grace` seconds,
+        give up (what was not stored was not acknowledged either)."""
+        self.pipeline.stop()
+        self._thread.join(grace)
+        if self._thread.is_alive():
+            self._give_up.set()
+            self._thread.join()
+            log.error("giving up with the store still failing: unacknowledged messages are not stored")
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self.pipeline.run()  # returns once it has met the stop marker
+                return
+            except Exception as exc:
+                log.error("writing a batch failed: %s; nothing is acknowledged until it is stored", exc)
+            if not self._retry_failed_batch():
+                return
+
+    def _retry_failed_batch(self) -> bool:
+        """Retry the kept batch with backoff until it is stored; False once told to give up.
+
+        It must be retried here rather than at the next message: a broker sends nothing
+        new while its in-flight window is full of the failed batch's unacknowledged
+        messages, so waiting for a message to retry would wait forever.
+        """
+        backoff = 1.0
+        while not self._give_up.wait(backoff):
+            try:
+                self.pipeline.flush()
+                log.info("the store is back: the kept batch is stored")
+                return True
+            except Exception as exc:
+                backoff = min(backoff * 2, self._max_backoff)
+                log.error("writing a batch failed again: %s; retrying in %.0f s", exc, backoff)
+        return False
 
 
 @dataclass(slots=True)

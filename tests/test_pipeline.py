@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -324,3 +325,33 @@ def test_a_batch_written_behind_that_fails_is_retried_first_and_nothing_is_lost(
     assert acked == [0, 1, 2, 3, 4]
     assert store.stats()["readings"] == 5
     assert pipeline.counters.messages_received == 5 and pipeline.counters.accounted()
+
+
+def test_the_writer_thread_survives_a_database_outage_and_loses_nothing(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from iotpipe.pipeline import PipelineWriter
+
+    original = store.write
+    outage = threading.Event()
+    outage.set()
+
+    def during_outage(batch: WriteBatch) -> WriteResult:
+        if outage.is_set():
+            raise ConnectionError("the database is down")
+        return original(batch)
+
+    monkeypatch.setattr(store, "write", during_outage)
+    acked: list[int] = []
+    pipeline = Pipeline(store, PipelineConfig(batch_size=5, batch_delay=0.1))
+    writer = PipelineWriter(pipeline, max_backoff=1.0)
+    writer.start()
+    for i in range(12):
+        pipeline.submit(raw(v1("d", T0 + i * MICROS_PER_SECOND, t=float(i)), ack=lambda i=i: acked.append(i)))
+    time.sleep(1.5)  # the writer meets the outage and keeps retrying
+    assert acked == [] and store.stats()["readings"] == 0
+    outage.clear()
+    writer.stop()
+    assert sorted(acked) == list(range(12))
+    assert store.stats()["readings"] == 12
+    assert pipeline.counters.accounted()

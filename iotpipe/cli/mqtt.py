@@ -16,10 +16,10 @@ import typer
 from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import ValidationError
 
-from iotpipe.app import App, database_location
+from iotpipe.app import database_location
 from iotpipe.cli import JsonFlag, app, err, get_app, ingest_app, out, print_json
 from iotpipe.errors import ConfigError
-from iotpipe.pipeline import Counters, Pipeline
+from iotpipe.pipeline import Counters, Pipeline, PipelineWriter
 from iotpipe.sources.mqtt import (
     Broker,
     BrokerError,
@@ -86,8 +86,8 @@ def ingest_mqtt(
     inflight: Annotated[
         int | None,
         typer.Option(
-            help="Unacknowledged messages the broker sends us: on MQTT 5 our Receive Maximum (default 10000); "
-            "on 3.1.1 set it to the broker's max_inflight_messages (Mosquitto: 20).",
+            help="Unacknowledged messages the broker may send us (default 10000): on MQTT 5 our Receive "
+            "Maximum; on 3.1.1 the broker's max_inflight_messages decides, raise it to match.",
             show_default=False,
         ),
     ] = None,
@@ -136,7 +136,7 @@ def ingest_mqtt(
     pipeline = application.pipeline(max_unacked=options.max_unacked if options.qos else None)
     say = err if json_output else out
     say.print(f"Storing readings in {database_location(settings)}", highlight=False)
-    counters = run_source(application, pipeline, source, duration, say.print)
+    counters = run_source(pipeline, source, duration, say.print)
     summary = {**_counters(counters), "mqtt": vars(source.stats)}
     if json_output:
         print_json(summary)
@@ -144,13 +144,7 @@ def ingest_mqtt(
         out.print(_progress(counters, source), highlight=False)
 
 
-def run_source(
-    application: App,
-    pipeline: Pipeline,
-    source: MqttSource,
-    duration: float | None,
-    say: Any,
-) -> Counters:
+def run_source(pipeline: Pipeline, source: MqttSource, duration: float | None, say: Any) -> Counters:
     """Run one source into the pipeline until `duration`, Ctrl-C or SIGTERM; flush, ack, disconnect."""
     stop = threading.Event()
     writer = PipelineWriter(pipeline)
@@ -172,55 +166,6 @@ def run_source(
         writer.stop()
         signal.signal(signal.SIGTERM, previous)
     return pipeline.counters
-
-
-class PipelineWriter:
-    """The pipeline's writer thread, kept alive through store failures.
-
-    A failed batch is neither acknowledged nor dropped: the pipeline keeps it, and this
-    retries with backoff (the broker's in-flight window meanwhile stops new deliveries),
-    so a database outage delays readings instead of losing them.
-    """
-
-    def __init__(self, pipeline: Pipeline, max_backoff: float = 30.0) -> None:
-        self.pipeline = pipeline
-        self._max_backoff = max_backoff
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="iotpipe-writer", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self, attempts: int = 3) -> None:
-        """Flush what is queued, then end (giving up after `attempts` more failures)."""
-        self._stopping.set()
-        self.pipeline.stop()
-        self._thread.join()
-        for attempt in range(attempts):
-            try:
-                self.pipeline.flush()  # a no-op unless the last flush failed
-                return
-            except Exception as exc:
-                log.error("final write failed (%s); attempt %d of %d", exc, attempt + 1, attempts)
-                time.sleep(1.0)
-        log.error("giving up: unacknowledged messages will be delivered again by the broker")
-
-    def _run(self) -> None:
-        backoff = 1.0
-        while True:
-            try:
-                self.pipeline.run()
-                return
-            except Exception as exc:
-                if self._stopping.is_set():
-                    return  # stop() retries the last flush itself
-                log.error(
-                    "writing a batch failed: %s; retrying in %.0f s (nothing is acknowledged until stored)",
-                    exc,
-                    backoff,
-                )
-                time.sleep(backoff)
-                backoff = min(backoff * 2, self._max_backoff)
 
 
 def _on_sigterm(stop: threading.Event) -> Any:
@@ -314,6 +259,9 @@ def simulate(
     if duration is None and count is None:
         err.print("No --duration or --count: publishing until Ctrl-C.")
     template = TopicTemplate.parse(topic_template)
+    unknown = [level for level in template.levels if level.startswith("{") and level not in _FILLED]
+    if unknown:
+        raise ConfigError(f"simulate fills {{device_id}} and {{metric}} only, not {', '.join(unknown)}")
     layout = _LAYOUTS.get(template.format)
     if layout is None:
         raise ConfigError(
@@ -353,6 +301,7 @@ def simulate(
     print_json(summary)
 
 
+_FILLED = ("{device_id}", "{metric}")
 _LAYOUTS: dict[str | None, str] = {
     None: "json",
     "json": "json",

@@ -13,12 +13,16 @@ At-least-once, end to end:
 
 Throughput under the broker's in-flight limit: the broker sends at most `inflight`
 unacknowledged messages (MQTT 5: our Receive Maximum; 3.1.1: the broker's
-`max_inflight_messages`, 20 on Mosquitto). The pipeline commits once half that window
-awaits its ack, so the broker streams the other half while the batch commits.
+`max_inflight_messages`, 20 on Mosquitto unless raised). The pipeline commits once half
+that window awaits its ack, so the broker streams the other half meanwhile; when the
+broker's window is smaller than ours, it commits as soon as the stream pauses.
 
-Backpressure: `on_message` runs on paho's network thread and hands each message to
-`Pipeline.submit()`, which blocks while the pipeline's queue is full; paho then stops
-reading the socket and the broker holds the stream.
+Backpressure: messages are handed to `Pipeline.submit()` on paho's network thread, which
+blocks while the pipeline's queue is full; paho then stops reading the socket and the
+broker holds the stream.
+
+Speed (see `_Client`): paho reads through a buffer, the common PUBLISH is decoded here
+rather than by paho, and a batch's PUBACKs leave as one write.
 """
 
 from __future__ import annotations
@@ -63,7 +67,10 @@ BUILTIN_TEMPLATES: dict[str, str | None] = {
 # Subscribed when none is configured: the three self-describing layouts. The
 # one-metric-per-topic layout matches every two-level topic, so it must be asked for.
 DEFAULT_TEMPLATES = ("telemetry/{device_id}", "tele/{device_id}/SENSOR", "zigbee2mqtt/{device_id}")
-DEFAULT_INFLIGHT = {"3.1.1": 20, "5": 10_000}  # Mosquitto's max_inflight_messages; our Receive Maximum
+# Unacked messages we let the broker send: our Receive Maximum on MQTT 5; on 3.1.1 the
+# broker decides (Mosquitto: max_inflight_messages, 20 unless raised) and a smaller
+# window than ours is met by committing on the pause (IDLE_COMMIT_SECONDS).
+DEFAULT_INFLIGHT = 10_000
 # Commit early once no message has come for this long while some await their ack: a
 # broker whose in-flight limit is below our window has stopped sending until we ack.
 IDLE_COMMIT_SECONDS = 0.01
@@ -232,6 +239,19 @@ def _covers(general: str, specific: str) -> bool:
     return len(g) == len(s)
 
 
+def _overlap(a: str, b: str) -> bool:
+    """Whether some topic matches both filters."""
+    x, y = a.split("/"), b.split("/")
+    for i in range(max(len(x), len(y))):
+        p = x[i] if i < len(x) else None
+        q = y[i] if i < len(y) else None
+        if p == "#" or q == "#":
+            return True
+        if p is None or q is None or (p != q and "+" not in (p, q)):
+            return False
+    return True
+
+
 def subscription_filters(
     topics: list[str], templates: list[TopicTemplate], shared_group: str | None
 ) -> list[str]:
@@ -240,6 +260,15 @@ def subscription_filters(
     wanted = [check_topic_filter(t) for t in topics] or [t.subscription for t in templates]
     unique = list(dict.fromkeys(wanted))
     kept = [f for f in unique if not any(o != f and _covers(o, f) for o in unique)]
+    for i, first in enumerate(kept):
+        for second in kept[i + 1 :]:
+            if _overlap(first, second):
+                log.warning(
+                    "topic filters %s and %s overlap: on MQTT 5 the broker delivers a message matching "
+                    "both twice (stored once if it carries its time); prefer filters that do not overlap",
+                    first,
+                    second,
+                )
     if shared_group is None:
         return kept
     if not shared_group or any(c in shared_group for c in "/+#"):
@@ -256,7 +285,7 @@ class MqttOptions:
     client_id: str
     qos: int = 1
     protocol: str = "5"
-    inflight: int = DEFAULT_INFLIGHT["5"]
+    inflight: int = DEFAULT_INFLIGHT
     session_expiry: int = 7 * 86_400
     keepalive: int = 30
     ca_file: Path | None = None
@@ -294,7 +323,7 @@ def options_from_settings(settings: Settings) -> MqttOptions:
         client_id=config.client_id or f"iotpipe-{socket.gethostname()}",
         qos=config.qos,
         protocol=config.protocol,
-        inflight=config.inflight or DEFAULT_INFLIGHT[config.protocol],
+        inflight=config.inflight or DEFAULT_INFLIGHT,
         session_expiry=config.session_expiry,
         keepalive=config.keepalive,
         ca_file=config.ca_file,
@@ -389,6 +418,7 @@ class MqttSource:
             threading.Thread(target=self._commit_when_idle, name="iotpipe-mqtt-idle", daemon=True).start()
         if not self._ready.wait(CONNECT_TIMEOUT) or self._refusal is not None:
             reason = self._refusal or f"no answer within {CONNECT_TIMEOUT:g} s"
+            self._closed.set()
             client.loop_stop()
             client.disconnect()
             raise BrokerError(f"MQTT broker {o.broker} {reason}")
@@ -397,6 +427,8 @@ class MqttSource:
         """Take no more messages, wait until those taken are committed and acked, disconnect."""
         self._stopping = True
         self._closed.set()
+        if self._pipeline is not None:
+            self._pipeline.flush_soon()  # what was taken is committed now, not after the batch delay
         with self._acks:
             if not self._acks.wait_for(lambda: self._awaiting_commit == 0, self._stop_timeout):
                 log.warning(
@@ -426,13 +458,13 @@ class MqttSource:
                 or time.monotonic() - self._last_message < IDLE_COMMIT_SECONDS
             ):
                 continue
-            try:
-                pipeline.flush()
-            except Exception as exc:  # the writer retries; do not hammer a failing store
-                log.debug("early commit failed: %s", exc)
-                self._closed.wait(1.0)
-            else:
-                self.stats.idle_commits += 1
+            # The writer thread commits: a flush from here could overlap its write-behind.
+            pipeline.flush_soon()
+            self.stats.idle_commits += 1
+            # One request per pause: wait until it is committed or more messages come.
+            pending = self._awaiting_commit
+            while self._awaiting_commit == pending and not self._closed.wait(IDLE_COMMIT_SECONDS):
+                pass
 
     # -- paho ---------------------------------------------------------------------------
     def _new_client(self) -> paho.Client:
@@ -459,6 +491,7 @@ class MqttSource:
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
+        client.deliver = self._deliver
         return client
 
     def _connect_properties(self) -> Properties | None:
@@ -503,8 +536,9 @@ class MqttSource:
         self, _client: paho.Client, _userdata: Any, _mid: int, reasons: list[ReasonCode], _props: Any
     ) -> None:
         refused = [f"{f} ({r})" for f, r in zip(self.options.filters, reasons, strict=False) if r.is_failure]
-        if refused:
-            self._refusal = f"refused the subscription to {', '.join(refused)}"
+        if refused and not self._ready.is_set():  # start() reports it
+            self._refusal = f"refused the subscription to {', '.join(refused)}; check the broker's ACL"
+        elif refused:
             log.error(
                 "MQTT broker %s refused the subscription to %s", self.options.broker, ", ".join(refused)
             )
@@ -533,30 +567,27 @@ class MqttSource:
             )
 
     def _on_message(self, _client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:
+        """paho's delivery of the PUBLISH packets `_Client` leaves to it (QoS 2, properties)."""
+        self._deliver(message._topic, bytes(message.payload), message.qos, message.mid)
+
+    def _deliver(self, topic_bytes: bytes, payload: bytes, qos: int, mid: int) -> None:
+        """One message from the broker into the pipeline, on paho's network thread."""
         if self._stopping:
             return  # not acked: the broker delivers it again next session
         received_at = time.time_ns() // 1000
         self._last_message = time.monotonic()
         try:
-            topic = message.topic
+            topic = topic_bytes.decode()
         except UnicodeDecodeError:
-            topic = repr(message._topic)[2:-1]  # MQTT topics are UTF-8; keep the evidence
+            topic = repr(topic_bytes)[2:-1]  # MQTT topics are UTF-8; keep the evidence
         route = self._router.route(topic)
-        payload = message.payload
         ack: Callable[[], None] | None = None
-        if message.qos:
+        if qos:
             with self._acks:
                 self._awaiting_commit += 1
-                ack = partial(self._ack, message.mid, message.qos, self._generation)
+                ack = partial(self._ack, mid, qos, self._generation)
         raw = RawMessage(
-            bytes(payload) if type(payload) is not bytes else payload,
-            "mqtt",
-            topic,
-            received_at,
-            route.format,
-            route.device_id,
-            route.header,
-            ack,
+            payload, "mqtt", topic, received_at, route.format, route.device_id, route.header, ack
         )
         self.stats.messages += 1
         if route.format == UNMATCHED_TOPIC:
@@ -672,9 +703,36 @@ class _BufferedSocket:
 
 
 class _Client(paho.Client):
-    """paho's client, reading through `_BufferedSocket` and handling all it buffered at once."""
+    """paho's client, reading through `_BufferedSocket`, handling all it buffered at once,
+    and handing the common PUBLISH packet straight to `deliver`."""
 
     _MAX_PACKETS_PER_READ = 1000  # then let paho send (acks, pings) before reading on
+    deliver: Callable[[bytes, bytes, int, int], None] | None = None  # (topic, payload, qos, mid)
+
+    def _handle_publish(self) -> paho.MQTTErrorCode:
+        # paho decodes every PUBLISH into an MQTTMessage (which builds a Condition), on
+        # MQTT 5 a Properties object (which scans all 27 property names twice), and
+        # matches it against per-topic callbacks: together more CPU than iotpipe's whole
+        # decode-and-store of the message. The common case, QoS 0 or 1 without
+        # properties, is decoded here in a few slices; anything else goes paho's way,
+        # which also reports malformed packets.
+        deliver = self.deliver
+        command = self._in_packet["command"]
+        qos = (command & 0x06) >> 1
+        if deliver is None or qos >= 2 or (qos == 1 and not self._manual_ack):
+            return super()._handle_publish()
+        packet = self._in_packet["packet"]
+        size = len(packet)
+        topic_end = 2 + (packet[0] << 8 | packet[1]) if size >= 2 else 0
+        pos = topic_end + (2 if qos else 0)
+        v5 = self._protocol == paho.MQTTv5
+        # Leave to paho: an empty topic (a v5 topic alias, or a v3 error), a short packet,
+        # and a v5 packet with properties (its property length is not a single 0 byte).
+        if topic_end <= 2 or pos + v5 > size or (v5 and packet[pos] != 0):
+            return super()._handle_publish()
+        mid = packet[topic_end] << 8 | packet[topic_end + 1] if qos else 0
+        deliver(bytes(packet[2:topic_end]), bytes(packet[pos + v5 :]), qos, mid)
+        return paho.MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def _create_socket(self) -> Any:
         return _BufferedSocket(super()._create_socket())

@@ -11,8 +11,9 @@ from sqlalchemy import select
 
 from iotpipe import formats
 from iotpipe.app import App
-from iotpipe.cli.mqtt import PipelineWriter, Publisher, topic_for
+from iotpipe.cli.mqtt import Publisher, topic_for
 from iotpipe.config import MqttSettings, PipelineSettings, Settings
+from iotpipe.pipeline import PipelineWriter
 from iotpipe.sources.mqtt import MqttSource, TopicTemplate, options_from_settings, parse_broker_url
 from iotpipe.sources.simulator import Report
 from iotpipe.store import Store

@@ -455,3 +455,108 @@ def test_mqtts_with_a_client_certificate_and_a_password_from_the_environment(
     assert untrusted.returncode == 2
     assert f"cannot connect to MQTT broker mqtts://ingest@127.0.0.1:{tls_broker.port}: " in untrusted.stderr
     assert "CERTIFICATE_VERIFY_FAILED" in untrusted.stderr
+
+
+def test_a_failing_store_delays_readings_but_loses_and_doubles_none(
+    broker: MosquittoServer, database_url: str, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    outage = threading.Event()
+    outage.set()
+
+    def unavailable(_conn: object, _rows: object) -> None:
+        if outage.is_set():
+            raise RuntimeError("database unavailable")
+
+    with Worker(database_url, broker.url, templates=["down/{device_id}"], inflight=200) as worker:
+        worker.app.store.write_hooks.append(unavailable)
+        with caplog.at_level(logging.ERROR, logger="iotpipe.cli.mqtt"):
+            sent = publish(broker.url, reports("outage", 600), "down/{device_id}")
+            wait_until(lambda: "writing a batch failed again" in caplog.text, "a retry")
+            assert store.stats()["readings"] == 0
+            assert worker.source.stats.acks_sent == 0  # nothing acknowledged while not stored
+            outage.clear()
+            wait_until(lambda: worker.pipeline.counters.messages_received == 600, "the store to come back")
+    assert (
+        "writing a batch failed: database unavailable; nothing is acknowledged until it is stored"
+        in caplog.text
+    )
+    assert_exactly(store, sent)
+
+
+def test_a_broker_window_smaller_than_ours_does_not_stall_the_stream(tmp_path: Path) -> None:
+    # The broker lets 5 messages wait for their ack; iotpipe was told 1,000 and would commit
+    # at 500, or after the batch delay of a minute: only the early commit on a pause helps.
+    url = f"sqlite:///{tmp_path / 'window.db'}"
+    with (
+        MosquittoServer(extra_config=f"{KEEP_QUEUED}\nmax_inflight_messages 5") as strict,
+        Worker(url, strict.url, pipeline={"batch_delay": 60}, templates=["w/{device_id}"], protocol="3.1.1",
+               inflight=1000) as worker,
+    ):  # fmt: skip
+        publish(strict.url, reports("window", 300), "w/{device_id}")
+        wait_until(lambda: worker.pipeline.counters.messages_received == 300, "the stream", timeout=30)
+        assert worker.source.stats.idle_commits > 0
+
+
+def test_messages_with_mqtt5_properties_or_at_qos_2_are_stored_like_the_others(
+    mosquitto: MosquittoServer, tmp_path: Path
+) -> None:
+    # Plain QoS 0/1 messages take iotpipe's short decoding path; these take paho's.
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    root = unique("props")
+    url = f"sqlite:///{tmp_path / 'props.db'}"
+    with Worker(url, mosquitto.url, templates=[f"{root}/{{device_id}}"], qos=2) as worker:
+        publisher = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+        publisher.connect("127.0.0.1", mosquitto.port)
+        publisher.loop_start()
+        properties = Properties(PacketTypes.PUBLISH)
+        properties.UserProperty = ("site", "north")
+        properties.MessageExpiryInterval = 3600
+        sent = [
+            (1, None, '{"timestamp": 1763805600000, "temperature": 1.0}'),
+            (1, properties, '{"timestamp": 1763805601000, "temperature": 2.0}'),
+            (2, None, '{"timestamp": 1763805602000, "temperature": 3.0}'),
+            (2, properties, '{"timestamp": 1763805603000, "temperature": 4.0}'),
+            (0, properties, '{"timestamp": 1763805604000, "temperature": 5.0}'),
+        ]
+        for qos, props, payload in sent:
+            publisher.publish(f"{root}/dev-1", payload, qos=qos, properties=props).wait_for_publish(10)
+        publisher.disconnect()
+        publisher.loop_stop()
+        wait_until(lambda: worker.pipeline.counters.messages_received == 5, "five deliveries")
+        wait_until(lambda: worker.source.stats.acks_sent == 4, "acks of the QoS 1 and 2 messages")
+    store = open_store(url)
+    try:
+        assert [v for _, v in store.raw_readings("dev-1", "temperature")] == [1.0, 2.0, 3.0, 4.0, 5.0]
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((), "error: nothing to publish to: pass --mqtt mqtt://host:1883"),
+        (
+            ("--mqtt", "mqtt://127.0.0.1:1", "--topic-template", "s/{site}/{device_id}", "--count", "1"),
+            "error: simulate fills {device_id} and {metric} only, not {site}",
+        ),
+        (
+            ("--mqtt", "mqtt://127.0.0.1:1", "--topic-template", "s/{device_id}=senml", "--count", "1"),
+            "error: simulate publishes JSON, tasmota, zigbee2mqtt and bare values; 'senml' is not one of them",
+        ),
+        (
+            ("--mqtt", "mqtt://127.0.0.1:1", "--count", "1"),
+            "error: cannot connect to MQTT broker mqtt://127.0.0.1:1: [Errno 111] Connection refused",
+        ),
+    ],
+)
+def test_simulate_refuses_what_it_cannot_do_and_says_why(args: tuple[str, ...], message: str) -> None:
+    result = subprocess.run(
+        iotpipe("simulate", *args), capture_output=True, text=True, env=clean_env(), timeout=60
+    )
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert result.stdout == ""

@@ -124,11 +124,13 @@ def test_bad_topic_filters_are_refused(topic: str) -> None:
         subscription_filters([topic], [], None)
 
 
-def test_options_resolve_settings_with_defaults_per_protocol() -> None:
+def test_options_resolve_settings_with_the_same_window_on_both_protocols() -> None:
     v5 = options_from_settings(Settings(mqtt_url="mqtt://broker", mqtt=MqttSettings(client_id="w1")))  # type: ignore[call-arg]
     assert (v5.protocol, v5.inflight, v5.max_unacked, v5.qos) == ("5", 10_000, 5_000, 1)
     assert [str(t) for t in v5.templates] == DEFAULTS
-    v311 = options_from_settings(Settings(mqtt_url="mqtt://broker", mqtt=MqttSettings(protocol="3.1.1")))  # type: ignore[call-arg]
+    v311 = options_from_settings(
+        Settings(mqtt_url="mqtt://broker", mqtt=MqttSettings(protocol="3.1.1", inflight=20))
+    )  # type: ignore[call-arg]
     assert (v311.inflight, v311.max_unacked) == (20, 10)
     assert v311.client_id.startswith("iotpipe-")
 
@@ -158,3 +160,14 @@ def test_tls_files_need_an_mqtts_url_and_must_exist(tmp_path: Path) -> None:
 def test_no_broker_configured_says_how_to_configure_one() -> None:
     with pytest.raises(ConfigError, match="pass --url mqtt://host:1883 or set IOTPIPE_MQTT_URL"):
         options_from_settings(Settings())  # type: ignore[call-arg]
+
+
+def test_overlapping_filters_are_kept_but_named_in_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="iotpipe.sources.mqtt"):
+        assert subscription_filters(["+/+", "telemetry/#", "tele/+/SENSOR"], [], None) == [
+            "+/+",
+            "telemetry/#",
+            "tele/+/SENSOR",
+        ]
+    assert "topic filters +/+ and telemetry/# overlap" in caplog.text
+    assert "tele/+/SENSOR" not in caplog.text  # neither +/+ (two levels) nor telemetry/# matches it
