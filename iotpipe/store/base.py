@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -112,7 +113,7 @@ class WriteResult:
     duplicates: int
 
 
-class Store:
+class Store(ABC):
     """A database holding iotpipe's schema. Create with `iotpipe.store.open_store(url)`."""
 
     dialect = "base"
@@ -219,23 +220,25 @@ class Store:
             group_sizes,
         )
 
+    @abstractmethod
     def _insert_readings(self, conn: Connection, columns: ReadingColumns) -> int:
         """Insert rows (engine time), skipping (series_id, time) already stored; return how
-        many were new."""
-        raise NotImplementedError  # each engine has its own bulk path
+        many were new. Each engine has its own bulk path."""
 
+    @abstractmethod
     def _insert_dirty_hours(self, conn: Connection, hours: list[tuple[int, Micros]]) -> None:
-        """Record (series, hour) pairs, in engine time, for the rollup job (idempotent)."""
-        raise NotImplementedError  # through the driver: this runs on every batch
+        """Record (series, hour) pairs, in engine time, for the rollup job (idempotent).
+        Through the driver: this runs on every batch."""
 
     def cached_series_id(self, device_id: str, metric: str) -> int | None:
         """The series id of a (device, metric) this store has written, without a query."""
         known = self._series_ids.get(device_id)
         return known[1].get(metric) if known else None
 
+    @abstractmethod
     def _touch_devices(self, conn: Connection, spans: dict[int, tuple[Micros, Micros]]) -> None:
-        """Widen each device's first_seen/last_seen (engine time) to cover the batch."""
-        raise NotImplementedError  # one statement per engine
+        """Widen each device's first_seen/last_seen (engine time) to cover the batch, in
+        one statement per engine."""
 
     def _resolve_series(self, conn: Connection, batch: WriteBatch) -> dict[str, tuple[int, dict[str, int]]]:
         """Ids for devices and series the cache lacks, creating them; not cached until commit."""
