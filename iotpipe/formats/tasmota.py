@@ -16,9 +16,9 @@ from iotpipe.errors import DecodeError
 from iotpipe.formats import register
 from iotpipe.formats.json import load_json
 from iotpipe.formats.timestamps import parse_timestamp
-from iotpipe.formats.value import state_or_number
-from iotpipe.formats.values import check_device_id, slug_metric, unusable_metric_name
-from iotpipe.model import DecodedMessage, InvalidValue, RawMessage
+from iotpipe.formats.value import add_state
+from iotpipe.formats.values import check_device_id, slug_metric
+from iotpipe.model import DecodedMessage, RawMessage
 
 # Top-level keys that say how to read the others; never readings.
 _UNIT_KEYS = {"TempUnit": ("Temperature", "DewPoint"), "PressureUnit": ("Pressure", "SeaPressure")}
@@ -59,16 +59,7 @@ def _add(
             _add(message, (*path, key), inner, time, units)
         return
     metric = slug_metric(" ".join(path))
-    number = state_or_number(metric, value)
-    if number is None:
-        return
-    bad_name = unusable_metric_name(metric, "key")
-    if bad_name is not None:
-        message.invalid.append(bad_name)
-    elif isinstance(number, InvalidValue):
-        message.invalid.append(number)
-    else:
-        message.readings.append((metric, time, number))
+    if add_state(message, metric, time, value):
         unit = units.get(path[-1])
         if unit is not None:
             message.units[metric] = unit

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from iotpipe.errors import DecodeError
 from iotpipe.formats import register
-from iotpipe.formats.values import check_device_id, check_metric_name, coerce_value
+from iotpipe.formats.values import check_device_id, check_metric_name, coerce_value, unusable_metric_name
 from iotpipe.model import DecodedMessage, InvalidValue, RawMessage
 
 # Switch and relay states that devices publish as words (Tasmota POWER, Zigbee2MQTT
@@ -25,6 +25,26 @@ def state_or_number(metric: str, value: object) -> float | InvalidValue | None:
         number = coerce_value(metric, value)
         return number if isinstance(number, float) else None
     return coerce_value(metric, value)
+
+
+def add_state(message: DecodedMessage, metric: str, time: int, value: object) -> bool:
+    """Add one key of a self-describing payload to `message`: a reading, an invalid value
+    (also for a key that cannot name a metric), or nothing for labels and nulls.
+
+    True when a reading was added.
+    """
+    number = state_or_number(metric, value)
+    if number is None:
+        return False
+    bad_name = unusable_metric_name(metric, "key")
+    if bad_name is not None:
+        message.invalid.append(bad_name)
+    elif isinstance(number, InvalidValue):
+        message.invalid.append(number)
+    else:
+        message.readings.append((metric, time, number))
+        return True
+    return False
 
 
 @register("value")

@@ -16,9 +16,9 @@ from iotpipe.errors import DecodeError
 from iotpipe.formats import register
 from iotpipe.formats.json import load_json
 from iotpipe.formats.timestamps import parse_timestamp
-from iotpipe.formats.value import state_or_number
-from iotpipe.formats.values import check_device_id, unusable_metric_name
-from iotpipe.model import DecodedMessage, DeviceInfo, InvalidValue, RawMessage
+from iotpipe.formats.value import add_state
+from iotpipe.formats.values import check_device_id
+from iotpipe.model import DecodedMessage, DeviceInfo, RawMessage
 
 _TIME_KEY = "last_seen"
 
@@ -35,16 +35,7 @@ def decode_zigbee2mqtt(raw: RawMessage) -> list[DecodedMessage]:
     for key, value in obj.items():
         if key == _TIME_KEY or isinstance(value, dict | list):
             continue
-        number = state_or_number(key, value)
-        if number is None:
-            continue
-        bad_name = unusable_metric_name(key, "key")
-        if bad_name is not None:
-            message.invalid.append(bad_name)
-        elif isinstance(number, InvalidValue):
-            message.invalid.append(number)
-        else:
-            message.readings.append((key, time, number))
+        add_state(message, key, time, value)
     return [message]
 
 
