@@ -40,7 +40,6 @@ from iotpipe.analytics.streaming import (
 from iotpipe.app import App
 from iotpipe.config import AnomalySettings, PipelineSettings, Settings, StreamingDetectorSettings
 from iotpipe.pipeline import PipelineConfig
-from iotpipe.sources.files import FileSource
 from iotpipe.store.schema import anomalies
 from tests.servers import PostgresServer
 
@@ -120,7 +119,7 @@ def timed_import(url: str, path: Path, streaming: bool) -> ImportTiming:
         store = app.store
         observers = anomaly_observers(store, settings)
         started, cpu_started = time.perf_counter(), time.process_time()
-        counters = app.import_files(FileSource([path]), progress=lambda done: None)
+        counters = app.import_files([path], progress=lambda done, total: None).counters
         seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
         with store.engine.connect() as conn:
             found = conn.scalar(select(func.count()).select_from(anomalies)) or 0

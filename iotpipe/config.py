@@ -19,21 +19,24 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from iotpipe import limits
 from iotpipe.errors import ConfigError
-from iotpipe.pipeline import PipelineConfig
 
 DEFAULT_CONFIG_FILE = "iotpipe.toml"
 DEFAULT_DATABASE_URL = "sqlite:///./iotpipe.db"
 
 
 class PipelineSettings(BaseModel):
-    batch_size: int = Field(50_000, ge=1, description="readings per transaction")
-    batch_delay: float = Field(1.0, gt=0, description="seconds a reading may wait for its batch")
-    max_payload_bytes: int = Field(256 * 1024, ge=64)
-    queue_size: int = Field(10_000, ge=1, description="messages buffered between sources and the writer")
+    """`[pipeline]`: micro-batching and the bounds of the ingest path (defaults: limits.py)."""
 
-    def to_config(self) -> PipelineConfig:
-        return PipelineConfig(**self.model_dump())
+    batch_size: int = Field(limits.BATCH_SIZE, ge=1, description="readings per transaction")
+    batch_delay: float = Field(
+        limits.BATCH_DELAY, gt=0, description="seconds a reading may wait for its batch"
+    )
+    max_payload_bytes: int = Field(limits.MAX_PAYLOAD_BYTES, ge=64, description="largest message accepted")
+    queue_size: int = Field(
+        limits.QUEUE_SIZE, ge=1, description="messages buffered between sources and the writer"
+    )
 
 
 class SimulatorSettings(BaseModel):

@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 from sqlalchemy import Connection, delete, func, select
 
-from iotpipe.analytics.jobs import register_job
 from iotpipe.config import AnomalySettings, Settings
 from iotpipe.model import MICROS_PER_SECOND, Micros, format_micros, now_micros
 from iotpipe.store import Store
@@ -191,7 +190,6 @@ def _apply(
             )
 
 
-@register_job("anomalies")
 def anomalies_job(store: Store, settings: Settings) -> dict[str, Any]:
     """The z-score rule over the last `anomalies.lookback_seconds`, for every series."""
     config = settings.anomalies

@@ -42,18 +42,16 @@ import time
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from operator import itemgetter
 from typing import ClassVar
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from iotpipe.config import Settings, StreamingDetectorSettings
-from iotpipe.model import Micros, now_micros
-from iotpipe.pipeline import BatchObserver
-from iotpipe.store import Store, WriteBatch, WriteResult
+from iotpipe.model import Micros, WriteBatch, WriteResult, now_micros
+from iotpipe.store import Store
 from iotpipe.store.schema import anomalies, readings, series
 
 log = logging.getLogger(__name__)
@@ -673,15 +671,6 @@ class StreamingAnomalies:
         self._lock = threading.Lock()
         self.seconds = 0.0  # spent on the batches' writer thread, writes included
         self.readings = 0  # scored or seen as late
-        # The store flattens each batch into (series_id, time, value) rows for its insert;
-        # its write hook hands us that list, which costs one reference where a second pass
-        # over the batch's groups would cost ~120 ns per reading (2 % of ingest). The
-        # pipeline calls its observers in the thread that wrote the batch, right after.
-        self._rows = threading.local()
-        store.write_hooks.append(self._keep_rows)
-
-    def _keep_rows(self, conn: Connection, rows: list[tuple[int, Micros, float]]) -> None:
-        self._rows.last = rows
 
     @property
     def store(self) -> Store:
@@ -696,7 +685,7 @@ class StreamingAnomalies:
         with self._lock:
             started = time.perf_counter()
             try:
-                episodes = self.detector.process(*self._readings(batch))
+                episodes = self.detector.process(*self._readings(batch, result))
             except Exception:  # anomaly detection must never stop ingest
                 log.exception("streaming anomaly detection failed on a batch; its readings are stored")
                 return
@@ -706,16 +695,11 @@ class StreamingAnomalies:
             self.seconds += time.perf_counter() - started
             self.readings += batch.reading_count
 
-    def _readings(self, batch: WriteBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        rows = getattr(self._rows, "last", None)
-        self._rows.last = None
-        if rows is not None and len(rows) == batch.reading_count:
-            count = len(rows)
-            return (
-                np.fromiter(map(itemgetter(0), rows), np.int64, count),
-                np.fromiter(map(itemgetter(1), rows), np.int64, count),
-                np.fromiter(map(itemgetter(2), rows), np.float64, count),
-            )
+    def _readings(self, batch: WriteBatch, result: WriteResult) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The batch's readings as columns: the store hands them over resolved to series
+        with its result, which spares a second pass over the batch (~120 ns a reading)."""
+        if result.series_ids is not None and len(result.series_ids) == batch.reading_count:
+            return result.series_ids.astype(np.int64), result.times, result.values
         return self._flatten(batch)
 
     def _flatten(self, batch: WriteBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -847,7 +831,7 @@ _observers: weakref.WeakKeyDictionary[Store, StreamingAnomalies] = weakref.WeakK
 _observers_lock = threading.Lock()
 
 
-def anomaly_observers(store: Store, settings: Settings) -> list[BatchObserver]:
+def anomaly_observers(store: Store, settings: Settings) -> list[StreamingAnomalies]:
     """What a pipeline writing to `store` runs after each commit: the store's streaming
     detector (the same one for every pipeline of the process), unless disabled."""
     config = settings.anomalies.streaming

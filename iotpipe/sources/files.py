@@ -19,7 +19,6 @@ from iotpipe.formats.csv import split_header
 from iotpipe.formats.senml import is_senml_record
 from iotpipe.model import RawMessage, now_micros
 
-LINE_SUFFIXES = (".jsonl", ".ndjson", ".lp", ".txt", ".line")
 SUFFIX_FORMATS = {".csv": "csv", ".senml.json": "senml", ".senml": "senml", ".lp": "lineproto"}
 
 
@@ -53,6 +52,7 @@ class FileSource:
         self.device_id = device_id
         self.bytes_total = sum(p.stat().st_size for p in paths)
         self.bytes_done = 0  # of files finished
+        self.files_done = 0
         self._current: BinaryIO | None = None
 
     @property
@@ -68,6 +68,7 @@ class FileSource:
                 yield from self._messages(path, stream)
                 self._current = None
             self.bytes_done += path.stat().st_size
+            self.files_done += 1
 
     def _messages(self, path: Path, stream: BinaryIO) -> Iterator[RawMessage]:
         kind = file_kind(path)

@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from iotpipe.analytics.anomalies import ZscoreRule, anomaly_rows, detect_zscore, zscore_anomalies
 from iotpipe.analytics.evaluation import evaluate
-from iotpipe.analytics.jobs import run_job
+from iotpipe.analytics.jobs import find_job, run_job
 from iotpipe.config import AnomalySettings, Settings
 from iotpipe.model import MICROS_PER_SECOND, format_micros, now_micros
 from iotpipe.store import Store
@@ -139,10 +139,10 @@ def test_the_anomalies_job_judges_the_recent_past(store: Store) -> None:
     values[-3] = 30
     load(store, times, values)
     settings = Settings(anomalies=AnomalySettings(lookback_seconds=600))  # type: ignore[call-arg]
-    result = run_job("anomalies", store, settings)
+    result = run_job(find_job("anomalies"), store, settings)
     assert result["job"] == "anomalies" and result["series"] == 1 and result["added"] >= 1
     assert int(times[-3]) in {r["time"] for r in anomaly_rows(store)}
-    assert run_job("anomalies", store, settings)["added"] == 0
+    assert run_job(find_job("anomalies"), store, settings)["added"] == 0
 
 
 def test_anomalies_command_lists_both_methods_as_json_and_detects_on_request(tmp_path: Path) -> None:
@@ -164,6 +164,7 @@ def test_anomalies_command_lists_both_methods_as_json_and_detects_on_request(tmp
             "device_id": "pump-1",
             "metric": "temperature",
             "time": spike,
+            "end_time": streaming[0]["end_time"],
             "value": streaming[0]["value"],
             "score": streaming[0]["score"],
             "method": "streaming",
@@ -181,7 +182,7 @@ def test_anomalies_command_lists_both_methods_as_json_and_detects_on_request(tmp
         iotpipe("anomalies", "--method", "zscore", "--device", "pump-1", "--json", cwd=tmp_path).stdout
     )
     assert only and all(r["method"] == "zscore" for r in only)
-    assert list(only[0]) == ["device_id", "metric", "time", "value", "score", "method"]
+    assert list(only[0]) == ["device_id", "metric", "time", "end_time", "value", "score", "method"]
     assert json.loads(iotpipe("anomalies", "--device", "nobody", "--json", cwd=tmp_path).stdout) == []
 
     table = iotpipe("anomalies", "--method", "streaming", cwd=tmp_path, env=None)

@@ -12,12 +12,12 @@ import orjson
 from sqlalchemy import select
 
 from iotpipe.analytics import alerts as alerting
-from iotpipe.analytics import notify
 from iotpipe.analytics.health import check_health
 from iotpipe.app import App
 from iotpipe.config import AnalyticsSettings, Settings
 from iotpipe.model import MICROS_PER_SECOND, RawMessage, now_micros
 from iotpipe.pipeline import Pipeline
+from iotpipe.sinks import webhooks
 from iotpipe.store.schema import anomalies
 from tests.analytics.support import WebhookReceiver
 
@@ -63,7 +63,7 @@ def test_spike_stuck_shift_and_silence_each_alert_once_and_resolve(database_url:
             now = T0 + minute * MINUTE
             check_health(store, settings, now)
             result = alerting.evaluate(store, settings, now)
-            notify.deliver_due(store, settings, now)
+            webhooks.deliver_due(store, settings, now)
             return result
 
         feed(pipeline, [*faulty, "dev-silent"], range(0, INJECTED_AT), rng)

@@ -16,7 +16,6 @@ from iotpipe.analytics.streaming import StreamingAnomalies
 from iotpipe.app import App
 from iotpipe.config import AnomalySettings, Settings, StreamingDetectorSettings
 from iotpipe.model import RawMessage
-from iotpipe.sources.files import FileSource
 from iotpipe.sources.simulator import Simulator
 from iotpipe.store.schema import anomalies, devices, series
 from tests.servers import PostgresServer
@@ -102,7 +101,7 @@ def test_an_import_finds_each_fault_once_and_the_same_as_a_live_stream(
 ) -> None:
     lines = telemetry_lines()
     imported = open_app(database_url)
-    imported.import_files(FileSource([write_file(tmp_path / "history.jsonl", lines)]))
+    imported.import_files([write_file(tmp_path / "history.jsonl", lines)])
     found = stored(imported)
     imported.close()
 
@@ -135,18 +134,18 @@ def test_after_a_restart_the_detector_picks_up_where_it_stopped(
     # Stop in the middle of the level shift: its episode is open when the process ends.
     split = 2 * 1510
     first = open_app(database_url)
-    first.import_files(FileSource([write_file(tmp_path / "part1.jsonl", lines[:split])]))
+    first.import_files([write_file(tmp_path / "part1.jsonl", lines[:split])])
     ongoing = [row for row in stored(first) if row[3] is None]
     assert [(row[0], row[1], row[2]) for row in ongoing] == [("pump-1", "temperature", at(1500))]
     first.close()
 
     second = open_app(database_url)
-    second.import_files(FileSource([write_file(tmp_path / "part2.jsonl", lines[split:])]))
+    second.import_files([write_file(tmp_path / "part2.jsonl", lines[split:])])
     resumed = stored(second)
     second.close()
 
     uninterrupted = open_app(another_url)
-    uninterrupted.import_files(FileSource([write_file(tmp_path / "all.jsonl", lines)]))
+    uninterrupted.import_files([write_file(tmp_path / "all.jsonl", lines)])
     assert resumed == stored(uninterrupted)
     uninterrupted.close()
 
@@ -154,12 +153,12 @@ def test_after_a_restart_the_detector_picks_up_where_it_stopped(
 def test_reimporting_a_file_adds_no_anomaly(database_url: str, tmp_path: Path) -> None:
     path = write_file(tmp_path / "history.jsonl", telemetry_lines())
     app = open_app(database_url)
-    app.import_files(FileSource([path]))
+    app.import_files([path])
     before = stored(app)
-    app.import_files(FileSource([path]))  # same process: the readings are old news
+    app.import_files([path])  # same process: the readings are old news
     app.close()
     again = open_app(database_url)
-    again.import_files(FileSource([path]))  # new process: rebuilt, re-detected, same rows
+    again.import_files([path])  # new process: rebuilt, re-detected, same rows
     assert stored(again) == before
     again.close()
 
@@ -173,12 +172,12 @@ def test_a_failing_anomaly_write_never_stops_ingest_and_is_retried(
     with app.store.engine.begin() as conn:
         conn.execute(text("ALTER TABLE anomalies RENAME TO anomalies_elsewhere"))
     with caplog.at_level(logging.WARNING, logger="iotpipe.analytics.streaming"):
-        counters = app.import_files(FileSource([write_file(tmp_path / "part1.jsonl", lines[:2000])]))
+        counters = app.import_files([write_file(tmp_path / "part1.jsonl", lines[:2000])]).counters
     assert counters.readings_stored == 2000 * 2
     assert "could not record" in caplog.text and "will retry" in caplog.text
     with app.store.engine.begin() as conn:
         conn.execute(text("ALTER TABLE anomalies_elsewhere RENAME TO anomalies"))
-    app.import_files(FileSource([write_file(tmp_path / "part2.jsonl", lines[2000:])]))
+    app.import_files([write_file(tmp_path / "part2.jsonl", lines[2000:])])
     assert app.store.stats()["readings"] == len(lines) * 2
     assert [row[2] for row in stored(app) if row[1] == "temperature"][:2] == [at(800), at(1500)]
     app.close()
@@ -195,7 +194,7 @@ def test_every_pipeline_of_an_app_shares_one_detector_unless_disabled(database_u
         anomalies=AnomalySettings(streaming=StreamingDetectorSettings(enabled=False)),  # type: ignore[call-arg]
     )
     quiet = App(off)
-    assert quiet.pipeline().observers == []
+    assert quiet.pipeline().observers == ()
     quiet.close()
 
 
@@ -213,7 +212,7 @@ def test_a_new_series_costs_no_history_query(database_url: str, tmp_path: Path) 
         return history
 
     observer.detector.loader = counting  # type: ignore[assignment]
-    app.import_files(FileSource([write_file(tmp_path / "h.jsonl", telemetry_lines()[:400])]))
+    app.import_files([write_file(tmp_path / "h.jsonl", telemetry_lines()[:400])])
     assert queried == []
     app.close()
 
