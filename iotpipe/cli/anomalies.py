@@ -68,7 +68,7 @@ def anomalies_command(
             "No anomalies found." + ("" if detect else " (`iotpipe jobs anomalies` runs the z-score rule.)")
         )
         return
-    table = Table("time", "device", "metric", "value", "score", "method", "until")
+    table = Table("time", "device", "metric", "value", "score", "method", "reason", "until")
     for row, entry in zip(rows, entries, strict=True):
         until_text = "" if row["method"] != "streaming" else _end_text(row["end_time"])
         table.add_row(
@@ -78,6 +78,7 @@ def anomalies_command(
             f"{entry['value']:g}",
             f"{entry['score']:.1f}",
             entry["method"],
+            entry["reason"],
             until_text,
         )
     out.print(table)
@@ -91,6 +92,7 @@ def _entry(row: dict[str, Any]) -> dict[str, Any]:
         "value": row["value"],
         "score": row["score"],
         "method": row["method"],
+        "reason": row["reason"],
     }
 
 

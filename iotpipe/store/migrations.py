@@ -292,6 +292,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX anomalies_open ON anomalies (series_id) WHERE end_time IS NULL",
         ),
     ),
+    Migration(
+        "0006_anomaly_reasons",
+        sqlite=("ALTER TABLE anomalies ADD COLUMN reason TEXT NOT NULL DEFAULT ''",),
+        postgresql=("ALTER TABLE anomalies ADD COLUMN reason text NOT NULL DEFAULT ''",),
+    ),
 )
 
 _CREATE_LEDGER = {
