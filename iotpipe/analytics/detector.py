@@ -617,6 +617,11 @@ def _step(
     )
     stuck = np.where(valid, p.threshold * run / limit, 0.0)
 
+    # A sustained deviation means something once a whole day of the series is known
+    # (before that, the daily swing itself looks like a drift to the level).
+    day_known = count * step >= DAY
+    shift = np.where(day_known, shift, 0.0)
+    variance = np.where(day_known, variance, 0.0)
     parts = np.stack((spike, shift, variance, record, stuck))
     score = parts.max(axis=0)
     which = parts.argmax(axis=0)
