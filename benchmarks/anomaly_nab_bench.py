@@ -29,14 +29,29 @@ from collections.abc import Callable
 
 import numpy as np
 
-from benchmarks.nab import PROFILE_NAMES, DataFile, Total, load_corpus, load_profiles, read_thresholds, score_file
+from benchmarks.nab import (
+    PROFILE_NAMES,
+    DataFile,
+    Total,
+    load_corpus,
+    load_profiles,
+    read_thresholds,
+    score_file,
+)
 from iotpipe.analytics.anomalies import ZscoreRule, zscore_anomalies
 from iotpipe.analytics.detector import StreamingDetector, StreamingParams
 
 ROOT = Path(__file__).resolve().parent.parent
 # ../shared/datasets/nab-tune beside the checkout (one more level up from a git worktree).
 DEFAULT_DIR = next(
-    (d for d in (ROOT.parent / "shared" / "datasets" / "nab-tune", ROOT.parent.parent / "shared" / "datasets" / "nab-tune") if d.is_dir()),
+    (
+        d
+        for d in (
+            ROOT.parent / "shared" / "datasets" / "nab-tune",
+            ROOT.parent.parent / "shared" / "datasets" / "nab-tune",
+        )
+        if d.is_dir()
+    ),
     ROOT.parent / "shared" / "datasets" / "nab-tune",
 )
 # Standard profile on the 45 files of nab-tune (its README); None where not published.
@@ -85,7 +100,9 @@ def zscore(rule: ZscoreRule) -> Detections:
 
 def reference(nab_dir: Path, name: str = "windowedGaussian") -> Detections | None:
     """NAB's own results for a published detector, at its corpus-tuned threshold."""
-    folder = next((d for d in (nab_dir / f"reference-{name}", nab_dir / "results" / name) if d.is_dir()), None)
+    folder = next(
+        (d for d in (nab_dir / f"reference-{name}", nab_dir / "results" / name) if d.is_dir()), None
+    )
     if folder is None:
         return None
     threshold = read_thresholds(nab_dir, name)["standard"]
@@ -115,7 +132,9 @@ def score(corpus: list[DataFile], found: list[np.ndarray], nab_dir: Path) -> dic
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--nab-dir", type=Path, default=DEFAULT_DIR, help=f"default: {DEFAULT_DIR}")
     args = parser.parse_args(argv)
     nab_dir: Path = args.nab_dir
@@ -124,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     corpus = load_corpus(nab_dir)
     readings = sum(len(f.values) for f in corpus)
-    print(f"NAB: {len(corpus)} files, {readings:,} readings, {sum(len(f.windows) for f in corpus)} windows ({nab_dir})")
+    print(
+        f"NAB: {len(corpus)} files, {readings:,} readings, {sum(len(f.windows) for f in corpus)} windows ({nab_dir})"
+    )
     detectors: dict[str, Detections] = {
         "streaming (default)": streaming(StreamingParams()),
         "zscore k=3, 1 h (default)": zscore(ZscoreRule()),
@@ -141,7 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = (score(corpus, found, nab_dir), time.perf_counter() - started)
 
     categories = sorted({f.category for f in corpus})
-    print(f"\n{'detector':<34}{'category':<22}{'standard':>9}{'low FP':>9}{'low FN':>9}{'windows':>10}{'FP':>7}{'FP/1000':>9}")
+    print(
+        f"\n{'detector':<34}{'category':<22}{'standard':>9}{'low FP':>9}{'low FN':>9}{'windows':>10}{'FP':>7}{'FP/1000':>9}"
+    )
     for name, (totals, seconds) in results.items():
         for group in [*categories, "overall"]:
             per = totals[group]
@@ -155,7 +178,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"{1000 * standard.false_positives / standard.readings:>9.2f}"
             )
         print(f"{'':<34}({seconds:.1f} s)")
-    print("\npublished, standard profile, these 45 files: " + ", ".join(f"{k} {v}" for k, v in PUBLISHED.items()))
+    print(
+        "\npublished, standard profile, these 45 files: "
+        + ", ".join(f"{k} {v}" for k, v in PUBLISHED.items())
+    )
     ours = results["streaming (default)"][0]["overall"]
     met = ours["standard"].normalised >= GOAL
     print(f"goal: standard >= {GOAL}: {'met' if met else 'NOT met'} ({ours['standard'].normalised:.1f})")

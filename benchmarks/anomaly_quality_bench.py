@@ -33,9 +33,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from benchmarks.evaluation import DetectionQuality, Span, evaluate
 from iotpipe import formats
 from iotpipe.analytics.anomalies import ZscoreRule, zscore_anomalies
-from benchmarks.evaluation import DetectionQuality, Span, evaluate
 from iotpipe.analytics.detector import StreamingDetector, StreamingParams
 from iotpipe.model import MICROS_PER_SECOND, Micros
 from iotpipe.sources.simulator import ANOMALY_KINDS, Simulator
@@ -271,7 +271,9 @@ def main(argv: list[str] | None = None) -> int:
         chosen = detectors(params, rule)
         if args.sweep:
             chosen = {
-                f"streaming threshold={k:g} calm={c}": streaming_detector(replace(params, threshold=k, calm=c))
+                f"streaming threshold={k:g} calm={c}": streaming_detector(
+                    replace(params, threshold=k, calm=c)
+                )
                 for k in (3.0, 4.0, 5.0, 6.0, 8.0)
                 for c in (6, 24)
             }

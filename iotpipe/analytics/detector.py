@@ -366,8 +366,19 @@ class StreamingDetector:
         rates = _Rates(p)
         for j, m in enumerate(going.tolist()):
             at = lane_starts[:m] + j
-            sc, rs = _step(p, rates, st[:, :m], offsets[:m], spreads[:m], filled[:m], rows[:m],
-                           count[:m], last_time[:m], seconds[at], values[at])
+            sc, rs = _step(
+                p,
+                rates,
+                st[:, :m],
+                offsets[:m],
+                spreads[:m],
+                filled[:m],
+                rows[:m],
+                count[:m],
+                last_time[:m],
+                seconds[at],
+                values[at],
+            )
             score[at], reason[at] = sc, rs
             count[:m] += 1
             last_time[:m] = times[at]
@@ -418,8 +429,16 @@ class StreamingDetector:
                 i = int(series_of[group[0]])
                 episodes.extend(
                     self._walk(
-                        int(slots[i]), int(starts[i]), int(counts[i]), int(seen[i]), group,
-                        times, values, score, reason, emit,
+                        int(slots[i]),
+                        int(starts[i]),
+                        int(counts[i]),
+                        int(seen[i]),
+                        group,
+                        times,
+                        values,
+                        score,
+                        reason,
+                        emit,
                     )
                 )
         return episodes
@@ -563,7 +582,11 @@ def _step(
     interval = s["interval"]
     unknown = (interval == 0) & ~first
     grow = ~unknown & ~first & (dt != interval)
-    interval[:] = np.where(unknown, dt, np.where(grow, interval * np.where(dt > interval, 1.0512710963760241, 0.951229424500714), interval))
+    interval[:] = np.where(
+        unknown,
+        dt,
+        np.where(grow, interval * np.where(dt > interval, 1.0512710963760241, 0.951229424500714), interval),
+    )
     step = np.where(interval > 0, interval, 60.0)
     # Until a series has lived one time constant, a running mean of what it has seen.
     early = 1.0 / (count + 1.0)
@@ -613,7 +636,9 @@ def _step(
     limit = np.where(
         same,
         s["run_limit"],
-        np.maximum(np.maximum(p.stuck_min, 1.0 + rates.log_chance / np.log(s["repeats"])), 2.0 * s["longest"]),
+        np.maximum(
+            np.maximum(p.stuck_min, 1.0 + rates.log_chance / np.log(s["repeats"])), 2.0 * s["longest"]
+        ),
     )
     stuck = np.where(valid, p.threshold * run / limit, 0.0)
 
@@ -657,7 +682,9 @@ def _step(
     level += a_level * np.clip(to_season, -limit_season, limit_season)
     offsets[rows, b] = offset + a_season * np.clip(x - level - offset, -limit_season, limit_season)
     deviation = np.where(first, 0.0, np.abs(residual))
-    scale[:] = np.where(known, scale + a_scale * (np.minimum(deviation, _CLIP * scale * _MAD_TO_SIGMA) - scale), deviation)
+    scale[:] = np.where(
+        known, scale + a_scale * (np.minimum(deviation, _CLIP * scale * _MAD_TO_SIGMA) - scale), deviation
+    )
     spreads[rows, b] = np.where(
         filled[rows, b], spread + a_season * (np.minimum(np.abs(to_season), limit_season) - spread), scale
     )
@@ -670,8 +697,12 @@ def _step(
     low += a_range * (middle - low)
     gap = x - middle
     has_width = width > 0
-    middle += np.where(has_width, a_scale * 0.5 * np.maximum(width, 1e-9 * (np.abs(middle) + 1e-9)) * np.sign(gap), gap)
-    width[:] = np.where(has_width, width + a_scale * (np.minimum(np.abs(gap), 3.0 * width) - width), np.abs(gap))
+    middle += np.where(
+        has_width, a_scale * 0.5 * np.maximum(width, 1e-9 * (np.abs(middle) + 1e-9)) * np.sign(gap), gap
+    )
+    width[:] = np.where(
+        has_width, width + a_scale * (np.minimum(np.abs(gap), 3.0 * width) - width), np.abs(gap)
+    )
 
     repeats = s["repeats"]
     weight = np.maximum(a_scale, 1.0 / (count + 2.0))

@@ -26,7 +26,14 @@ from iotpipe.pipeline import BatchObserver
 from iotpipe.store import Store, WriteBatch, WriteResult
 from iotpipe.store.schema import anomalies, readings, series
 
-__all__ = ["Episode", "History", "StreamingAnomalies", "StreamingDetector", "StreamingParams", "anomaly_observers"]
+__all__ = [
+    "Episode",
+    "History",
+    "StreamingAnomalies",
+    "StreamingDetector",
+    "StreamingParams",
+    "anomaly_observers",
+]
 
 log = logging.getLogger(__name__)
 

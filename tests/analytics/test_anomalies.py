@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from iotpipe.analytics.anomalies import ZscoreRule, anomaly_rows, detect_zscore, zscore_anomalies
 from benchmarks.evaluation import evaluate
+from iotpipe.analytics.anomalies import ZscoreRule, anomaly_rows, detect_zscore, zscore_anomalies
 from iotpipe.analytics.jobs import run_job
 from iotpipe.config import AnomalySettings, Settings
 from iotpipe.model import MICROS_PER_SECOND, format_micros, now_micros

@@ -25,7 +25,10 @@ def times(n: int) -> np.ndarray:
 
 
 def run(
-    values: np.ndarray, cuts: list[int] | None = None, series_id: int = 1, params: StreamingParams | None = None
+    values: np.ndarray,
+    cuts: list[int] | None = None,
+    series_id: int = 1,
+    params: StreamingParams | None = None,
 ) -> list[Episode]:
     """Feed one series in time order, cut into batches at `cuts`."""
     detector = StreamingDetector(params)

@@ -110,7 +110,9 @@ def test_an_import_finds_each_fault_once_and_the_same_as_a_live_stream(
     spikes = [(d, m, t, end) for d, m, t, end, *_ in found if (d, m) == ("pump-1", "temperature")]
     assert spikes[0][2] == at(800)  # the spike, once
     assert all(row[2] != at(801) for row in spikes)
-    stuck = [(t, end) for d, m, t, end, *rest in found if (d, m) == ("pump-2", "pressure") and rest[-1] == "stuck"]
+    stuck = [
+        (t, end) for d, m, t, end, *rest in found if (d, m) == ("pump-2", "pressure") and rest[-1] == "stuck"
+    ]
     assert stuck and at(901) <= stuck[0][0] <= at(906)
     assert all(method == "streaming" for *_, method, _ in found)
 
