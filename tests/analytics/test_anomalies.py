@@ -167,9 +167,10 @@ def test_anomalies_command_lists_both_methods_as_json_and_detects_on_request(tmp
             "value": streaming[0]["value"],
             "score": streaming[0]["score"],
             "method": "streaming",
+            "reason": "spike",
         }
     ]
-    assert streaming[0]["score"] > 6
+    assert streaming[0]["score"] > 5
 
     detected = iotpipe("anomalies", "--detect", "--start", "2026-01-01T00:00:00Z", "--json", cwd=tmp_path)
     assert detected.returncode == 0, detected.stderr
@@ -181,7 +182,8 @@ def test_anomalies_command_lists_both_methods_as_json_and_detects_on_request(tmp
         iotpipe("anomalies", "--method", "zscore", "--device", "pump-1", "--json", cwd=tmp_path).stdout
     )
     assert only and all(r["method"] == "zscore" for r in only)
-    assert list(only[0]) == ["device_id", "metric", "time", "value", "score", "method"]
+    assert list(only[0]) == ["device_id", "metric", "time", "value", "score", "method", "reason"]
+    assert {r["reason"] for r in only} <= {"spike", "dip"}
     assert json.loads(iotpipe("anomalies", "--device", "nobody", "--json", cwd=tmp_path).stdout) == []
 
     table = iotpipe("anomalies", "--method", "streaming", cwd=tmp_path, env=None)
