@@ -107,7 +107,9 @@ def detector_alone(data: Dataset, batch_size: int) -> tuple[float, int]:
     return len(values) / (time.perf_counter() - started), episodes
 
 
-def per_reading_over_series(series: int = 1000, per_series: int = 500, batch_size: int = 50_000, repeat: int = 3) -> float:
+def per_reading_over_series(
+    series: int = 1000, per_series: int = 500, batch_size: int = 50_000, repeat: int = 3
+) -> float:
     """µs per reading of `StreamingDetector.process` vectorised over `series` series (a
     daily-cycle signal with noise, one reading a minute), median of `repeat` runs; the
     goal is at most 1 µs."""
