@@ -151,22 +151,32 @@ class ThingSpeakSettings(BaseModel):
 
 
 class StreamingDetectorSettings(BaseModel):
-    """`[anomalies.streaming]`: the detector that scores every reading as it is stored."""
+    """`[anomalies.streaming]`: the detector that scores every reading as it is stored
+    (docs/anomalies.md explains each knob; the defaults are the measured ones)."""
 
     enabled: bool = True
-    window: int = Field(128, ge=8, description="readings of a series' recent past its baseline is made of")
-    refresh: int = Field(64, ge=2, description="the baseline is recomputed at least every this many readings")
-    threshold: float = Field(6.0, gt=0, description="score (robust z) from which a reading is abnormal")
-    calm: int = Field(5, ge=1, description="normal readings in a row that end an episode")
+    threshold: float = Field(
+        5.0, gt=0, description="score (decades of rarity: 5 = once in 10^5 readings) that opens an episode"
+    )
+    hysteresis: float = Field(0.6, gt=0, le=1, description="fraction of threshold that keeps an episode open")
+    calm: int = Field(24, ge=1, description="readings below the hysteresis level that close an episode")
+    refractory_seconds: float = Field(0.0, ge=0, description="no new episode this soon after one ended")
+    warmup: int = Field(150, ge=0, description="readings of a series before it can raise an episode")
+    level_seconds: float = Field(3600.0, gt=0, description="time constant of a series' level")
+    season_seconds: float = Field(3 * 86_400.0, gt=0, description="time constant of its daily profile")
+    range_seconds: float = Field(14 * 86_400.0, gt=0, description="how long its recent range remembers")
     stuck_min: int = Field(5, ge=2, description="identical readings in a row that can be a stuck sensor")
     stuck_chance: float = Field(
         1e-5, gt=0, lt=1, description="stuck: a run of identical values chance makes once in 1/this readings"
     )
     max_series: int = Field(100_000, ge=1, description="series whose state is kept in memory (LRU)")
+    rebuild_readings: int = Field(
+        4096, ge=0, description="stored readings replayed to rebuild a series' state after a restart"
+    )
 
 
 class AnomalySettings(BaseModel):
-    """`[anomalies]`: the z-score rule (batch) and the streaming detector."""
+    """`[anomalies]`: the z-score rule (batch, the documented baseline) and the streaming detector."""
 
     k: float = Field(3.0, gt=0, description="z-score rule: flag |x - mean| > k * stddev")
     window_seconds: float = Field(3600.0, gt=0, description="the trailing window the mean and stddev cover")

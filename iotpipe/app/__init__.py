@@ -446,6 +446,7 @@ class App:
                 "value": row["value"],
                 "score": row["score"],
                 "method": row["method"],
+                "reason": row["reason"],
             }
             for row in rows
         ]

@@ -326,6 +326,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             "DROP TABLE invalid_values",
         ),
     ),
+    Migration(
+        "0007_anomaly_reasons",
+        sqlite=("ALTER TABLE anomalies ADD COLUMN reason TEXT NOT NULL DEFAULT ''",),
+        postgresql=("ALTER TABLE anomalies ADD COLUMN reason text NOT NULL DEFAULT ''",),
+    ),
 )
 
 _CREATE_LEDGER = {
