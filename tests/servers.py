@@ -11,6 +11,7 @@ import glob
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -89,6 +90,11 @@ class PostgresServer:
             capture_output=True,
             **drop,  # type: ignore[call-overload]
         )
+        return self.launch()
+
+    def launch(self) -> PostgresServer:
+        """Run the server on the cluster initdb made (again, after `stop(cleanup=False)`)."""
+        drop = _as_postgres_user()
         self.process = subprocess.Popen(
             [
                 _pg_bin("postgres"),
@@ -136,15 +142,18 @@ class PostgresServer:
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
 
-    def stop(self) -> None:
+    def stop(self, *, cleanup: bool = True) -> None:
+        """Fast shutdown (SIGINT: sessions are cut, as in an outage); keep the data to
+        `launch()` again unless `cleanup`."""
         if self.process is not None:
-            self.process.terminate()
+            self.process.send_signal(signal.SIGINT)
             try:
                 self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.process.kill()
             self.process = None
-        shutil.rmtree(self.root, ignore_errors=True)
+        if cleanup:
+            shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self) -> PostgresServer:
         return self.start()

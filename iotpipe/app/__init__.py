@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from iotpipe.errors import ConfigError, IotpipeError
+from iotpipe.errors import ConfigError, IotpipeError, StoreError
 from iotpipe.model import (
     MICROS_PER_DAY,
     MICROS_PER_SECOND,
@@ -167,14 +167,27 @@ class App:
         pipeline = self.pipeline(max_payload_bytes=limits.FILE_MAX_PAYLOAD_BYTES)
         last_report = 0.0
         with shutdown_signals() as stop:
-            for raw in source:
-                if stop.is_set():
-                    break
-                pipeline.feed(raw)
-                if progress is not None and time.monotonic() - last_report > 0.1:
-                    progress(source.bytes_read, source.bytes_total)
-                    last_report = time.monotonic()
-            pipeline.close()
+            try:
+                for raw in source:
+                    if stop.is_set():
+                        break
+                    pipeline.feed(raw)
+                    if progress is not None and time.monotonic() - last_report > 0.1:
+                        progress(source.bytes_read, source.bytes_total)
+                        last_report = time.monotonic()
+                pipeline.close()
+            except IotpipeError:
+                raise
+            except Exception as exc:
+                message, expected = explain_error(exc)
+                if not expected:
+                    raise
+                c = pipeline.counters
+                raise StoreError(
+                    f"{message}. The import stopped after {c.messages_received:,} messages "
+                    f"({c.readings_stored:,} readings stored); what was stored is kept: run the same "
+                    "import again, nothing is stored twice"
+                ) from exc
         if progress is not None and not stop.is_set():
             progress(source.bytes_total, source.bytes_total)
         return ImportOutcome(pipeline.counters, stop.is_set(), source.files_done, len(paths))
@@ -324,6 +337,11 @@ class App:
                 "no ThingSpeak channel to pull: give --channel ID (or ID:READ_KEY), or list them in "
                 "thingspeak.channels in iotpipe.toml"
             )
+        from iotpipe.redact import register_secret
+
+        for spec in specs:  # a key given on the command line is as secret as one in the settings
+            register_secret(spec.read_key)
+            register_secret(spec.user_key)
         ids = [spec.id for spec in specs]
         if len(set(ids)) != len(ids):
             raise IotpipeError(
@@ -586,14 +604,19 @@ def explain_error(exc: BaseException) -> tuple[str, bool]:
     Unexpected ones are bugs: the line says how to see the traceback."""
     import sqlite3
 
+    import psycopg
     from sqlalchemy import exc as sa_exc
 
     first = _first_line(exc)
     if isinstance(exc, sa_exc.ArgumentError):
         return f"invalid database URL: {first}; use sqlite:///path.db or postgresql://user@host:port/db", True
-    if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError | sqlite3.OperationalError) or (
-        type(exc).__module__.startswith("psycopg") and "OperationalError" in type(exc).__mro__.__repr__()
-    ):
+    outage = (
+        sa_exc.OperationalError,
+        sa_exc.InterfaceError,
+        sqlite3.OperationalError,
+        psycopg.OperationalError,
+    )
+    if isinstance(exc, outage):
         if "readonly" in first or "read-only" in first:
             return (
                 f"the database is read-only ({first}); make the file and its folder writable, or point --database-url elsewhere",

@@ -98,8 +98,11 @@ consoles = _Consoles()
 
 
 def say(text: str, *, to_stderr: bool = False) -> None:
-    """Print a line of our own words (never device text: see `untrusted`)."""
-    (consoles.err if to_stderr else consoles.out).print(text, highlight=False, markup=False)
+    """Print a line of our own words (device text goes through `untrusted` first), with
+    every secret masked."""
+    from iotpipe.redact import redact
+
+    (consoles.err if to_stderr else consoles.out).print(redact(text), highlight=False, markup=False)
 
 
 def untrusted(text: object) -> str:
@@ -170,7 +173,24 @@ def print_json(value: Any) -> None:
     sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
+class _RedactingStream:
+    """stderr as seen by everything the CLI runs (click's usage errors echo the argument a
+    user pasted, a URL with its password included): every write passes through redact()."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        from iotpipe.redact import redact
+
+        return self._stream.write(redact(text))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def main() -> None:
+    sys.stderr = _RedactingStream(sys.stderr)  # type: ignore[assignment]
     try:
         app(prog_name="iotpipe")
     except IotpipeError as exc:

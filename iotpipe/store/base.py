@@ -377,7 +377,12 @@ class Store(ABC):
                 "devices": conn.scalar(select(func.count()).select_from(devices)) or 0,
                 "series": conn.scalar(select(func.count()).select_from(series)) or 0,
                 "readings": conn.scalar(select(func.count()).select_from(readings)) or 0,
+                # Distinct bad messages (source, origin, payload), and how many times they
+                # were received: the second is what ingest summaries count as dead-lettered.
                 "dead_letters": conn.scalar(select(func.count()).select_from(dead_letters)) or 0,
+                "dead_letter_messages": int(
+                    conn.scalar(select(func.coalesce(func.sum(dead_letters.c.attempts), 0))) or 0
+                ),
                 "invalid_values": conn.scalar(select(func.count()).select_from(invalid_readings)) or 0,
             }
 
