@@ -190,7 +190,7 @@ class _RedactingStream:
 
 
 def main() -> None:
-    sys.stderr = _RedactingStream(sys.stderr)  # type: ignore[assignment]
+    sys.stderr = _RedactingStream(sys.stderr)
     try:
         app(prog_name="iotpipe")
     except IotpipeError as exc:
