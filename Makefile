@@ -3,12 +3,19 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Debian packages the tests and the production path need: real servers, no mocks.
-SYSTEM_PACKAGES := postgresql mosquitto openssl
+# Debian packages the tests and the production path need: real servers, no mocks
+# (promtool checks deploy/prometheus/; the dashboard is tested in Debian's Chromium,
+# never in a browser build a test tool downloads).
+SYSTEM_PACKAGES := postgresql mosquitto openssl prometheus chromium
+# The dashboard's front-end packages (package-lock.json) and where their built files go,
+# beside our own (web/): a git-ignored folder the package declares as data, so a wheel
+# carries them.
+STATIC := iotpipe/api/static
+WEB_SOURCES := $(wildcard web/*.html web/*.css web/*.js web/*/*.js)
 
-.PHONY: install system-packages run test bench lint clean
+.PHONY: install system-packages node static run test bench screenshots lint clean
 
-install: $(STAMP)
+install: $(STAMP) static
 
 $(STAMP): pyproject.toml
 	@$(MAKE) --no-print-directory system-packages
@@ -29,6 +36,38 @@ system-packages:
 	    echo "missing system packages:$$missing — run: sudo apt-get install$$missing"; exit 1; \
 	  fi; \
 	fi
+	@$(MAKE) --no-print-directory node
+
+# node and npm: any install will do (NodeSource's nodejs carries its own npm, which
+# Debian's npm package would conflict with); when a command is missing, Debian's package.
+node:
+	@missing=""; \
+	command -v node >/dev/null 2>&1 || missing="$$missing nodejs"; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing system packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else \
+	    echo "missing system packages:$$missing — run: sudo apt-get install$$missing"; exit 1; \
+	  fi; \
+	fi
+
+# The dashboard's files: uPlot's built ES module and CSS from node_modules (npm ci, from
+# the lockfile), and our own HTML, CSS and ES modules from web/.
+static: $(STATIC)/.built
+
+node_modules/.package-lock.json: package.json package-lock.json
+	@$(MAKE) --no-print-directory node
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+$(STATIC)/.built: node_modules/.package-lock.json $(WEB_SOURCES)
+	rm -rf $(STATIC)
+	mkdir -p $(STATIC)/vendor
+	cp -R web/. $(STATIC)/
+	cp node_modules/uplot/dist/uPlot.esm.js node_modules/uplot/dist/uPlot.min.css node_modules/uplot/LICENSE $(STATIC)/vendor/
+	@touch $@
 
 run: install
 	$(BIN)/iotpipe run
@@ -46,4 +85,4 @@ bench: install
 	$(BIN)/python benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache node_modules $(STATIC)
