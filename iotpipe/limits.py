@@ -19,3 +19,11 @@ FUTURE_TOLERANCE_SECONDS = 86_400.0  # readings may be up to a day ahead of rece
 # -- the writer's retries when the store is down ----------------------------------------
 WRITE_RETRY_MAX_BACKOFF = 30.0  # seconds between two tries, at most
 SHUTDOWN_GRACE = 30.0  # seconds a stopping writer keeps retrying before it gives up
+
+# -- the live feed (sinks/live.py, /api/v1/live) -----------------------------------------
+LIVE_MAX_PENDING = 20_000  # updates waiting for one client before it is closed as too slow
+LIVE_COALESCE_SECONDS = 0.25  # a client gets at most one update frame per this long
+LIVE_MAX_BACKLOG = 1_000_000  # readings committed but not yet fanned out, past which clients are closed
+LIVE_POLL_SECONDS = 1.0  # how often anomalies, alert changes and device statuses are polled
+LIVE_MAX_BACKFILL_SECONDS = 3600.0  # history a subscription may ask for first
+LIVE_MAX_BACKFILL_READINGS = 200_000  # readings one backfill sends at most
