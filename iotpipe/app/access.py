@@ -177,11 +177,12 @@ class KeyRing:
     def authenticate(self, token: str | None) -> Principal:
         """The principal a token stands for; AccessDenied (401) when it stands for none.
 
-        With no key created yet the API is open (the server refuses to start on a
-        non-loopback address in that state unless told --insecure)."""
+        With no key created yet the API is open, to a request with a token too (the
+        server refuses to start on a non-loopback address in that state unless told
+        --insecure)."""
+        if not self.any():
+            return OPEN  # whatever a client sends: with no key there is nothing to check it against
         if not token:
-            if not self.any():
-                return OPEN
             raise AccessDenied(
                 "this API needs a key: send it as `Authorization: Bearer KEY` or `X-API-Key: KEY` "
                 "(`iotpipe keys create NAME --role reader` makes one)",
