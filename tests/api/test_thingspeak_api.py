@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import orjson
 
 from tests.api.conftest import Served
@@ -103,7 +105,7 @@ def test_bulk_update_with_delta_t_counts_back_from_the_last_update(served: Serve
     }
     assert served.client.post("/channels/9/bulk_update.json", json=body).status_code == 202
     times = [t for t, _ in served.app.store.raw_readings("thingspeak-9", "field1")]
-    assert [b - a for a, b in zip(times, times[1:])] == [15_000_000, 15_000_000]
+    assert [b - a for a, b in itertools.pairwise(times)] == [15_000_000, 15_000_000]
 
 
 def test_bulk_update_with_another_channels_key_is_refused_with_thingspeaks_error(served: Served) -> None:
