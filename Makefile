@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Debian packages the tests and the production path need: real servers, no mocks.
-SYSTEM_PACKAGES := postgresql mosquitto openssl
+# Debian packages the tests, benchmarks and production path need: real servers, no mocks
+# (Prometheus scrapes /metrics in a test; InfluxDB 1.6 and wrk serve the API benchmark).
+SYSTEM_PACKAGES := postgresql mosquitto openssl prometheus influxdb wrk
 
 .PHONY: install system-packages run test bench lint clean
 

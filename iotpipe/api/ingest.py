@@ -113,7 +113,12 @@ async def _influx(request: Request, origin: str, token: str | None, precision: s
     return Response(status_code=204)
 
 
-@router.api_route("/ping", methods=["GET", "HEAD"], status_code=204, tags=["ingest"])
+@router.get("/ping", status_code=204, tags=["ingest"])
 def ping() -> Response:
     """InfluxDB clients' liveness probe."""
     return Response(status_code=204, headers={"X-Influxdb-Version": INFLUX_VERSION})
+
+
+@router.head("/ping", status_code=204, tags=["ingest"], include_in_schema=False)
+def ping_head() -> Response:
+    return ping()

@@ -102,16 +102,28 @@ async def _update(request: Request, as_json: bool) -> Response:
     return PlainTextResponse(str(entry["entry_id"]))
 
 
-@router.api_route("/update", methods=["GET", "POST"])
+@router.get("/update")
 async def update(request: Request) -> Response:
     """Write one entry: `api_key` (the channel's write key), field1..field8, lat, long,
     elevation, status, created_at. Answers the new entry_id, or 0."""
     return await _update(request, as_json=False)
 
 
-@router.api_route("/update.json", methods=["GET", "POST"])
+@router.post("/update")
+async def update_post(request: Request) -> Response:
+    """As GET /update, the parameters in a form or JSON body."""
+    return await _update(request, as_json=False)
+
+
+@router.get("/update.json")
 async def update_json(request: Request) -> Response:
     """As /update; answers the new feed entry as JSON, or 0."""
+    return await _update(request, as_json=True)
+
+
+@router.post("/update.json")
+async def update_json_post(request: Request) -> Response:
+    """As GET /update.json, the parameters in a form or JSON body."""
     return await _update(request, as_json=True)
 
 
