@@ -19,6 +19,7 @@ import hashlib
 import re
 import secrets
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,7 @@ ROLES = ("reader", "writer", "operator", "admin")
 TOKEN_PREFIX = "iotp_"
 PREFIX_SHOWN = len(TOKEN_PREFIX) + 6  # what listings show of a token
 TOUCH_EVERY = 60 * MICROS_PER_SECOND  # last_used_at is written at most this often per key
+KEYS_RECHECK = 1.0  # seconds an open API takes to notice a key created by another process
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdwy])\s*$")
 _UNITS = {
     "s": MICROS_PER_SECOND,
@@ -128,6 +130,8 @@ class KeyRing:
         self.store = store
         self._touched: dict[int, Micros] = {}
         self._lock = threading.Lock()
+        self._exist = False
+        self._checked = -KEYS_RECHECK
 
     def create(
         self, name: str, role: str, devices: list[str] | None = None, expires: str | None = None
@@ -153,6 +157,7 @@ class KeyRing:
         )
         if key_id is None:
             raise IotpipeError(f"a key named {name!r} exists; choose another name (or revoke that one)")
+        self._exist = True
         return {**_view(self._row(name)), "token": token}
 
     def _row(self, name: str) -> dict[str, Any]:
@@ -172,7 +177,16 @@ class KeyRing:
         return _view(row)
 
     def any(self) -> bool:
-        return key_rows.any_key(self.store)
+        """Whether a key was ever created. Keys are never deleted, so once true this is
+        remembered; while false it is asked again at most every KEYS_RECHECK seconds (a
+        key made by `iotpipe keys create` in another process counts within that)."""
+        if self._exist:
+            return True
+        now = time.monotonic()
+        if now - self._checked >= KEYS_RECHECK:
+            self._exist = key_rows.any_key(self.store)
+            self._checked = now
+        return self._exist
 
     def authenticate(self, token: str | None) -> Principal:
         """The principal a token stands for; AccessDenied (401) when it stands for none.

@@ -19,6 +19,7 @@ chart libraries such as uPlot take it. How a range is answered:
 from __future__ import annotations
 
 import math
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -197,8 +198,11 @@ def series(
     start = start if start is not None else end - DEFAULT_RANGE
     if start >= end:
         raise IotpipeError(f"start ({format_micros(start)}) must be before end ({format_micros(end)})")
-    with app.store.engine.connect() as conn:
-        ref = find_series(conn, device_id, metric)
+    series_id = app.store.series_id(device_id, metric)
+    if series_id is None:
+        with app.store.engine.connect() as conn:
+            find_series(conn, device_id, metric)  # raises NotFound, naming what is missing
+        raise NotFound(f"no series {device_id!r} {metric!r}")
     limit = app.settings.api.max_points
     answer: dict[str, Any] = {
         "device_id": device_id,
@@ -214,7 +218,7 @@ def series(
         width = width or 1000
         chosen = _auto_tier(start, end, width)
     if chosen in ROLLUP_TIERS:
-        columns, next_start, reduced = _from_rollups(app, ref, chosen, start, end, width, limit)
+        columns, next_start, reduced = _from_rollups(app, series_id, chosen, start, end, width, limit)
         answer["source"] = "rollups"
     elif chosen in BUCKET_WIDTHS:
         columns, next_start = _from_buckets(app, device_id, metric, chosen, start, end, limit)
@@ -250,11 +254,11 @@ def _empty() -> dict[str, list[Any]]:
 
 
 def _from_rollups(
-    app: App, ref: Any, tier: str, start: Micros, end: Micros, width: int | None, limit: int
+    app: App, series_id: int, tier: str, start: Micros, end: Micros, width: int | None, limit: int
 ) -> tuple[dict[str, list[Any]], Micros | None, bool]:
-    from iotpipe.analytics.rollups import bucket_rows
+    from iotpipe.analytics.rollups import series_buckets
 
-    rows = bucket_rows(app.store, ref, tier, start, end)
+    rows = series_buckets(app.store, series_id, tier, start, end)
     columns = _empty()
     if width is not None and len(rows) > width:
         step = math.ceil((end - start) / width)
@@ -347,16 +351,24 @@ def _with_values(columns: dict[str, list[Any]], agg: str, raw: bool) -> dict[str
 
 # -- stats ---------------------------------------------------------------------------------
 class StatsCache:
-    """The stats view, computed at most once per STATS_TTL seconds per process."""
+    """The stats view, computed at most once per STATS_TTL seconds per process: while one
+    request recomputes it, the others get the previous one instead of queueing."""
 
     def __init__(self) -> None:
         self.value: dict[str, Any] | None = None
         self.at = 0.0
+        self._lock = threading.Lock()
 
     def get(self, app: App) -> dict[str, Any]:
-        if self.value is None or time.monotonic() - self.at > STATS_TTL:
+        fresh = self.value is not None and time.monotonic() - self.at <= STATS_TTL
+        if fresh or not self._lock.acquire(blocking=self.value is None):
+            assert self.value is not None
+            return self.value
+        try:
             self.value = overview(app)
             self.at = time.monotonic()
+        finally:
+            self._lock.release()
         return self.value
 
 

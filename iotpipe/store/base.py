@@ -18,7 +18,20 @@ from typing import Any
 
 import numpy as np
 import psycopg
-from sqlalchemy import Connection, Engine, Table, bindparam, delete, func, insert, select, text, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Float,
+    Table,
+    Text,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy import exc as sa_exc
 
 from iotpipe.errors import BatchRejected
@@ -468,25 +481,16 @@ class Store(ABC):
             return [(start + int(col) * width, int(n), float(avg), lo, hi) for col, n, avg, lo, hi in rows]
 
     def latest_readings(self, device_id: str) -> list[tuple[str, str | None, Micros, float]]:
-        """The newest reading of each metric of a device: (metric, unit, time, value), by metric."""
+        """The newest reading of each metric of a device: (metric, unit, time, value), by
+        metric. One statement: an index probe at the end of each series."""
+        statement = _LATEST.get(self.dialect, _LATEST["sqlite"])
         with self.engine.connect() as conn:
-            found = []
-            rows = conn.execute(
-                select(series.c.id, series.c.metric, series.c.unit)
-                .join(devices, devices.c.id == series.c.device_pk)
-                .where(devices.c.device_id == device_id)
-                .order_by(series.c.metric)
-            ).all()
-            for series_id, metric, unit in rows:
-                last = conn.execute(
-                    select(readings.c.time, readings.c.value)
-                    .where(readings.c.series_id == series_id)
-                    .order_by(readings.c.time.desc())
-                    .limit(1)
-                ).first()
-                if last is not None:
-                    found.append((metric, unit, last[0], last[1]))
-            return found
+            rows = conn.execute(statement, {"device": device_id})
+            return [(m, unit, at, value) for m, unit, at, value in rows if at is not None]
+
+    def series_id(self, device_id: str, metric: str) -> int | None:
+        with self.engine.connect() as conn:
+            return _series_id(conn, device_id, metric)
 
     def device_entries(
         self,
@@ -562,12 +566,28 @@ def _in_range(query: Any, start: Micros | None, end: Micros | None) -> Any:
     return query
 
 
+# Hot reads (every API request for a device makes one): plain SQL, compiled once.
+_SERIES_ID = text(
+    "SELECT s.id FROM series s JOIN devices d ON d.id = s.device_pk WHERE d.device_id = :device AND s.metric = :metric"
+)
+_LATEST = {
+    "sqlite": text(
+        "SELECT s.metric, s.unit, "
+        "(SELECT time FROM readings r WHERE r.series_id = s.id ORDER BY time DESC LIMIT 1) AS t, "
+        "(SELECT value FROM readings r WHERE r.series_id = s.id ORDER BY time DESC LIMIT 1) AS v "
+        "FROM series s JOIN devices d ON d.id = s.device_pk WHERE d.device_id = :device ORDER BY s.metric"
+    ).columns(metric=Text(), unit=Text(), t=UtcMicros(), v=Float()),
+    "postgresql": text(
+        "SELECT s.metric, s.unit, r.time, r.value FROM series s JOIN devices d ON d.id = s.device_pk "
+        "LEFT JOIN LATERAL (SELECT time, value FROM readings WHERE series_id = s.id ORDER BY time DESC LIMIT 1) r "
+        "ON true WHERE d.device_id = :device ORDER BY s.metric"
+    ).columns(metric=Text(), unit=Text(), time=UtcMicros(), value=Float()),
+}
+
+
 def _series_id(conn: Connection, device_id: str, metric: str) -> int | None:
-    return conn.scalar(
-        select(series.c.id)
-        .join(devices, devices.c.id == series.c.device_pk)
-        .where(devices.c.device_id == device_id, series.c.metric == metric)
-    )
+    found = conn.execute(_SERIES_ID, {"device": device_id, "metric": metric}).scalar()
+    return int(found) if found is not None else None
 
 
 def _series_ids(conn: Connection, device_id: str, metrics: list[str]) -> dict[int, str]:

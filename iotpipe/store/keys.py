@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import exists, func, insert, select, update
+from sqlalchemy import func, insert, select, text, update
 
 from iotpipe.model import Micros
 from iotpipe.store.base import Store
-from iotpipe.store.schema import api_keys
+from iotpipe.store.schema import JsonDocument, UtcMicros, api_keys
 
 
 def insert_key(
@@ -40,9 +40,16 @@ def insert_key(
         return int(inserted[0])
 
 
+# Every request with a key looks it up: plain SQL, compiled once.
+_BY_HASH = text(
+    "SELECT id, name, role, devices, expires_at, revoked_at FROM api_keys WHERE token_hash = :h"
+).columns(devices=JsonDocument(), expires_at=UtcMicros(), revoked_at=UtcMicros())
+_ANY = text("SELECT 1 FROM api_keys LIMIT 1")
+
+
 def key_by_hash(store: Store, token_hash: str) -> dict[str, Any] | None:
     with store.engine.connect() as conn:
-        row = conn.execute(select(api_keys).where(api_keys.c.token_hash == token_hash)).first()
+        row = conn.execute(_BY_HASH, {"h": token_hash}).first()
         return dict(row._mapping) if row is not None else None
 
 
@@ -54,7 +61,7 @@ def key_rows(store: Store) -> list[dict[str, Any]]:
 def any_key(store: Store) -> bool:
     """Whether a key was ever created (revoked and expired ones included)."""
     with store.engine.connect() as conn:
-        return bool(conn.scalar(select(exists().select_from(api_keys))))
+        return conn.execute(_ANY).first() is not None
 
 
 def count_keys(store: Store) -> int:
