@@ -3,10 +3,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Debian packages the tests and the production path need: real servers, no mocks
-# (promtool checks deploy/prometheus/; the dashboard is tested in Debian's Chromium,
+# Debian packages the tests, benchmarks and production path need: real servers, no mocks
+# (Prometheus scrapes /metrics in a test and promtool checks deploy/prometheus/; InfluxDB
+# 1.6 and wrk serve the API benchmark; the dashboard is tested in Debian's Chromium,
 # never in a browser build a test tool downloads).
-SYSTEM_PACKAGES := postgresql mosquitto openssl prometheus chromium
+SYSTEM_PACKAGES := postgresql mosquitto openssl prometheus influxdb wrk chromium
 # The dashboard's front-end packages (package-lock.json) and where their built files go,
 # beside our own (web/): a git-ignored folder the package declares as data, so a wheel
 # carries them.

@@ -20,6 +20,17 @@ FUTURE_TOLERANCE_SECONDS = 86_400.0  # readings may be up to a day ahead of rece
 WRITE_RETRY_MAX_BACKOFF = 30.0  # seconds between two tries, at most
 SHUTDOWN_GRACE = 30.0  # seconds a stopping writer keeps retrying before it gives up
 
+# -- the HTTP API ------------------------------------------------------------------------
+API_HOST = "127.0.0.1"  # loopback: nothing else reaches it unless told otherwise
+API_PORT = 8080
+API_MAX_BODY_BYTES = 16 * 1024 * 1024  # a request body as sent (gzip or not)
+API_MAX_DECOMPRESSED_BYTES = 64 * 1024 * 1024  # a gzip body once inflated
+API_RATE_LIMIT = 100.0  # requests per second per key, sustained
+API_RATE_BURST = 200  # requests back to back before the rate applies
+API_MAX_POINTS = 10_000  # points of one history response; past it: truncated + next
+API_PAGE_SIZE = 100  # entries per page of a list, by default
+API_MAX_PAGE_SIZE = 1000
+
 # -- the live feed (sinks/live.py, /api/v1/live) -----------------------------------------
 LIVE_MAX_PENDING = 20_000  # updates waiting for one client before it is closed as too slow
 LIVE_COALESCE_SECONDS = 0.25  # a client gets at most one update frame per this long

@@ -8,7 +8,7 @@ message, except a JSON array of plain objects, which gives one message per eleme
 from __future__ import annotations
 
 import gzip
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, cast
 
@@ -82,43 +82,61 @@ class FileSource:
             yield from self._lines(path, stream, fmt, received_at)
 
     def _lines(self, path: Path, stream: BinaryIO, fmt: str | None, received_at: int) -> Iterator[RawMessage]:
-        for number, line in enumerate(stream, 1):
-            body = line.strip()
-            if not body or body.startswith(b"#"):
-                continue
-            yield RawMessage(body, "file", f"{path}:{number}", received_at, fmt, self.device_id)
+        yield from line_messages(stream, "file", str(path), received_at, fmt, self.device_id)
 
     def _csv(self, path: Path, stream: BinaryIO, received_at: int) -> Iterator[RawMessage]:
-        lines = iter(enumerate(stream, 1))
-        header: tuple[str, ...] | None = None
-        for number, line in lines:
-            body = line.rstrip(b"\r\n")
-            if not body.strip():
-                continue
-            if header is None:
-                try:
-                    header = split_header(body)
-                except DecodeError:
-                    # Rows of a file without a usable header are still each accounted
-                    # for: the CSV decoder dead-letters a row whose header is empty.
-                    header = ()
-                continue
-            yield RawMessage(body, "file", f"{path}:{number}", received_at, "csv", self.device_id, header)
+        yield from csv_messages(stream, "file", str(path), received_at, self.device_id)
 
     def _document(
         self, path: Path, stream: BinaryIO, fmt: str | None, received_at: int
     ) -> Iterator[RawMessage]:
-        body = stream.read()
-        origin = str(path)
-        try:
-            doc = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            yield RawMessage(body, "file", origin, received_at, fmt, self.device_id)
-            return
-        if isinstance(doc, list) and doc and not any(isinstance(d, dict) and is_senml_record(d) for d in doc):
-            for index, element in enumerate(doc):
-                yield RawMessage(
-                    orjson.dumps(element), "file", f"{origin}[{index}]", received_at, fmt, self.device_id
-                )
-            return
-        yield RawMessage(body, "file", origin, received_at, fmt, self.device_id)
+        yield from document_messages(stream.read(), "file", str(path), received_at, fmt, self.device_id)
+
+
+# -- how a body becomes messages: files and HTTP requests alike ----------------------------
+def line_messages(
+    lines: Iterable[bytes], source: str, origin: str, received_at: int, fmt: str | None, device_id: str | None
+) -> Iterator[RawMessage]:
+    """One message per non-blank, non-comment line; its origin is `origin:line`."""
+    for number, line in enumerate(lines, 1):
+        body = line.strip()
+        if not body or body.startswith(b"#"):
+            continue
+        yield RawMessage(body, source, f"{origin}:{number}", received_at, fmt, device_id)
+
+
+def csv_messages(
+    lines: Iterable[bytes], source: str, origin: str, received_at: int, device_id: str | None
+) -> Iterator[RawMessage]:
+    """One message per data row, carrying the header's column names."""
+    header: tuple[str, ...] | None = None
+    for number, line in enumerate(lines, 1):
+        body = line.rstrip(b"\r\n")
+        if not body.strip():
+            continue
+        if header is None:
+            try:
+                header = split_header(body)
+            except DecodeError:
+                # Rows of a file without a usable header are still each accounted
+                # for: the CSV decoder dead-letters a row whose header is empty.
+                header = ()
+            continue
+        yield RawMessage(body, source, f"{origin}:{number}", received_at, "csv", device_id, header)
+
+
+def document_messages(
+    body: bytes, source: str, origin: str, received_at: int, fmt: str | None, device_id: str | None
+) -> Iterator[RawMessage]:
+    """A whole JSON document is one message, except an array of plain objects (not a
+    SenML pack), which is one message per element (`origin[index]`)."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        yield RawMessage(body, source, origin, received_at, fmt, device_id)
+        return
+    if isinstance(doc, list) and doc and not any(isinstance(d, dict) and is_senml_record(d) for d in doc):
+        for index, element in enumerate(doc):
+            yield RawMessage(orjson.dumps(element), source, f"{origin}[{index}]", received_at, fmt, device_id)
+        return
+    yield RawMessage(body, source, origin, received_at, fmt, device_id)
