@@ -239,6 +239,17 @@ class ApiSettings(BaseModel):
         limits.API_MAX_PAGE_SIZE, ge=1, description="largest page a client may ask for"
     )
     cors_origins: list[str] = Field(default_factory=list, description="origins allowed by CORS (none)")
+    live_max_pending: int = Field(
+        limits.LIVE_MAX_PENDING,
+        ge=10,
+        description="live feed: updates waiting for a client before it is closed",
+    )
+    live_coalesce_seconds: float = Field(
+        limits.LIVE_COALESCE_SECONDS,
+        ge=0,
+        le=10,
+        description="live feed: at most one update frame per this long",
+    )
 
 
 class Settings(BaseSettings):

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, insert, select, update
+from sqlalchemy import Connection, and_, delete, func, insert, select, update
 
 from iotpipe.analytics.outbox import enqueue
 from iotpipe.config import Settings
@@ -649,3 +649,28 @@ def _rule_view(row: Any) -> dict[str, Any]:
         "created_at": format_micros(row.created_at),
         "updated_at": format_micros(row.updated_at),
     }
+
+
+def alert_events_after(store: Store, after_id: int, limit: int) -> list[dict[str, Any]]:
+    """Alert events (opened, acknowledged, resolved) recorded after the one with id
+    `after_id`, oldest first, each with its alert as alert_rows shows it (the live feed)."""
+    with store.engine.connect() as conn:
+        events = conn.execute(
+            select(alert_events.c.id, alert_events.c.alert_id, alert_events.c.event, alert_events.c.at)
+            .where(alert_events.c.id > after_id)
+            .order_by(alert_events.c.id)
+            .limit(limit)
+        ).all()
+        if not events:
+            return []
+        views = {v["id"]: v for v in _alert_views(conn, alerts.c.id.in_({e.alert_id for e in events}))}
+    return [
+        {"id": e.id, "event": e.event, "at": format_micros(e.at), "alert": views[e.alert_id]}
+        for e in events
+        if e.alert_id in views
+    ]
+
+
+def last_alert_event_id(store: Store) -> int:
+    with store.engine.connect() as conn:
+        return int(conn.scalar(select(func.coalesce(func.max(alert_events.c.id), 0))) or 0)

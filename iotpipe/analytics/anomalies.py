@@ -212,22 +212,7 @@ def anomaly_rows(
 ) -> list[dict[str, Any]]:
     """Stored anomalies, oldest first (the newest `limit` of them when given, older than
     the (time, id) `before` when given: the next page back)."""
-    query = (
-        select(
-            anomalies.c.id,
-            devices.c.device_id,
-            series.c.metric,
-            anomalies.c.time,
-            anomalies.c.end_time,
-            anomalies.c.value,
-            anomalies.c.score,
-            anomalies.c.method,
-            anomalies.c.reason,
-        )
-        .join(series, series.c.id == anomalies.c.series_id)
-        .join(devices, devices.c.id == series.c.device_pk)
-        .order_by(anomalies.c.time.desc(), anomalies.c.id.desc())
-    )
+    query = _anomaly_select().order_by(anomalies.c.time.desc(), anomalies.c.id.desc())
     if device_id is not None:
         query = query.where(devices.c.device_id == device_id)
     if metric is not None:
@@ -249,3 +234,34 @@ def anomaly_rows(
         rows = [dict(row._mapping) for row in conn.execute(query)]
     rows.reverse()
     return rows
+
+
+def anomalies_after(store: Store, after_id: int, limit: int) -> list[dict[str, Any]]:
+    """Anomalies recorded after the one with id `after_id`, in the order they were
+    recorded (the live feed's cursor), as anomaly_rows gives them."""
+    query = _anomaly_select().where(anomalies.c.id > after_id).order_by(anomalies.c.id).limit(limit)
+    with store.engine.connect() as conn:
+        return [dict(row._mapping) for row in conn.execute(query)]
+
+
+def last_anomaly_id(store: Store) -> int:
+    with store.engine.connect() as conn:
+        return int(conn.scalar(select(func.coalesce(func.max(anomalies.c.id), 0))) or 0)
+
+
+def _anomaly_select() -> Any:
+    return (
+        select(
+            anomalies.c.id,
+            devices.c.device_id,
+            series.c.metric,
+            anomalies.c.time,
+            anomalies.c.end_time,
+            anomalies.c.value,
+            anomalies.c.score,
+            anomalies.c.method,
+            anomalies.c.reason,
+        )
+        .join(series, series.c.id == anomalies.c.series_id)
+        .join(devices, devices.c.id == series.c.device_pk)
+    )

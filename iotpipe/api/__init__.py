@@ -2,7 +2,8 @@
 
 `create_app(app)` builds the ASGI application: the query API under /api/v1, HTTP ingest
 (also InfluxDB's /api/v2/write and /write), ThingSpeak's endpoints, health and metrics,
-OpenAPI docs at /docs. Every error is an RFC 9457 problem (problems.py); a request
+OpenAPI docs at /docs, the live feed's WebSocket (live.py) and the web dashboard at /
+(dashboard.py, which also sets the Content-Security-Policy of every page). Every error is an RFC 9457 problem (problems.py); a request
 body is read within its size limit (body.py); every key has its rate (ratelimit.py).
 CORS is closed unless `[api] cors_origins` lists origins.
 """
@@ -20,7 +21,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from iotpipe import __version__
-from iotpipe.api import health, ingest, query, thingspeak
+from iotpipe.api import dashboard, health, ingest, live, query, thingspeak
 from iotpipe.api.problems import ApiProblem, problem
 from iotpipe.api.ratelimit import RateLimiter
 from iotpipe.app import App
@@ -43,8 +44,10 @@ def create_app(app: App) -> FastAPI:
     api.state.iotpipe = app
     config = app.settings.api
     api.state.rate_limiter = RateLimiter(config.rate_limit, config.rate_burst)
-    for router in (query.router, ingest.router, thingspeak.router, health.router):
+    for router in (query.router, ingest.router, thingspeak.router, health.router, live.router):
         api.include_router(router)
+    dashboard.mount(api)
+    app.live  # noqa: B018  made now, so the pipelines made from here on feed the live feed
     _add_error_handlers(api)
     if config.cors_origins:
         from starlette.middleware.cors import CORSMiddleware
@@ -56,6 +59,7 @@ def create_app(app: App) -> FastAPI:
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "Content-Encoding"],
         )
     api.add_middleware(RequestMetrics, app=app)
+    api.add_middleware(dashboard.SecurityHeaders, exempt=("/docs",))
     return api
 
 

@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # the heavy parts load on first use, so `iotpipe --help` stay
     from iotpipe.app.runner import RunOutcome
     from iotpipe.config import Settings
     from iotpipe.pipeline import Pipeline
+    from iotpipe.sinks.live import LiveClient, LiveHub
     from iotpipe.sinks.metrics import Telemetry
     from iotpipe.store import Store
 
@@ -93,6 +94,7 @@ class App:
         self._keys: KeyRing | None = None
         self._http_ingest: HttpIngest | None = None
         self._stats: Any = None
+        self._live: LiveHub | None = None
         # What the run loop is running, for health checks and metrics.
         self.running_pipeline: Pipeline | None = None
         self.running_sources: list[Any] = []
@@ -128,6 +130,17 @@ class App:
         return self._telemetry
 
     @property
+    def live(self) -> LiveHub:
+        """The live feed's hub, made when the API is (pipelines made after it feed it)."""
+        if self._live is None:
+            from iotpipe.app.live import make_hub
+            from iotpipe.sinks.live import LiveMetrics
+
+            self._live = make_hub(self.settings, self.store)
+            self.telemetry.registry.register(LiveMetrics(self._live))
+        return self._live
+
+    @property
     def keys(self) -> KeyRing:
         if self._keys is None:
             from iotpipe.app.access import KeyRing
@@ -145,6 +158,8 @@ class App:
         return self._http_ingest
 
     def close(self) -> None:
+        if self._live is not None:
+            self._live.stop()
         if self._http_ingest is not None:
             self._http_ingest.pipeline.close()
             self._http_ingest = None
@@ -167,7 +182,7 @@ class App:
         from iotpipe.pipeline import Pipeline
 
         config = wiring.pipeline_config(self.settings, **overrides)
-        observers = [*wiring.observers(self.settings, self.store), self.telemetry]
+        observers = [*wiring.observers(self.settings, self.store, self._live), self.telemetry]
         return Pipeline(self.store, config, observers=observers)
 
     # -- setup ------------------------------------------------------------------------------
@@ -806,6 +821,31 @@ class App:
         from iotpipe.app.observability import readiness
 
         return readiness(self)
+
+    # -- the live feed -----------------------------------------------------------------------
+    def live_subscribe(self, message: Any, wake: Callable[[], None]) -> LiveClient:
+        """A live-feed client for a `subscribe` message (SubscriptionError if it is not
+        one); `wake` is called from the hub's thread when the client has news."""
+        from iotpipe.app.live import Subscription
+
+        subscription = Subscription.parse(message)
+        hub = self.live
+        hub.start()
+        return hub.subscribe(subscription, wake)
+
+    def live_backfill(self, client: LiveClient) -> dict[str, Any]:
+        """The client's backfill frame; its held live updates are released after it, minus
+        the readings the backfill already holds (send the frame before taking updates)."""
+        from iotpipe import limits
+        from iotpipe.app.live import backfill
+
+        frame, newest = backfill(self.store, client.subscription, limits.LIVE_MAX_BACKFILL_READINGS)
+        client.release(newest)
+        return frame
+
+    def live_unsubscribe(self, client: LiveClient) -> None:
+        if self._live is not None:
+            self._live.unsubscribe(client)
 
     def metrics_exposition(self) -> bytes:
         """The Prometheus text exposition of this process's metrics."""

@@ -22,6 +22,7 @@ from iotpipe.errors import ConfigError
 from iotpipe.model import Micros
 from iotpipe.pipeline import PipelineConfig
 from iotpipe.sinks.base import CommitObserver
+from iotpipe.sinks.live import LiveHub
 from iotpipe.sinks.webhooks import webhooks_job
 from iotpipe.sources import thingspeak
 from iotpipe.sources.base import Source
@@ -46,9 +47,13 @@ def pipeline_config(settings: Settings, **overrides: Any) -> PipelineConfig:
     return replace(base, **overrides)
 
 
-def observers(settings: Settings, store: Store) -> list[CommitObserver]:
-    """What runs after each commit: the streaming anomaly detector (unless disabled)."""
-    return list(anomaly_observers(store, settings))
+def observers(settings: Settings, store: Store, live: LiveHub | None = None) -> list[CommitObserver]:
+    """What runs after each commit: the streaming anomaly detector (unless disabled), and
+    the live feed's hub when the API serves one (App.live)."""
+    found: list[CommitObserver] = list(anomaly_observers(store, settings))
+    if live is not None:
+        found.append(live)
+    return found
 
 
 def ack_window(sources: list[Source]) -> int | None:

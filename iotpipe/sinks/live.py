@@ -476,3 +476,40 @@ class LiveHub:
             )
         elif not client.holding:
             client.wake()
+
+
+class LiveMetrics:
+    """The hub's figures for /metrics (a prometheus_client collector): clients now,
+    clients dropped by reason and the updates they still had waiting."""
+
+    def __init__(self, hub: LiveHub) -> None:
+        self.hub = hub
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterable[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        yield GaugeMetricFamily(
+            "iotpipe_live_clients", "Clients subscribed to the live feed.", value=self.hub.clients
+        )
+        dropped = CounterMetricFamily(
+            "iotpipe_live_clients_dropped",
+            "Live-feed clients closed by the server: slow (did not read fast enough, close code "
+            "4429) or overload (the hub fell behind ingest, 1013).",
+            labels=["reason"],
+        )
+        for reason, count in sorted(self.hub.dropped.items()):
+            dropped.add_metric([reason], count)
+        yield dropped
+        yield CounterMetricFamily(
+            "iotpipe_live_updates_dropped",
+            "Updates that were waiting for the live-feed clients dropped.",
+            value=self.hub.updates_dropped,
+        )
+        yield CounterMetricFamily(
+            "iotpipe_live_readings",
+            "Committed readings the live feed fanned out to its clients.",
+            value=self.hub.readings_published,
+        )

@@ -11,7 +11,7 @@ import hashlib
 import sqlite3
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -448,6 +448,32 @@ class Store(ABC):
             query = query.limit(limit)
         with self.engine.connect() as conn:
             return [(t, v) for t, v in conn.execute(query)]
+
+    def series_names(self) -> dict[int, tuple[str, str]]:
+        """Every series: its id and (device_id, metric)."""
+        query = select(series.c.id, devices.c.device_id, series.c.metric).join(
+            devices, devices.c.id == series.c.device_pk
+        )
+        with self.engine.connect() as conn:
+            return {sid: (device_id, metric) for sid, device_id, metric in conn.execute(query)}
+
+    def readings_since(
+        self, series_ids: Sequence[int], start: Micros, limit: int
+    ) -> list[tuple[int, Micros, float]]:
+        """The newest `limit` readings of these series at or after `start`, as
+        (series_id, time, value), oldest first (the live feed's backfill)."""
+        if not series_ids:
+            return []
+        query = (
+            select(readings.c.series_id, readings.c.time, readings.c.value)
+            .where(readings.c.series_id.in_(list(series_ids)), readings.c.time >= start)
+            .order_by(readings.c.time.desc())
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            rows = [(sid, at, value) for sid, at, value in conn.execute(query)]
+        rows.reverse()
+        return rows
 
     def reading_count(self, device_id: str, metric: str, start: Micros, end: Micros) -> int:
         """How many readings one series holds in [start, end)."""
