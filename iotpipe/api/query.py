@@ -212,6 +212,15 @@ def dead_letters(request: Request, limit: Limit = 100, cursor: Cursor = None) ->
     return Json(_app(request).dead_letter_page(limit, cursor))
 
 
+@router.post("/dead-letters/replay", tags=["ingest"])
+def replay_dead_letters(
+    request: Request,
+    limit: Annotated[int | None, Query(ge=1, description="the oldest N dead letters; all by default")] = None,
+) -> Any:
+    """Re-run dead letters through the current decoders (admin); stored ones leave the queue."""
+    return Json(_app(request, "admin").replay_dead_letters(limit))
+
+
 @router.get("/keys", tags=["keys"])
 def list_keys(request: Request) -> Any:
     """API keys (admin): name, prefix, role, devices, status; never the token."""
