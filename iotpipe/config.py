@@ -244,6 +244,9 @@ class ApiSettings(BaseModel):
         ge=10,
         description="live feed: updates waiting for a client before it is closed",
     )
+    live_max_lag_seconds: float = Field(
+        limits.LIVE_MAX_LAG_SECONDS, gt=0, description="live feed: seconds updates may wait for a client"
+    )
     live_coalesce_seconds: float = Field(
         limits.LIVE_COALESCE_SECONDS,
         ge=0,

@@ -32,7 +32,9 @@ API_PAGE_SIZE = 100  # entries per page of a list, by default
 API_MAX_PAGE_SIZE = 1000
 
 # -- the live feed (sinks/live.py, /api/v1/live) -----------------------------------------
-LIVE_MAX_PENDING = 20_000  # updates waiting for one client before it is closed as too slow
+LIVE_MAX_PENDING = 100_000  # updates waiting for one client before it is closed as too slow
+LIVE_MAX_LAG_SECONDS = 10.0  # how long updates may wait for a client before it is closed as too slow
+LIVE_MAX_FRAME = 10_000  # readings in one update frame; more wait for the next
 LIVE_COALESCE_SECONDS = 0.25  # a client gets at most one update frame per this long
 LIVE_MAX_BACKLOG = 1_000_000  # readings committed but not yet fanned out, past which clients are closed
 LIVE_POLL_SECONDS = 1.0  # how often anomalies, alert changes and device statuses are polled

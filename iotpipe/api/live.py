@@ -67,7 +67,7 @@ async def live(websocket: WebSocket) -> None:
         loop.call_soon_threadsafe(woken)
 
     try:
-        client = app.live_subscribe(message, wake)
+        client = await run_in_threadpool(app.live_subscribe, message, wake)
     except SubscriptionError as exc:
         await _close(websocket, CLOSE_BAD_REQUEST, str(exc))
         return

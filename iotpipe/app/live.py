@@ -167,6 +167,7 @@ def make_hub(settings: Settings, store: Store) -> LiveHub:
     return LiveHub(
         sources=[AnomalySource(store), AlertSource(store), StatusSource(store, settings)],
         max_pending=config.live_max_pending,
+        max_lag=config.live_max_lag_seconds,
         max_backlog=limits.LIVE_MAX_BACKLOG,
         poll_interval=limits.LIVE_POLL_SECONDS,
     )

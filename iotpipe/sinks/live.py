@@ -11,9 +11,11 @@ queue):
   (`EventSource`s, made in app/wiring.py), only while a subscriber wants that kind.
 - Each subscriber (`LiveClient`) has a subscription (device and metric globs, event
   kinds) and one pending update that new matches are merged into (coalescing: readings
-  by series, device statuses by device, the newest winning). Its sender takes the whole
-  update at most every `coalesce` seconds. More than `max_pending` updates waiting means
-  the client cannot keep up: it is closed with CLOSE_SLOW and the drop is counted.
+  by series, device statuses by device, the newest winning). Its sender takes it at most
+  every `coalesce` seconds, `max_frame` readings per frame. A client cannot keep up when
+  it has left updates waiting for over `max_lag` seconds, or when more than
+  `max_pending` wait (the bound on its memory): it is closed with CLOSE_SLOW, and the
+  drop is counted. A batch larger than a frame does not make a reading client slow.
 - A subscription may ask for a backfill: the client holds live updates while its
   history is read, then `release()` drops the held readings the history already held,
   so history comes first, then live updates, each reading once.
@@ -190,6 +192,7 @@ class LiveClient:
         self._events: dict[tuple[str, Any], dict[str, Any]] = {}  # insertion-ordered
         self._event_seq = 0
         self.pending = 0
+        self.waiting_since: float | None = None  # monotonic time its oldest pending update came
         self.holding = holding  # True while its backfill is read: updates wait
         self.closed: Closed | None = None
         self.sent_updates = 0
@@ -222,8 +225,13 @@ class LiveClient:
                 columns[0].append(at // 1000)
                 columns[1].append(value)
                 added += 1
-            self.pending += added
+            self._pend(added)
         return added
+
+    def _pend(self, count: int) -> None:
+        if count and not self.pending:
+            self.waiting_since = time.monotonic()
+        self.pending += count
 
     def add_event(self, event: LiveEvent) -> bool:
         with self._lock:
@@ -238,7 +246,7 @@ class LiveClient:
                     del self._events[key]  # replaced by the newer one, moved to the end
                     self.pending -= 1
             self._events[key] = event.body
-            self.pending += 1
+            self._pend(1)
         return True
 
     def close(self, closed: Closed) -> bool:
@@ -250,6 +258,7 @@ class LiveClient:
             self._readings.clear()
             self._events.clear()
             self.pending = 0
+            self.waiting_since = None
         self.wake()
         return True
 
@@ -260,15 +269,19 @@ class LiveClient:
             log.debug("waking a live client failed", exc_info=True)
 
     # -- the sender's side ------------------------------------------------------------------
-    def take(self) -> dict[str, Any] | None:
-        """The pending update as one frame (and empty the queue); None if none or holding."""
+    def take(self, max_readings: int = limits.LIVE_MAX_FRAME) -> dict[str, Any] | None:
+        """The pending update as one frame, at most `max_readings` readings of it (the rest
+        stays for the next frame); None if nothing is pending, or while holding."""
         with self._lock:
             if self.holding or self.closed is not None or not self.pending:
                 return None
-            readings, events = self._readings, self._events
-            self._readings, self._events = {}, {}
-            count, self.pending = self.pending, 0
-        self.sent_updates += count
+            readings, left = self._take_readings(max_readings)
+            events, self._events = self._events, {}
+            taken = sum(len(times) for times, _ in readings.values()) + len(events)
+            self.pending -= taken
+            # Something taken is progress: the wait of what is left starts now.
+            self.waiting_since = time.monotonic() if self.pending else None
+        self.sent_updates += taken
         frame: dict[str, Any] = {"type": "update"}
         if readings:
             frame[READINGS] = [
@@ -277,7 +290,25 @@ class LiveClient:
             ]
         for (kind, _), body in events.items():
             frame.setdefault(kind, []).append(body)
+        if left:
+            self.wake()  # the rest goes in the next frame
         return frame
+
+    def _take_readings(self, limit: int) -> tuple[dict[SeriesKey, tuple[list[int], list[float]]], bool]:
+        """Up to `limit` pending readings, oldest series first; whether some are left."""
+        taken: dict[SeriesKey, tuple[list[int], list[float]]] = {}
+        room = limit
+        for key in list(self._readings):
+            times, values = self._readings[key]
+            if len(times) <= room:
+                taken[key] = self._readings.pop(key)
+                room -= len(times)
+            else:
+                if room:
+                    taken[key] = (times[:room], values[:room])
+                    del times[:room], values[:room]
+                return taken, True
+        return taken, False
 
     def release(self, backfilled: dict[SeriesKey, int]) -> None:
         """End the hold after the backfill was sent: drop held readings at or before the
@@ -294,6 +325,7 @@ class LiveClient:
                 else:
                     del self._readings[key]
             self.holding = False
+            self.waiting_since = time.monotonic() if self.pending else None
         self.wake()
 
 
@@ -306,11 +338,13 @@ class LiveHub:
         self,
         sources: Sequence[EventSource] = (),
         max_pending: int = limits.LIVE_MAX_PENDING,
+        max_lag: float = limits.LIVE_MAX_LAG_SECONDS,
         max_backlog: int = limits.LIVE_MAX_BACKLOG,
         poll_interval: float = limits.LIVE_POLL_SECONDS,
     ) -> None:
         self.sources = list(sources)
         self.max_pending = max_pending
+        self.max_lag = max_lag
         self.max_backlog = max_backlog
         self.poll_interval = poll_interval
         self._clients: set[LiveClient] = set()
@@ -323,7 +357,7 @@ class LiveHub:
         self._thread: threading.Thread | None = None
         self._polled: dict[str, bool] = {}  # kind -> its source has set its cursor
         self._last_poll = 0.0
-        self._poll_soon = False
+        self._poll_lock = threading.Lock()  # sources are polled by the hub's thread and by subscribe()
         # Counters for /metrics.
         self.dropped: dict[str, int] = {"slow": 0, "overload": 0}
         self.updates_dropped = 0
@@ -354,12 +388,18 @@ class LiveHub:
 
     # -- subscribers ------------------------------------------------------------------------
     def subscribe(self, subscription: Subscription, wake: Callable[[], None]) -> LiveClient:
-        """A new client; it holds live updates until `release()` if it asked for a backfill."""
+        """A new client; it holds live updates until `release()` if it asked for a backfill.
+        The event sources it wants have set their cursors when this returns, so whatever
+        happens from then on reaches it (this may query the database: call it off the
+        event loop)."""
         client = LiveClient(subscription, wake, holding=subscription.backfill_seconds > 0)
         with self._clients_lock:
             self._clients = self._clients | {client}  # copy on write: the observer reads it unlocked
-        self._poll_soon = True  # the sources it wants may need their first poll
-        self._work.set()
+        with self._poll_lock:
+            for source in self.sources:
+                if source.kind in subscription.kinds and not self._polled.get(source.kind):
+                    self.publish(source.poll())  # a first poll: it sets the cursor
+                    self._polled[source.kind] = True
         return client
 
     def unsubscribe(self, client: LiveClient) -> None:
@@ -408,7 +448,8 @@ class LiveHub:
             self._work.clear()
             try:
                 self.drain()
-                if self._poll_soon or time.monotonic() - self._last_poll >= self.poll_interval:
+                self.check_lag()
+                if time.monotonic() - self._last_poll >= self.poll_interval:
                     self.poll()
             except Exception:  # the feed must outlive a bad poll (e.g. the database is down)
                 log.exception("live feed: fan-out failed; carrying on")
@@ -443,19 +484,19 @@ class LiveHub:
     def poll(self) -> None:
         """Ask each event source wanted by some client for news, and hand it out."""
         self._last_poll = time.monotonic()
-        self._poll_soon = False
-        clients = list(self._clients)
-        for source in self.sources:
-            wanted = [c for c in clients if source.kind in c.subscription.kinds]
-            if not wanted:
-                if self._polled.pop(source.kind, False):
-                    source.reset()
-                continue
-            events = source.poll()
-            self._polled[source.kind] = True
-            for client in wanted:
-                if sum(client.add_event(event) for event in events):
-                    self._settle(client)
+        with self._poll_lock:
+            clients = list(self._clients)
+            for source in self.sources:
+                wanted = [c for c in clients if source.kind in c.subscription.kinds]
+                if not wanted:
+                    if self._polled.pop(source.kind, False):
+                        source.reset()
+                    continue
+                events = source.poll()
+                self._polled[source.kind] = True
+                for client in wanted:
+                    if sum(client.add_event(event) for event in events):
+                        self._settle(client)
 
     def publish(self, events: Iterable[LiveEvent]) -> None:
         """Hand events to the clients now (what a poll does; also for callers that know first)."""
@@ -466,16 +507,19 @@ class LiveHub:
     def _settle(self, client: LiveClient) -> None:
         """After adding to a client: close it if it fell too far behind, else wake it."""
         if client.pending > self.max_pending:
-            self._drop(
-                client,
-                Closed(
-                    CLOSE_SLOW,
-                    f"too slow: more than {self.max_pending} updates waiting; read faster or subscribe to less",
-                ),
-                "slow",
-            )
+            reason = f"too slow: over {self.max_pending} updates waiting; read faster or subscribe to less"
+            self._drop(client, Closed(CLOSE_SLOW, reason), "slow")
         elif not client.holding:
             client.wake()
+
+    def check_lag(self, now: float | None = None) -> None:
+        """Close the clients that left updates untaken for over `max_lag` seconds."""
+        now = time.monotonic() if now is None else now
+        for client in list(self._clients):
+            since = client.waiting_since
+            if since is not None and not client.holding and now - since > self.max_lag:
+                reason = f"too slow: updates waited over {self.max_lag:g} s; read faster or subscribe to less"
+                self._drop(client, Closed(CLOSE_SLOW, reason), "slow")
 
 
 class LiveMetrics:

@@ -167,13 +167,45 @@ def test_a_client_too_far_behind_is_closed_with_the_slow_code_and_counted() -> N
         assert reader.take() is not None  # this one keeps up
     assert slow.closed is not None
     assert slow.closed.code == CLOSE_SLOW
-    assert "more than 10 updates waiting" in slow.closed.reason
+    assert "over 10 updates waiting" in slow.closed.reason
     assert hub.dropped["slow"] == 1
     assert hub.updates_dropped == 12
     assert slow.pending == 0 and slow.take() is None  # what it held is released
     assert hub.clients == 1 and reader.closed is None
     committed(hub, ("pump-1", [("temperature", 99 * MS, 1.0)]))
     assert slow.pending == 0
+
+
+def test_a_client_that_leaves_updates_waiting_too_long_is_closed_as_slow() -> None:
+    hub = LiveHub(max_lag=10.0)
+    stuck, reader = subscribe(hub), subscribe(hub)
+    committed(hub, ("pump-1", [("temperature", MS, 1.0)]))
+    assert stuck.waiting_since is not None
+    assert reader.take() is not None and reader.waiting_since is None
+    hub.check_lag(now=stuck.waiting_since + 9.0)
+    assert stuck.closed is None  # not yet
+    hub.check_lag(now=stuck.waiting_since + 10.5)
+    assert stuck.closed is not None and stuck.closed.code == CLOSE_SLOW
+    assert "waited over 10 s" in stuck.closed.reason
+    assert reader.closed is None
+    assert hub.dropped["slow"] == 1
+
+
+def test_a_batch_larger_than_a_frame_is_sent_over_several_frames() -> None:
+    hub = LiveHub(max_pending=100_000)
+    woken: list[int] = []
+    client = hub.subscribe(Subscription(), lambda: woken.append(1))
+    committed(
+        hub,
+        ("pump-1", [("temperature", t * MS, float(t)) for t in range(25_000)]),
+        ("pump-2", [("temperature", t * MS, float(t)) for t in range(5_000)]),
+    )
+    sizes = []
+    while (frame := client.take(max_readings=10_000)) is not None:
+        sizes.append(sum(len(series["times"]) for series in frame["readings"]))
+    assert sizes == [10_000, 10_000, 10_000]
+    assert client.closed is None and client.pending == 0
+    assert len(woken) >= 3  # each partial take wakes the sender for the rest
 
 
 def test_a_backlog_the_hub_cannot_fan_out_closes_every_client_not_ingest() -> None:
@@ -265,16 +297,30 @@ def test_event_sources_are_polled_only_while_a_client_wants_their_kind() -> None
     hub.poll()
     assert anomalies.polls == alerts.polls == 0
     client = subscribe(hub, devices=["pump-*"], events=["alerts"])
+    assert alerts.polls == 1  # its first poll, which sets its cursor, is done on subscribing
     alerts.news = [
         LiveEvent("alerts", "pump-1", "pressure", {"alert_id": 1, "event": "opened"}),
         LiveEvent("alerts", "meter-1", None, {"alert_id": 2, "event": "opened"}),
     ]
     hub.poll()
-    assert anomalies.polls == 0 and alerts.polls == 1
+    assert anomalies.polls == 0 and alerts.polls == 2
     assert client.take() == {"type": "update", "alerts": [{"alert_id": 1, "event": "opened"}]}
+    subscribe(hub, events=["alerts"])
+    assert alerts.polls == 2  # already started: a second client does not restart it
     hub.unsubscribe(client)
     hub.poll()
-    assert alerts.resets == 1  # nobody listens: its next first poll starts from then
+    assert alerts.resets == 0  # the second client still listens
+
+
+def test_a_kind_nobody_listens_to_is_reset_so_a_new_client_gets_only_news() -> None:
+    alerts = FakeSource("alerts")
+    hub = LiveHub(sources=[alerts])
+    client = subscribe(hub, events=["alerts"])
+    hub.unsubscribe(client)
+    hub.poll()
+    assert alerts.resets == 1
+    subscribe(hub, events=["alerts"])
+    assert alerts.polls == 2  # started again from then
 
 
 def test_hub_thread_delivers_readings_and_wakes_the_client() -> None:
