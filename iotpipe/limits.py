@@ -34,6 +34,7 @@ API_MAX_PAGE_SIZE = 1000
 # -- the live feed (sinks/live.py, /api/v1/live) -----------------------------------------
 LIVE_MAX_PENDING = 100_000  # updates waiting for one client before it is closed as too slow
 LIVE_MAX_LAG_SECONDS = 10.0  # how long updates may wait for a client before it is closed as too slow
+LIVE_SEND_BUFFER_BYTES = 128 * 1024  # kernel send buffer of a WebSocket (Linux doubles it)
 LIVE_MAX_FRAME = 10_000  # readings in one update frame; more wait for the next
 LIVE_COALESCE_SECONDS = 0.25  # a client gets at most one update frame per this long
 LIVE_MAX_BACKLOG = 1_000_000  # readings committed but not yet fanned out, past which clients are closed

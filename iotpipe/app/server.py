@@ -12,6 +12,7 @@ every command that serves nothing.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import ipaddress
 import logging
@@ -20,6 +21,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from iotpipe import limits
 from iotpipe.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -74,6 +76,7 @@ class ApiServer:
             lifespan="off",
             server_header=False,
             proxy_headers=False,
+            ws=_websocket_protocol(),
         )
         self.server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
@@ -119,3 +122,23 @@ def _bind(host: str, port: int) -> Any:
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
+
+
+def _websocket_protocol() -> Any:
+    """uvicorn's WebSocket protocol, with a small kernel send buffer per connection.
+
+    A live-feed client that stops reading is noticed when our sends start to wait; the
+    kernel's autotuned send buffer (up to net.ipv4.tcp_wmem's 4 MB) would first swallow
+    megabytes and hide it for minutes. A fixed buffer also stops autotuning, which bounds
+    what each such client costs; 256 KB still fills a LAN link at any dashboard's rate."""
+    from uvicorn.protocols.websockets.auto import AutoWebSocketsProtocol
+
+    class BoundedSendBuffer(AutoWebSocketsProtocol):  # type: ignore[misc,valid-type]
+        def connection_made(self, transport: Any) -> None:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, limits.LIVE_SEND_BUFFER_BYTES)
+            super().connection_made(transport)
+
+    return BoundedSendBuffer
