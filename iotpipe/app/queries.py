@@ -96,12 +96,12 @@ def list_devices(
     type: str | None = None,
     q: str | None = None,
     sort: str = "device_id",
-    limit: int = 100,
+    limit: int | None = None,
     cursor: str | None = None,
 ) -> dict[str, Any]:
     from iotpipe.analytics.fleet import STATUSES
 
-    check_limit(limit, app.settings.api.max_page_size)
+    limit = check_limit(limit, app.settings.api.page_size, app.settings.api.max_page_size)
     if status is not None and status not in STATUSES:
         raise IotpipeError(f"unknown status {status!r}; choose one of: {', '.join(STATUSES)}")
     field = sort.removeprefix("-")
