@@ -51,7 +51,7 @@ ROLLUP_TIERS = ("1w", "1d", "1h")  # coarsest first
 AGGREGATES = ("avg", "min", "max", "sum", "count")
 DEVICE_SORTS = ("device_id", "last_seen", "quality", "battery", "status")
 DEFAULT_RANGE = MICROS_PER_DAY
-STATS_TTL = 1.0  # seconds the stats view is reused: many dashboards, one computation
+STATS_TTL = 2.0  # seconds the stats view is reused: many dashboards, one computation
 
 
 def ms(t: Micros) -> int:
