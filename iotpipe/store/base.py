@@ -450,7 +450,9 @@ class Store(ABC):
             series_id = _series_id(conn, device_id, metric)
             if series_id is None:
                 return 0
-            return int(conn.execute(_COUNT_IN_RANGE, {"s": series_id, "start": start, "end": end}).scalar() or 0)
+            return int(
+                conn.execute(_COUNT_IN_RANGE, {"s": series_id, "start": start, "end": end}).scalar() or 0
+            )
 
     def reading_buckets(
         self, device_id: str, metric: str, start: Micros, end: Micros, width: Micros
