@@ -263,7 +263,7 @@ def latency(
         load_seconds = time.perf_counter() - started
         settings = Settings(database_url=url)
         jobs: dict[str, float] = {}
-        for name in ("rollups", "quality", "health"):
+        for name in ("rollups", "health"):
             started = time.perf_counter()
             run_job(find_job(name), store, settings)
             jobs[name] = round(time.perf_counter() - started, 1)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from iotpipe.config import AnalyticsSettings
 from iotpipe.model import MICROS_PER_SECOND, Micros
@@ -25,7 +25,6 @@ from iotpipe.store.schema import (
     dirty_hours,
     job_state,
     rollup_queue,
-    rollups,
     series,
 )
 
@@ -101,13 +100,18 @@ def open_alerts_by_severity(store: Store) -> dict[str, int]:
         return {severity: int(count) for severity, count in rows}
 
 
+# Per series, an index range over its weekly buckets (the key starts with series_id; a
+# filter on bucket alone would read every rollup of every width).
+_ROLLED_UP = text(
+    "SELECT coalesce(sum((SELECT sum(r.count) FROM rollups r WHERE r.series_id = s.id AND r.bucket = '1w')), 0) "
+    "FROM series s"
+)
+
+
 def rolled_up_readings(store: Store) -> int:
     """Readings counted by the weekly rollups: every reading as of the last rollup run."""
     with store.engine.connect() as conn:
-        return int(
-            conn.scalar(select(func.coalesce(func.sum(rollups.c.count), 0)).where(rollups.c.bucket == "1w"))
-            or 0
-        )
+        return int(conn.execute(_ROLLED_UP).scalar() or 0)
 
 
 def rollup_backlog(store: Store) -> tuple[int, Micros | None]:

@@ -340,6 +340,34 @@ def series_buckets(
         return [_bucket(row._mapping) for row in rows]
 
 
+# The columns a chart needs, straight from the driver: a year of daily buckets is read at
+# every refresh of every chart, so no row objects are made for it.
+_CHART_COLUMNS = {
+    "sqlite": (
+        "SELECT bucket_start / 1000, count, mean, min, max FROM rollups "
+        "WHERE series_id = ? AND bucket = ? AND bucket_start >= ? AND bucket_start < ? ORDER BY bucket_start"
+    ),
+    "postgresql": (
+        "SELECT (extract(epoch FROM bucket_start) * 1000)::bigint, count, mean, min, max FROM rollups "
+        "WHERE series_id = %s AND bucket = %s AND bucket_start >= to_timestamp(%s / 1e6) "
+        "AND bucket_start < to_timestamp(%s / 1e6) ORDER BY bucket_start"
+    ),
+}
+
+
+def chart_columns(
+    store: Store, series_id: int, bucket: str, start: Micros, end: Micros
+) -> tuple[list[int], list[int], list[float], list[float], list[float]]:
+    """(bucket starts in epoch ms, counts, means, mins, maxes) of [start, end), oldest first."""
+    statement = _CHART_COLUMNS["postgresql" if store.dialect == "postgresql" else "sqlite"]
+    with store.engine.connect() as conn:
+        rows = conn.exec_driver_sql(statement, (series_id, bucket, start, end)).fetchall()
+    if not rows:
+        return [], [], [], [], []
+    times, counts, means, lows, highs = (list(column) for column in zip(*rows, strict=True))
+    return times, counts, means, lows, highs
+
+
 def _bucket(row: Any) -> RollupBucket:
     count = row["count"]
     return RollupBucket(

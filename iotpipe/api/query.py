@@ -16,7 +16,9 @@ from iotpipe.errors import IotpipeError
 
 router = APIRouter(prefix="/api/v1")
 
-Limit = Annotated[int, Query(ge=1, le=1000, description="entries per page")]
+Limit = Annotated[
+    int | None, Query(ge=1, le=1000, description="entries per page ([api] page_size by default)")
+]
 Cursor = Annotated[str | None, Query(description="the `next` of the previous page")]
 Start = Annotated[str | None, Query(description="from this time, inclusive: ISO 8601 or epoch ms")]
 End = Annotated[str | None, Query(description="to this time, exclusive: ISO 8601 or epoch ms")]
@@ -41,7 +43,7 @@ def list_devices(
     sort: Annotated[
         str, Query(description="device_id, last_seen, quality, battery or status; -name for descending")
     ] = "device_id",
-    limit: Limit = 100,
+    limit: Limit = None,
     cursor: Cursor = None,
 ) -> Any:
     """Devices with status, last seen, battery, quality score and metrics."""
@@ -96,7 +98,7 @@ def trends(
     metric: Annotated[str, Query(description="the metric")],
     start: Start = None,
     end: End = None,
-    limit: Limit = 100,
+    limit: Limit = None,
     cursor: Cursor = None,
 ) -> Any:
     """Daily mean, day-over-day change and 7-day moving average, per UTC day."""
@@ -113,7 +115,7 @@ def anomalies(
     method: Annotated[str | None, Query(description="zscore or streaming")] = None,
     start: Start = None,
     end: End = None,
-    limit: Limit = 100,
+    limit: Limit = None,
     cursor: Cursor = None,
 ) -> Any:
     """Anomalies, newest first."""
@@ -127,7 +129,7 @@ def quality(
     request: Request,
     days: Annotated[int, Query(ge=1, le=36_500, description="the last N UTC days")] = 7,
     device_id: str | None = None,
-    limit: Limit = 100,
+    limit: Limit = None,
     cursor: Cursor = None,
 ) -> Any:
     """Data quality per device (and per day): readings, expected, missing, invalid,
@@ -141,7 +143,7 @@ def alerts(
     status: Annotated[str | None, Query(description="open, acknowledged or resolved")] = None,
     severity: Annotated[str | None, Query(description="critical, major, minor or warning")] = None,
     device_id: str | None = None,
-    limit: Limit = 100,
+    limit: Limit = None,
     cursor: Cursor = None,
 ) -> Any:
     """Alerts, newest first."""
@@ -155,7 +157,7 @@ def acknowledge(request: Request, alert_id: int) -> Any:
 
 
 @router.get("/alert-rules", response_model=models.Page, tags=["alerts"])
-def alert_rules(request: Request, limit: Limit = 100, cursor: Cursor = None) -> Any:
+def alert_rules(request: Request, limit: Limit = None, cursor: Cursor = None) -> Any:
     """Every rule: from the config file, from the API, and the built-in conditions."""
     return Json(_app(request).alert_rules(limit, cursor))
 
@@ -207,7 +209,7 @@ def stats(request: Request) -> Any:
 
 
 @router.get("/dead-letters", response_model=models.Page, tags=["ingest"])
-def dead_letters(request: Request, limit: Limit = 100, cursor: Cursor = None) -> Any:
+def dead_letters(request: Request, limit: Limit = None, cursor: Cursor = None) -> Any:
     """Messages that could not be stored, oldest first, with the reason and the payload."""
     return Json(_app(request).dead_letter_page(limit, cursor))
 

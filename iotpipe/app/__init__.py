@@ -625,12 +625,12 @@ class App:
         metric: str,
         start: Micros | None = None,
         end: Micros | None = None,
-        limit: int = 100,
+        limit: int | None = None,
         cursor: str | None = None,
     ) -> dict[str, Any]:
         from iotpipe.app.paging import check_limit, page_sorted
 
-        check_limit(limit, self.settings.api.max_page_size)
+        limit = check_limit(limit, self.settings.api.page_size, self.settings.api.max_page_size)
         days = self.trends(device_id, metric, start, end)
         items, following = page_sorted(days, lambda d: [d["day"]], limit, cursor, "trends")
         return {"device_id": device_id, "metric": metric, "items": items, "next": following}
@@ -642,14 +642,14 @@ class App:
         method: str | None = None,
         start: Micros | None = None,
         end: Micros | None = None,
-        limit: int = 100,
+        limit: int | None = None,
         cursor: str | None = None,
     ) -> dict[str, Any]:
         """Anomalies, newest first, a page at a time."""
         from iotpipe.analytics.anomalies import METHODS, anomaly_rows
         from iotpipe.app.paging import check_limit, decode_cursor, encode_cursor
 
-        check_limit(limit, self.settings.api.max_page_size)
+        limit = check_limit(limit, self.settings.api.page_size, self.settings.api.max_page_size)
         if method is not None and method not in METHODS:
             raise IotpipeError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
         position = decode_cursor(cursor, "anomalies")
@@ -666,11 +666,11 @@ class App:
         return {"items": [_anomaly_view(r) for r in rows], "next": following}
 
     def quality_page(
-        self, days: int = 7, device_id: str | None = None, limit: int = 100, cursor: str | None = None
+        self, days: int = 7, device_id: str | None = None, limit: int | None = None, cursor: str | None = None
     ) -> dict[str, Any]:
         from iotpipe.app.paging import check_limit, page_sorted
 
-        check_limit(limit, self.settings.api.max_page_size)
+        limit = check_limit(limit, self.settings.api.page_size, self.settings.api.max_page_size)
         report = self.quality_report(days, device_id)
         items, following = page_sorted(
             report["devices"], lambda d: [d["device_id"]], limit, cursor, "quality"
@@ -687,14 +687,14 @@ class App:
         status: str | None = None,
         severity: str | None = None,
         device_id: str | None = None,
-        limit: int = 100,
+        limit: int | None = None,
         cursor: str | None = None,
     ) -> dict[str, Any]:
         """Alerts, newest first, a page at a time."""
         from iotpipe.analytics.alerts import alert_rows
         from iotpipe.app.paging import check_limit, decode_cursor, encode_cursor
 
-        check_limit(limit, self.settings.api.max_page_size)
+        limit = check_limit(limit, self.settings.api.page_size, self.settings.api.max_page_size)
         position = decode_cursor(cursor, "alerts")
         before = int(position["id"]) if position else None
         rows = alert_rows(self.store, status, limit + 1, before, severity, device_id)
@@ -702,11 +702,11 @@ class App:
         rows = rows[:limit]
         return {"items": rows, "next": encode_cursor({"k": "alerts", "id": rows[-1]["id"]}) if more else None}
 
-    def alert_rules(self, limit: int = 100, cursor: str | None = None) -> dict[str, Any]:
+    def alert_rules(self, limit: int | None = None, cursor: str | None = None) -> dict[str, Any]:
         from iotpipe.analytics.alerts import rule_views
         from iotpipe.app.paging import check_limit, page_sorted
 
-        check_limit(limit, self.settings.api.max_page_size)
+        limit = check_limit(limit, self.settings.api.page_size, self.settings.api.max_page_size)
         items, following = page_sorted(rule_views(self.store), lambda r: [r["id"]], limit, cursor, "rules")
         return {"items": items, "next": following}
 
@@ -735,11 +735,11 @@ class App:
 
         return delete_rule(self.store, rule_id, now_micros())
 
-    def dead_letter_page(self, limit: int = 100, cursor: str | None = None) -> dict[str, Any]:
+    def dead_letter_page(self, limit: int | None = None, cursor: str | None = None) -> dict[str, Any]:
         """Dead letters, oldest first, a page at a time, with each one's reason."""
         from iotpipe.app.paging import check_limit, decode_cursor, encode_cursor
 
-        check_limit(limit, self.settings.api.max_page_size)
+        limit = check_limit(limit, self.settings.api.page_size, self.settings.api.max_page_size)
         position = decode_cursor(cursor, "dead-letters")
         rows = self.store.dead_letter_rows(limit=limit + 1, after_id=int(position["id"]) if position else 0)
         more = len(rows) > limit

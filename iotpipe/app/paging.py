@@ -43,7 +43,10 @@ def decode_cursor(cursor: str | None, kind: str) -> dict[str, Any] | None:
     return position
 
 
-def check_limit(limit: int, largest: int) -> int:
+def check_limit(limit: int | None, default: int, largest: int) -> int:
+    """The page size asked for (`default` when none), within 1..largest."""
+    if limit is None:
+        return min(default, largest)
     if not 1 <= limit <= largest:
         raise IotpipeError(f"limit must be between 1 and {largest}, got {limit}")
     return limit

@@ -51,7 +51,7 @@ ROLLUP_TIERS = ("1w", "1d", "1h")  # coarsest first
 AGGREGATES = ("avg", "min", "max", "sum", "count")
 DEVICE_SORTS = ("device_id", "last_seen", "quality", "battery", "status")
 DEFAULT_RANGE = MICROS_PER_DAY
-STATS_TTL = 1.0  # seconds the stats view is reused: many dashboards, one computation
+STATS_TTL = 2.0  # seconds the stats view is reused: many dashboards, one computation
 
 
 def ms(t: Micros) -> int:
@@ -96,12 +96,12 @@ def list_devices(
     type: str | None = None,
     q: str | None = None,
     sort: str = "device_id",
-    limit: int = 100,
+    limit: int | None = None,
     cursor: str | None = None,
 ) -> dict[str, Any]:
     from iotpipe.analytics.fleet import STATUSES
 
-    check_limit(limit, app.settings.api.max_page_size)
+    limit = check_limit(limit, app.settings.api.page_size, app.settings.api.max_page_size)
     if status is not None and status not in STATUSES:
         raise IotpipeError(f"unknown status {status!r}; choose one of: {', '.join(STATUSES)}")
     field = sort.removeprefix("-")
@@ -256,33 +256,47 @@ def _empty() -> dict[str, list[Any]]:
 def _from_rollups(
     app: App, series_id: int, tier: str, start: Micros, end: Micros, width: int | None, limit: int
 ) -> tuple[dict[str, list[Any]], Micros | None, bool]:
-    from iotpipe.analytics.rollups import series_buckets
+    from iotpipe.analytics.rollups import chart_columns
 
-    rows = series_buckets(app.store, series_id, tier, start, end)
-    columns = _empty()
-    if width is not None and len(rows) > width:
-        step = math.ceil((end - start) / width)
-        merged: dict[int, list[float]] = {}
-        for b in rows:
-            column = (b.bucket_start - start) // step
-            acc = merged.get(column)
-            if acc is None:
-                merged[column] = [b.count, b.avg * b.count, b.min, b.max]
-            else:
-                acc[0] += b.count
-                acc[1] += b.avg * b.count
-                acc[2] = min(acc[2], b.min)
-                acc[3] = max(acc[3], b.max)
-        for column, (count, total, low, high) in merged.items():
-            _append(columns, start + column * step, int(count), total / count, low, high)
-        return columns, None, True
+    times, counts, means, lows, highs = chart_columns(app.store, series_id, tier, start, end)
+    if width is not None and len(times) > width:
+        return _merged(times, counts, means, lows, highs, start, end, width), None, True
     next_start = None
-    if len(rows) > limit:
-        next_start = rows[limit].bucket_start
-        rows = rows[:limit]
-    for b in rows:
-        _append(columns, b.bucket_start, b.count, b.avg, b.min, b.max)
-    return columns, next_start, False
+    if len(times) > limit:
+        next_start = times[limit] * 1000
+        times, counts, means = times[:limit], counts[:limit], means[:limit]
+        lows, highs = lows[:limit], highs[:limit]
+    return {"times": times, "avg": means, "min": lows, "max": highs, "count": counts}, next_start, False
+
+
+def _merged(
+    times: list[int],
+    counts: list[int],
+    means: list[float],
+    lows: list[float],
+    highs: list[float],
+    start: Micros,
+    end: Micros,
+    width: int,
+) -> dict[str, list[Any]]:
+    """Buckets merged into `width` columns over [start, end): counts add, means weigh by
+    count, min of mins, max of maxes."""
+    step = math.ceil((end - start) / width)
+    merged: dict[int, list[float]] = {}
+    for at, count, mean, low, high in zip(times, counts, means, lows, highs, strict=True):
+        column = (at * 1000 - start) // step
+        acc = merged.get(column)
+        if acc is None:
+            merged[column] = [float(count), mean * count, low, high]
+        else:
+            acc[0] += count
+            acc[1] += mean * count
+            acc[2] = min(acc[2], low)
+            acc[3] = max(acc[3], high)
+    columns = _empty()
+    for column, (n, total, low, high) in merged.items():
+        _append(columns, start + column * step, int(n), total / n, low, high)
+    return columns
 
 
 def _from_buckets(

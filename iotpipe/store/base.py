@@ -481,12 +481,9 @@ class Store(ABC):
             series_id = _series_id(conn, device_id, metric)
             if series_id is None:
                 return 0
-            query = _in_range(
-                select(func.count()).select_from(readings).where(readings.c.series_id == series_id),
-                start,
-                end,
+            return int(
+                conn.execute(_COUNT_IN_RANGE, {"s": series_id, "start": start, "end": end}).scalar() or 0
             )
-            return int(conn.scalar(query) or 0)
 
     def reading_buckets(
         self, device_id: str, metric: str, start: Micros, end: Micros, width: Micros
@@ -614,6 +611,11 @@ _LATEST = {
         "ON true WHERE d.device_id = :device ORDER BY s.metric"
     ).columns(metric=Text(), unit=Text(), time=UtcMicros(), value=Float()),
 }
+
+
+_COUNT_IN_RANGE = text(
+    "SELECT count(*) FROM readings WHERE series_id = :s AND time >= :start AND time < :end"
+).bindparams(bindparam("start", type_=UtcMicros()), bindparam("end", type_=UtcMicros()))
 
 
 def _series_id(conn: Connection, device_id: str, metric: str) -> int | None:
