@@ -51,18 +51,7 @@ def list_devices(
     return Json(app.devices(status=status, type=type, q=q, sort=sort, limit=limit, cursor=cursor))
 
 
-@router.get("/devices/{device_id}", response_model=models.Device, tags=["devices"])
-def get_device(request: Request, device_id: str) -> Any:
-    return Json(_app(request).device(device_id))
-
-
-@router.get("/devices/{device_id}/latest", response_model=models.Latest, tags=["devices"])
-def latest(request: Request, device_id: str) -> Any:
-    """The newest reading of each metric of the device."""
-    return Json(_app(request).latest(device_id))
-
-
-@router.get("/devices/{device_id}/series/{metric}", response_model=models.Series, tags=["history"])
+@router.get("/devices/{device_id:path}/series/{metric:path}", response_model=models.Series, tags=["history"])
 def series(
     request: Request,
     device_id: str,
@@ -91,7 +80,7 @@ def series(
     )
 
 
-@router.get("/devices/{device_id}/trends", response_model=models.Page, tags=["history"])
+@router.get("/devices/{device_id:path}/trends", response_model=models.Page, tags=["history"])
 def trends(
     request: Request,
     device_id: str,
@@ -105,6 +94,20 @@ def trends(
     app = _app(request)
     first, last = _times(start, end)
     return Json(app.trend_page(device_id, metric, first, last, limit, cursor))
+
+
+@router.get("/devices/{device_id:path}/latest", response_model=models.Latest, tags=["devices"])
+def latest(request: Request, device_id: str) -> Any:
+    """The newest reading of each metric of the device."""
+    return Json(_app(request).latest(device_id))
+
+
+# Device ids and metric names may hold "/" (devices name themselves): the routes take
+# paths, most specific first (series, trends, latest), and this one, which would match
+# every other's path too, last.
+@router.get("/devices/{device_id:path}", response_model=models.Device, tags=["devices"])
+def get_device(request: Request, device_id: str) -> Any:
+    return Json(_app(request).device(device_id))
 
 
 @router.get("/anomalies", response_model=models.Page, tags=["analytics"])
