@@ -73,3 +73,25 @@ def fill(app: App, days: int = 3, seed: int = 11, extra_devices: tuple[str, ...]
     pipeline.close()
     app.run_jobs("all")
     return Fleet(devices, ("battery", "pressure", "temperature"), DEVICES[0], spike, start, end)
+
+
+def fill_year(app: App, device_id: str = "year-1", days: int = 365, step_seconds: int = 3600) -> int:
+    """A year of hourly temperature and humidity for one device, rolled up; its readings."""
+    end = now_micros() // HOUR * HOUR
+    step = step_seconds * MICROS_PER_SECOND
+    pipeline = app.pipeline(batch_size=20_000)
+    count = 0
+    for at in range(end - days * 24 * HOUR, end + 1, step):
+        season = math.sin(2 * math.pi * (at % (365 * 24 * HOUR)) / (365 * 24 * HOUR))
+        day = math.sin(2 * math.pi * (at % (24 * HOUR)) / (24 * HOUR))
+        body = {
+            "device_id": device_id,
+            "timestamp": at // 1000,
+            "temperature": round(12 + 10 * season + 4 * day, 2),
+            "humidity": round(60 - 15 * season, 2),
+        }
+        pipeline.feed(RawMessage(orjson.dumps(body), "mqtt", f"telemetry/{device_id}", at))
+        count += 2
+    pipeline.close()
+    app.run_jobs("rollups")
+    return count
