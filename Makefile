@@ -85,5 +85,10 @@ lint: install
 bench: install
 	$(BIN)/python benchmarks/run_all.py
 
+# The README's pictures of the dashboard (docs/dashboard*.png), taken by the browser test
+# that screenshots every page against a running `iotpipe run`.
+screenshots: install
+	IOTPIPE_SCREENSHOTS=docs $(BIN)/pytest -q tests/dashboard/test_dashboard.py -k screenshots
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache node_modules $(STATIC)
