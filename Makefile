@@ -25,11 +25,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# Installs only what is missing, and only when we may (root); otherwise says what to install.
-system-packages:
-	@missing=""; \
-	for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
+# Installs the Debian packages in $$missing, only when we may (root); otherwise says what
+# to install.
+INSTALL_MISSING = if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing system packages:$$missing"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
@@ -37,6 +35,12 @@ system-packages:
 	    echo "missing system packages:$$missing — run: sudo apt-get install$$missing"; exit 1; \
 	  fi; \
 	fi
+
+# Installs only what is missing.
+system-packages:
+	@missing=""; \
+	for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	$(INSTALL_MISSING)
 	@$(MAKE) --no-print-directory node
 
 # node and npm: any install will do (NodeSource's nodejs carries its own npm, which
@@ -45,14 +49,7 @@ node:
 	@missing=""; \
 	command -v node >/dev/null 2>&1 || missing="$$missing nodejs"; \
 	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
-	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" = 0 ]; then \
-	    echo "installing system packages:$$missing"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
-	  else \
-	    echo "missing system packages:$$missing — run: sudo apt-get install$$missing"; exit 1; \
-	  fi; \
-	fi
+	$(INSTALL_MISSING)
 
 # The dashboard's files: uPlot's built ES module and CSS from node_modules (npm ci, from
 # the lockfile), and our own HTML, CSS and ES modules from web/.
