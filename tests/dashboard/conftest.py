@@ -27,6 +27,7 @@ from tests.servers import MosquittoServer, free_port, wait_for_port
 
 XSS = ('<img src=x onerror="window.pwned=1">', "<script>window.pwned=1</script>")
 SIMULATED = 5
+BULK = 2000  # devices that reported once: the fleet page at thousands of devices
 
 
 @dataclass
@@ -58,6 +59,9 @@ def fill_store(database_url: str) -> dict[str, str]:
             }
             pipeline.feed(RawMessage(orjson.dumps(body), "mqtt", "telemetry/x", at))
             pipeline.feed(RawMessage(text.encode(), "mqtt", f"telemetry/{text}", at))  # a dead letter
+        for n in range(BULK):
+            body = {"device_id": f"bulk-{n:04d}", "timestamp": at // 1000, "temperature": 20.0 + n % 7}
+            pipeline.feed(RawMessage(orjson.dumps(body), "mqtt", f"telemetry/bulk-{n:04d}", at))
         pipeline.close()
         app.run_jobs("all")
         return {

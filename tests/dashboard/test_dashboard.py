@@ -20,7 +20,7 @@ import paho.mqtt.publish as publish
 import pytest
 from PIL import Image
 
-from tests.dashboard.conftest import SIMULATED, XSS, Dashboard
+from tests.dashboard.conftest import BULK, SIMULATED, XSS, Dashboard
 from tests.fleet import DEVICES
 
 PAGES = ("fleet", "device/pump-1", "alerts", "quality", "dead-letters")
@@ -79,6 +79,22 @@ def test_the_fleet_shows_the_simulated_devices_and_counts_by_status(open_page: C
     page.fill("input[type=search]", "sim-00")
     wait_until(page, "() => document.querySelectorAll('.grid-row').length === 5")
     assert page.problems == []
+
+
+def test_the_fleet_of_thousands_keeps_only_the_rows_in_view_in_the_page(
+    open_page: Callable[..., Any],
+) -> None:
+    page = open_page("fleet")
+    shown = int(page.locator(".count b").first.inner_text().replace(",", ""))
+    assert shown > BULK
+    rows = page.locator(".grid-row").count()
+    assert 0 < rows < 100  # a virtual list: the page holds what is in view, not 2,000 rows
+    page.locator(".viewport").evaluate("v => { v.scrollTop = v.scrollHeight; }")
+    wait_until(page, "() => !!document.querySelector(\".grid-row[data-device='year-1']\")")  # the last by id
+    page.fill("input[type=search]", "bulk-1999")
+    wait_until(page, "() => document.querySelectorAll('.grid-row').length === 1")
+    page.click("button[data-sort='last_seen']")  # sorts what is filtered
+    assert page.locator(".grid-row").first.get_attribute("data-device") == "bulk-1999"
 
 
 def test_each_chart_of_a_device_is_drawn_with_its_data(
@@ -267,3 +283,19 @@ def test_every_page_is_served_with_a_policy_forbidding_inline_script(dashboard: 
             f"{dashboard.url}/api/v1/stats", headers={"Origin": "http://elsewhere.example"}
         ).headers
     )
+
+
+def test_an_admin_replays_dead_letters_from_the_page(
+    open_page: Callable[..., Any], dashboard: Dashboard
+) -> None:
+    with dashboard.api() as api:
+        waiting = len(api.get("/dead-letters", params={"limit": 1000}).json()["items"])
+    assert waiting >= 3
+    page = open_page("dead-letters", role="admin")
+    assert page.locator("tr[data-dead-letter]").count() == waiting
+    page.click("button[data-action=replay]")
+    status = page.locator("[role=status]")
+    status.wait_for(state="visible")
+    wait_until(page, "() => document.querySelector('[role=status]').textContent.startsWith('replayed')")
+    # Still undecodable: they stay, each counted as replayed.
+    assert status.inner_text().startswith(f"replayed {waiting}: 0 now stored")
