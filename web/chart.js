@@ -136,7 +136,11 @@ export class Chart {
       ctx.setLineDash([]);
       ctx.fillStyle = THRESHOLD;
       ctx.font = `${11 * ratio}px system-ui, sans-serif`;
-      ctx.fillText(threshold.label, left + 4 * ratio, y - 4 * ratio);
+      // Above the line, or below it when the line runs along the top of the plot.
+      const above = y - 14 * ratio > top;
+      ctx.textAlign = "left";
+      ctx.textBaseline = above ? "bottom" : "top";
+      ctx.fillText(threshold.label, left + 6 * ratio, above ? y - 3 * ratio : y + 3 * ratio);
     }
     this.markers = [];
     const [x0, x1] = [u.scales.x.min, u.scales.x.max];

@@ -143,7 +143,7 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory, mosquitto: MosquittoServ
             len(
                 [
                     d
-                    for d in reader.get("/api/v1/devices").json()["items"]
+                    for d in reader.get("/api/v1/devices", params={"q": "sim-"}).json()["items"]
                     if d["device_id"].startswith("sim-")
                 ]
             )
@@ -174,8 +174,8 @@ def open_page(browser: Any, dashboard: Dashboard) -> Iterator[Callable[..., Any]
     rendered; console errors and failed requests collected on `page.problems`."""
     contexts: list[Any] = []
 
-    def open_(route: str = "fleet", role: str | None = "reader", wait: bool = True) -> Any:
-        context = browser.new_context(viewport={"width": 1400, "height": 900})
+    def open_(route: str = "fleet", role: str | None = "reader", wait: bool = True, height: int = 900) -> Any:
+        context = browser.new_context(viewport={"width": 1400, "height": height})
         contexts.append(context)
         if role is not None:
             token = orjson.dumps(dashboard.keys[role]).decode()

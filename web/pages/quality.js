@@ -39,19 +39,32 @@ export async function render(main, _params, shell) {
     span.textContent = `${first.first_day} to ${first.last_day}`;
     clear(body);
     for (const device of devices) {
-      body.append(
-        h(
-          "tr",
-          { className: "device-total", dataset: { device: device.device_id } },
-          h("td", {}, h("a", { href: `#/device/${encodeURIComponent(device.device_id)}` }, device.device_id)),
-          h("td", {}, "all days"),
-          h("td", { className: "num" }, fmt(device.score, 1)),
-          cells(device),
-        ),
+      // Days on demand: a fleet of thousands is thousands of rows already.
+      const toggle = h("button", { type: "button", className: "quiet", dataset: { days: device.device_id } }, `${device.days.length} days ▸`);
+      const total = h(
+        "tr",
+        { className: "device-total", dataset: { device: device.device_id } },
+        h("td", {}, h("a", { href: `#/device/${encodeURIComponent(device.device_id)}` }, device.device_id)),
+        h("td", {}, toggle),
+        h("td", { className: "num" }, fmt(device.score, 1)),
+        cells(device),
       );
-      for (const day of [...device.days].reverse()) {
-        body.append(h("tr", { dataset: { device: device.device_id, day: day.day } }, h("td", {}), h("td", {}, day.day), h("td", { className: "num" }, fmt(day.score, 1)), cells(day)));
-      }
+      let shown = [];
+      toggle.addEventListener("click", () => {
+        if (shown.length) {
+          for (const row of shown) row.remove();
+          shown = [];
+          toggle.textContent = `${device.days.length} days ▸`;
+          return;
+        }
+        shown = [...device.days].reverse().map((day) =>
+          h("tr", { dataset: { device: device.device_id, day: day.day } }, h("td", {}), h("td", {}, day.day), h("td", { className: "num" }, fmt(day.score, 1)), cells(day)),
+        );
+        total.after(...shown);
+        toggle.textContent = `${device.days.length} days ▾`;
+      });
+      body.append(total);
+      if (devices.length <= 20) toggle.click(); // a small fleet: show its days at once
     }
     if (!devices.length) body.append(h("tr", {}, h("td", { colSpan: 9, className: "muted" }, "No quality figures yet: the quality job computes them (iotpipe jobs quality).")));
   }
