@@ -8,10 +8,19 @@ A `.env` file in the working directory is read as environment.
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -19,21 +28,74 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from iotpipe import limits as defaults
 from iotpipe.errors import ConfigError
+from iotpipe.limits import Limits
+from iotpipe.model import datetime_to_micros
 from iotpipe.pipeline import PipelineConfig
 
 DEFAULT_CONFIG_FILE = "iotpipe.toml"
 DEFAULT_DATABASE_URL = "sqlite:///./iotpipe.db"
 
 
+class LimitsSettings(BaseModel):
+    """`[limits]`: what one message may hold (iotpipe/limits.py); past a limit it is dead-lettered."""
+
+    earliest_time: datetime = Field(
+        defaults.DEFAULT_EARLIEST_TIME, description="readings before this time are rejected (naive means UTC)"
+    )
+    max_future_seconds: float = Field(
+        defaults.DEFAULT_MAX_FUTURE_SECONDS, ge=0, description="how far ahead of its receipt a reading may be"
+    )
+    max_payload_bytes: int = Field(
+        defaults.DEFAULT_MAX_PAYLOAD_BYTES, ge=64, description="one message, file line or CSV row"
+    )
+    max_document_bytes: int = Field(
+        defaults.DEFAULT_MAX_DOCUMENT_BYTES, ge=64, description="a whole .json file, parsed in one piece"
+    )
+    # The decoders classify names against the default themselves: it can only be lowered.
+    max_id_length: int = Field(
+        defaults.DEFAULT_MAX_ID_LENGTH,
+        ge=1,
+        le=defaults.DEFAULT_MAX_ID_LENGTH,
+        description="characters of a device id or metric name",
+    )
+    max_text_length: int = Field(
+        defaults.DEFAULT_MAX_TEXT_LENGTH, ge=1, description="characters of a unit or metadata string"
+    )
+    max_metrics_per_message: int = Field(
+        defaults.DEFAULT_MAX_METRICS_PER_MESSAGE,
+        ge=1,
+        description="distinct metrics of a device in one message",
+    )
+    max_series_per_device: int = Field(
+        defaults.DEFAULT_MAX_SERIES_PER_DEVICE, ge=1, description="series (metrics) one device may have"
+    )
+
+    @field_validator("earliest_time")
+    @classmethod
+    def _within_datetime(cls, value: datetime) -> datetime:
+        value = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        if not defaults.TIME_FLOOR <= datetime_to_micros(value) < defaults.TIME_CEILING:
+            raise ValueError("must be between 0001-01-08 and 9999-12-24")
+        return value
+
+    def to_limits(self) -> Limits:
+        values = self.model_dump()
+        values["earliest_time"] = datetime_to_micros(self.earliest_time)
+        return Limits(**values)
+
+
 class PipelineSettings(BaseModel):
     batch_size: int = Field(50_000, ge=1, description="readings per transaction")
     batch_delay: float = Field(1.0, gt=0, description="seconds a reading may wait for its batch")
-    max_payload_bytes: int = Field(256 * 1024, ge=64)
     queue_size: int = Field(10_000, ge=1, description="messages buffered between sources and the writer")
+    # Set by Settings from its [limits] section, so that `settings.pipeline.to_config()`
+    # carries them without every caller passing them along.
+    _limits: Limits = PrivateAttr(default=defaults.DEFAULT_LIMITS)
 
     def to_config(self) -> PipelineConfig:
-        return PipelineConfig(**self.model_dump())
+        return PipelineConfig(**self.model_dump(), limits=self._limits)
 
 
 class SimulatorSettings(BaseModel):
@@ -217,11 +279,17 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
     pipeline: PipelineSettings = PipelineSettings()  # type: ignore[call-arg]
+    limits: LimitsSettings = LimitsSettings()  # type: ignore[call-arg]
     simulator: SimulatorSettings = SimulatorSettings()  # type: ignore[call-arg]
     thingspeak: ThingSpeakSettings = ThingSpeakSettings()  # type: ignore[call-arg]
     analytics: AnalyticsSettings = AnalyticsSettings()  # type: ignore[call-arg]
     anomalies: AnomalySettings = AnomalySettings()  # type: ignore[call-arg]
     mqtt: MqttSettings = MqttSettings()  # type: ignore[call-arg]
+
+    @model_validator(mode="after")
+    def _limits_reach_the_pipeline(self) -> Settings:
+        self.pipeline._limits = self.limits.to_limits()
+        return self
 
     @classmethod
     def settings_customise_sources(

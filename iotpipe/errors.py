@@ -27,3 +27,11 @@ class ConfigError(IotpipeError):
 
 class StoreError(IotpipeError):
     """The database could not be reached or is not in the expected shape."""
+
+
+class SourceError(IotpipeError):
+    """A source cannot read its input any further (e.g. a damaged file); what it gave before is kept."""
+
+
+class TruncatedFile(SourceError):
+    """A compressed file ends early or is damaged: the lines before the damage were read."""

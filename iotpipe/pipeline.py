@@ -13,41 +13,49 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-import operator
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from iotpipe import formats
 from iotpipe.errors import DecodeError
-from iotpipe.model import MICROS_PER_SECOND, DecodedMessage, DeviceInfo, RawMessage
+from iotpipe.limits import DEFAULT_LIMITS, Limits
+from iotpipe.model import DecodedMessage, DeviceInfo, RawMessage
 from iotpipe.store import DeadLetter, Store, WriteBatch, WriteResult, utc_day
+from iotpipe.validation import decode_valid
 
 log = logging.getLogger(__name__)
 
-FUTURE_TOLERANCE_MICROS = 86_400 * MICROS_PER_SECOND  # readings may be up to a day ahead
 # Ingest allocates millions of small objects that all live until their batch commits.
 # At CPython's default gen-0 threshold (700) the collector rescans the open batch
 # thousands of times a second: ~1-1.5 s of every 1M readings imported. See tune_gc().
 INGEST_GC_THRESHOLDS = (50_000, 20, 100)
 _STOP = object()
 _FLUSH = object()
-_reading_time = operator.itemgetter(1)
 
 
 @dataclass
 class PipelineConfig:
     batch_size: int = 50_000  # readings per transaction
     batch_delay: float = 1.0  # seconds a reading may wait for its batch to fill
-    max_payload_bytes: int = 256 * 1024
+    # Overrides limits.max_payload_bytes for this pipeline when set (file imports and
+    # replays take whole documents); after __init__ the two agree.
+    max_payload_bytes: int = 0
     queue_size: int = 10_000  # messages between push sources and the writer
     # Write the batch once this many messages await their ack. A broker lets only so
     # many unacknowledged messages be in flight to one client (Mosquitto: 20 by
     # default); waiting for a full batch beyond that window would stall the stream.
     max_unacked: int | None = None
+    limits: Limits = DEFAULT_LIMITS
+
+    def __post_init__(self) -> None:
+        if not self.max_payload_bytes:
+            self.max_payload_bytes = self.limits.max_payload_bytes
+        elif self.max_payload_bytes != self.limits.max_payload_bytes:
+            self.limits = replace(self.limits, max_payload_bytes=self.max_payload_bytes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,27 +229,7 @@ class Pipeline:
             self._batch.infos[device_id] = info
 
     def _decode(self, raw: RawMessage) -> list[DecodedMessage]:
-        size = len(raw.payload)
-        if size > self.config.max_payload_bytes:
-            raise DecodeError(f"payload is {size} bytes, over the limit of {self.config.max_payload_bytes}")
-        decoded = formats.decode(raw)
-        if not decoded:
-            raise DecodeError("payload holds no readings")
-        horizon = raw.received_at + FUTURE_TOLERANCE_MICROS
-        valid = False
-        for message in decoded:
-            readings = message.readings
-            if not readings:
-                continue
-            valid = True
-            if max(map(_reading_time, readings)) > horizon:
-                metric = next(m for m, t, _ in readings if t > horizon)
-                raise DecodeError(
-                    f"timestamp of {message.device_id}/{metric} is more than a day in the future"
-                )
-        if not valid:
-            raise DecodeError(_nothing_valid_reason(decoded))
-        return decoded
+        return decode_valid(raw, formats.decode, self.config.limits)
 
     def _accept(self, raw: RawMessage, decoded: list[DecodedMessage]) -> None:
         batch = self._batch
@@ -434,10 +422,3 @@ class _PendingBatch:
     accepted: int
     dead: int
     invalid_values: int
-
-
-def _nothing_valid_reason(decoded: list[DecodedMessage]) -> str:
-    invalid = [bad.reason for m in decoded for bad in m.invalid]
-    if invalid:
-        return "no valid metric: " + "; ".join(invalid[:10])
-    return "no metric in message"

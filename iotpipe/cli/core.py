@@ -99,7 +99,9 @@ def import_(
     if format is not None and format not in formats.format_names():
         raise IotpipeError(f"unknown format {format!r}; choose one of: {', '.join(formats.format_names())}")
     try:
-        source = FileSource(paths, format=format, device_id=device)
+        source = FileSource(
+            paths, format=format, device_id=device, limits=application.settings.limits.to_limits()
+        )
     except FileNotFoundError as exc:
         raise IotpipeError(f"{exc}; check the path") from None
     with Progress(
