@@ -45,7 +45,10 @@ class LimitsSettings(BaseModel):
         defaults.DEFAULT_EARLIEST_TIME, description="readings before this time are rejected (naive means UTC)"
     )
     max_future_seconds: float = Field(
-        defaults.DEFAULT_MAX_FUTURE_SECONDS, ge=0, description="how far ahead of its receipt a reading may be"
+        defaults.DEFAULT_MAX_FUTURE_SECONDS,
+        ge=0,
+        le=defaults.MAX_FUTURE_SECONDS,
+        description="how far ahead of its receipt a reading may be",
     )
     max_payload_bytes: int = Field(
         defaults.DEFAULT_MAX_PAYLOAD_BYTES, ge=64, description="one message, file line or CSV row"

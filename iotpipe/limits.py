@@ -7,7 +7,7 @@ raises the limit, as SETTING_HINT does here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from iotpipe.model import MICROS_PER_SECOND, Micros, datetime_to_micros
@@ -20,6 +20,7 @@ TIME_CEILING: Micros = datetime_to_micros(datetime(9999, 12, 24, tzinfo=UTC))
 
 DEFAULT_EARLIEST_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 DEFAULT_EARLIEST_MICROS: Micros = datetime_to_micros(DEFAULT_EARLIEST_TIME)
+MAX_FUTURE_SECONDS = 10 * 365 * 86_400.0  # a tolerance for clocks, not a calendar
 DEFAULT_MAX_FUTURE_SECONDS = 86_400.0  # clocks drift and time zones get mixed up; a day covers both
 DEFAULT_MAX_PAYLOAD_BYTES = 256 * 1024  # one message: an MQTT payload, a line or CSV row of a file
 DEFAULT_MAX_DOCUMENT_BYTES = 256 * 1024 * 1024  # a whole JSON file, which is parsed in one piece
@@ -46,16 +47,14 @@ class Limits:
     max_text_length: int = DEFAULT_MAX_TEXT_LENGTH
     max_metrics_per_message: int = DEFAULT_MAX_METRICS_PER_MESSAGE
     max_series_per_device: int = DEFAULT_MAX_SERIES_PER_DEVICE
+    max_future_micros: Micros = field(init=False)  # max_future_seconds, for the per-message check
 
     def __post_init__(self) -> None:
         if not TIME_FLOOR <= self.earliest_time < TIME_CEILING:
             raise ValueError("earliest_time must be between 0001-01-08 and 9999-12-24")
-        if self.max_future_seconds < 0:
-            raise ValueError("max_future_seconds must not be negative")
-
-    def latest_time(self, received_at: Micros) -> Micros:
-        """The latest time a reading received at `received_at` may carry."""
-        return min(received_at + int(self.max_future_seconds * MICROS_PER_SECOND), TIME_CEILING)
+        if not 0 <= self.max_future_seconds <= MAX_FUTURE_SECONDS:
+            raise ValueError(f"max_future_seconds must be between 0 and {MAX_FUTURE_SECONDS}")
+        object.__setattr__(self, "max_future_micros", int(self.max_future_seconds * MICROS_PER_SECOND))
 
 
 DEFAULT_LIMITS = Limits()

@@ -118,7 +118,7 @@ def decode_csv(raw: RawMessage, delimiter: str = ",") -> list[DecodedMessage]:
             readings.append((metric, time, value))
         elif value is not None:
             invalid.append(value)  # type: ignore[arg-type]
-    return [DecodedMessage(device_id, readings, invalid=invalid)]
+    return [DecodedMessage(device_id, readings, invalid=invalid, time=time)]
 
 
 def _register_dialect(fmt: str, delimiter: str) -> None:

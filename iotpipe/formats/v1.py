@@ -75,7 +75,7 @@ def decode_v1_object(obj: dict[str, Any], raw: RawMessage) -> DecodedMessage:
                 invalid.append(bad_name)
         elif coerced is not None:
             invalid.append(coerced)  # type: ignore[arg-type]
-    return DecodedMessage(device_id, readings, invalid=invalid, info=_info(obj))
+    return DecodedMessage(device_id, readings, invalid=invalid, info=_info(obj), time=time)
 
 
 def message_time(obj: dict[str, Any], raw: RawMessage) -> int:

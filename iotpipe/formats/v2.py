@@ -67,7 +67,9 @@ def decode_v2_object(obj: dict[str, Any], raw: RawMessage) -> DecodedMessage:
                 units[metric] = unit.strip()
         elif number is not None:
             invalid.append(_invalid(metric, value, reading_object is not None))
-    return DecodedMessage(device_id, readings, units=units, invalid=invalid, info=device_info(device))
+    return DecodedMessage(
+        device_id, readings, units=units, invalid=invalid, info=device_info(device), time=time
+    )
 
 
 def _invalid(metric: str, value: object, in_object: bool) -> InvalidValue:
