@@ -120,21 +120,17 @@ def check_message(message: DecodedMessage, received_at: Micros, limits: Limits) 
         _check_invalid_names(message)
     if message.units:
         for metric, unit in message.units.items():
-            check_label(
-                unit,
-                f"unit of {_shown(device_id)}/{_shown(metric)}",
-                limits.max_text_length,
-                "max_text_length",
-            )
+            of = f" of {_shown(device_id)}/{_shown(metric)}"
+            check_label(unit, "unit", limits.max_text_length, "max_text_length", of)
     if message.info is not None:
         _check_info(message.info, device_id, limits)
 
 
 def _check_names(message: DecodedMessage, shape: tuple[str, ...], limits: Limits) -> None:
     names = set(shape)
-    field = f"metric name of device {_shown(message.device_id)}"
+    of = f" of device {_shown(message.device_id)}"
     for name in names - _clean:
-        check_label(name, field, None, "max_id_length")
+        check_label(name, "metric name", None, "max_id_length", of)
         _remember(name)
     longest = max(map(len, names))
     if longest > limits.max_id_length:
@@ -160,36 +156,39 @@ def _check_invalid_names(message: DecodedMessage) -> None:
             )
 
 
-def check_label(text: str, field: str, max_length: int | None, setting: str) -> None:
-    """An id, name or unit: non-empty printable text of at most `max_length` characters."""
+def check_label(text: str, field: str, max_length: int | None, setting: str, of: str = "") -> None:
+    """An id, name or unit: non-empty printable text of at most `max_length` characters.
+
+    Reasons read "{field} '{text}'{of} holds ...", e.g. of=" of device 'pump-7'".
+    """
     if type(text) is not str:
-        raise DecodeError(f"{field} {_shown(text)} is not text")
+        raise DecodeError(f"{field} {_shown(text)}{of} is not text")
     if not text.strip():
-        raise DecodeError(f"{field} is empty")
+        raise DecodeError(f"{field}{of} is empty")
     bad = CONTROL_OR_SURROGATE.search(text)
     if bad is not None:
         raise DecodeError(
-            f"{field} {_shown(text)} holds the control character {describe_character(bad.group())} "
+            f"{field} {_shown(text)}{of} holds the control character {describe_character(bad.group())} "
             f"at position {bad.start()}; ids, names and units must be printable text"
         )
     if max_length is not None and len(text) > max_length:
         raise DecodeError(
-            f"{field} {_shown(text)} is {len(text)} characters, over the limit of {max_length} "
+            f"{field} {_shown(text)}{of} is {len(text)} characters, over the limit of {max_length} "
             f"(raise it with {setting_hint(setting)})"
         )
 
 
-def check_text(text: str, field: str, limits: Limits) -> None:
+def check_text(text: str, field: str, limits: Limits, of: str = "") -> None:
     """Free text (metadata): storable on both engines and at most max_text_length characters."""
     bad = UNSTORABLE.search(text)
     if bad is not None:
         raise DecodeError(
-            f"{field} {_shown(text)} holds {describe_character(bad.group())} at position {bad.start()}, "
+            f"{field} {_shown(text)}{of} holds {describe_character(bad.group())} at position {bad.start()}, "
             "which cannot be stored"
         )
     if len(text) > limits.max_text_length:
         raise DecodeError(
-            f"{field} is {len(text)} characters, over the limit of {limits.max_text_length} "
+            f"{field}{of} is {len(text)} characters, over the limit of {limits.max_text_length} "
             f"(raise it with {setting_hint('max_text_length')})"
         )
 
@@ -198,24 +197,26 @@ def _check_info(info: DeviceInfo, device_id: str, limits: Limits) -> None:
     for field in ("type", "name", "firmware"):
         value = getattr(info, field)
         if value is not None:
-            check_text(value, f"device {field} of {_shown(device_id)}", limits)
+            check_text(value, f"device {field}", limits, f" of {_shown(device_id)}")
     if info.attributes:
-        _check_attributes(info.attributes, f"device attributes of {_shown(device_id)}", limits, 0)
+        _check_attributes(info.attributes, "", f" of {_shown(device_id)}", limits, 0)
 
 
-def _check_attributes(value: Any, field: str, limits: Limits, depth: int) -> None:
+def _check_attributes(value: Any, path: str, of: str, limits: Limits, depth: int) -> None:
+    field = f"device attribute {path or '(root)'}"
     if depth > _MAX_ATTRIBUTE_DEPTH:
-        raise DecodeError(f"{field} are nested more than {_MAX_ATTRIBUTE_DEPTH} levels deep")
+        raise DecodeError(f"{field}{of} is nested more than {_MAX_ATTRIBUTE_DEPTH} levels deep")
     if isinstance(value, str):
-        check_text(value, field, limits)
+        check_text(value, field, limits, of)
     elif isinstance(value, dict):
         for key, inner in value.items():
             if isinstance(key, str):
-                check_text(key, field, limits)
-            _check_attributes(inner, f"{field}.{printable(str(key))[:40]}", limits, depth + 1)
+                check_text(key, "device attribute name", limits, of)
+            inner_path = f"{path}.{printable(str(key))[:40]}" if path else printable(str(key))[:40]
+            _check_attributes(inner, inner_path, of, limits, depth + 1)
     elif isinstance(value, list):
         for index, inner in enumerate(value):
-            _check_attributes(inner, f"{field}[{index}]", limits, depth + 1)
+            _check_attributes(inner, f"{path}[{index}]", of, limits, depth + 1)
 
 
 def _check_times(message: DecodedMessage, received_at: Micros, limits: Limits) -> None:
