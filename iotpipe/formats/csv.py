@@ -72,12 +72,12 @@ def split_header(line: bytes, fmt: str = "csv") -> tuple[str, ...]:
     seen: set[str] = set()
     for column, name in enumerate(names, 1):
         if name in seen and name:
-            raise DecodeError(f"CSV header repeats the column {printable(name)!r}")
+            raise DecodeError(f"CSV header repeats the column '{printable(name)}'")
         seen.add(name)
         control = CONTROL_OR_SURROGATE.search(name)
         if control is not None:
             raise DecodeError(
-                f"CSV header: the name of column {column}, {printable(name)[:40]!r}, holds the control "
+                f"CSV header: the name of column {column}, '{printable(name)[:40]}', holds the control "
                 f"character {describe_character(control.group())}"
             )
     return names

@@ -155,6 +155,11 @@ class FileSource:
             fmt = _sniff_csv_format(body for _, body, size in head if size is None)
         header: tuple[str, ...] | None = None
         problem: str | None = None
+        if any(b"\x00" in body for _, body, _ in head):
+            problem = (
+                "the file holds NUL bytes in its first lines: it is binary, or UTF-16/UTF-32 without a "
+                "byte-order mark (save it as UTF-8), not CSV text"
+            )
         for number, record, oversize in _chain(head, records):
             where = f"{origin}:{number}"
             if oversize is not None:
@@ -167,7 +172,7 @@ class FileSource:
                 try:
                     header = split_header(body, fmt)
                 except DecodeError as exc:
-                    problem = f"the CSV header (line {number}) is unusable: {exc.reason}"
+                    problem = f"{exc.reason} (line {number} of the file), so its rows cannot be read"
                 continue
             if problem is not None:
                 yield refused(body, "file", where, received_at, problem, self.device_id)
