@@ -34,7 +34,8 @@ def coerce_value(metric: str, value: object) -> float | InvalidValue | None:
             return None
         if not _NUMBER.fullmatch(value):
             return InvalidValue(metric, f"{metric}: {_preview(value)} is not a number")
-        number = float(value)
+        # strip(): the regex's \s takes separators (\x1c-\x1f) that float() refuses.
+        number = float(value.strip())
     else:
         return InvalidValue(metric, f"{metric}: {type(value).__name__} is not a number")
     if not math.isfinite(number):
@@ -85,7 +86,7 @@ def coordinate(value: object, limit: float) -> float | None:
     if isinstance(value, str):
         if not _NUMBER.fullmatch(value):
             return None
-        value = float(value)
+        value = float(value.strip())
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     # The range test also rejects NaN, and runs before float() so a huge int cannot overflow.
