@@ -25,7 +25,10 @@ def test_every_documented_format_is_registered() -> None:
 
 
 def test_unknown_format_name_lists_the_known_ones() -> None:
-    with pytest.raises(DecodeError, match=r"unknown format 'xml'; known formats: csv, csv-pipe, csv-semicolon, csv-tab, json, lineproto"):
+    with pytest.raises(
+        DecodeError,
+        match=r"unknown format 'xml'; known formats: csv, csv-pipe, csv-semicolon, csv-tab, json, lineproto",
+    ):
         decoder_for("xml")
 
 
