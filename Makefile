@@ -38,7 +38,9 @@ test: install
 
 lint: install
 	$(BIN)/ruff check iotpipe tests benchmarks
+	$(BIN)/ruff format --check iotpipe tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: install
 	$(BIN)/python benchmarks/run_all.py

@@ -34,7 +34,6 @@ import psycopg
 from iotpipe.app import App
 from iotpipe.config import PipelineSettings, Settings
 from iotpipe.pipeline import Counters, PipelineConfig
-from iotpipe.sources.files import FileSource
 from iotpipe.store import open_store
 from iotpipe.store.postgres import PG_EPOCH_OFFSET_MICROS
 from iotpipe.store.sqlite import _PRAGMAS as SQLITE_PRAGMAS  # the ceiling runs under the same durability
@@ -150,12 +149,11 @@ def iotpipe_import(url: str, path: Path, profile: Path | None = None) -> ImportR
     app = App(Settings(database_url=url, pipeline=PipelineSettings()))  # type: ignore[call-arg]
     try:
         app.store  # noqa: B018 - opens and migrates
-        source = FileSource([path])
         profiler = cProfile.Profile() if profile else None
         started, cpu_started = time.perf_counter(), time.process_time()
         with profiler or nullcontext():
             # A progress callback as the CLI passes one: its clock reads are on the path.
-            counters = app.import_files(source, progress=lambda done: None)
+            counters = app.import_files([path], progress=lambda done, total: None).counters
         seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
         if profiler is not None and profile is not None:
             profiler.dump_stats(profile)

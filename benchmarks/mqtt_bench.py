@@ -156,7 +156,7 @@ def bare_subscriber(url: str, qos: int, messages: int, inflight: int, protocol: 
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
 
-    from iotpipe.sources.mqtt import parse_broker_url
+    from iotpipe.brokers import parse_broker_url
 
     broker = parse_broker_url(url)
     done = threading.Event()
@@ -203,10 +203,11 @@ def worker(
     workers) once no message has come for IDLE_END seconds.
     """
     from iotpipe.app import App
-    from iotpipe.cli.mqtt import PipelineWriter
+    from iotpipe.app.wiring import mqtt_options
     from iotpipe.config import MqttSettings, PipelineSettings, Settings
-    from iotpipe.sources.mqtt import MqttSource, options_from_settings
-    from iotpipe.store import WriteBatch, WriteResult
+    from iotpipe.model import WriteBatch, WriteResult
+    from iotpipe.pipeline import PipelineWriter
+    from iotpipe.sources.mqtt import MqttSource
 
     settings = Settings(  # type: ignore[call-arg]
         database_url=database_url,
@@ -224,9 +225,8 @@ def worker(
     )
     application = App(settings)
     application.init()
-    options = options_from_settings(settings)
+    options = mqtt_options(settings)
     source = MqttSource(options)
-    pipeline = application.pipeline(max_unacked=options.max_unacked if qos else None)
     done = threading.Event()
     latencies: list[int] = []
     last = 0.0
@@ -240,7 +240,9 @@ def worker(
         if group is None and pipeline.counters.messages_received >= messages:
             done.set()
 
-    pipeline.observers.insert(0, on_commit)  # before the analytics: the commit time
+    # First among the observers, before the analytics: the commit time.
+    pipeline = application.pipeline(max_unacked=source.ack_window)
+    pipeline.observers = (on_commit, *pipeline.observers)
     writer = PipelineWriter(pipeline)
     writer.start()
     source.start(pipeline)

@@ -25,10 +25,10 @@ from typing import Any
 
 import psycopg
 
-from iotpipe.analytics.jobs import run_job
+from iotpipe.analytics.jobs import find_job, run_job
 from iotpipe.config import Settings
-from iotpipe.model import MICROS_PER_HOUR, MICROS_PER_SECOND, now_micros
-from iotpipe.store import Store, WriteBatch, open_store
+from iotpipe.model import MICROS_PER_HOUR, MICROS_PER_SECOND, WriteBatch, now_micros
+from iotpipe.store import Store, open_store
 from tests.servers import PostgresServer
 
 METRICS = ("temperature", "humidity", "pressure", "battery", "rssi")
@@ -188,7 +188,7 @@ def incremental_run(
     store: Store, settings: Settings, added: int, full_seconds: float, kind: str
 ) -> dict[str, Any]:
     settle(store)
-    result = run_job("rollups", store, settings)
+    result = run_job(find_job("rollups"), store, settings)
     seconds = float(result["seconds"])
     ratio = seconds / full_seconds
     print(
@@ -228,7 +228,7 @@ def bench(engine: str, readings: int, series: int, recent: int, hours: int) -> d
                 flush=True,
             )
             settle(store)
-            full = run_job("rollups", store, settings)
+            full = run_job(find_job("rollups"), store, settings)
             full_seconds = float(full["seconds"])
             print(
                 f"  full      {loaded / full_seconds:>12,.0f} readings/s ({full_seconds:.2f} s, "
@@ -241,7 +241,7 @@ def bench(engine: str, readings: int, series: int, recent: int, hours: int) -> d
             live = incremental_run(store, settings, added, full_seconds, "live")
             late = load_late(store, recent, series, live_start - 2 * MICROS_PER_HOUR, live_start)
             late_run = incremental_run(store, settings, late, full_seconds, "late")
-            again = run_job("rollups", store, settings)
+            again = run_job(find_job("rollups"), store, settings)
             failures = check(store)
             if again.get("hours"):
                 failures.append(f"a second run recomputed {again['hours']} hours; expected none")

@@ -12,15 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import (
-    BaseModel,
-    Field,
-    PrivateAttr,
-    SecretStr,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -28,77 +20,73 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from iotpipe import limits as defaults
+from iotpipe import limits
 from iotpipe.errors import ConfigError
-from iotpipe.limits import Limits
 from iotpipe.model import datetime_to_micros
-from iotpipe.pipeline import PipelineConfig
 
 DEFAULT_CONFIG_FILE = "iotpipe.toml"
 DEFAULT_DATABASE_URL = "sqlite:///./iotpipe.db"
+
+
+class PipelineSettings(BaseModel):
+    """`[pipeline]`: micro-batching and the bounds of the ingest path (defaults: limits.py)."""
+
+    batch_size: int = Field(limits.BATCH_SIZE, ge=1, description="readings per transaction")
+    batch_delay: float = Field(
+        limits.BATCH_DELAY, gt=0, description="seconds a reading may wait for its batch"
+    )
+    queue_size: int = Field(
+        limits.QUEUE_SIZE, ge=1, description="messages buffered between sources and the writer"
+    )
 
 
 class LimitsSettings(BaseModel):
     """`[limits]`: what one message may hold (iotpipe/limits.py); past a limit it is dead-lettered."""
 
     earliest_time: datetime = Field(
-        defaults.DEFAULT_EARLIEST_TIME, description="readings before this time are rejected (naive means UTC)"
+        limits.EARLIEST_TIME, description="readings before this time are rejected (naive means UTC)"
     )
     max_future_seconds: float = Field(
-        defaults.DEFAULT_MAX_FUTURE_SECONDS,
+        limits.FUTURE_TOLERANCE_SECONDS,
         ge=0,
-        le=defaults.MAX_FUTURE_SECONDS,
+        le=limits.FUTURE_TOLERANCE_CEILING_SECONDS,
         description="how far ahead of its receipt a reading may be",
     )
     max_payload_bytes: int = Field(
-        defaults.DEFAULT_MAX_PAYLOAD_BYTES, ge=64, description="one message, file line or CSV row"
+        limits.MAX_PAYLOAD_BYTES, ge=64, description="one message, file line or CSV record"
     )
     max_document_bytes: int = Field(
-        defaults.DEFAULT_MAX_DOCUMENT_BYTES, ge=64, description="a whole .json file, parsed in one piece"
+        limits.MAX_DOCUMENT_BYTES, ge=64, description="a whole .json file, parsed in one piece"
     )
     # The decoders classify names against the default themselves: it can only be lowered.
     max_id_length: int = Field(
-        defaults.DEFAULT_MAX_ID_LENGTH,
+        limits.MAX_ID_LENGTH,
         ge=1,
-        le=defaults.DEFAULT_MAX_ID_LENGTH,
+        le=limits.MAX_ID_LENGTH,
         description="characters of a device id or metric name",
     )
     max_text_length: int = Field(
-        defaults.DEFAULT_MAX_TEXT_LENGTH, ge=1, description="characters of a unit or metadata string"
+        limits.MAX_TEXT_LENGTH, ge=1, description="characters of a unit or metadata string"
     )
     max_metrics_per_message: int = Field(
-        defaults.DEFAULT_MAX_METRICS_PER_MESSAGE,
-        ge=1,
-        description="distinct metrics of a device in one message",
+        limits.MAX_METRICS_PER_MESSAGE, ge=1, description="distinct metrics of a device in one message"
     )
     max_series_per_device: int = Field(
-        defaults.DEFAULT_MAX_SERIES_PER_DEVICE, ge=1, description="series (metrics) one device may have"
+        limits.MAX_SERIES_PER_DEVICE, ge=1, description="series (metrics) one device may have"
     )
 
     @field_validator("earliest_time")
     @classmethod
     def _within_datetime(cls, value: datetime) -> datetime:
         value = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-        if not defaults.TIME_FLOOR <= datetime_to_micros(value) < defaults.TIME_CEILING:
+        if not limits.TIME_FLOOR <= datetime_to_micros(value) < limits.TIME_CEILING:
             raise ValueError("must be between 0001-01-08 and 9999-12-24")
         return value
 
-    def to_limits(self) -> Limits:
+    def to_limits(self) -> limits.Limits:
         values = self.model_dump()
         values["earliest_time"] = datetime_to_micros(self.earliest_time)
-        return Limits(**values)
-
-
-class PipelineSettings(BaseModel):
-    batch_size: int = Field(50_000, ge=1, description="readings per transaction")
-    batch_delay: float = Field(1.0, gt=0, description="seconds a reading may wait for its batch")
-    queue_size: int = Field(10_000, ge=1, description="messages buffered between sources and the writer")
-    # Set by Settings from its [limits] section, so that `settings.pipeline.to_config()`
-    # carries them without every caller passing them along.
-    _limits: Limits = PrivateAttr(default=defaults.DEFAULT_LIMITS)
-
-    def to_config(self) -> PipelineConfig:
-        return PipelineConfig(**self.model_dump(), limits=self._limits)
+        return limits.Limits(**values)
 
 
 class SimulatorSettings(BaseModel):
@@ -213,22 +201,32 @@ class ThingSpeakSettings(BaseModel):
 
 
 class StreamingDetectorSettings(BaseModel):
-    """`[anomalies.streaming]`: the detector that scores every reading as it is stored."""
+    """`[anomalies.streaming]`: the detector that scores every reading as it is stored
+    (docs/anomalies.md explains each knob; the defaults are the measured ones)."""
 
     enabled: bool = True
-    window: int = Field(128, ge=8, description="readings of a series' recent past its baseline is made of")
-    refresh: int = Field(64, ge=2, description="the baseline is recomputed at least every this many readings")
-    threshold: float = Field(6.0, gt=0, description="score (robust z) from which a reading is abnormal")
-    calm: int = Field(5, ge=1, description="normal readings in a row that end an episode")
+    threshold: float = Field(
+        5.0, gt=0, description="score (decades of rarity: 5 = once in 10^5 readings) that opens an episode"
+    )
+    hysteresis: float = Field(0.6, gt=0, le=1, description="fraction of threshold that keeps an episode open")
+    calm: int = Field(24, ge=1, description="readings below the hysteresis level that close an episode")
+    refractory_seconds: float = Field(0.0, ge=0, description="no new episode this soon after one ended")
+    warmup: int = Field(150, ge=0, description="readings of a series before it can raise an episode")
+    level_seconds: float = Field(3600.0, gt=0, description="time constant of a series' level")
+    season_seconds: float = Field(3 * 86_400.0, gt=0, description="time constant of its daily profile")
+    range_seconds: float = Field(14 * 86_400.0, gt=0, description="how long its recent range remembers")
     stuck_min: int = Field(5, ge=2, description="identical readings in a row that can be a stuck sensor")
     stuck_chance: float = Field(
         1e-5, gt=0, lt=1, description="stuck: a run of identical values chance makes once in 1/this readings"
     )
     max_series: int = Field(100_000, ge=1, description="series whose state is kept in memory (LRU)")
+    rebuild_readings: int = Field(
+        4096, ge=0, description="stored readings replayed to rebuild a series' state after a restart"
+    )
 
 
 class AnomalySettings(BaseModel):
-    """`[anomalies]`: the z-score rule (batch) and the streaming detector."""
+    """`[anomalies]`: the z-score rule (batch, the documented baseline) and the streaming detector."""
 
     k: float = Field(3.0, gt=0, description="z-score rule: flag |x - mean| > k * stddev")
     window_seconds: float = Field(3600.0, gt=0, description="the trailing window the mean and stddev cover")
@@ -282,17 +280,13 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
     pipeline: PipelineSettings = PipelineSettings()  # type: ignore[call-arg]
-    limits: LimitsSettings = LimitsSettings()  # type: ignore[call-arg]
     simulator: SimulatorSettings = SimulatorSettings()  # type: ignore[call-arg]
     thingspeak: ThingSpeakSettings = ThingSpeakSettings()  # type: ignore[call-arg]
     analytics: AnalyticsSettings = AnalyticsSettings()  # type: ignore[call-arg]
     anomalies: AnomalySettings = AnomalySettings()  # type: ignore[call-arg]
     mqtt: MqttSettings = MqttSettings()  # type: ignore[call-arg]
-
-    @model_validator(mode="after")
-    def _limits_reach_the_pipeline(self) -> Settings:
-        self.pipeline._limits = self.limits.to_limits()
-        return self
+    # Last: from here on in this class body, `limits` is this field, not the module.
+    limits: LimitsSettings = LimitsSettings()  # type: ignore[call-arg]
 
     @classmethod
     def settings_customise_sources(

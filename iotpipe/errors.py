@@ -13,14 +13,6 @@ class DecodeError(IotpipeError):
         self.reason = reason
 
 
-class RejectedMessage(IotpipeError):
-    """A decoded message failed validation (e.g. far-future timestamp, nothing valid)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
 class ConfigError(IotpipeError):
     """Configuration is missing or contradictory; the message says what to set."""
 
@@ -35,3 +27,12 @@ class SourceError(IotpipeError):
 
 class TruncatedFile(SourceError):
     """A compressed file ends early or is damaged: the lines before the damage were read."""
+
+
+class BatchRejected(StoreError):
+    """The database refused a batch for what it holds (not for being unreachable): the
+    pipeline splits the batch to find the message at fault and dead-letters it."""
+
+
+class Interrupted(IotpipeError):
+    """The user stopped a command (Ctrl-C, SIGTERM) before it finished."""

@@ -1,40 +1,59 @@
-"""The types that flow from sources through decoders and the pipeline into the store.
+"""The types that flow from sources through decoders and the pipeline into the sinks.
 
 Time is an int of microseconds since the Unix epoch, UTC, everywhere inside iotpipe:
 exact, cheap to compare and hash, and the same on every engine.
+
+This module sits at the bottom of the house: it imports nothing of iotpipe and no
+third-party package, so every layer can share these types.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
+import datetime as dt
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
 
 Micros = int
 MICROS_PER_SECOND = 1_000_000
 MICROS_PER_HOUR = 3600 * MICROS_PER_SECOND
+MICROS_PER_DAY = 24 * MICROS_PER_HOUR
 
 
 def now_micros() -> Micros:
-    return int(datetime.now(UTC).timestamp() * MICROS_PER_SECOND)
+    return int(dt.datetime.now(dt.UTC).timestamp() * MICROS_PER_SECOND)
 
 
-def micros_to_datetime(t: Micros) -> datetime:
-    return datetime.fromtimestamp(t / MICROS_PER_SECOND, UTC)
+def micros_to_datetime(t: Micros) -> dt.datetime:
+    return dt.datetime.fromtimestamp(t / MICROS_PER_SECOND, dt.UTC)
 
 
-def datetime_to_micros(dt: datetime) -> Micros:
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
+def datetime_to_micros(moment: dt.datetime) -> Micros:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
     # timedelta arithmetic keeps whole microseconds exact (no float rounding).
-    delta = dt - datetime(1970, 1, 1, tzinfo=UTC)
+    delta = moment - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
     return (delta.days * 86_400 + delta.seconds) * MICROS_PER_SECOND + delta.microseconds
 
 
 def format_micros(t: Micros) -> str:
     """ISO 8601 with a Z, as the API and CLI print times."""
     return micros_to_datetime(t).isoformat().replace("+00:00", "Z")
+
+
+def day_start(t: Micros) -> Micros:
+    return t - t % MICROS_PER_DAY
+
+
+def day_name(t: Micros) -> str:
+    """'YYYY-MM-DD' of the UTC day holding t (the key of every per-day table)."""
+    return (dt.date(1970, 1, 1) + dt.timedelta(days=t // MICROS_PER_DAY)).isoformat()
+
+
+class Acknowledger(Protocol):
+    """A source that must be told which of its messages are stored (an MQTT client's
+    PUBACKs, a JetStream ack): called once per committed batch with their tokens."""
+
+    def acknowledge(self, tokens: list[Any]) -> None: ...
 
 
 @dataclass(slots=True)
@@ -48,7 +67,8 @@ class RawMessage:
     format: str | None = None  # a decoder name when the source knows the format
     device_id: str | None = None  # from the topic, the file's --device, a channel id
     header: tuple[str, ...] | None = None  # CSV column names / ThingSpeak field names
-    ack: Callable[[], None] | None = None  # called once the message is committed
+    acker: Acknowledger | None = None  # told once the message is committed...
+    ack_token: Any = None  # ...with this token (e.g. an MQTT packet id)
     dead_letter_id: int | None = None  # set when the message is a dead letter replayed
 
 
@@ -85,3 +105,75 @@ class DecodedMessage:
     # The one time all readings share, when the decoder knows they do (V1, V2, a CSV row):
     # validation then checks one time instead of each reading's.
     time: Micros | None = None
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    """A message that could not be stored, with the reason."""
+
+    raw: RawMessage
+    reason: str
+
+
+@dataclass(slots=True)
+class WriteBatch:
+    """Everything one transaction commits: readings, dead letters, watermarks, counts.
+
+    Readings stay grouped as decoded: (device_id, [(metric, time, value), ...]) so the
+    writer maps each device once and each metric with one dict lookup.
+    """
+
+    groups: list[tuple[str, list[tuple[str, Micros, float]]]] = field(default_factory=list)
+    units: dict[tuple[str, str], str] = field(default_factory=dict)
+    infos: dict[str, DeviceInfo] = field(default_factory=dict)
+    # Values present but unusable, keyed like readings by (device, metric, time), so a
+    # message delivered twice counts its invalid values once; the value is the reason.
+    invalid: dict[tuple[str, str, Micros], str] = field(default_factory=dict)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    replayed: list[int] = field(default_factory=list)  # dead letter ids now stored
+    watermarks: dict[tuple[str, str], str] = field(default_factory=dict)
+    reading_count: int = 0
+    # The readings as columns, built by the store ahead of the write (see
+    # Store.prepare_columns); opaque to every other layer.
+    columns: Any = None
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.groups or self.dead_letters or self.replayed or self.watermarks or self.invalid or self.infos
+        )
+
+
+@dataclass(slots=True, frozen=True)
+class WriteResult:
+    """What a committed batch stored, and its readings resolved to series for the
+    after-commit observers: numpy arrays of series ids, Unix µs times and values (in
+    the batch's order, duplicates of stored readings included), or None if it had none."""
+
+    stored: int
+    duplicates: int
+    series_ids: Any = None
+    times: Any = None
+    values: Any = None
+
+
+@dataclass
+class Counters:
+    """What happened to every message; `accounted()` checks that nothing went missing."""
+
+    messages_received: int = 0
+    messages_accepted: int = 0  # at least one valid reading
+    messages_dead_lettered: int = 0
+    readings_received: int = 0
+    readings_stored: int = 0
+    readings_duplicate: int = 0
+    values_invalid: int = 0
+    batches_written: int = 0
+
+    def accounted(self) -> bool:
+        return (
+            self.messages_received == self.messages_accepted + self.messages_dead_lettered
+            and self.readings_received == self.readings_stored + self.readings_duplicate
+        )
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)

@@ -2,10 +2,15 @@
 
 Two ways in, one path through:
 - pull sources (files, replays) call `feed()` directly, in the caller's thread;
-- push sources (MQTT, HTTP) `submit()` into a bounded queue drained by `run()` in a
-  writer thread; when the store falls behind, `submit()` blocks: backpressure reaches
-  the source instead of memory growing or messages being dropped.
-A message's `ack` is called only after the transaction holding it committed.
+- push sources (MQTT, ThingSpeak, HTTP) `submit()` into a bounded queue drained by
+  `run()` in a writer thread; when the store falls behind, `submit()` blocks:
+  backpressure reaches the source instead of memory growing or messages being dropped.
+
+Each batch goes to the primary sink (the store) in one transaction. Only after it
+committed are the batch's messages acknowledged to their sources, then the observers
+(streaming detector, live feed, lake) see it. A batch the store refuses for what it
+holds is split in halves until the message at fault is found; that message becomes a
+dead letter and the rest commit, so no single message can block a source.
 """
 
 from __future__ import annotations
@@ -16,15 +21,25 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import Any
 
-from iotpipe import formats
-from iotpipe.errors import DecodeError
+from iotpipe import formats, limits
+from iotpipe.errors import BatchRejected, DecodeError
 from iotpipe.limits import DEFAULT_LIMITS, Limits
-from iotpipe.model import DecodedMessage, DeviceInfo, RawMessage
-from iotpipe.store import DeadLetter, Store, WriteBatch, WriteResult, utc_day
+from iotpipe.model import (
+    Acknowledger,
+    Counters,
+    DeadLetter,
+    DecodedMessage,
+    DeviceInfo,
+    RawMessage,
+    WriteBatch,
+    WriteResult,
+)
+from iotpipe.sinks.base import CommitObserver, PrimarySink
 from iotpipe.validation import decode_valid
 
 log = logging.getLogger(__name__)
@@ -39,12 +54,12 @@ _FLUSH = object()
 
 @dataclass
 class PipelineConfig:
-    batch_size: int = 50_000  # readings per transaction
-    batch_delay: float = 1.0  # seconds a reading may wait for its batch to fill
+    batch_size: int = limits.BATCH_SIZE
+    batch_delay: float = limits.BATCH_DELAY
     # Overrides limits.max_payload_bytes for this pipeline when set (file imports and
     # replays take whole documents); after __init__ the two agree.
     max_payload_bytes: int = 0
-    queue_size: int = 10_000  # messages between push sources and the writer
+    queue_size: int = limits.QUEUE_SIZE
     # Write the batch once this many messages await their ack. A broker lets only so
     # many unacknowledged messages be in flight to one client (Mosquitto: 20 by
     # default); waiting for a full batch beyond that window would stall the stream.
@@ -66,36 +81,14 @@ class _Watermark:
 
 
 @dataclass(frozen=True, slots=True)
+class _CommitPoint:
+    done: threading.Event
+
+
+@dataclass(frozen=True, slots=True)
 class _DeviceInfoUpdate:
     device_id: str
     info: DeviceInfo
-
-
-# Called after each commit with the batch that was written and its result.
-BatchObserver = Callable[[WriteBatch, WriteResult], None]
-
-
-@dataclass
-class Counters:
-    """What happened to every message; `accounted()` checks that nothing went missing."""
-
-    messages_received: int = 0
-    messages_accepted: int = 0  # at least one valid reading
-    messages_dead_lettered: int = 0
-    readings_received: int = 0
-    readings_stored: int = 0
-    readings_duplicate: int = 0
-    values_invalid: int = 0
-    batches_written: int = 0
-
-    def accounted(self) -> bool:
-        return (
-            self.messages_received == self.messages_accepted + self.messages_dead_lettered
-            and self.readings_received == self.readings_stored + self.readings_duplicate
-        )
-
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
 
 
 def tune_gc() -> None:
@@ -110,31 +103,25 @@ def tune_gc() -> None:
 class Pipeline:
     def __init__(
         self,
-        store: Store,
+        sink: PrimarySink,
         config: PipelineConfig | None = None,
-        on_commit: Callable[[Counters], None] | None = None,
-        observers: list[BatchObserver] | None = None,
+        observers: Iterable[CommitObserver] = (),
     ) -> None:
-        self.store = store
+        self.sink = sink
         self.config = config or PipelineConfig()
         self.counters = Counters()
-        self.on_commit = on_commit
-        self.observers: list[BatchObserver] = list(observers or [])
+        self.observers: tuple[CommitObserver, ...] = tuple(observers)
         tune_gc()
-        self._batch = WriteBatch()
-        self._acks: list[Callable[[], None]] = []
-        self._pending_messages = 0  # received into the open batch, not yet committed
-        self._pending_accepted = 0
-        self._pending_dead = 0
-        self._pending_invalid = 0
+        self._open = _PendingBatch()
         self._failed: _PendingBatch | None = None  # a batch whose write failed, to retry first
         self._writer: ThreadPoolExecutor | None = None
         self._in_flight: Future[None] | None = None
         self._batch_started = 0.0
         self._queue: queue.Queue[object] = queue.Queue(maxsize=self.config.queue_size)
         self._lock = threading.Lock()  # feed/flush may be called from a source thread and a timer
+        self._commit_points: list[threading.Event] = []  # told at the next successful flush
 
-    # -- push sources -------------------------------------------------------------------
+    # -- push sources: the MessageSink they are given ----------------------------------------
     def submit(self, raw: RawMessage, timeout: float | None = None) -> None:
         """Hand a message to the writer thread; blocks while the queue is full."""
         self._queue.put(raw, timeout=timeout)
@@ -149,6 +136,18 @@ class Pipeline:
 
     def queue_depth(self) -> int:
         return self._queue.qsize()
+
+    def commit_point(self) -> threading.Event:
+        """Queue a point that `run()` commits everything before and then reports back."""
+        point = _CommitPoint(threading.Event())
+        self._queue.put(point)
+        return point.done
+
+    def flush_soon(self) -> None:
+        """Ask `run()` to write the open batch now, from any thread (e.g. an MQTT source
+        whose broker stopped sending until we ack); a full queue means it soon will anyway."""
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(_FLUSH)
 
     def run(self) -> None:
         """Drain the queue until `stop()`; flush whenever a batch is full or old enough."""
@@ -171,19 +170,16 @@ class Pipeline:
                 self.set_watermark(item.source, item.key, item.value)
             elif isinstance(item, _DeviceInfoUpdate):
                 self.set_device_info(item.device_id, item.info)
+            elif isinstance(item, _CommitPoint):
+                self._commit_points.append(item.done)
+                self.flush()
 
     def stop(self) -> None:
         """Ask `run()` to flush what it holds and return (after queued messages)."""
         self._queue.put(_STOP)
 
-    def flush_soon(self) -> None:
-        """Ask `run()` to write the open batch now, from any thread (e.g. an MQTT source
-        whose broker stopped sending until we ack); a full queue means it soon will anyway."""
-        with contextlib.suppress(queue.Full):
-            self._queue.put_nowait(_FLUSH)
-
     def _time_left(self) -> float | None:
-        if not self._pending_messages:
+        if not self._open.messages:
             return None
         return max(0.0, self._batch_started + self.config.batch_delay - time.monotonic())
 
@@ -197,19 +193,20 @@ class Pipeline:
     def feed(self, raw: RawMessage) -> None:
         """Decode and validate one message into the open batch; write it when full."""
         with self._lock:
-            if not self._pending_messages:
+            job = self._open
+            if not job.messages:
                 self._batch_started = time.monotonic()
-            self._pending_messages += 1
-            if raw.ack is not None:
-                self._acks.append(raw.ack)
+            job.messages += 1
+            if raw.acker is not None:
+                job.acks.append((raw.acker, raw.ack_token))
             try:
                 decoded = self._decode(raw)
             except DecodeError as exc:
-                self._dead_letter(raw, exc.reason)
+                job.dead_letter(raw, exc.reason, self.config.max_payload_bytes)
             else:
-                self._accept(raw, decoded)
-            full = self._batch.reading_count >= self.config.batch_size or (
-                self.config.max_unacked is not None and len(self._acks) >= self.config.max_unacked
+                job.accept(raw, decoded)
+            full = job.batch.reading_count >= self.config.batch_size or (
+                self.config.max_unacked is not None and len(job.acks) >= self.config.max_unacked
             )
             late = time.monotonic() - self._batch_started >= self.config.batch_delay
         if full:
@@ -220,45 +217,16 @@ class Pipeline:
     def set_watermark(self, source: str, key: str, value: str) -> None:
         """Commit a source's resume point together with the readings fed before it."""
         with self._lock:
-            self._batch.watermarks[(source, key)] = value
+            self._open.batch.watermarks[(source, key)] = value
 
     def set_device_info(self, device_id: str, info: DeviceInfo) -> None:
         """Stage device metadata; it is written with the batch (a device is created only
         when a reading of it is stored)."""
         with self._lock:
-            self._batch.infos[device_id] = info
+            self._open.batch.infos[device_id] = info
 
     def _decode(self, raw: RawMessage) -> list[DecodedMessage]:
         return decode_valid(raw, formats.decode, self.config.limits)
-
-    def _accept(self, raw: RawMessage, decoded: list[DecodedMessage]) -> None:
-        batch = self._batch
-        for message in decoded:
-            device_id = message.device_id
-            if message.readings:
-                batch.groups.append((device_id, message.readings))
-                batch.reading_count += len(message.readings)
-            for metric, unit in message.units.items():
-                batch.units[(device_id, metric)] = unit
-            if message.info is not None:
-                batch.infos[device_id] = message.info
-            if message.invalid:
-                day = utc_day(message.readings[0][1] if message.readings else raw.received_at)
-                for bad in message.invalid:
-                    key = (device_id, day, bad.metric)
-                    batch.invalid[key] = batch.invalid.get(key, 0) + 1
-                    self._pending_invalid += 1
-        if raw.dead_letter_id is not None:
-            batch.replayed.append(raw.dead_letter_id)
-        self._pending_accepted += 1
-
-    def _dead_letter(self, raw: RawMessage, reason: str) -> None:
-        if len(raw.payload) > self.config.max_payload_bytes:
-            # Keep the evidence, not the whole oversize body.
-            raw.payload = raw.payload[: self.config.max_payload_bytes]
-        self._batch.dead_letters.append(DeadLetter(raw, reason))
-        self._pending_dead += 1
-        log.debug("dead letter from %s %s: %s", raw.source, raw.origin, reason)
 
     def flush(self) -> None:
         """Write everything fed so far, each batch in one transaction, and wait for it.
@@ -274,17 +242,20 @@ class Pipeline:
         job = self._detach()
         if job is not None:
             self._write(job)
+        points, self._commit_points = self._commit_points, []
+        for point in points:
+            point.set()
 
     def _flush_full_batch(self) -> None:
         """A full batch: written behind, while the caller decodes the next one, where the
         engine gains from it (its server works while we decode); otherwise like flush()."""
-        if not self.store.writes_behind or self._failed is not None:
+        if not self.sink.writes_behind or self._failed is not None:
             self.flush()
             return
         self._wait_for_write_behind()
         job = self._detach()
         if job is not None:
-            self.store.prepare_columns(job.batch)  # here, while the writer is idle
+            self.sink.prepare_columns(job.batch)  # here, while the writer is idle
             if self._writer is None:
                 self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="iotpipe-write")
             self._in_flight = self._writer.submit(self._write, job)
@@ -307,51 +278,73 @@ class Pipeline:
     def _detach(self) -> _PendingBatch | None:
         """Take the open batch and what it owes (acks, counts), leaving an empty one."""
         with self._lock:
-            if not self._pending_messages and not self._batch:
+            job = self._open
+            if not job.messages and not job.batch:
                 return None
-            job = _PendingBatch(
-                self._batch,
-                self._acks,
-                self._pending_messages,
-                self._pending_accepted,
-                self._pending_dead,
-                self._pending_invalid,
-            )
-            self._batch = WriteBatch()
-            self._acks = []
-            self._pending_messages = self._pending_accepted = self._pending_dead = self._pending_invalid = 0
+            self._open = _PendingBatch()
             return job
 
     def _write(self, job: _PendingBatch) -> None:
         """Commit one detached batch, then count it, acknowledge it and tell observers."""
         started = time.perf_counter()
         try:
-            result = self.store.write(job.batch)
+            self._commit(job)
         except BaseException:
             self._failed = job
             raise
-        counters = self.counters
-        with self._lock:
-            counters.messages_received += job.messages
-            counters.messages_accepted += job.accepted
-            counters.messages_dead_lettered += job.dead
-            counters.values_invalid += job.invalid_values
-            counters.readings_received += job.batch.reading_count
-            counters.readings_stored += result.stored
-            counters.readings_duplicate += result.duplicates
-            counters.batches_written += 1
         log.debug(
             "batch of %d readings, %d dead letters in %.3fs",
             job.batch.reading_count,
             job.dead,
             time.perf_counter() - started,
         )
-        for ack in job.acks:
-            ack()
+        _acknowledge(job.acks)
+
+    def _commit(self, job: _PendingBatch) -> None:
+        """Commit a batch; if the store refuses what it holds, split it until the message
+        at fault is alone, dead-letter that one and commit the rest."""
+        try:
+            result = self.sink.write(job.batch)
+        except BatchRejected as exc:
+            if len(job.accepted) > 1:
+                log.info("the store refused a batch of %d messages; splitting it", len(job.accepted))
+                for part in job.split():
+                    self._commit(part)
+                return
+            self._commit_without_fault(job, str(exc))
+            return
+        self._count(job, result)
         for observer in self.observers:
-            observer(job.batch, result)
-        if self.on_commit is not None:
-            self.on_commit(counters)
+            try:
+                observer(job.batch, result)
+            except Exception:  # after the commit: nothing may undo it or block the source
+                log.exception("an after-commit observer failed; the batch is stored")
+
+    def _commit_without_fault(self, job: _PendingBatch, reason: str) -> None:
+        """The store refused a batch holding at most one accepted message: that message
+        becomes a dead letter. If the batch still fails, its device metadata is at fault."""
+        if job.accepted:
+            raw = job.accepted[0][0]
+            log.warning("the store refused the message from %s %s: %s", raw.source, raw.origin, reason)
+            rest = job.without_accepted(f"the database refused it: {reason}")
+        elif job.batch.infos:
+            log.warning("the store refused device metadata (%s); dropping it", reason)
+            rest = job.without_infos()
+        else:
+            raise BatchRejected(reason)
+        self._commit(rest)
+
+    def _count(self, job: _PendingBatch, result: WriteResult) -> None:
+        counters = self.counters
+        with self._lock:
+            counters.messages_received += job.messages
+            counters.messages_accepted += len(job.accepted)
+            counters.messages_dead_lettered += job.dead
+            counters.values_invalid += len(job.batch.invalid)
+            counters.readings_received += job.batch.reading_count
+            counters.readings_stored += result.stored
+            counters.readings_duplicate += result.duplicates
+            counters.batches_written += 1
 
 
 class PipelineWriter:
@@ -364,16 +357,17 @@ class PipelineWriter:
     what queued up behind the failed batch.
     """
 
-    def __init__(self, pipeline: Pipeline, max_backoff: float = 30.0) -> None:
+    def __init__(self, pipeline: Pipeline, max_backoff: float = limits.WRITE_RETRY_MAX_BACKOFF) -> None:
         self.pipeline = pipeline
         self._max_backoff = max_backoff
         self._give_up = threading.Event()
+        self.gave_up = False
         self._thread = threading.Thread(target=self._run, name="iotpipe-writer", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self, grace: float = 30.0) -> None:
+    def stop(self, grace: float = limits.SHUTDOWN_GRACE) -> None:
         """Write everything queued, then end; if the store stays down for `grace` seconds,
         give up (what was not stored was not acknowledged either)."""
         self.pipeline.stop()
@@ -381,6 +375,7 @@ class PipelineWriter:
         if self._thread.is_alive():
             self._give_up.set()
             self._thread.join()
+            self.gave_up = True
             log.error("giving up with the store still failing: unacknowledged messages are not stored")
 
     def _run(self) -> None:
@@ -414,11 +409,100 @@ class PipelineWriter:
 
 @dataclass(slots=True)
 class _PendingBatch:
-    """A batch taken from the pipeline to be written, with what it owes once committed."""
+    """A batch being filled or written, with what it owes once committed: the acks, and
+    the accepted messages it was built from (to rebuild halves of it if it is refused)."""
 
-    batch: WriteBatch
-    acks: list[Callable[[], None]]
-    messages: int
-    accepted: int
-    dead: int
-    invalid_values: int
+    batch: WriteBatch = field(default_factory=WriteBatch)
+    accepted: list[tuple[RawMessage, list[DecodedMessage]]] = field(default_factory=list)
+    acks: list[tuple[Acknowledger, Any]] = field(default_factory=list)
+    messages: int = 0  # received: accepted + dead-lettered
+    dead: int = 0
+
+    def accept(self, raw: RawMessage, decoded: list[DecodedMessage]) -> None:
+        _add_readings(self.batch, raw, decoded)
+        self.accepted.append((raw, decoded))
+
+    def dead_letter(self, raw: RawMessage, reason: str, max_payload_bytes: int) -> None:
+        if len(raw.payload) > max_payload_bytes:
+            # Keep the evidence, not the whole oversize body.
+            raw.payload = raw.payload[:max_payload_bytes]
+        self.batch.dead_letters.append(DeadLetter(raw, reason))
+        self.dead += 1
+        log.debug("dead letter from %s %s: %s", raw.source, raw.origin, reason)
+
+    def split(self) -> tuple[_PendingBatch, _PendingBatch]:
+        """Two halves of the accepted messages; dead letters, metadata and watermarks go
+        with the second, so a watermark still commits after the readings before it."""
+        middle = len(self.accepted) // 2
+        first = _PendingBatch.of(self.accepted[:middle])
+        second = _PendingBatch.of(self.accepted[middle:])
+        second.take_extras(self)
+        return first, second
+
+    def without_accepted(self, reason: str) -> _PendingBatch:
+        """This batch with its accepted messages turned into dead letters."""
+        rest = _PendingBatch()
+        rest.take_extras(self)
+        for raw, _ in self.accepted:
+            rest.batch.dead_letters.append(DeadLetter(raw, reason))
+            rest.dead += 1
+            rest.messages += 1
+        return rest
+
+    def without_infos(self) -> _PendingBatch:
+        rest = _PendingBatch.of(self.accepted)
+        rest.take_extras(self)
+        rest.batch.infos = {}
+        return rest
+
+    def take_extras(self, other: _PendingBatch) -> None:
+        """Take the other batch's dead letters, metadata and watermarks (not its readings)."""
+        batch = self.batch
+        batch.dead_letters.extend(other.batch.dead_letters)
+        batch.watermarks.update(other.batch.watermarks)
+        for device_id, info in other.batch.infos.items():
+            batch.infos.setdefault(device_id, info)
+        self.dead += other.dead
+        self.messages += other.dead
+
+    @classmethod
+    def of(cls, accepted: list[tuple[RawMessage, list[DecodedMessage]]]) -> _PendingBatch:
+        job = cls()
+        for raw, decoded in accepted:
+            job.accept(raw, decoded)
+        job.messages = len(accepted)
+        return job
+
+
+def _add_readings(batch: WriteBatch, raw: RawMessage, decoded: list[DecodedMessage]) -> None:
+    """Add one accepted message's readings, units, metadata and invalid values."""
+    for message in decoded:
+        device_id = message.device_id
+        if message.readings:
+            batch.groups.append((device_id, message.readings))
+            batch.reading_count += len(message.readings)
+        for metric, unit in message.units.items():
+            batch.units[(device_id, metric)] = unit
+        if message.info is not None:
+            batch.infos[device_id] = message.info
+        if message.invalid:
+            at = message.readings[0][1] if message.readings else raw.received_at
+            for bad in message.invalid:
+                batch.invalid[(device_id, bad.metric, at)] = bad.reason
+    if raw.dead_letter_id is not None:
+        batch.replayed.append(raw.dead_letter_id)
+
+
+def _acknowledge(acks: list[tuple[Acknowledger, Any]]) -> None:
+    """Tell each source which of its messages are committed, in one call per source."""
+    if not acks:
+        return
+    by_source: dict[int, tuple[Acknowledger, list[Any]]] = {}
+    for acker, token in acks:
+        entry = by_source.get(id(acker))
+        if entry is None:
+            by_source[id(acker)] = (acker, [token])
+        else:
+            entry[1].append(token)
+    for acker, tokens in by_source.values():
+        acker.acknowledge(tokens)

@@ -45,3 +45,8 @@ def describe_character(char: str) -> str:
     if 0xD800 <= code <= 0xDFFF:
         return f"a lone surrogate ({escape_character(char)}, from bytes that were not valid UTF-8)"
     return escape_character(char)
+
+
+def has_control_characters(text: str) -> bool:
+    """Whether `text` holds a control character (C0, DEL, C1) or a lone surrogate."""
+    return CONTROL_OR_SURROGATE.search(text) is not None

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from iotpipe.model import MICROS_PER_SECOND, now_micros
+from iotpipe.model import MICROS_PER_SECOND, WriteBatch, WriteResult, now_micros
 from iotpipe.pipeline import Pipeline, PipelineConfig
-from iotpipe.store import Store, WriteBatch, WriteResult
+from iotpipe.store import Store
 from tests.helpers import raw
 
 T0 = 1_763_805_600_000_000  # 2025-11-22T10:00:00Z
@@ -211,9 +211,12 @@ def test_device_metadata_and_seen_times_follow_the_readings(store: Store) -> Non
 
 
 def test_queued_watermark_commits_after_the_messages_submitted_before_it(store: Store) -> None:
-    pipeline = Pipeline(store, PipelineConfig(batch_size=2, batch_delay=3600))
     seen: list[tuple[int, str | None]] = []
-    pipeline.observers.append(lambda batch, result: seen.append((result.stored, store.watermark("ts", "9"))))
+    pipeline = Pipeline(
+        store,
+        PipelineConfig(batch_size=2, batch_delay=3600),
+        observers=[lambda batch, result: seen.append((result.stored, store.watermark("ts", "9")))],
+    )
     for i in range(3):
         pipeline.submit(raw(v1("d", T0 + i * MICROS_PER_SECOND, t=1.0)))
     pipeline.submit_watermark("ts", "9", "3")
@@ -236,33 +239,34 @@ def test_unacked_window_forces_a_write(store: Store) -> None:
     assert pipeline.counters.batches_written == 3
 
 
-def test_a_failing_batch_stores_nothing_even_with_every_series_known(store: Store) -> None:
+def test_a_failing_batch_stores_nothing_even_with_every_series_known(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
     Pipeline(store).feed_all([raw(v1("d", T0, t=1.0))])  # series now cached: no setup statements
 
-    def failing_hook(conn: object, rows: list[tuple[int, int, float]]) -> None:
-        raise RuntimeError("hook failed")
+    def failing_step(conn: object, spans: object) -> None:  # after the readings' insert, in the transaction
+        raise RuntimeError("a step of the write failed")
 
-    store.write_hooks.append(failing_hook)
+    monkeypatch.setattr(store, "_touch_devices", failing_step)
     pipeline = Pipeline(store)
     pipeline.feed(raw(v1("d", T0 + MICROS_PER_SECOND, t=2.0)))
     with pytest.raises(RuntimeError):
         pipeline.flush()
-    store.write_hooks.clear()
+    monkeypatch.undo()
     assert store.raw_readings("d", "t") == [(T0, 1.0)]
 
 
-def test_write_hooks_run_inside_the_transaction(store: Store) -> None:
-    def failing_hook(conn: object, rows: list[tuple[int, int, float]]) -> None:
-        assert [t for _, t, _ in rows] == [T0]  # Unix µs on every engine
-        raise RuntimeError("hook failed")
+def test_observers_get_the_committed_readings_in_unix_micros(store: Store) -> None:
+    seen: list[tuple[list[int], list[int], list[float]]] = []
 
-    store.write_hooks.append(failing_hook)
-    pipeline = Pipeline(store)
-    pipeline.feed(raw(v1("d", T0, t=1.0)))
-    with pytest.raises(RuntimeError):
-        pipeline.flush()
-    store.write_hooks.clear()
-    assert store.stats()["readings"] == 0  # rolled back with the hook
+    def observer(batch: WriteBatch, result: WriteResult) -> None:
+        seen.append((result.series_ids.tolist(), result.times.tolist(), result.values.tolist()))
+
+    Pipeline(store, observers=[observer]).feed_all([raw(v1("d", T0, t=1.0, u=2.0))])
+    [(series_ids, times, values)] = seen
+    assert times == [T0, T0]  # Unix µs on every engine, whatever the engine stores
+    assert sorted(values) == [1.0, 2.0]
+    assert len(set(series_ids)) == 2
 
 
 def test_every_batch_marks_the_hours_it_touched_late_data_included(store: Store) -> None:

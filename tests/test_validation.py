@@ -7,6 +7,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from iotpipe.app.wiring import pipeline_config
 from iotpipe.config import load_settings
 from iotpipe.limits import Limits
 from iotpipe.model import MICROS_PER_SECOND, datetime_to_micros, now_micros
@@ -236,7 +237,7 @@ def test_limits_from_the_environment_reach_the_pipeline(
     monkeypatch.setenv("IOTPIPE_LIMITS__MAX_METRICS_PER_MESSAGE", "3")
     monkeypatch.setenv("IOTPIPE_LIMITS__EARLIEST_TIME", "2000-01-01T00:00:00")
     monkeypatch.setenv("IOTPIPE_LIMITS__MAX_PAYLOAD_BYTES", "4096")
-    limits = load_settings().pipeline.to_config().limits
+    limits = pipeline_config(load_settings()).limits
     assert limits.max_metrics_per_message == 3
     assert limits.earliest_time == 946_684_800_000_000
     assert limits.max_payload_bytes == 4096

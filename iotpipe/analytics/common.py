@@ -1,4 +1,4 @@
-"""Small reads and time arithmetic shared by the analytics modules."""
+"""Small reads and week arithmetic shared by the analytics modules (days: iotpipe.model)."""
 
 from __future__ import annotations
 
@@ -8,27 +8,13 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, select
 
 from iotpipe.errors import IotpipeError
-from iotpipe.model import MICROS_PER_HOUR, Micros
+from iotpipe.model import MICROS_PER_DAY, Micros
 from iotpipe.store.schema import devices, series
 
-MICROS_PER_DAY = 24 * MICROS_PER_HOUR
 MICROS_PER_WEEK = 7 * MICROS_PER_DAY
 # ISO weeks start on Monday; the epoch (1970-01-01) was a Thursday, so Monday
 # 1970-01-05 00:00 UTC is the origin every week bucket is aligned to.
 WEEK_ORIGIN = 4 * MICROS_PER_DAY
-
-
-def day_start(t: Micros) -> Micros:
-    return t - t % MICROS_PER_DAY
-
-
-def week_start(t: Micros) -> Micros:
-    return t - (t - WEEK_ORIGIN) % MICROS_PER_WEEK
-
-
-def day_name(t: Micros) -> str:
-    """'YYYY-MM-DD' of the UTC day holding t (the key of per-day tables)."""
-    return dt.datetime.fromtimestamp(day_start(t) // 1_000_000, dt.UTC).date().isoformat()
 
 
 def day_micros(day: str) -> Micros:

@@ -15,7 +15,6 @@ from typing import Any
 from sqlalchemy import Connection, func, select
 
 from iotpipe.analytics.intervals import series_activity
-from iotpipe.analytics.jobs import register_job
 from iotpipe.config import Settings
 from iotpipe.model import MICROS_PER_SECOND, Micros, now_micros
 from iotpipe.store import Store
@@ -24,7 +23,6 @@ from iotpipe.store.schema import data_quality, device_health, devices, series
 LOW_BATTERY_PENALTY = 25.0
 
 
-@register_job("health")
 def health_job(store: Store, settings: Settings) -> dict[str, Any]:
     return check_health(store, settings, now_micros())
 

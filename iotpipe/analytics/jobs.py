@@ -1,4 +1,4 @@
-"""The registry of analytics jobs: each module registers its job(s) here by name.
+"""The analytics jobs, listed in the order they run, and how one is run.
 
 A job reads the store and writes only its own tables; it returns a small summary of
 what it did (for `iotpipe jobs --json` and the job_state table). `run_job` is how the
@@ -14,11 +14,13 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import text, update
 
-from iotpipe.config import Settings
+from iotpipe.analytics import alerts, anomalies, health, quality, rollups
+from iotpipe.config import AnalyticsSettings, Settings
 from iotpipe.errors import IotpipeError
 from iotpipe.model import now_micros
 from iotpipe.store import Store
@@ -26,26 +28,33 @@ from iotpipe.store.schema import job_state
 
 log = logging.getLogger(__name__)
 
-Job = Callable[[Store, Settings], dict[str, Any]]
-
-JOBS: dict[str, Job] = {}
-
-# The order `all` runs them in: quality needs current rollups and anomalies; alerts
-# read health and quality.
-ORDER = ("rollups", "anomalies", "quality", "health", "alerts")
+JobFunction = Callable[[Store, Settings], dict[str, Any]]
 
 
-def register_job(name: str) -> Callable[[Job], Job]:
-    def register(job: Job) -> Job:
-        JOBS[name] = job
-        return job
+@dataclass(frozen=True)
+class Job:
+    name: str
+    run: JobFunction
+    # Seconds between two runs inside `iotpipe run`, from the settings.
+    every: Callable[[AnalyticsSettings], float]
 
-    return register
+
+# In the order `all` runs them: quality needs current rollups and anomalies; alerts read
+# health and quality.
+JOBS: tuple[Job, ...] = (
+    Job("rollups", rollups.rollups_job, lambda a: a.rollups_every),
+    Job("anomalies", anomalies.anomalies_job, lambda a: a.anomalies_every),
+    Job("quality", quality.quality_job, lambda a: a.quality_every),
+    Job("health", health.health_job, lambda a: a.health_every),
+    Job("alerts", alerts.alerts_job, lambda a: a.alerts_every),
+)
 
 
-def job_names() -> list[str]:
-    """Registered jobs in the order they should run."""
-    return [n for n in ORDER if n in JOBS] + sorted(n for n in JOBS if n not in ORDER)
+def find_job(name: str, jobs: tuple[Job, ...] = JOBS) -> Job:
+    for job in jobs:
+        if job.name == name:
+            return job
+    raise IotpipeError(f"unknown job {name!r}; choose one of: {', '.join(j.name for j in jobs)}, all")
 
 
 def advisory_key(name: str) -> int:
@@ -79,11 +88,9 @@ def job_lock(store: Store, name: str) -> Iterator[bool]:
                 conn.commit()
 
 
-def run_job(name: str, store: Store, settings: Settings) -> dict[str, Any]:
+def run_job(job: Job, store: Store, settings: Settings) -> dict[str, Any]:
     """Run one job once (unless another process is running it); record how it went."""
-    job = JOBS.get(name)
-    if job is None:
-        raise IotpipeError(f"unknown job {name!r}; choose one of: {', '.join(job_names())}, all")
+    name = job.name
     with job_lock(store, name) as mine:
         if not mine:
             return {"job": name, "skipped": "running in another process"}
@@ -91,7 +98,7 @@ def run_job(name: str, store: Store, settings: Settings) -> dict[str, Any]:
         clock = time.perf_counter()
         _record(store, name, last_started_at=started)
         try:
-            result = job(store, settings)
+            result = job.run(store, settings)
         except Exception as exc:
             _record(
                 store,
@@ -112,7 +119,3 @@ def _record(store: Store, name: str, **values: Any) -> None:
     with store.engine.begin() as conn:
         if not conn.execute(update(job_state).where(job_state.c.name == name).values(**values)).rowcount:
             conn.execute(store.dialect_insert(job_state).values(name=name, **values).on_conflict_do_nothing())
-
-
-# Importing the job modules registers their jobs.
-from iotpipe.analytics import alerts, anomalies, health, quality, rollups  # noqa: E402,F401

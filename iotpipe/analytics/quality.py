@@ -20,18 +20,17 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, func, or_, select, text
 
-from iotpipe.analytics.common import MICROS_PER_DAY, day_micros, day_name, day_start
+from iotpipe.analytics.common import day_micros
 from iotpipe.analytics.intervals import SeriesActivity, series_activity
-from iotpipe.analytics.jobs import register_job
 from iotpipe.config import MetricBounds, Settings
-from iotpipe.model import MICROS_PER_SECOND, Micros, now_micros
+from iotpipe.model import MICROS_PER_DAY, MICROS_PER_SECOND, Micros, day_name, day_start, now_micros
 from iotpipe.store import Store
 from iotpipe.store.schema import (
     UtcMicros,
     anomalies,
     data_quality,
     devices,
-    invalid_values,
+    invalid_readings,
     job_state,
     readings,
     rollups,
@@ -78,7 +77,6 @@ def quality_score(missing_pct: float, out_of_range_pct: float, anomalous_pct: fl
     return round(min(100.0, max(0.0, score)), 2)
 
 
-@register_job("quality")
 def quality_job(store: Store, settings: Settings) -> dict[str, Any]:
     return compute_quality(store, settings, now_micros())
 
@@ -217,15 +215,18 @@ def _count_out_of_range(conn: Connection, series_id: int, day: Micros, bounds: M
 
 
 def _invalid_counts(conn: Connection, device_days: set[tuple[int, str]]) -> dict[tuple[int, str], int]:
-    names = sorted({day for _, day in device_days})
-    if not names:
-        return {}
-    query = (
-        select(invalid_values.c.device_pk, invalid_values.c.day, func.sum(invalid_values.c.count))
-        .where(invalid_values.c.day.in_(names))
-        .group_by(invalid_values.c.device_pk, invalid_values.c.day)
-    )
-    return {(pk, day): int(n) for pk, day, n in conn.execute(query) if (pk, day) in device_days}
+    counts: dict[tuple[int, str], int] = {}
+    for name in sorted({day for _, day in device_days}):
+        start = day_micros(name)
+        query = (
+            select(invalid_readings.c.device_pk, func.count())
+            .where(invalid_readings.c.time >= start, invalid_readings.c.time < start + MICROS_PER_DAY)
+            .group_by(invalid_readings.c.device_pk)
+        )
+        for device_pk, n in conn.execute(query):
+            if (device_pk, name) in device_days:
+                counts[(device_pk, name)] = int(n)
+    return counts
 
 
 def _anomalous_counts(

@@ -30,10 +30,9 @@ from typing import Any
 
 from sqlalchemy import Connection, TextClause, bindparam, select, text
 
-from iotpipe.analytics.common import MICROS_PER_DAY, MICROS_PER_WEEK, WEEK_ORIGIN, SeriesRef
-from iotpipe.analytics.jobs import register_job
+from iotpipe.analytics.common import MICROS_PER_WEEK, WEEK_ORIGIN, SeriesRef
 from iotpipe.config import Settings
-from iotpipe.model import MICROS_PER_HOUR, Micros, now_micros
+from iotpipe.model import MICROS_PER_DAY, MICROS_PER_HOUR, Micros, now_micros
 from iotpipe.store import Store
 from iotpipe.store.schema import UtcMicros, rollups
 
@@ -292,7 +291,6 @@ def _chunk_bound(conn: Connection, chunk_hours: int) -> tuple[int, Micros] | Non
     return None if row is None else (row[0], row[1])
 
 
-@register_job("rollups")
 def rollups_job(store: Store, settings: Settings) -> dict[str, Any]:
     return refresh(store, settings.analytics.rollup_chunk_hours)
 

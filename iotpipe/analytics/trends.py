@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from iotpipe.analytics.common import MICROS_PER_DAY, SeriesRef, day_name
+from iotpipe.analytics.common import SeriesRef
 from iotpipe.analytics.rollups import bucket_rows
-from iotpipe.model import Micros
+from iotpipe.model import MICROS_PER_DAY, Micros, day_name
 from iotpipe.store import Store
 
 WINDOW_DAYS = 7

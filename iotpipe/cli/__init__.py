@@ -1,50 +1,113 @@
-"""The `iotpipe` command: parses flags into settings, builds the App, calls one operation.
+"""The `iotpipe` command: parses flags, makes one `App` call, prints what it returns.
 
-Commands live in one module per family (core, and those of each source and of the
-analytics); each registers itself on `app` when imported below.
+Commands live in one module per family (core, ingest, views); each registers itself on
+`app` when imported below. Nothing heavy is imported until a command runs: the App,
+the store and the sources load on first use, so `iotpipe --help` answers at once.
+Help is plain text (click's formatter), grouped by purpose.
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import orjson
 import typer
-from rich.console import Console
-from rich.markup import escape
+import typer.core
 
 from iotpipe import __version__
-from iotpipe.app import App
-from iotpipe.config import load_settings
-from iotpipe.errors import DecodeError, IotpipeError
-from iotpipe.formats.timestamps import parse_timestamp
-from iotpipe.logs import setup_logging
-from iotpipe.model import Micros
+from iotpipe.errors import IotpipeError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from iotpipe.app import App
+
+# The help panels, in the order `iotpipe --help` lists them.
+PANELS = ("Run", "Ingest", "Look at the data", "Maintain")
+
+
+class GroupedCommands(typer.core.TyperGroup):
+    """Lists subcommands under their panel (`rich_help_panel`), in PANELS order, as plain
+    text: rich's help renderer alone costs more time than the rest of `--help`."""
+
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        sections: dict[str, list[tuple[str, str]]] = {}
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is None or command.hidden:
+                continue
+            panel = getattr(command, "rich_help_panel", None) or "Commands"
+            sections.setdefault(panel, []).append((name, command.get_short_help_str(limit=90)))
+        for panel in sorted(sections, key=lambda p: PANELS.index(p) if p in PANELS else len(PANELS)):
+            with formatter.section(panel):
+                formatter.write_dl(sections[panel])
+
 
 app = typer.Typer(
     name="iotpipe",
-    help="IoT telemetry platform: ingest sensor readings (simulator, files, MQTT, ThingSpeak), "
-    "store them once in SQLite or PostgreSQL, and inspect them.",
+    cls=GroupedCommands,
+    help="IoT telemetry platform: ingest sensor readings (MQTT, ThingSpeak, files, a simulator), "
+    "store each once in SQLite or PostgreSQL, roll them up, find anomalies, raise alerts.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 dlq_app = typer.Typer(
-    help="Inspect and replay the dead-letter queue (messages that could not be stored).", no_args_is_help=True
+    cls=GroupedCommands,
+    help="Inspect and replay the dead-letter queue (messages that could not be stored).",
+    no_args_is_help=True,
+    rich_markup_mode=None,
 )
-app.add_typer(dlq_app, name="dlq")
 ingest_app = typer.Typer(
-    help="Ingest from one source in the foreground (MQTT, ThingSpeak).", no_args_is_help=True
+    cls=GroupedCommands,
+    help="Ingest from one source in the foreground (MQTT, ThingSpeak).",
+    no_args_is_help=True,
+    rich_markup_mode=None,
 )
-app.add_typer(ingest_app, name="ingest")
-
-# soft_wrap: paths and JSON must reach pipes and tests unbroken by the terminal width.
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+class _Consoles:
+    """rich consoles, made on first use (rich costs ~0.1 s to import)."""
+
+    _out: Console | None = None
+    _err: Console | None = None
+
+    @property
+    def out(self) -> Console:
+        if self._out is None:
+            from rich.console import Console
+
+            # soft_wrap: paths and JSON must reach pipes and tests unbroken by the width.
+            self._out = Console(soft_wrap=True)
+        return self._out
+
+    @property
+    def err(self) -> Console:
+        if self._err is None:
+            from rich.console import Console
+
+            self._err = Console(stderr=True, soft_wrap=True)
+        return self._err
+
+
+consoles = _Consoles()
+
+
+def say(text: str, *, to_stderr: bool = False) -> None:
+    """Print a line of our own words (never device text: see `untrusted`)."""
+    (consoles.err if to_stderr else consoles.out).print(text, highlight=False, markup=False)
+
+
+def untrusted(text: object) -> str:
+    """Device-supplied text made safe for a terminal: control characters escaped, so a
+    device id cannot move the cursor or recolour the screen."""
+    from iotpipe.text import printable
+
+    return printable(str(text))
 
 
 def _version(value: bool) -> None:
@@ -78,33 +141,32 @@ def main_options(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
     ] = False,
 ) -> None:
-    settings = load_settings(
-        config,
-        database_url=database_url,
-        log_level=log_level.upper() if log_level else None,
-        log_format=log_format,
-    )
-    setup_logging(settings.log_level, settings.log_format)
-    ctx.obj = App(settings)
-    ctx.call_on_close(ctx.obj.close)
+    # Only remembered here: this runs before a subcommand's --help, which must stay instant.
+    ctx.obj = {
+        "config_file": config,
+        "database_url": database_url,
+        "log_level": log_level.upper() if log_level else None,
+        "log_format": log_format,
+    }
 
 
 def get_app(ctx: typer.Context) -> App:
-    assert isinstance(ctx.obj, App)
-    return ctx.obj
+    """The App for this invocation, built from the global options on first use."""
+    root = ctx.find_root()
+    built = root.meta.get("iotpipe.app")
+    if built is None:
+        from iotpipe.app import App
 
-
-def time_option(value: str | None, flag: str) -> Micros | None:
-    """A --start/--end style option as µs, or an error that shows the expected form."""
-    if value is None:
-        return None
-    try:
-        return parse_timestamp(value, flag)
-    except DecodeError as exc:
-        raise IotpipeError(f"{exc}; write e.g. 2026-11-22T10:00:00Z") from None
+        options = dict(root.obj or {})
+        built = App.from_options(options.pop("config_file", None), **options)
+        root.meta["iotpipe.app"] = built
+        root.call_on_close(built.close)
+    return built
 
 
 def print_json(value: Any) -> None:
+    import orjson
+
     sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
@@ -112,10 +174,27 @@ def main() -> None:
     try:
         app(prog_name="iotpipe")
     except IotpipeError as exc:
-        # Escaped: messages quote config sections like [thingspeak], which rich would eat.
-        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
-        sys.exit(2)
+        _fail(str(exc))
+    except Exception as exc:  # the environment (database, disk) or a bug: one line, never a traceback
+        from iotpipe.app import explain_error
+
+        message, expected = explain_error(exc)
+        if not expected:
+            import logging
+
+            logging.getLogger("iotpipe").debug("internal error", exc_info=exc)
+        _fail(message)
 
 
-# Importing the command modules registers their commands.
-from iotpipe.cli import analytics, anomalies, core, mqtt, thingspeak  # noqa: E402,F401
+def _fail(message: str) -> None:
+    from iotpipe.redact import redact
+
+    sys.stderr.write(f"error: {redact(message)}\n")
+    sys.exit(2)
+
+
+app.add_typer(ingest_app, name="ingest", rich_help_panel="Ingest")
+app.add_typer(dlq_app, name="dlq", rich_help_panel="Look at the data")
+
+# Importing the command modules registers their commands, in the order listed.
+from iotpipe.cli import core, ingest, views  # noqa: E402,F401

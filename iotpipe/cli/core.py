@@ -1,4 +1,4 @@
-"""Core commands: init, run, import, stats and the dead-letter queue."""
+"""Core commands: run, init, import, stats and the dead-letter queue."""
 
 from __future__ import annotations
 
@@ -6,85 +6,76 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
-from iotpipe import __version__, formats
-from iotpipe.app import database_location
-from iotpipe.cli import JsonFlag, app, dlq_app, err, get_app, out, print_json
-from iotpipe.errors import IotpipeError
-from iotpipe.model import format_micros
-from iotpipe.pipeline import Counters
-from iotpipe.sources.files import FileSource
+from iotpipe import __version__
+from iotpipe.cli import JsonFlag, app, consoles, dlq_app, get_app, print_json, say, untrusted
+from iotpipe.model import Counters
+
+FORMATS_HELP = "v1, v2, senml, lineproto, csv, thingspeak, tasmota, zigbee2mqtt, value"
 
 
-@app.command()
+def counters_line(c: Counters) -> str:
+    return (
+        f"stored {c.readings_stored:,} readings from {c.messages_accepted:,} messages "
+        f"({c.readings_duplicate:,} duplicates, {c.messages_dead_lettered:,} dead letters)"
+    )
+
+
+@app.command(rich_help_panel="Run")
+def run(
+    ctx: typer.Context,
+    duration: Annotated[
+        float | None, typer.Option(help="Stop after this many seconds (default: until Ctrl-C or SIGTERM).")
+    ] = None,
+    devices: Annotated[
+        int | None, typer.Option(min=1, help="Simulated devices, when no source is configured.")
+    ] = None,
+    interval: Annotated[
+        float | None, typer.Option(min=0.001, help="Seconds between a simulated device's reports.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for a reproducible simulation.")] = None,
+) -> None:
+    """Run the main job: ingest from the configured sources, run the analytics jobs.
+
+    With no source configured it starts the built-in simulator, so this works with zero setup on the embedded SQLite default. Stops cleanly on Ctrl-C or SIGTERM: what was received is stored (or left unacknowledged at the broker).
+    """
+    application = get_app(ctx)
+    sim = application.settings.simulator
+    given = {"devices": devices, "interval": interval, "seed": seed}
+    application.settings.simulator = sim.model_copy(update={k: v for k, v in given.items() if v is not None})
+    say(f"iotpipe {__version__}: storing readings in {application.database_location()}")
+    say("Press Ctrl-C to stop.")
+    outcome = application.run(
+        duration=duration, report=lambda c: say(counters_line(c)), announce=lambda text: say(untrusted(text))
+    )
+    say(counters_line(outcome.counters))
+    if outcome.gave_up:
+        raise typer.Exit(2)
+
+
+@app.command(rich_help_panel="Maintain")
 def init(ctx: typer.Context) -> None:
     """Create the database schema, or upgrade it to this version (safe to run again)."""
     application = get_app(ctx)
     applied = application.init()
-    where = database_location(application.settings)
+    where = application.database_location()
     if applied:
-        out.print(f"Applied {len(applied)} migration(s) to {where}: {', '.join(applied)}")
+        say(f"Applied {len(applied)} migration(s) to {where}: {', '.join(applied)}")
     else:
-        out.print(f"{where} is up to date.")
+        say(f"{where} is up to date.")
 
 
-@app.command()
-def run(
-    ctx: typer.Context,
-    duration: Annotated[
-        float | None, typer.Option(help="Stop after this many seconds (default: run until Ctrl-C).")
-    ] = None,
-    devices: Annotated[
-        int | None, typer.Option(help="Simulated devices, when no source is configured.")
-    ] = None,
-    interval: Annotated[
-        float | None, typer.Option(help="Seconds between a simulated device's reports.")
-    ] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed for a reproducible simulation.")] = None,
-) -> None:
-    """Run the main job: ingest from the configured sources into the store.
-
-    With no source configured it starts the built-in simulator, so this works with
-    zero setup on the embedded SQLite default.
-    """
-    application = get_app(ctx)
-    sim = application.settings.simulator
-    application.settings.simulator = sim.model_copy(
-        update={
-            k: v for k, v in {"devices": devices, "interval": interval, "seed": seed}.items() if v is not None
-        }
-    )
-    sim = application.settings.simulator
-    application.init()
-    out.print(f"iotpipe {__version__}: storing readings in {database_location(application.settings)}")
-    out.print("Press Ctrl-C to stop.")
-
-    def report(c: Counters) -> None:
-        out.print(
-            f"stored {c.readings_stored:,} readings from {c.messages_accepted:,} messages "
-            f"({c.readings_duplicate:,} duplicates, {c.messages_dead_lettered:,} dead letters)"
-        )
-
-    try:
-        counters = application.run(duration=duration, report=report, announce=out.print)
-    except KeyboardInterrupt:
-        out.print("Stopping.")
-        return
-    report(counters)
-
-
-@app.command("import")
+@app.command("import", rich_help_panel="Ingest")
 def import_(
     ctx: typer.Context,
     paths: Annotated[
         list[Path],
-        typer.Argument(help="Files: .jsonl .json .senml.json .csv .lp, optionally .gz.", show_default=False),
+        typer.Argument(
+            help="Files: .jsonl .json .senml.json .csv .lp, optionally gzipped (.gz).", show_default=False
+        ),
     ],
     format: Annotated[
-        str | None,
-        typer.Option("--format", "-f", help="Force a decoder: " + ", ".join(formats.format_names()) + "."),
+        str | None, typer.Option("--format", "-f", help=f"Force a decoder: {FORMATS_HELP}.")
     ] = None,
     device: Annotated[
         str | None,
@@ -94,116 +85,105 @@ def import_(
     ] = None,
     json_output: JsonFlag = False,
 ) -> None:
-    """Import historical files. Re-importing the same files stores nothing new."""
+    """Import historical files. Re-importing the same files stores nothing new.
+
+    Ctrl-C stops between two records; what was read is stored, and running the same import again stores only what is missing.
+    """
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
     application = get_app(ctx)
-    if format is not None and format not in formats.format_names():
-        raise IotpipeError(f"unknown format {format!r}; choose one of: {', '.join(formats.format_names())}")
-    try:
-        source = FileSource(
-            paths, format=format, device_id=device, limits=application.settings.limits.to_limits()
-        )
-    except FileNotFoundError as exc:
-        raise IotpipeError(f"{exc}; check the path") from None
     with Progress(
         TextColumn("[bold]importing"),
         BarColumn(),
         DownloadColumn(),
         TimeRemainingColumn(),
-        console=err,
+        console=consoles.err,
         transient=True,
-        disable=json_output or not err.is_terminal,
+        disable=json_output or not consoles.err.is_terminal,
     ) as bar:
-        task = bar.add_task("import", total=source.bytes_total)
-        counters = application.import_files(source, progress=lambda done: bar.update(task, completed=done))
-    summary = _summary(counters)
+        task = bar.add_task("import", total=None)
+        outcome = application.import_files(
+            paths, format, device, progress=lambda done, total: bar.update(task, completed=done, total=total)
+        )
+    summary = outcome.summary()
     if json_output:
         print_json(summary)
     else:
-        out.print(
-            f"Imported {len(paths)} file(s): {summary['stored']:,} readings stored, "
-            f"{summary['duplicates']:,} duplicates, {summary['invalid']:,} invalid values, "
-            f"{summary['dead_lettered']:,} messages dead-lettered (of {summary['messages']:,})."
+        if outcome.interrupted:
+            say(
+                f"Interrupted after {outcome.files_done} of {outcome.files} file(s); what was read so far is "
+                "stored. Run the same import again to finish: stored readings are not stored twice."
+            )
+        done = "So far" if outcome.interrupted else f"Imported {len(paths)} file(s)"
+        say(
+            f"{done}: {summary['stored']:,} readings stored, {summary['duplicates']:,} duplicates, "
+            f"{summary['invalid']:,} invalid values, {summary['dead_lettered']:,} messages dead-lettered "
+            f"(of {summary['messages']:,})."
         )
         if summary["dead_lettered"]:
-            out.print("See them with `iotpipe dlq list`; after a fix, `iotpipe dlq replay`.")
+            say("See them with `iotpipe dlq list`; after a fix, `iotpipe dlq replay`.")
+    if outcome.interrupted:
+        raise typer.Exit(130)
 
 
-def _summary(counters: Counters) -> dict[str, int]:
-    return {
-        "messages": counters.messages_received,
-        "stored": counters.readings_stored,
-        "duplicates": counters.readings_duplicate,
-        "invalid": counters.values_invalid,
-        "dead_lettered": counters.messages_dead_lettered,
-    }
-
-
-@app.command()
+@app.command(rich_help_panel="Look at the data")
 def stats(ctx: typer.Context, json_output: JsonFlag = False) -> None:
-    """Counts of devices, series, readings and dead letters in the store."""
-    counts = get_app(ctx).store.stats()
+    """Counts of devices, series, readings, invalid values and dead letters in the store."""
+    application = get_app(ctx)
+    counts = application.stats()
     if json_output:
         print_json(counts)
         return
-    table = Table("what", "count", title=database_location(get_app(ctx).settings))
+    from rich.table import Table
+
+    table = Table("what", "count", title=application.database_location())
     for key, value in counts.items():
         table.add_row(key.replace("_", " "), f"{value:,}")
-    out.print(table)
+    consoles.out.print(table)
 
 
 @dlq_app.command("list")
 def dlq_list(
     ctx: typer.Context,
-    limit: Annotated[int, typer.Option(help="Show at most this many.")] = 50,
+    limit: Annotated[int, typer.Option(min=1, help="Show at most this many.")] = 50,
     json_output: JsonFlag = False,
 ) -> None:
     """List dead letters, oldest first, with the reason each was rejected."""
-    rows = get_app(ctx).store.dead_letter_rows(limit=limit)
-    entries = [
-        {
-            "id": r["id"],
-            "received_at": format_micros(r["received_at"]),
-            "source": r["source"],
-            "origin": r["origin"],
-            "reason": r["reason"],
-            "attempts": r["attempts"],
-            "payload": bytes(r["payload"]).decode("utf-8", "replace"),
-        }
-        for r in rows
-    ]
+    entries = get_app(ctx).dead_letters(limit)
     if json_output:
         print_json(entries)
         return
     if not entries:
-        out.print("The dead-letter queue is empty.")
+        say("The dead-letter queue is empty.")
         return
-    table = Table("id", "received", "origin", "reason", "payload")
+    from rich.table import Table
+
+    table = Table("id", "received", "origin", "attempts", "reason", "payload")
     for e in entries:
         payload = e["payload"] if len(e["payload"]) <= 60 else e["payload"][:57] + "..."
-        table.add_row(str(e["id"]), e["received_at"], e["origin"], e["reason"], payload)
-    out.print(table)
+        table.add_row(
+            str(e["id"]),
+            e["received_at"],
+            untrusted(e["origin"]),
+            str(e["attempts"]),
+            untrusted(e["reason"]),
+            untrusted(payload),
+        )
+    consoles.out.print(table, markup=False)
 
 
 @dlq_app.command("replay")
 def dlq_replay(
     ctx: typer.Context,
-    limit: Annotated[int | None, typer.Option(help="Replay at most this many.")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Replay at most this many.")] = None,
     json_output: JsonFlag = False,
 ) -> None:
-    """Re-run dead letters through the current decoders; those that now decode are stored
-    and leave the queue, the others stay with their new reason."""
-    counters = get_app(ctx).replay_dead_letters(limit)
-    summary = {
-        "replayed": counters.messages_received,
-        "stored_messages": counters.messages_accepted,
-        "still_dead": counters.messages_dead_lettered,
-        "stored": counters.readings_stored,
-        "duplicates": counters.readings_duplicate,
-    }
+    """Re-run dead letters through the current decoders; those that now decode are stored and leave the queue, the others stay with their new reason."""
+    summary = get_app(ctx).replay_dead_letters(limit)
     if json_output:
         print_json(summary)
     else:
-        out.print(
+        say(
             f"Replayed {summary['replayed']:,} dead letters: {summary['stored_messages']:,} now stored "
             f"({summary['stored']:,} readings), {summary['still_dead']:,} still rejected."
         )

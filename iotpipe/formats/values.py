@@ -5,13 +5,13 @@ from __future__ import annotations
 import math
 import re
 
+from iotpipe import limits
 from iotpipe.errors import DecodeError
-from iotpipe.limits import DEFAULT_MAX_ID_LENGTH
 from iotpipe.model import InvalidValue
 
 _NUMBER = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*")
 _METRIC_NAME = re.compile(r"[^a-z0-9]+")
-MAX_ID_LENGTH = DEFAULT_MAX_ID_LENGTH  # decoders' own bound; [limits] max_id_length may only lower it
+MAX_ID_LENGTH = limits.MAX_ID_LENGTH  # decoders' own bound; [limits] max_id_length may only lower it
 
 
 def coerce_value(metric: str, value: object) -> float | InvalidValue | None:

@@ -37,7 +37,6 @@ from iotpipe.limits import DEFAULT_LIMITS, Limits, setting_hint
 from iotpipe.model import RawMessage, now_micros
 from iotpipe.text import printable
 
-LINE_SUFFIXES = (".jsonl", ".ndjson", ".lp", ".txt", ".line")
 SUFFIX_FORMATS = {".csv": "csv", ".senml.json": "senml", ".senml": "senml", ".lp": "lineproto"}
 GZIP_MAGIC = b"\x1f\x8b"
 # Byte-order marks, longest first: the UTF-32 LE mark starts with the UTF-16 LE one.
@@ -93,6 +92,7 @@ class FileSource:
         self.limits = limits
         self.bytes_total = sum(p.stat().st_size for p in paths)
         self.bytes_done = 0  # of files finished
+        self.files_done = 0
         self._current: BinaryIO | None = None
         self._lines_read = 0  # of the current file, for the truncation message
 
@@ -116,6 +116,7 @@ class FileSource:
                     ) from None
                 self._current = None
             self.bytes_done += path.stat().st_size
+            self.files_done += 1
 
     def _messages(self, path: Path, stream: _LineReader) -> Iterator[RawMessage]:
         kind = file_kind(path)

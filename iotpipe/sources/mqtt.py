@@ -4,7 +4,7 @@ At-least-once, end to end:
 - a persistent session (MQTT 5: clean start off + session expiry; 3.1.1: clean session
   off) under a stable client id, so the broker keeps our subscriptions, and the
   messages published while we are away, until we return;
-- QoS 1 with paho's manual acks: a message's PUBACK is sent only by `RawMessage.ack`,
+- QoS 1 with paho's manual acks: a message's PUBACK is sent only by `acknowledge()`,
   which the pipeline calls after the batch holding the message committed. A crash
   before that leaves the message unacknowledged, and the broker delivers it again;
 - an ack goes out only on the connection that delivered the message: after a
@@ -17,29 +17,25 @@ unacknowledged messages (MQTT 5: our Receive Maximum; 3.1.1: the broker's
 that window awaits its ack, so the broker streams the other half meanwhile; when the
 broker's window is smaller than ours, it commits as soon as the stream pauses.
 
-Backpressure: messages are handed to `Pipeline.submit()` on paho's network thread, which
+Backpressure: messages are handed to the sink's `submit()` on paho's network thread, which
 blocks while the pipeline's queue is full; paho then stops reading the socket and the
 broker holds the stream.
 
-Speed (see `_Client`): paho reads through a buffer, the common PUBLISH is decoded here
-rather than by paho, and a batch's PUBACKs leave as one write.
+Speed (see mqtt_client.py, which holds every use of paho's internals): paho reads
+through a buffer, the common PUBLISH is decoded there rather than by paho, and a
+batch's PUBACKs leave as one write.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
-import socket
 import ssl
-import struct
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from functools import partial
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -49,11 +45,12 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from iotpipe import formats
-from iotpipe.config import Settings
-from iotpipe.errors import ConfigError, IotpipeError
+from iotpipe.brokers import Broker, BrokerError
+from iotpipe.errors import ConfigError
 from iotpipe.formats.unmatched import UNMATCHED_TOPIC
 from iotpipe.model import RawMessage
-from iotpipe.pipeline import Pipeline
+from iotpipe.sources.base import MessageSink
+from iotpipe.sources.mqtt_client import FastClient, message_topic, queue_pubacks
 
 log = logging.getLogger(__name__)
 
@@ -75,51 +72,8 @@ DEFAULT_INFLIGHT = 10_000
 # broker whose in-flight limit is below our window has stopped sending until we ack.
 IDLE_COMMIT_SECONDS = 0.01
 _NEEDS_DEVICE = frozenset({"tasmota", "zigbee2mqtt", "value"})
-SCHEMES = {"mqtt": 1883, "mqtts": 8883}
 CONNECT_TIMEOUT = 15.0
 _QUEUE_FULL_LOG_EVERY = 10.0  # seconds between two "queue full" warnings
-_PUBACK = struct.Struct("!BBH")  # fixed header PUBACK, remaining length 2, packet id
-
-
-class BrokerError(IotpipeError):
-    """The broker could not be reached, refused us, or refused a subscription."""
-
-
-# -- where the broker is -------------------------------------------------------------------
-@dataclass(frozen=True)
-class Broker:
-    host: str
-    port: int
-    tls: bool
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-
-    def __str__(self) -> str:
-        """The URL without credentials, for logs and messages."""
-        user = f"{self.username}@" if self.username else ""
-        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{self.host}:{self.port}"
-
-
-def parse_broker_url(url: str) -> Broker:
-    """`mqtt://[user:pass@]host[:port]` or `mqtts://...`; errors never echo the password."""
-    parts = urlsplit(url)
-    if parts.scheme not in SCHEMES:
-        raise ConfigError(f"MQTT URL must start with mqtt:// or mqtts://, got {parts.scheme or 'no'} scheme")
-    try:
-        port = parts.port or SCHEMES[parts.scheme]
-    except ValueError:
-        raise ConfigError(
-            f"MQTT URL has an invalid port: {parts.hostname}:{parts.netloc.rsplit(':', 1)[-1]}"
-        ) from None
-    if not parts.hostname:
-        raise ConfigError("MQTT URL names no host; use mqtt://host:1883")
-    return Broker(
-        host=parts.hostname,
-        port=port,
-        tls=parts.scheme == "mqtts",
-        username=unquote(parts.username) if parts.username else None,
-        password=unquote(parts.password) if parts.password else None,
-    )
 
 
 # -- topic layouts -------------------------------------------------------------------------
@@ -298,40 +252,6 @@ class MqttOptions:
         return max(1, self.inflight // 2)
 
 
-def options_from_settings(settings: Settings) -> MqttOptions:
-    """Resolve `mqtt_url` and `[mqtt]` into options; ConfigError says what to fix."""
-    if not settings.mqtt_url:
-        raise ConfigError("no MQTT broker configured: pass --url mqtt://host:1883 or set IOTPIPE_MQTT_URL")
-    config = settings.mqtt
-    broker = parse_broker_url(settings.mqtt_url)
-    if broker.username is None and config.username:
-        password = config.password.get_secret_value() if config.password else None
-        broker = Broker(broker.host, broker.port, broker.tls, config.username, password)
-    for name in ("ca_file", "cert_file", "key_file"):
-        path = getattr(config, name)
-        if path is not None and not broker.tls:
-            raise ConfigError(f"{name.replace('_', '-')} needs an mqtts:// URL (TLS); got {broker}")
-        if path is not None and not Path(path).is_file():
-            raise ConfigError(f"{name.replace('_', '-')} {path} does not exist")
-    if (config.cert_file is None) != (config.key_file is None):
-        raise ConfigError("a client certificate needs both --cert-file and --key-file")
-    templates = [TopicTemplate.parse(spec) for spec in (config.templates or DEFAULT_TEMPLATES)]
-    return MqttOptions(
-        broker=broker,
-        templates=templates,
-        filters=subscription_filters(config.topics, templates, config.shared_group),
-        client_id=config.client_id or f"iotpipe-{socket.gethostname()}",
-        qos=config.qos,
-        protocol=config.protocol,
-        inflight=config.inflight or DEFAULT_INFLIGHT,
-        session_expiry=config.session_expiry,
-        keepalive=config.keepalive,
-        ca_file=config.ca_file,
-        cert_file=config.cert_file,
-        key_file=config.key_file,
-    )
-
-
 # -- the source ----------------------------------------------------------------------------
 @dataclass
 class MqttStats:
@@ -349,23 +269,22 @@ class MqttStats:
 
 
 class MqttSource:
-    """A `Service` for `iotpipe run` and `iotpipe ingest mqtt`: paho client feeding a pipeline."""
+    """The MQTT source of `iotpipe run` and `iotpipe ingest mqtt`: a paho client feeding a
+    sink, and the Acknowledger of what it delivered."""
 
     name = "mqtt"
-    is_source = True
 
     def __init__(self, options: MqttOptions, stop_timeout: float = 30.0) -> None:
         self.options = options
         self.stats = MqttStats()
         self._router = TopicRouter(options.templates)
         self._stop_timeout = stop_timeout
-        self._pipeline: Pipeline | None = None
+        self._sink: MessageSink | None = None
         self._client: paho.Client | None = None
         # Guards the connection generation and the count of messages awaiting commit.
         self._acks = threading.Condition()
         self._generation = 0
         self._awaiting_commit = 0
-        self._puback_mids: list[int] = []  # committed, PUBACK not yet handed to paho
         self._stopping = False  # set by stop(): take no more messages
         self._abandon = False  # set when stop() gives up waiting: drop what is blocked
         self._ready = threading.Event()
@@ -382,15 +301,16 @@ class MqttSource:
             f"client id {o.client_id}, in-flight window {o.inflight})."
         )
 
-    def start(self, pipeline: Pipeline) -> None:
-        """Connect, subscribe and start delivering into `pipeline`; BrokerError if that fails."""
-        self._pipeline = pipeline
-        if self.options.qos:
-            # Shared pipelines (iotpipe run) take the smallest window of their sources.
-            current = pipeline.config.max_unacked
-            pipeline.config.max_unacked = min(current or self.options.max_unacked, self.options.max_unacked)
-            # First among the observers: the batch's PUBACKs go out before analytics run.
-            pipeline.observers.insert(0, self._send_acks)
+    @property
+    def ack_window(self) -> int | None:
+        return self.options.max_unacked if self.options.qos else None
+
+    def finished(self) -> bool:
+        return False  # a subscription has no end
+
+    def start(self, sink: MessageSink) -> None:
+        """Connect, subscribe and start delivering into `sink`; BrokerError if that fails."""
+        self._sink = sink
         client = self._client = self._new_client()
         o = self.options
         try:
@@ -427,8 +347,8 @@ class MqttSource:
         """Take no more messages, wait until those taken are committed and acked, disconnect."""
         self._stopping = True
         self._closed.set()
-        if self._pipeline is not None:
-            self._pipeline.flush_soon()  # what was taken is committed now, not after the batch delay
+        if self._sink is not None:
+            self._sink.flush_soon()  # what was taken is committed now, not after the batch delay
         with self._acks:
             if not self._acks.wait_for(lambda: self._awaiting_commit == 0, self._stop_timeout):
                 log.warning(
@@ -437,7 +357,6 @@ class MqttSource:
                 )
                 self._abandon = True
         if self._client is not None:
-            self._send_acks()  # the last batch's, if its observers have not run yet
             self._client.disconnect()
             self._client.loop_stop()
 
@@ -449,17 +368,17 @@ class MqttSource:
         limit, a broker capping Receive Maximum) stops before that and would wait for
         the batch delay. A pause of IDLE_COMMIT_SECONDS with acks owed is that stall.
         """
-        pipeline = self._pipeline
-        assert pipeline is not None
+        sink = self._sink
+        assert sink is not None
         while not self._closed.wait(IDLE_COMMIT_SECONDS):
             if (
                 not self._awaiting_commit
-                or pipeline.queue_depth()
+                or sink.queue_depth()
                 or time.monotonic() - self._last_message < IDLE_COMMIT_SECONDS
             ):
                 continue
             # The writer thread commits: a flush from here could overlap its write-behind.
-            pipeline.flush_soon()
+            sink.flush_soon()
             self.stats.idle_commits += 1
             # One request per pause: wait until it is committed or more messages come.
             pending = self._awaiting_commit
@@ -470,7 +389,7 @@ class MqttSource:
     def _new_client(self) -> paho.Client:
         o = self.options
         v5 = o.protocol == "5"
-        client = _Client(
+        client = FastClient(
             CallbackAPIVersion.VERSION2,
             client_id=o.client_id,
             protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
@@ -550,8 +469,6 @@ class MqttSource:
         with self._acks:
             # Acks of messages from the lost connection are dropped from now on.
             self._generation += 1
-            self.stats.acks_dropped += len(self._puback_mids)
-            self._puback_mids.clear()
         self.stats.disconnects += 1
         if self._stopping or self._refusal is not None:
             return
@@ -568,7 +485,7 @@ class MqttSource:
 
     def _on_message(self, _client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:
         """paho's delivery of the PUBLISH packets `_Client` leaves to it (QoS 2, properties)."""
-        self._deliver(message._topic, bytes(message.payload), message.qos, message.mid)
+        self._deliver(message_topic(message), bytes(message.payload), message.qos, message.mid)
 
     def _deliver(self, topic_bytes: bytes, payload: bytes, qos: int, mid: int) -> None:
         """One message from the broker into the pipeline, on paho's network thread."""
@@ -581,24 +498,22 @@ class MqttSource:
         except UnicodeDecodeError:
             topic = repr(topic_bytes)[2:-1]  # MQTT topics are UTF-8; keep the evidence
         route = self._router.route(topic)
-        ack: Callable[[], None] | None = None
+        raw = RawMessage(payload, "mqtt", topic, received_at, route.format, route.device_id, route.header)
         if qos:
             with self._acks:
                 self._awaiting_commit += 1
-                ack = partial(self._ack, mid, qos, self._generation)
-        raw = RawMessage(
-            payload, "mqtt", topic, received_at, route.format, route.device_id, route.header, ack
-        )
+                raw.acker, raw.ack_token = self, (mid, qos, self._generation)
         self.stats.messages += 1
         if route.format == UNMATCHED_TOPIC:
             self.stats.unmatched += 1
         self._submit(raw)
 
     def _submit(self, raw: RawMessage) -> None:
-        """Hand the message to the pipeline, blocking paho's network thread while its queue is full."""
-        assert self._pipeline is not None
+        """Hand the message to the sink, blocking paho's network thread while its queue is full."""
+        sink = self._sink
+        assert sink is not None
         try:
-            self._pipeline.submit(raw, timeout=0)
+            sink.submit(raw, timeout=0)
             return
         except queue.Full:
             pass
@@ -609,12 +524,12 @@ class MqttSource:
             log.warning(
                 "pipeline queue full (%d messages): the store is slower than the broker; "
                 "not reading from the broker until it catches up (full %d times so far)",
-                self._pipeline.queue_depth(),
+                sink.queue_depth(),
                 self.stats.queue_full,
             )
         while True:
             try:
-                self._pipeline.submit(raw, timeout=1.0)
+                sink.submit(raw, timeout=1.0)
                 break
             except queue.Full:
                 if self._abandon:
@@ -623,130 +538,31 @@ class MqttSource:
         self.stats.blocked_seconds += time.monotonic() - now
 
     def _forget(self, raw: RawMessage) -> None:
-        if raw.ack is not None:
+        if raw.acker is not None:
             with self._acks:
                 self._awaiting_commit -= 1
 
-    def _ack(self, mid: int, qos: int, generation: int) -> None:
-        """Called by the pipeline's writer once the message is committed: queue its PUBACK.
+    def acknowledge(self, tokens: list[Any]) -> None:
+        """Called by the pipeline once a batch is committed, with the (packet id, QoS,
+        connection) of each of our messages in it: their PUBACKs leave as one write.
 
-        The PUBACKs of a batch go out together, from `_send_acks`, which the pipeline calls
-        right after the batch's acks.
+        An ack goes out only on the connection that delivered the message; after a
+        reconnect the broker redelivers the rest, and a stale packet id never
+        acknowledges a newer message.
         """
         with self._acks:
-            if generation != self._generation:
-                self.stats.acks_dropped += 1
-            elif qos == 1:
-                self._puback_mids.append(mid)
-            elif self._client is not None:
-                self._client.ack(mid, qos)  # QoS 2: PUBCOMP, rare enough to send one by one
-                self.stats.acks_sent += 1
-            self._awaiting_commit -= 1
+            mids: list[int] = []
+            for mid, qos, generation in tokens:
+                if generation != self._generation:
+                    self.stats.acks_dropped += 1
+                elif qos == 1:
+                    mids.append(mid)
+                elif self._client is not None:
+                    self._client.ack(mid, qos)  # QoS 2: PUBCOMP, rare enough to send one by one
+                    self.stats.acks_sent += 1
+            self._awaiting_commit -= len(tokens)
+            if mids and self._client is not None:
+                queue_pubacks(self._client, mids)
+                self.stats.acks_sent += len(mids)
             if not self._awaiting_commit:
                 self._acks.notify_all()
-
-    def _send_acks(self, _batch: object = None, _result: object = None) -> None:
-        """Send the queued PUBACKs as one write (a pipeline observer, run after each commit).
-
-        paho's own `ack()` queues a packet and wakes its network thread through a socket
-        pair; per message, that is two system calls on each side. One packet holding every
-        PUBACK of the batch costs one of each, and is as thread-safe: paho's outgoing queue
-        is a deque and its wake-up is the same.
-        """
-        with self._acks:
-            mids, self._puback_mids = self._puback_mids, []
-            if not mids or self._client is None:
-                return
-            queue_packet = getattr(self._client, "_packet_queue", None)
-            if queue_packet is None:  # a paho without it: one ack() per message
-                for mid in mids:
-                    self._client.ack(mid, 1)
-            else:
-                queue_packet(paho.PUBACK, b"".join(_PUBACK.pack(0x40, 2, mid) for mid in mids), 0, 0)
-            self.stats.acks_sent += len(mids)
-
-
-class _BufferedSocket:
-    """The broker's socket, read 64 KiB at a time on paho's behalf.
-
-    paho reads each packet with one recv() per byte of its header and one for its body,
-    so a stream of small messages costs several system calls each. This serves those
-    reads from one large recv(), and tells paho (through `pending()`, as an SSL socket
-    does) that buffered bytes are waiting, so its select() does not sleep on them.
-    """
-
-    def __init__(self, sock: Any) -> None:
-        self._sock = sock
-        self._data = b""
-        self._pos = 0
-
-    def recv(self, size: int) -> bytes:
-        data, pos = self._data, self._pos
-        if pos >= len(data):
-            data = self._sock.recv(65536)
-            if len(data) <= size:
-                return data
-            pos = 0
-            self._data = data
-        self._pos = pos + size
-        return data[pos : pos + size]
-
-    def buffered(self) -> int:
-        return len(self._data) - self._pos
-
-    def pending(self) -> int:
-        inner = getattr(self._sock, "pending", None)
-        return self.buffered() + (inner() if inner is not None else 0)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._sock, name)
-
-
-class _Client(paho.Client):
-    """paho's client, reading through `_BufferedSocket`, handling all it buffered at once,
-    and handing the common PUBLISH packet straight to `deliver`."""
-
-    _MAX_PACKETS_PER_READ = 1000  # then let paho send (acks, pings) before reading on
-    deliver: Callable[[bytes, bytes, int, int], None] | None = None  # (topic, payload, qos, mid)
-
-    def _handle_publish(self) -> paho.MQTTErrorCode:
-        # paho decodes every PUBLISH into an MQTTMessage (which builds a Condition), on
-        # MQTT 5 a Properties object (which scans all 27 property names twice), and
-        # matches it against per-topic callbacks: together more CPU than iotpipe's whole
-        # decode-and-store of the message. The common case, QoS 0 or 1 without
-        # properties, is decoded here in a few slices; anything else goes paho's way,
-        # which also reports malformed packets.
-        deliver = self.deliver
-        command = self._in_packet["command"]
-        qos = (command & 0x06) >> 1
-        if deliver is None or qos >= 2 or (qos == 1 and not self._manual_ack):
-            return super()._handle_publish()
-        packet = self._in_packet["packet"]
-        size = len(packet)
-        topic_end = 2 + (packet[0] << 8 | packet[1]) if size >= 2 else 0
-        pos = topic_end + (2 if qos else 0)
-        v5 = self._protocol == paho.MQTTv5
-        # Leave to paho: an empty topic (a v5 topic alias, or a v3 error), a short packet,
-        # and a v5 packet with properties (its property length is not a single 0 byte).
-        if topic_end <= 2 or pos + v5 > size or (v5 and packet[pos] != 0):
-            return super()._handle_publish()
-        mid = packet[topic_end] << 8 | packet[topic_end + 1] if qos else 0
-        deliver(bytes(packet[2:topic_end]), bytes(packet[pos + v5 :]), qos, mid)
-        return paho.MQTTErrorCode.MQTT_ERR_SUCCESS
-
-    def _create_socket(self) -> Any:
-        return _BufferedSocket(super()._create_socket())
-
-    def loop_read(self, max_packets: int = 1) -> paho.MQTTErrorCode:
-        # paho handles one packet per select(), and each select() hands the GIL to the
-        # pipeline's writer thread, which keeps it for up to a switch interval (5 ms):
-        # reading every packet already buffered makes that once per 64 KiB instead.
-        rc = super().loop_read(max_packets)
-        sock = self._sock
-        for _ in range(self._MAX_PACKETS_PER_READ):
-            if rc != paho.MQTTErrorCode.MQTT_ERR_SUCCESS or self._sock is not sock:
-                break
-            if not isinstance(sock, _BufferedSocket) or not sock.buffered():
-                break
-            rc = super().loop_read(max_packets)
-        return rc

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import random
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from iotpipe.model import MICROS_PER_SECOND, Micros, RawMessage, micros_to_datetime, now_micros
+from iotpipe.sources.base import MessageSink
 
 DEVICE_TYPES = ("pump", "tank", "weather", "meter")
 METRICS = ("temperature", "humidity", "pressure", "battery", "rssi")
@@ -367,3 +369,42 @@ def _iso_millis(at: Micros) -> str:
 def _zoneless(at: Micros) -> str:
     """ISO time without zone, as Tasmota sends it; milliseconds only when there are some."""
     return _iso_millis(at) if at % MICROS_PER_SECOND else _iso_millis(at)[:-4]
+
+
+class SimulatorSource:
+    """The simulator as a source: `iotpipe run`'s default when nothing else is configured,
+    so that a first run with zero setup ingests something to look at."""
+
+    name = "simulator"
+    ack_window: int | None = None  # nothing to acknowledge
+
+    def __init__(self, simulator: Simulator) -> None:
+        self.simulator = simulator
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, sink: MessageSink) -> None:
+        self._thread = threading.Thread(
+            target=self._feed, args=(sink,), name="iotpipe-simulator", daemon=True
+        )
+        self._thread.start()
+
+    def _feed(self, sink: MessageSink) -> None:
+        for raw in self.simulator.live():
+            if self._stop.is_set():
+                return
+            sink.submit(raw)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(self.simulator.interval + 5)
+
+    def finished(self) -> bool:
+        return False
+
+    def describe(self) -> str:
+        return (
+            f"No source configured: simulating {self.simulator.devices} devices "
+            f"reporting every {self.simulator.interval:g}s."
+        )

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 from urllib.parse import quote, urlencode
 
 import httpx
@@ -40,9 +40,7 @@ from iotpipe.formats.thingspeak import DEVICE_PREFIX, FIELD_KEYS, channel_info, 
 from iotpipe.formats.timestamps import parse_timestamp
 from iotpipe.formats.values import coordinate
 from iotpipe.model import MICROS_PER_SECOND, DeviceInfo, Micros, RawMessage, format_micros, now_micros
-
-if TYPE_CHECKING:  # settings are read, never imported at run time: sources stay store-free
-    from iotpipe.config import ThingSpeakSettings
+from iotpipe.sources.base import MessageSink
 
 log = logging.getLogger(__name__)
 # httpx logs every request URL at INFO, read key included: keep it quiet.
@@ -508,6 +506,7 @@ class ChannelReader:
         self.spec = spec
         # Without a cursor, entry ids start at 1: cursor 0 means "nothing handed over yet".
         self.cursor = cursor or Cursor(0, start)
+        self.first_entry_id = self.cursor.entry_id  # where this run started, for progress
         self.results = max(1, min(results, MAX_RESULTS))
         self.last_entry_id: int | None = None
         self.totals = ChannelTotals()
@@ -726,47 +725,6 @@ def _entry_seconds(entry: dict[str, Any]) -> int | None:
         return None
 
 
-# -- from settings ----------------------------------------------------------------------
-def client_options(settings: ThingSpeakSettings, base_url: str | None = None) -> ClientOptions:
-    return ClientOptions(
-        base_url=base_url or settings.base_url,
-        requests_per_second=settings.requests_per_second,
-        burst=settings.burst,
-        timeout=settings.timeout,
-        max_attempts=settings.max_attempts,
-    )
-
-
-def configured_channels(settings: ThingSpeakSettings) -> list[ChannelSpec]:
-    return [with_keys(ChannelSpec(channel.id), settings) for channel in settings.channels]
-
-
-def with_keys(spec: ChannelSpec, settings: ThingSpeakSettings) -> ChannelSpec:
-    """The spec with the keys the settings hold for it (a key already given wins)."""
-    user_key = settings.user_api_key.get_secret_value() if settings.user_api_key is not None else None
-    return ChannelSpec(spec.id, spec.read_key or settings.read_key(spec.id), spec.user_key or user_key)
-
-
-def resume_readers(
-    specs: list[ChannelSpec], settings: ThingSpeakSettings, stored: Callable[[str, str], str | None]
-) -> list[ChannelReader]:
-    """A reader per channel, resuming from its stored cursor (`stored(source, key)`, i.e.
-    Store.watermark), else starting at its configured `since`, else at the whole history."""
-    readers = []
-    for spec in specs:
-        value = stored(SOURCE, str(spec.id))
-        cursor = Cursor.decode(spec.id, value) if value is not None else None
-        readers.append(ChannelReader(spec, cursor, _configured_start(settings, spec.id), settings.results))
-    return readers
-
-
-def _configured_start(settings: ThingSpeakSettings, channel_id: int) -> Micros:
-    for channel in settings.channels:
-        if channel.id == channel_id and channel.since:
-            return parse_start(channel.since, f"since of ThingSpeak channel {channel_id}")
-    return HISTORY_START
-
-
 def parse_start(text: str, what: str = "--since") -> Micros:
     try:
         return parse_timestamp(text, what)
@@ -866,34 +824,7 @@ class ThingSpeakPoller:
                 return
 
 
-class PullTarget(Protocol):
-    """The pipeline's pull-mode methods (`iotpipe ingest thingspeak`)."""
-
-    def feed(self, raw: RawMessage) -> None: ...
-    def set_device_info(self, device_id: str, info: DeviceInfo) -> None: ...
-    def set_watermark(self, source: str, key: str, value: str) -> None: ...
-
-
-class PushTarget(Protocol):
-    """The pipeline's push-mode methods (`iotpipe run`)."""
-
-    def submit(self, raw: RawMessage, timeout: float | None = None) -> None: ...
-    def submit_device_info(self, device_id: str, info: DeviceInfo) -> None: ...
-    def submit_watermark(self, source: str, key: str, value: str) -> None: ...
-
-
-def feed_page(target: PullTarget, page: Page) -> None:
-    """Pull mode: the page's messages, then its device info, then its cursor, which the
-    pipeline commits with (or after) the readings fed before it."""
-    for raw in page.messages:
-        target.feed(raw)
-    if page.info is not None:
-        target.set_device_info(f"{DEVICE_PREFIX}{page.channel_id}", page.info)
-    if page.watermark is not None:
-        target.set_watermark(*page.watermark)
-
-
-def submit_page(target: PushTarget, page: Page) -> None:
+def submit_page(target: MessageSink, page: Page) -> None:
     """Push mode: queue the page's messages, then its device info, then its cursor."""
     for raw in page.messages:
         target.submit(raw)
@@ -903,32 +834,53 @@ def submit_page(target: PushTarget, page: Page) -> None:
         target.submit_watermark(*page.watermark)
 
 
-class ThingSpeakService:
-    """`iotpipe run`'s ThingSpeak source: polls every configured channel every `interval` s."""
+class ThingSpeakSource:
+    """ThingSpeak channels as a source: every channel polled every `interval` seconds, or
+    caught up with once (`once`), each page queued with its cursor behind its messages."""
 
     name = "thingspeak"
-    is_source = True
+    ack_window: int | None = None  # nothing to acknowledge
 
     def __init__(
         self,
         readers: list[ChannelReader],
         options: ClientOptions,
         interval: float,
+        *,
+        once: bool = False,
+        on_page: Callable[[ChannelReader], None] | None = None,
+        caught_up: Callable[[ChannelReader], None] | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         check_base_url(options.base_url)  # now, not once `iotpipe run` has started
         self.readers = readers
         self.options = options
         self.interval = interval
+        self.once = once
+        self._on_page = on_page
+        self._caught_up = caught_up
         self._transport = transport
         self._poller: ThingSpeakPoller | None = None
 
-    def start(self, pipeline: PushTarget) -> None:
+    def start(self, sink: MessageSink) -> None:
+        def deliver(reader: ChannelReader, page: Page) -> None:
+            submit_page(sink, page)
+            # A page is the unit of progress: it is committed with its cursor before the
+            # next is fetched, so a pull stopped by any means resumes after it.
+            committed = sink.commit_point()
+            while not committed.wait(1.0):
+                if self._poller is None or self._poller.stopping:
+                    return
+            if self._on_page is not None:
+                self._on_page(reader)
+
         self._poller = ThingSpeakPoller(
             self.readers,
             self.options,
-            lambda _reader, page: submit_page(pipeline, page),
+            deliver,
             interval=self.interval,
+            once=self.once,
+            caught_up=self._caught_up,
             transport=self._transport,
         )
         self._poller.start()
@@ -937,8 +889,13 @@ class ThingSpeakService:
         if self._poller is not None:
             self._poller.stop()
 
+    def finished(self) -> bool:
+        return self._poller is not None and self.once and self._poller.join(timeout=0)
+
     def describe(self) -> str:
         channels = ", ".join(str(r.channel_id) for r in self.readers)
+        if self.once:
+            return f"ThingSpeak: pulling channel(s) {channels} from {self.options.base_url} once."
         return (
             f"ThingSpeak: polling channel(s) {channels} at {self.options.base_url} every {self.interval:g}s."
         )

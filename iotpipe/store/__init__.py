@@ -7,9 +7,9 @@ from pathlib import Path
 from sqlalchemy.exc import OperationalError
 
 from iotpipe.errors import ConfigError, StoreError
-from iotpipe.store.base import DeadLetter, Store, WriteBatch, WriteResult, utc_day
+from iotpipe.store.base import Store
 
-__all__ = ["DeadLetter", "Store", "WriteBatch", "WriteResult", "open_store", "utc_day"]
+__all__ = ["Store", "open_store"]
 
 
 def open_store(url: str, migrate: bool = True) -> Store:

@@ -6,65 +6,43 @@ the readings bulk insert (COPY / executemany) and how a batch updates device tim
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
+import sqlite3
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import psycopg
 from sqlalchemy import Connection, Engine, Table, delete, func, insert, select, update
+from sqlalchemy import exc as sa_exc
 
-from iotpipe.model import MICROS_PER_HOUR, DeviceInfo, Micros, RawMessage, now_micros
+from iotpipe.errors import BatchRejected
+from iotpipe.model import MICROS_PER_HOUR, DeviceInfo, Micros, RawMessage, WriteBatch, WriteResult, now_micros
 from iotpipe.store import migrations
 from iotpipe.store.schema import (
     dead_letters,
     devices,
     ingest_watermarks,
-    invalid_values,
+    invalid_readings,
     readings,
     series,
 )
 
-
-@dataclass(slots=True)
-class DeadLetter:
-    """A message that could not be stored, with the reason."""
-
-    raw: RawMessage
-    reason: str
-
-
-@dataclass(slots=True)
-class WriteBatch:
-    """Everything one transaction commits: readings, dead letters, watermarks, counts.
-
-    Readings stay grouped as decoded: (device_id, [(metric, time, value), ...]) so the
-    writer maps each device once and each metric with one dict lookup.
-    """
-
-    groups: list[tuple[str, list[tuple[str, Micros, float]]]] = field(default_factory=list)
-    units: dict[tuple[str, str], str] = field(default_factory=dict)
-    infos: dict[str, DeviceInfo] = field(default_factory=dict)
-    invalid: dict[tuple[str, str, str], int] = field(default_factory=dict)  # (device, day, metric)
-    dead_letters: list[DeadLetter] = field(default_factory=list)
-    replayed: list[int] = field(default_factory=list)  # dead letter ids now stored
-    watermarks: dict[tuple[str, str], str] = field(default_factory=dict)
-    reading_count: int = 0
-    columns: ReadingColumns | None = None  # built ahead of the write, see prepare_columns()
-
-    def __bool__(self) -> bool:
-        return bool(
-            self.groups or self.dead_letters or self.replayed or self.watermarks or self.invalid or self.infos
-        )
-
-
-# Runs inside a batch's transaction with the (series_id, time, value) rows it inserts
-# (Unix µs like everywhere else; before dedupe against stored readings): e.g. analytics marking rollup buckets dirty,
-# which must commit or fail together with the readings.
-WriteHook = Callable[[Connection, list[tuple[int, Micros, float]]], None]
+# What a database raises for the data it was given rather than for being unreachable:
+# the pipeline answers these by finding the message at fault (see Store.write).
+_DATA_ERRORS = (
+    sa_exc.DataError,
+    sa_exc.IntegrityError,
+    psycopg.DataError,
+    psycopg.IntegrityError,
+    sqlite3.DataError,
+    sqlite3.IntegrityError,
+    ValueError,
+    OverflowError,
+)
 
 
 @dataclass(slots=True)
@@ -83,10 +61,6 @@ class ReadingColumns:
 
     def rows(self) -> Iterator[tuple[int, Micros, float]]:
         return zip(self.series_ids.tolist(), self.times.tolist(), self.values.tolist(), strict=True)
-
-    def unix_rows(self, time_offset: int) -> list[tuple[int, Micros, float]]:
-        times = (self.times - time_offset).tolist()
-        return list(zip(self.series_ids.tolist(), times, self.values.tolist(), strict=True))
 
     def dirty_hours(self) -> list[tuple[int, Micros]]:
         """Each (series, hour) the readings touch, so rollups recompute only those — late
@@ -107,12 +81,6 @@ class ReadingColumns:
         return spans
 
 
-@dataclass(slots=True, frozen=True)
-class WriteResult:
-    stored: int
-    duplicates: int
-
-
 class Store(ABC):
     """A database holding iotpipe's schema. Create with `iotpipe.store.open_store(url)`."""
 
@@ -127,7 +95,6 @@ class Store(ABC):
         # device_id -> (device pk, {metric: series id}); filled only after commits succeed.
         self._series_ids: dict[str, tuple[int, dict[str, int]]] = {}
         self._device_infos: dict[str, DeviceInfo] = {}
-        self.write_hooks: list[WriteHook] = []
 
     # -- lifecycle --------------------------------------------------------------------
     def migrate(self, upto: str | None = None) -> list[str]:
@@ -153,7 +120,15 @@ class Store(ABC):
 
     # -- the write path ---------------------------------------------------------------
     def write(self, batch: WriteBatch) -> WriteResult:
-        """Commit a whole batch in one transaction; raises and commits nothing on failure."""
+        """Commit a whole batch in one transaction; raises and commits nothing on failure:
+        BatchRejected when the database refused the data itself, the driver's error when
+        it could not be reached."""
+        try:
+            return self._write(batch)
+        except _DATA_ERRORS as exc:
+            raise BatchRejected(_first_line(exc)) from exc
+
+    def _write(self, batch: WriteBatch) -> WriteResult:
         with self.write_transaction() as conn:
             new_ids = self._resolve_series(conn, batch)
             columns = batch.columns if batch.columns is not None else self._reading_columns(batch, new_ids)
@@ -161,16 +136,20 @@ class Store(ABC):
             if len(columns):
                 self._insert_dirty_hours(conn, columns.dirty_hours())
                 self._touch_devices(conn, columns.device_spans())
-            if self.write_hooks:
-                unix_rows = columns.unix_rows(self.time_offset)
-                for hook in self.write_hooks:
-                    hook(conn, unix_rows)
             self._update_device_infos(conn, batch.infos)
             self._write_invalid(conn, batch.invalid, new_ids)
             self._write_dead_letters(conn, batch)
             self._write_watermarks(conn, batch.watermarks)
         self._remember(new_ids, batch.infos)
-        return WriteResult(stored=stored, duplicates=batch.reading_count - stored)
+        if not len(columns):
+            return WriteResult(stored=stored, duplicates=batch.reading_count - stored)
+        return WriteResult(
+            stored=stored,
+            duplicates=batch.reading_count - stored,
+            series_ids=columns.series_ids,
+            times=columns.times - self.time_offset,
+            values=columns.values,
+        )
 
     # Added to a Unix-epoch µs time to get the engine's own representation (PostgreSQL:
     # µs since 2000-01-01, what its binary protocol carries). Whole hours, so an hour
@@ -311,19 +290,23 @@ class Store(ABC):
     def _write_invalid(
         self,
         conn: Connection,
-        counts: dict[tuple[str, str, str], int],
+        invalid: dict[tuple[str, str, Micros], str],
         new_ids: dict[str, tuple[int, dict[str, int]]],
     ) -> None:
-        for (device_id, day, metric), count in counts.items():
-            device_pk = (new_ids.get(device_id) or self._series_ids[device_id])[0]
-            key = {"device_pk": device_pk, "day": day, "metric": metric}
-            changed = conn.execute(
-                update(invalid_values)
-                .where(*(invalid_values.c[k] == v for k, v in key.items()))
-                .values(count=invalid_values.c.count + count)
-            ).rowcount
-            if not changed:
-                conn.execute(insert(invalid_values).values(count=count, **key))
+        """Record each invalid value once per (device, metric, time), like readings: a
+        redelivered or re-imported message does not count its invalid values twice."""
+        if not invalid:
+            return
+        rows = [
+            {
+                "device_pk": (new_ids.get(device_id) or self._series_ids[device_id])[0],
+                "metric": metric,
+                "time": at,
+                "reason": reason,
+            }
+            for (device_id, metric, at), reason in invalid.items()
+        ]
+        conn.execute(self._insert_ignore(invalid_readings, ["device_pk", "metric", "time"]), rows)
 
     def _write_dead_letters(self, conn: Connection, batch: WriteBatch) -> None:
         now = now_micros()
@@ -334,19 +317,23 @@ class Store(ABC):
                 conn.execute(
                     update(dead_letters)
                     .where(dead_letters.c.id == raw.dead_letter_id)
-                    .values(reason=letter.reason, attempts=dead_letters.c.attempts + 1, last_attempt_at=now)
+                    .values(
+                        reason=storable_text(letter.reason),
+                        attempts=dead_letters.c.attempts + 1,
+                        last_attempt_at=now,
+                    )
                 )
                 continue
             fresh.append(
                 {
                     "received_at": raw.received_at,
                     "source": raw.source,
-                    "origin": raw.origin,
+                    "origin": storable_text(raw.origin),
                     "format": raw.format,
-                    "device_hint": raw.device_id,
-                    "header": list(raw.header) if raw.header is not None else None,
+                    "device_hint": storable_text(raw.device_id),
+                    "header": [storable_text(h) for h in raw.header] if raw.header is not None else None,
                     "payload": raw.payload,
-                    "reason": letter.reason,
+                    "reason": storable_text(letter.reason),
                     "fingerprint": dead_letter_fingerprint(raw),
                     "attempts": 1,
                     "last_attempt_at": now,
@@ -391,8 +378,7 @@ class Store(ABC):
                 "series": conn.scalar(select(func.count()).select_from(series)) or 0,
                 "readings": conn.scalar(select(func.count()).select_from(readings)) or 0,
                 "dead_letters": conn.scalar(select(func.count()).select_from(dead_letters)) or 0,
-                "invalid_values": conn.scalar(select(func.coalesce(func.sum(invalid_values.c.count), 0)))
-                or 0,
+                "invalid_values": conn.scalar(select(func.count()).select_from(invalid_readings)) or 0,
             }
 
     def watermark(self, source: str, key: str) -> str | None:
@@ -462,6 +448,19 @@ def dead_letter_fingerprint(raw: RawMessage) -> str:
     return digest.hexdigest()
 
 
-def utc_day(time: Micros) -> str:
-    """The UTC calendar day of a time, as 'YYYY-MM-DD' (the invalid_values key)."""
-    return dt.datetime.fromtimestamp(time // 1_000_000, dt.UTC).date().isoformat()
+def storable_text(text: str | None) -> str | None:
+    """Text we record about a message (where it came from, why it was refused) made
+    storable on every engine: PostgreSQL's text cannot hold NUL, and lone surrogates
+    cannot be encoded at all. Readings never get here with such text: validation
+    refuses them first; this is for the dead letters that say so."""
+    if text is None:
+        return None
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _first_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    lines = str(orig).strip().splitlines()
+    return lines[0] if lines else type(orig).__name__

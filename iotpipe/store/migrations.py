@@ -292,6 +292,45 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX anomalies_open ON anomalies (series_id) WHERE end_time IS NULL",
         ),
     ),
+    # Invalid values become rows keyed like readings (exactly once under redelivery).
+    # The per-day counts recorded so far carry no times: each becomes that many rows
+    # at the day's first microseconds, so every day keeps its count.
+    Migration(
+        "0006_invalid_readings",
+        sqlite=(
+            """CREATE TABLE invalid_readings (
+                device_pk INTEGER NOT NULL, metric TEXT NOT NULL, time INTEGER NOT NULL,
+                reason TEXT NOT NULL,
+                PRIMARY KEY (device_pk, metric, time)) WITHOUT ROWID""",
+            """INSERT INTO invalid_readings (device_pk, metric, time, reason)
+                WITH RECURSIVE expanded(device_pk, metric, day, i, n) AS (
+                    SELECT device_pk, metric, day, 0, count FROM invalid_values WHERE count > 0
+                    UNION ALL
+                    SELECT device_pk, metric, day, i + 1, n FROM expanded WHERE i + 1 < n)
+                SELECT device_pk, metric,
+                    CAST(round((julianday(day) - 2440587.5) * 86400) AS INTEGER) * 1000000 + i,
+                    'counted before invalid values were kept per reading'
+                FROM expanded""",
+            "DROP TABLE invalid_values",
+        ),
+        postgresql=(
+            """CREATE TABLE invalid_readings (
+                device_pk integer NOT NULL, metric text NOT NULL, time timestamptz NOT NULL,
+                reason text NOT NULL,
+                PRIMARY KEY (device_pk, metric, time))""",
+            """INSERT INTO invalid_readings (device_pk, metric, time, reason)
+                SELECT device_pk, metric,
+                    (day::date)::timestamp AT TIME ZONE 'UTC' + g * interval '1 microsecond',
+                    'counted before invalid values were kept per reading'
+                FROM invalid_values, generate_series(0, count - 1) AS g""",
+            "DROP TABLE invalid_values",
+        ),
+    ),
+    Migration(
+        "0007_anomaly_reasons",
+        sqlite=("ALTER TABLE anomalies ADD COLUMN reason TEXT NOT NULL DEFAULT ''",),
+        postgresql=("ALTER TABLE anomalies ADD COLUMN reason text NOT NULL DEFAULT ''",),
+    ),
 )
 
 _CREATE_LEDGER = {

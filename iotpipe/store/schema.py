@@ -123,14 +123,15 @@ dead_letters = Table(
     Column("last_attempt_at", UtcMicros, nullable=False),
 )
 
-# Per device, day and metric: values that arrived but were unusable (data quality input).
-invalid_values = Table(
-    "invalid_values",
+# Values that arrived but were unusable (data quality input), one row per device, metric
+# and time like readings, so a message delivered twice counts its invalid values once.
+invalid_readings = Table(
+    "invalid_readings",
     metadata,
     Column("device_pk", Integer, primary_key=True),
-    Column("day", Text, primary_key=True),
     Column("metric", Text, primary_key=True),
-    Column("count", BigInteger, nullable=False),
+    Column("time", UtcMicros, primary_key=True),
+    Column("reason", Text, nullable=False),
 )
 
 # A source's resume point (e.g. a ThingSpeak channel's last entry_id), committed in the
@@ -329,5 +330,8 @@ anomalies = Table(
     Column("score", Float, nullable=False),
     Column("method", Text, nullable=False),  # zscore | streaming
     Column("detected_at", UtcMicros, nullable=False),
+    # streaming: spike, dip, level_shift, variance_change, stuck, drift, seasonal_deviation;
+    # zscore: spike or dip
+    Column("reason", Text, nullable=False, server_default=""),
     UniqueConstraint("series_id", "time", "method"),
 )

@@ -7,8 +7,8 @@ from collections.abc import Iterable
 import orjson
 from sqlalchemy import insert
 
-from iotpipe.model import Micros
-from iotpipe.store import Store, WriteBatch
+from iotpipe.model import Micros, WriteBatch
+from iotpipe.store import Store
 from iotpipe.store.schema import anomalies
 
 

@@ -7,13 +7,13 @@ import pytest
 from sqlalchemy import select, update
 
 from iotpipe.analytics import alerts as alerting
-from iotpipe.analytics import notify
 from iotpipe.analytics.health import check_health
 from iotpipe.analytics.quality import compute_quality
 from iotpipe.analytics.rollups import refresh
 from iotpipe.config import AlertRuleSettings, AnalyticsSettings, Settings
 from iotpipe.errors import IotpipeError
 from iotpipe.model import MICROS_PER_SECOND, now_micros
+from iotpipe.sinks import webhooks
 from iotpipe.store import Store
 from iotpipe.store.schema import alert_rules, anomalies
 from tests.analytics.support import WebhookReceiver, insert_anomaly, write_readings
@@ -43,7 +43,7 @@ def test_threshold_alert_waits_for_its_duration_opens_once_and_resolves(store: S
         def run(at_minute: int) -> dict[str, object]:
             now = START + at_minute * MINUTE
             result = alerting.evaluate(store, settings, now)
-            notify.deliver_due(store, settings, now)
+            webhooks.deliver_due(store, settings, now)
             return result
 
         write_readings(store, pressure(range(0, 10), 5.0) + pressure(range(10, 14), 9.0))  # 3 min high
@@ -102,7 +102,7 @@ def test_offline_device_and_low_battery_alert_once_and_resolve_when_it_reports(s
         def run(now: int) -> None:
             check_health(store, settings, now)
             alerting.evaluate(store, settings, now)
-            notify.deliver_due(store, settings, now)
+            webhooks.deliver_due(store, settings, now)
 
         run(START + 60 * MINUTE)  # tank-2 silent 31 min > 5 min; pump-1 just reported
         run(START + 61 * MINUTE)
@@ -159,12 +159,12 @@ def test_a_failing_webhook_is_retried_with_backoff_and_delivered_once(store: Sto
         write_readings(store, pressure(range(0, 3), 9.0))
         alerting.evaluate(store, settings, NOW)
         second = MICROS_PER_SECOND
-        assert notify.deliver_due(store, settings, NOW) == {"sent": 0, "retrying": 1, "failed": 0}
-        assert notify.deliver_due(store, settings, NOW + second) == {"sent": 0, "retrying": 0, "failed": 0}
-        assert notify.deliver_due(store, settings, NOW + 2 * second)["retrying"] == 1  # backoff 2 s
-        assert notify.deliver_due(store, settings, NOW + 5 * second)["retrying"] == 0  # next after 4 s
-        assert notify.deliver_due(store, settings, NOW + 6 * second)["sent"] == 1
-        assert notify.deliver_due(store, settings, NOW + 60 * second)["sent"] == 0
+        assert webhooks.deliver_due(store, settings, NOW) == {"sent": 0, "retrying": 1, "failed": 0}
+        assert webhooks.deliver_due(store, settings, NOW + second) == {"sent": 0, "retrying": 0, "failed": 0}
+        assert webhooks.deliver_due(store, settings, NOW + 2 * second)["retrying"] == 1  # backoff 2 s
+        assert webhooks.deliver_due(store, settings, NOW + 5 * second)["retrying"] == 0  # next after 4 s
+        assert webhooks.deliver_due(store, settings, NOW + 6 * second)["sent"] == 1
+        assert webhooks.deliver_due(store, settings, NOW + 60 * second)["sent"] == 0
         assert hook.events() == [("opened", "high pressure")]
 
 
@@ -177,9 +177,9 @@ def test_a_webhook_that_never_answers_gives_up_without_failing_the_job(store: St
     )
     write_readings(store, pressure(range(0, 3), 9.0))
     alerting.evaluate(store, settings, NOW)
-    assert notify.deliver_due(store, settings, NOW)["retrying"] == 1
-    assert notify.deliver_due(store, settings, NOW + 10 * MICROS_PER_SECOND)["failed"] == 1
-    assert notify.deliver_due(store, settings, NOW + 100 * MICROS_PER_SECOND)["failed"] == 0
+    assert webhooks.deliver_due(store, settings, NOW)["retrying"] == 1
+    assert webhooks.deliver_due(store, settings, NOW + 10 * MICROS_PER_SECOND)["failed"] == 1
+    assert webhooks.deliver_due(store, settings, NOW + 100 * MICROS_PER_SECOND)["failed"] == 0
 
 
 def test_rules_removed_from_the_config_file_are_disabled_not_deleted(store: Store) -> None:

@@ -9,12 +9,12 @@ import psycopg
 import pytest
 from sqlalchemy import select
 
-from iotpipe.analytics.jobs import JOBS, advisory_key, job_names, run_job
-from iotpipe.analytics.scheduler import JobScheduler
+from iotpipe.analytics.jobs import advisory_key, find_job, run_job
+from iotpipe.app.scheduler import JobScheduler
+from iotpipe.app.wiring import ALL_JOBS
 from iotpipe.config import AnalyticsSettings, Settings
 from iotpipe.errors import IotpipeError
 from iotpipe.model import MICROS_PER_SECOND, now_micros
-from iotpipe.pipeline import Pipeline
 from iotpipe.store import Store, open_store
 from iotpipe.store.schema import job_state
 from tests.analytics.support import write_readings
@@ -22,12 +22,19 @@ from tests.analytics.test_rollups import SERIES, START, assert_rollups_match_rea
 from tests.servers import PostgresServer
 
 
-def test_every_job_of_the_issue_is_registered_in_dependency_order() -> None:
-    assert job_names()[:5] == ["rollups", "anomalies", "quality", "health", "alerts"]
+def test_every_job_of_the_issue_is_listed_in_dependency_order() -> None:
+    assert [job.name for job in ALL_JOBS] == [
+        "rollups",
+        "anomalies",
+        "quality",
+        "health",
+        "alerts",
+        "webhooks",
+    ]
 
 
-def test_run_job_records_its_result_and_rejects_unknown_names(store: Store) -> None:
-    result = run_job("health", store, Settings())
+def test_run_job_records_its_result_and_unknown_names_are_refused(store: Store) -> None:
+    result = run_job(find_job("health"), store, Settings())
     assert result["job"] == "health"
     with store.engine.connect() as conn:
         row = conn.execute(select(job_state).where(job_state.c.name == "health")).one()
@@ -36,7 +43,7 @@ def test_run_job_records_its_result_and_rejects_unknown_names(store: Store) -> N
         IotpipeError,
         match="unknown job 'nope'; choose one of: rollups, anomalies, quality, health, alerts, all",
     ):
-        run_job("nope", store, Settings())
+        find_job("nope")
 
 
 def test_a_job_another_runner_holds_is_skipped(postgres: PostgresServer) -> None:
@@ -45,11 +52,11 @@ def test_a_job_another_runner_holds_is_skipped(postgres: PostgresServer) -> None
     try:
         with psycopg.connect(url) as other:
             other.execute("SELECT pg_advisory_lock(%s)", (advisory_key("rollups"),))
-            assert run_job("rollups", store, Settings()) == {
+            assert run_job(find_job("rollups"), store, Settings()) == {
                 "job": "rollups",
                 "skipped": "running in another process",
             }
-        assert "skipped" not in run_job("rollups", store, Settings())  # released with its session
+        assert "skipped" not in run_job(find_job("rollups"), store, Settings())  # released with its session
     finally:
         store.close()
 
@@ -68,7 +75,7 @@ def test_two_runners_on_postgresql_share_the_rollup_work_without_doing_it_twice(
 
         def runner(store: Store) -> None:
             barrier.wait()
-            results.append(run_job("rollups", store, Settings()))
+            results.append(run_job(find_job("rollups"), store, Settings()))
 
         threads = [threading.Thread(target=runner, args=(s,)) for s in runners]
         for t in threads:
@@ -91,12 +98,12 @@ def test_the_scheduler_runs_every_job_and_stops(store: Store) -> None:
         store, [(d, m, t - i * 60 * MICROS_PER_SECOND, float(i)) for d, m in SERIES for i in range(5)]
     )
     settings = Settings(analytics=AnalyticsSettings(rollups_every=0.1))  # type: ignore[call-arg]
-    scheduler = JobScheduler(settings, store)
-    scheduler.start(Pipeline(store))
+    scheduler = JobScheduler(settings, store, ALL_JOBS)
+    scheduler.start()
     try:
         done = threading.Event()
         for _ in range(600):
-            if set(scheduler.runs) >= set(JOBS) and scheduler.runs["rollups"] >= 2:
+            if set(scheduler.runs) >= {job.name for job in ALL_JOBS} and scheduler.runs["rollups"] >= 2:
                 done.set()
                 break
             done.wait(0.1)

@@ -6,13 +6,18 @@ import datetime as dt
 
 import pytest
 
-from iotpipe.analytics.common import MICROS_PER_DAY, day_name
-from iotpipe.analytics.jobs import run_job
+from iotpipe.analytics.jobs import find_job, run_job
 from iotpipe.analytics.quality import compute_quality, quality_rows, quality_score
 from iotpipe.analytics.rollups import refresh
 from iotpipe.config import Settings
-from iotpipe.model import MICROS_PER_HOUR, MICROS_PER_SECOND, datetime_to_micros
-from iotpipe.store import Store, WriteBatch
+from iotpipe.model import (
+    MICROS_PER_DAY,
+    MICROS_PER_HOUR,
+    MICROS_PER_SECOND,
+    WriteBatch,
+    datetime_to_micros,
+)
+from iotpipe.store import Store
 from tests.analytics.support import insert_anomaly, write_readings
 
 DAY = datetime_to_micros(dt.datetime(2026, 4, 7))
@@ -42,7 +47,9 @@ def test_quality_of_a_hand_checked_day(store: Store) -> None:
     pressure = [("pump-1", "pressure", DAY + i * MINUTE, 3.0) for i in range(1440) if i not in gap]
     humidity = [("pump-1", "humidity", DAY + i * MINUTE, 150.0 if i < 126 else 40.0) for i in range(1440)]
     write_readings(store, pressure + humidity)
-    store.write(WriteBatch(invalid={("pump-1", day_name(DAY), "pressure"): 7}))
+    store.write(
+        WriteBatch(invalid={("pump-1", "pressure", DAY + i * MINUTE): "not a number" for i in range(7)})
+    )
     series_id = store.cached_series_id("pump-1", "pressure")
     assert series_id is not None
     for i in range(252):
@@ -86,11 +93,11 @@ def test_late_data_for_an_old_day_updates_its_quality_on_the_next_run(store: Sto
     refresh(store)
     # The first run covers the whole history; later runs revisit an old day (outside the
     # recent window) only when its rollup changed since the previous run.
-    run_job("quality", store, settings)
+    run_job(find_job("quality"), store, settings)
     (day,) = quality_rows(store, "2026-04-07", "2026-04-07")
     assert day["received"] == 720
     write_readings(store, [("tank-2", "level", DAY + i * MINUTE, 500.0) for i in range(720, 1440)])
     refresh(store)
-    run_job("quality", store, settings)
+    run_job(find_job("quality"), store, settings)
     (day,) = quality_rows(store, "2026-04-07", "2026-04-07")
     assert day["received"] == 1440

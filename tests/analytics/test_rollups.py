@@ -5,15 +5,16 @@ from __future__ import annotations
 import random
 import threading
 import time
+from typing import Any
 
 import numpy as np
 import pytest
 from sqlalchemy import Connection, select
 
-from iotpipe.analytics.common import MICROS_PER_DAY, MICROS_PER_WEEK, WEEK_ORIGIN, find_series
+from iotpipe.analytics.common import MICROS_PER_WEEK, WEEK_ORIGIN, find_series
 from iotpipe.analytics.rollups import bucket_rows, refresh
-from iotpipe.model import MICROS_PER_HOUR, MICROS_PER_SECOND, datetime_to_micros
-from iotpipe.store import Store, WriteBatch
+from iotpipe.model import MICROS_PER_DAY, MICROS_PER_HOUR, MICROS_PER_SECOND, WriteBatch, datetime_to_micros
+from iotpipe.store import Store
 from iotpipe.store.schema import dirty_hours, rollup_queue, rollups
 from tests.analytics.support import write_readings
 
@@ -171,18 +172,21 @@ def test_a_batch_committing_during_the_hand_over_is_rolled_up(store: Store) -> N
     write_readings(store, [("pump-1", "pressure", t0, 1.0)])  # hour marked, not yet rolled up
     entered, release = threading.Event(), threading.Event()
 
-    def hold_open(conn: object, rows: object) -> None:
+    touch_devices = store._touch_devices
+
+    def hold_open(conn: Any, spans: Any) -> None:  # after the batch's readings and mark, before commit
         entered.set()
         release.wait(30)
+        touch_devices(conn, spans)
 
-    store.write_hooks.append(hold_open)  # runs after the batch's readings and mark, before commit
+    store._touch_devices = hold_open  # type: ignore[method-assign]
     # A first reading of a new metric rides along, as in a real batch that creates a series.
     readings = [("pressure", t0 + MICROS_PER_SECOND, 3.0), ("flow", t0, 7.0)]
     batch = WriteBatch(groups=[("pump-1", readings)], reading_count=2)
     writer = threading.Thread(target=store.write, args=(batch,))
     writer.start()
     assert entered.wait(30)
-    store.write_hooks.clear()
+    store._touch_devices = touch_devices  # type: ignore[method-assign]
     job = threading.Thread(target=refresh, args=(store,))
     job.start()
     time.sleep(0.3)  # let the job reach the hand-over; correctness does not depend on it

@@ -11,10 +11,13 @@ from sqlalchemy import select
 
 from iotpipe import formats
 from iotpipe.app import App
-from iotpipe.cli.mqtt import Publisher, topic_for
+from iotpipe.app.simulate import topic_for
+from iotpipe.app.wiring import mqtt_options
+from iotpipe.brokers import parse_broker_url
 from iotpipe.config import MqttSettings, PipelineSettings, Settings
 from iotpipe.pipeline import PipelineWriter
-from iotpipe.sources.mqtt import MqttSource, TopicTemplate, options_from_settings, parse_broker_url
+from iotpipe.sinks.mqtt import Publisher
+from iotpipe.sources.mqtt import MqttSource, TopicTemplate
 from iotpipe.sources.simulator import Report
 from iotpipe.store import Store
 from iotpipe.store.schema import devices, readings, series
@@ -43,7 +46,7 @@ class Worker:
         )
         self.app = App(settings)
         self.app.init()
-        self.options = options_from_settings(settings)
+        self.options = mqtt_options(settings)
         self.source = MqttSource(self.options, stop_timeout=10)
         self.pipeline = self.app.pipeline(max_unacked=self.options.max_unacked if self.options.qos else None)
         self.writer = PipelineWriter(self.pipeline)
@@ -85,6 +88,18 @@ def expected_readings(reports: Iterable[Report]) -> set[Reading]:
             for message in formats.decode(report.raw()):
                 expected.update((message.device_id, m, t, v) for m, t, v in message.readings)
     return expected
+
+
+def run_inside_writes(store: Store, step: Callable[[], None]) -> None:
+    """Make `step` run inside every write transaction of `store`, after the readings'
+    insert (to slow the store down, or make it fail, as a real database might)."""
+    original = store._insert_dirty_hours
+
+    def with_step(conn: Any, hours: Any) -> None:
+        step()
+        original(conn, hours)
+
+    store._insert_dirty_hours = with_step  # type: ignore[method-assign]
 
 
 def stored_readings(store: Store) -> list[Reading]:

@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 
 from iotpipe.app import App
-from iotpipe.cli.mqtt import Publisher
+from iotpipe.brokers import parse_broker_url
 from iotpipe.config import MqttSettings, PipelineSettings, Settings
 from iotpipe.model import datetime_to_micros, now_micros
-from iotpipe.sources.mqtt import parse_broker_url
+from iotpipe.sinks.mqtt import Publisher
 from iotpipe.sources.simulator import Simulator
 from iotpipe.store import Store, open_store
 from tests.servers import MosquittoServer
@@ -29,6 +29,7 @@ from tests.sources.mqtt_helpers import (
     Worker,
     expected_readings,
     publish,
+    run_inside_writes,
     stored_readings,
     unique,
     wait_until,
@@ -183,7 +184,7 @@ def test_messages_published_while_no_worker_runs_are_delivered_to_iotpipe_run(
         database_url=url, mqtt_url=mosquitto.url, mqtt=mqtt, pipeline=PipelineSettings(batch_delay=0.2)
     )
     application = App(settings)
-    counters = application.run(duration=3)
+    counters = application.run(duration=3).counters
     application.close()
     store = open_store(url)
     try:
@@ -318,7 +319,7 @@ def test_a_slow_store_makes_the_worker_stop_taking_messages_instead_of_growing_o
     with Worker(
         url, broker.url, pipeline={"queue_size": 20}, templates=["slow/{device_id}"], inflight=200
     ) as worker:
-        worker.app.store.write_hooks.append(lambda _conn, _rows: threading.Event().wait(0.1))
+        run_inside_writes(worker.app.store, lambda: threading.Event().wait(0.1))
         done = threading.Event()
 
         def watch() -> None:
@@ -463,13 +464,13 @@ def test_a_failing_store_delays_readings_but_loses_and_doubles_none(
     outage = threading.Event()
     outage.set()
 
-    def unavailable(_conn: object, _rows: object) -> None:
+    def unavailable() -> None:
         if outage.is_set():
             raise RuntimeError("database unavailable")
 
     with Worker(database_url, broker.url, templates=["down/{device_id}"], inflight=200) as worker:
-        worker.app.store.write_hooks.append(unavailable)
-        with caplog.at_level(logging.ERROR, logger="iotpipe.cli.mqtt"):
+        run_inside_writes(worker.app.store, unavailable)
+        with caplog.at_level(logging.ERROR, logger="iotpipe.pipeline"):
             sent = publish(broker.url, reports("outage", 600), "down/{device_id}")
             wait_until(lambda: "writing a batch failed again" in caplog.text, "a retry")
             assert store.stats()["readings"] == 0

@@ -6,16 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from iotpipe.app.wiring import mqtt_options as options_from_settings
+from iotpipe.brokers import parse_broker_url
 from iotpipe.config import MqttSettings, Settings
 from iotpipe.errors import ConfigError
-from iotpipe.sources.mqtt import (
-    Route,
-    TopicRouter,
-    TopicTemplate,
-    options_from_settings,
-    parse_broker_url,
-    subscription_filters,
-)
+from iotpipe.sources.mqtt import Route, TopicRouter, TopicTemplate, subscription_filters
 
 DEFAULTS = ["telemetry/{device_id}", "tele/{device_id}/SENSOR", "zigbee2mqtt/{device_id}"]
 

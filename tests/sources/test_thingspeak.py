@@ -12,8 +12,10 @@ from collections.abc import Callable, Iterator
 import orjson
 import pytest
 
+from iotpipe.app.wiring import thingspeak_readers
 from iotpipe.config import ThingSpeakSettings
-from iotpipe.pipeline import Counters, Pipeline, PipelineConfig
+from iotpipe.model import Counters
+from iotpipe.pipeline import Pipeline, PipelineConfig
 from iotpipe.sources.thingspeak import (
     AccessDenied,
     ChannelNotFound,
@@ -21,15 +23,14 @@ from iotpipe.sources.thingspeak import (
     ChannelSpec,
     ClientOptions,
     Cursor,
+    Page,
     RateLimited,
     RateLimiter,
     ThingSpeakClient,
     ThingSpeakError,
-    ThingSpeakService,
+    ThingSpeakSource,
     ThingSpeakUnavailable,
     UnexpectedResponse,
-    feed_page,
-    resume_readers,
 )
 from iotpipe.store import Store
 from tests.thingspeak_server import Channel, Fault, ThingSpeakServer, iso
@@ -89,6 +90,16 @@ def light_and_temperature(n: int, field: str) -> str:
     return str(n) if field == "field1" else f"{20 + n % 50 / 10:.1f}"
 
 
+def feed_page(pipeline: Pipeline, page: Page) -> None:
+    """A page into a pipeline in pull mode: messages, then device info, then the cursor."""
+    for raw in page.messages:
+        pipeline.feed(raw)
+    if page.info is not None:
+        pipeline.set_device_info(f"thingspeak-{page.channel_id}", page.info)
+    if page.watermark is not None:
+        pipeline.set_watermark(*page.watermark)
+
+
 def pull(store: Store, reader: ChannelReader, client: ThingSpeakClient, pages: int | None = None) -> Counters:
     """What `iotpipe ingest thingspeak` does with each page: feed it, commit it with its cursor."""
     pipeline = Pipeline(store)
@@ -102,7 +113,7 @@ def pull(store: Store, reader: ChannelReader, client: ThingSpeakClient, pages: i
 
 
 def resumed(store: Store, *channel_ids: int) -> ChannelReader:
-    [reader] = resume_readers(
+    [reader] = thingspeak_readers(
         [ChannelSpec(i) for i in channel_ids], ThingSpeakSettings.model_validate({}), store.watermark
     )
     return reader
@@ -522,9 +533,9 @@ def test_service_polls_channels_into_a_running_pipeline_until_stopped(
     settings = ThingSpeakSettings.model_validate(
         {"channels": [{"id": 9}, {"id": 204504, "read_key": KEY}], "base_url": server.url}
     )
-    readers = resume_readers([ChannelSpec(9), ChannelSpec(204504, KEY)], settings, store.watermark)
+    readers = thingspeak_readers([ChannelSpec(9), ChannelSpec(204504, KEY)], settings, store.watermark)
     options = ClientOptions(base_url=server.url, requests_per_second=100, burst=5)
-    service = ThingSpeakService(readers, options, interval=0.2)
+    service = ThingSpeakSource(readers, options, interval=0.2)
     pipeline = Pipeline(store, PipelineConfig(batch_delay=0.1))
     writer = threading.Thread(target=pipeline.run)
     writer.start()

@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
+from iotpipe.app.wiring import thingspeak_readers
 from iotpipe.config import ThingSpeakSettings, load_settings
-from iotpipe.sources.thingspeak import ChannelSpec, Cursor, resume_readers
+from iotpipe.sources.thingspeak import ChannelSpec, Cursor
 from iotpipe.store import Store, open_store
 from tests.sources.test_thingspeak import KEY, SECOND, T0, house, light_and_temperature, thingspeak_time
 from tests.thingspeak_server import Channel, Fault, ThingSpeakServer
@@ -278,14 +279,16 @@ def test_channels_and_keys_come_from_the_config_file_and_the_environment(
     settings = load_settings().thingspeak
     assert (settings.interval, settings.read_key(9), settings.read_key(204504)) == (30, None, KEY)
     specs = [ChannelSpec(9), ChannelSpec(204504, KEY)]
-    nine, private = resume_readers(specs, settings, lambda _source, _key: None)
+    nine, private = thingspeak_readers(specs, settings, lambda _source, _key: None)
     assert nine.cursor == Cursor(0, 946_684_800 * SECOND)  # no cursor, no since: the whole history
     assert private.cursor == Cursor(0, 1_704_067_200 * SECOND)  # its since
 
     monkeypatch.setenv("IOTPIPE_THINGSPEAK__CHANNELS", '[{"id": 5, "read_key": "K5"}]')
     assert load_settings().thingspeak.read_key(5) == "K5"
     stored = Cursor(77, T0 * SECOND).encode()
-    [resumed] = resume_readers([ChannelSpec(5)], ThingSpeakSettings.model_validate({}), lambda _s, _k: stored)
+    [resumed] = thingspeak_readers(
+        [ChannelSpec(5)], ThingSpeakSettings.model_validate({}), lambda _s, _k: stored
+    )
     assert resumed.cursor == Cursor(77, T0 * SECOND)  # a stored cursor wins over since
 
 

@@ -1,4 +1,4 @@
-"""Webhook notifications: every alert event is POSTed as JSON to each configured URL.
+"""Webhooks: every alert event is POSTed as JSON to each configured URL (a sink).
 
 Events are written to an outbox (`alert_notifications`) in the transaction that records
 them, and delivered afterwards, outside the ingest path: a webhook that is down delays
@@ -15,33 +15,17 @@ import logging
 from typing import Any
 
 import httpx
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import select, update
 
 from iotpipe.config import Settings
-from iotpipe.model import MICROS_PER_SECOND, Micros
+from iotpipe.model import MICROS_PER_SECOND, Micros, now_micros
+from iotpipe.redact import redact, redact_url
 from iotpipe.store import Store
 from iotpipe.store.schema import alert_notifications
 
 log = logging.getLogger(__name__)
 
 BATCH = 500  # notifications looked at per delivery pass
-
-
-def enqueue(
-    conn: Connection, settings: Settings, event_id: int, payload: dict[str, Any], now: Micros
-) -> None:
-    """Queue one notification of an event per webhook, in the event's transaction."""
-    for url in settings.analytics.webhooks:
-        conn.execute(
-            insert(alert_notifications).values(
-                event_id=event_id,
-                url=url,
-                payload=payload,
-                status="pending",
-                attempts=0,
-                next_attempt_at=now,
-            )
-        )
 
 
 def deliver_due(
@@ -86,7 +70,7 @@ def deliver_due(
                 counts["failed"] += 1
                 log.warning(
                     "webhook %s failed %d times, giving up on notification %d: %s",
-                    url,
+                    redact_url(url),
                     attempts,
                     notification_id,
                     error,
@@ -100,7 +84,9 @@ def deliver_due(
                 }
                 counts["retrying"] += 1
                 down.add(url)
-                log.info("webhook %s failed (%s); retry %d in %.0f s", url, error, attempts, delay)
+                log.info(
+                    "webhook %s failed (%s); retry %d in %.0f s", redact_url(url), error, attempts, delay
+                )
             with store.write_transaction() as conn:
                 conn.execute(
                     update(alert_notifications)
@@ -117,8 +103,13 @@ def _post(http: httpx.Client, url: str, payload: Any, notification_id: int) -> s
     """None when the receiver took it (2xx), else what went wrong."""
     try:
         response = http.post(url, json=payload, headers={"X-Iotpipe-Notification": str(notification_id)})
-    except httpx.HTTPError as exc:
-        return f"{type(exc).__name__}: {exc}"
+    except httpx.HTTPError as exc:  # its text may quote the URL
+        return redact(f"{type(exc).__name__}: {exc}").replace(url, redact_url(url))
     if response.is_success:
         return None
     return f"HTTP {response.status_code}"
+
+
+def webhooks_job(store: Store, settings: Settings) -> dict[str, Any]:
+    """Deliver the due notifications (run by the scheduler after the alerts job)."""
+    return deliver_due(store, settings, now_micros())

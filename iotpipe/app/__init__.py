@@ -1,0 +1,622 @@
+"""The application object: every operation a user can ask for, behind one facade.
+
+The CLI and the HTTP API are thin callers of `App`: they parse what the user said, make
+one call here, and present what it returns. Results are plain JSON-ready values (str,
+int, float, bool, None, lists and dicts of them), identical on both engines, so that
+every `--json` view and every API response prints the same types.
+
+Below `App` sit the parts it wires together (app/wiring.py reads the settings for
+them): sources → formats → pipeline → sinks (the store first) → analytics.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from iotpipe.errors import ConfigError, IotpipeError
+from iotpipe.model import (
+    MICROS_PER_DAY,
+    MICROS_PER_SECOND,
+    Counters,
+    Micros,
+    RawMessage,
+    day_name,
+    format_micros,
+    now_micros,
+)
+
+if TYPE_CHECKING:  # the heavy parts load on first use, so `iotpipe --help` stays instant
+    from iotpipe.app.runner import RunOutcome
+    from iotpipe.config import Settings
+    from iotpipe.pipeline import Pipeline
+    from iotpipe.store import Store
+
+log = logging.getLogger(__name__)
+
+REPORT_EVERY = 10.0  # seconds between two progress reports of a long-running command
+
+
+@dataclass
+class ImportOutcome:
+    """What an import did; `interrupted` when a signal stopped it (what it fed is stored)."""
+
+    counters: Counters
+    interrupted: bool
+    files_done: int
+    files: int
+
+    def summary(self) -> dict[str, Any]:
+        c = self.counters
+        return {
+            "messages": c.messages_received,
+            "stored": c.readings_stored,
+            "duplicates": c.readings_duplicate,
+            "invalid": c.values_invalid,
+            "dead_lettered": c.messages_dead_lettered,
+        }
+
+
+@dataclass
+class IngestOutcome:
+    """What a long-running ingest did: the pipeline's counters and its sources' own."""
+
+    counters: Counters
+    stopped_by: str | None
+    gave_up: bool
+    sources: dict[str, Any]
+
+    def summary(self) -> dict[str, Any]:
+        c = self.counters
+        return {
+            "messages": c.messages_received,
+            "stored": c.readings_stored,
+            "duplicates": c.readings_duplicate,
+            "invalid": c.values_invalid,
+            "dead_lettered": c.messages_dead_lettered,
+            **self.sources,
+        }
+
+
+class App:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._store: Store | None = None
+
+    @classmethod
+    def from_options(cls, config_file: str | Path | None = None, **flags: Any) -> App:
+        """Settings from flags > IOTPIPE_* > iotpipe.toml > defaults, and logging set up."""
+        from iotpipe.config import load_settings
+        from iotpipe.logs import setup_logging
+
+        settings = load_settings(config_file, **flags)
+        register_secrets(settings)
+        setup_logging(settings.log_level, settings.log_format)
+        return cls(settings)
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            from iotpipe.store import open_store
+
+            self._store = open_store(self.settings.database_url)
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def database_location(self) -> str:
+        """Where the data lives, in words a user can act on (an absolute path for SQLite)."""
+        url = self.settings.database_url
+        if url.startswith("sqlite:///"):
+            return f"SQLite database {Path(url.removeprefix('sqlite:///')).expanduser().resolve()}"
+        from sqlalchemy.engine import make_url
+
+        return f"PostgreSQL database {make_url(url).render_as_string(hide_password=True)}"
+
+    def pipeline(self, **overrides: Any) -> Pipeline:
+        """A pipeline into this app's store, with the observers the settings ask for."""
+        from iotpipe.app import wiring
+        from iotpipe.pipeline import Pipeline
+
+        config = wiring.pipeline_config(self.settings, **overrides)
+        return Pipeline(self.store, config, observers=wiring.observers(self.settings, self.store))
+
+    # -- setup ------------------------------------------------------------------------------
+    def init(self) -> list[str]:
+        """Create or upgrade the schema; the names of the migrations applied."""
+        from iotpipe.store import open_store
+
+        store = open_store(self.settings.database_url, migrate=False)
+        try:
+            return store.migrate()
+        finally:
+            store.close()
+
+    # -- ingest -------------------------------------------------------------------------------
+    def import_files(
+        self,
+        paths: list[Path],
+        format: str | None = None,
+        device_id: str | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> ImportOutcome:
+        """Import historical files; `progress(bytes_read, bytes_total)` as it goes.
+
+        Ctrl-C or SIGTERM stops it between two messages: what was fed is committed, and a
+        re-run stores only what is missing (readings are stored once).
+        """
+        from iotpipe import formats, limits
+        from iotpipe.app.runner import shutdown_signals
+        from iotpipe.sources.files import FileSource
+
+        if format is not None and format not in formats.format_names():
+            raise IotpipeError(
+                f"unknown format {format!r}; choose one of: {', '.join(formats.format_names())}"
+            )
+        try:
+            source = FileSource(
+                paths, format=format, device_id=device_id, limits=self.settings.limits.to_limits()
+            )
+        except FileNotFoundError as exc:
+            raise IotpipeError(f"{exc}; check the path") from None
+        pipeline = self.pipeline(max_payload_bytes=limits.FILE_MAX_PAYLOAD_BYTES)
+        last_report = 0.0
+        with shutdown_signals() as stop:
+            for raw in source:
+                if stop.is_set():
+                    break
+                pipeline.feed(raw)
+                if progress is not None and time.monotonic() - last_report > 0.1:
+                    progress(source.bytes_read, source.bytes_total)
+                    last_report = time.monotonic()
+            pipeline.close()
+        if progress is not None and not stop.is_set():
+            progress(source.bytes_total, source.bytes_total)
+        return ImportOutcome(pipeline.counters, stop.is_set(), source.files_done, len(paths))
+
+    def replay_dead_letters(self, limit: int | None = None) -> dict[str, int]:
+        """Re-run dead letters through the current decoders; stored ones leave the DLQ."""
+        from iotpipe import limits
+
+        if limit is not None and limit < 1:
+            raise IotpipeError(f"--limit must be at least 1, got {limit}")
+        pipeline = self.pipeline(max_payload_bytes=limits.FILE_MAX_PAYLOAD_BYTES)
+        counters = pipeline.feed_all(self._dead_letter_messages(limit))
+        return {
+            "replayed": counters.messages_received,
+            "stored_messages": counters.messages_accepted,
+            "still_dead": counters.messages_dead_lettered,
+            "stored": counters.readings_stored,
+            "duplicates": counters.readings_duplicate,
+        }
+
+    def _dead_letter_messages(self, limit: int | None) -> Iterable[RawMessage]:
+        after, page, served = 0, 1000, 0
+        while limit is None or served < limit:
+            rows = self.store.dead_letter_rows(limit=page, after_id=after)
+            if not rows:
+                return
+            for row in rows:
+                if limit is not None and served >= limit:
+                    return
+                after = row["id"]
+                served += 1
+                header = tuple(row["header"]) if row["header"] is not None else None
+                yield RawMessage(
+                    bytes(row["payload"]),
+                    row["source"],
+                    row["origin"],
+                    row["received_at"],
+                    row["format"],
+                    row["device_hint"],
+                    header,
+                    dead_letter_id=row["id"],
+                )
+
+    def run(
+        self,
+        duration: float | None = None,
+        report: Callable[[Counters], None] | None = None,
+        announce: Callable[[str], None] | None = None,
+    ) -> IngestOutcome:
+        """The main job: every configured source and service until stopped or `duration` ends."""
+        from iotpipe.app import wiring
+
+        self.init()
+        sources = wiring.run_sources(self.settings, self.store)
+        services = wiring.run_services(self.settings, self.store)
+        return self._run(sources, services, duration, report, announce)
+
+    def ingest_mqtt(
+        self,
+        overrides: dict[str, Any],
+        url: str | None = None,
+        duration: float | None = None,
+        report: Callable[[Counters], None] | None = None,
+        announce: Callable[[str], None] | None = None,
+    ) -> IngestOutcome:
+        """Subscribe to the broker and store what arrives until stopped or `duration` ends.
+
+        `overrides` are `[mqtt]` settings given on the command line (None: not given)."""
+        from pydantic import ValidationError
+
+        from iotpipe.app import wiring
+        from iotpipe.sources.mqtt import MqttSource
+
+        settings = self.settings
+        if url is not None:
+            settings.mqtt_url = url
+        given = {k: v for k, v in overrides.items() if v is not None}
+        try:
+            settings.mqtt = type(settings.mqtt).model_validate({**settings.mqtt.model_dump(), **given})
+        except ValidationError as exc:
+            problems = "; ".join(f"--{'-'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+            raise ConfigError(f"invalid option ({problems})") from None
+        source = MqttSource(wiring.mqtt_options(settings))
+        self.init()
+        outcome = self._run([source], [], duration, report, announce)
+        outcome.sources = {"mqtt": vars(source.stats)}
+        return outcome
+
+    def ingest_thingspeak(
+        self,
+        channels: list[str] | None = None,
+        interval: float | None = None,
+        since: str | None = None,
+        all_history: bool = False,
+        once: bool = False,
+        base_url: str | None = None,
+        on_page: Callable[[dict[str, Any]], None] | None = None,
+        caught_up: Callable[[dict[str, Any]], None] | None = None,
+        announce: Callable[[str], None] | None = None,
+    ) -> IngestOutcome:
+        """Pull ThingSpeak channels: everything new once (`once`), or every `interval` s.
+
+        `on_page` and `caught_up` get a channel's progress (see `_channel_progress`)."""
+        from iotpipe.app import wiring
+        from iotpipe.sources import thingspeak
+
+        config = self.settings.thingspeak
+        if since is not None and all_history:
+            raise IotpipeError("--since and --all exclude each other: give one (or neither, to resume)")
+        specs = self._channel_specs(channels)
+        if all_history:
+            readers = [
+                thingspeak.ChannelReader(s, start=thingspeak.HISTORY_START, results=config.results)
+                for s in specs
+            ]
+        elif since is not None:
+            start = thingspeak.parse_start(since)
+            readers = [thingspeak.ChannelReader(s, start=start, results=config.results) for s in specs]
+        else:
+            self.init()
+            readers = wiring.thingspeak_readers(specs, config, self.store.watermark)
+        source = thingspeak.ThingSpeakSource(
+            readers,
+            wiring.thingspeak_options(config, base_url),
+            interval or config.interval,
+            once=once,
+            on_page=None if on_page is None else lambda r: on_page(_channel_progress(r)),
+            caught_up=None if caught_up is None else lambda r: caught_up(_channel_progress(r)),
+        )
+        self.init()
+        outcome = self._run([source], [], None, None, announce)
+        outcome.sources = {"channels": [_channel_progress(r) for r in readers]}
+        return outcome
+
+    def _channel_specs(self, flags: list[str] | None) -> list[Any]:
+        """Channels from --channel (a key not given there comes from the settings), else the config's."""
+        from iotpipe.app import wiring
+        from iotpipe.sources.thingspeak import ChannelSpec
+
+        config = self.settings.thingspeak
+        if flags:
+            specs = [wiring.with_keys(ChannelSpec.parse(text), config) for text in flags]
+        else:
+            specs = wiring.configured_channels(config)
+        if not specs:
+            raise IotpipeError(
+                "no ThingSpeak channel to pull: give --channel ID (or ID:READ_KEY), or list them in "
+                "thingspeak.channels in iotpipe.toml"
+            )
+        ids = [spec.id for spec in specs]
+        if len(set(ids)) != len(ids):
+            raise IotpipeError(
+                f"channel(s) {sorted({i for i in ids if ids.count(i) > 1})} given twice: give each once"
+            )
+        return specs
+
+    def _run(
+        self,
+        sources: list[Any],
+        services: list[Any],
+        duration: float | None,
+        report: Callable[[Counters], None] | None,
+        announce: Callable[[str], None] | None,
+    ) -> IngestOutcome:
+        from iotpipe.app import wiring
+        from iotpipe.app.runner import Runner
+
+        pipeline = self.pipeline(max_unacked=wiring.ack_window(sources))
+        outcome: RunOutcome = Runner(pipeline, sources, services).run(
+            duration, report, announce, REPORT_EVERY
+        )
+        return IngestOutcome(outcome.counters, outcome.stopped_by, outcome.gave_up, {})
+
+    @staticmethod
+    def simulate_to(**plan: Any) -> dict[str, Any]:
+        """Publish simulated devices to an MQTT broker (needs no store or settings); what
+        was sent, to reconcile with `stats`."""
+        from iotpipe.app.simulate import SimulationPlan, simulate
+
+        if not plan.get("mqtt_url"):
+            raise ConfigError("nothing to publish to: pass --mqtt mqtt://host:1883")
+        return simulate(SimulationPlan(**plan))
+
+    # -- what is stored ---------------------------------------------------------------------
+    def stats(self) -> dict[str, int]:
+        return self.store.stats()
+
+    def dead_letters(self, limit: int = 50) -> list[dict[str, Any]]:
+        """Dead letters, oldest first, with the reason each was rejected."""
+        if limit < 1:
+            raise IotpipeError(f"--limit must be at least 1, got {limit}")
+        return [
+            {
+                "id": r["id"],
+                "received_at": format_micros(r["received_at"]),
+                "source": r["source"],
+                "origin": r["origin"],
+                "reason": r["reason"],
+                "attempts": r["attempts"],
+                "payload": bytes(r["payload"]).decode("utf-8", "replace"),
+            }
+            for r in self.store.dead_letter_rows(limit=limit)
+        ]
+
+    def series_history(
+        self,
+        device_id: str,
+        metric: str,
+        bucket: str = "1h",
+        start: Micros | None = None,
+        end: Micros | None = None,
+    ) -> list[dict[str, Any]]:
+        """One series' readings (raw) or rollups (1h, 1d, 1w), oldest first."""
+        from iotpipe.analytics.common import find_series
+        from iotpipe.analytics.rollups import BUCKETS, bucket_rows
+
+        if bucket != "raw" and bucket not in BUCKETS:
+            raise IotpipeError(f"unknown bucket {bucket!r}; choose one of: raw, {', '.join(BUCKETS)}")
+        with self.store.engine.connect() as conn:
+            ref = find_series(conn, device_id, metric)
+        if bucket == "raw":
+            return [
+                {"time": format_micros(t), "value": v}
+                for t, v in self.store.raw_readings(device_id, metric, start, end)
+            ]
+        return [
+            {
+                "bucket_start": format_micros(b.bucket_start),
+                "count": b.count,
+                "avg": b.avg,
+                "min": b.min,
+                "max": b.max,
+                "stddev": b.stddev,
+            }
+            for b in bucket_rows(self.store, ref, bucket, start, end)
+        ]
+
+    def trends(
+        self, device_id: str, metric: str, start: Micros | None = None, end: Micros | None = None
+    ) -> list[dict[str, Any]]:
+        """Daily mean, day-over-day change (absolute and %) and 7-day moving average."""
+        from iotpipe.analytics.common import find_series
+        from iotpipe.analytics.trends import daily_trends
+
+        with self.store.engine.connect() as conn:
+            ref = find_series(conn, device_id, metric)
+        return daily_trends(self.store, ref, start, end)
+
+    def anomalies(
+        self,
+        device_id: str | None = None,
+        metric: str | None = None,
+        method: str | None = None,
+        start: Micros | None = None,
+        end: Micros | None = None,
+        limit: int = 1000,
+    ) -> list[dict[str, Any]]:
+        from iotpipe.analytics.anomalies import METHODS, anomaly_rows
+
+        if method is not None and method not in METHODS:
+            raise IotpipeError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+        rows = anomaly_rows(self.store, device_id, metric, method, start, end, limit)
+        return [
+            {
+                "device_id": row["device_id"],
+                "metric": row["metric"],
+                "time": format_micros(row["time"]),
+                "end_time": None if row["end_time"] is None else format_micros(row["end_time"]),
+                "value": row["value"],
+                "score": row["score"],
+                "method": row["method"],
+                "reason": row["reason"],
+            }
+            for row in rows
+        ]
+
+    def detect_anomalies(
+        self,
+        start: Micros | None = None,
+        end: Micros | None = None,
+        device_id: str | None = None,
+        metric: str | None = None,
+    ) -> dict[str, Any]:
+        """Apply the z-score rule to [start, end) (default: the last lookback_seconds)."""
+        from iotpipe.analytics.anomalies import ZscoreRule, detect_zscore
+
+        config = self.settings.anomalies
+        begin = (
+            start if start is not None else now_micros() - int(config.lookback_seconds * MICROS_PER_SECOND)
+        )
+        done = detect_zscore(self.store, ZscoreRule.from_settings(config), begin, end, device_id, metric)
+        return {"start": format_micros(begin), **done}
+
+    def quality_report(self, days: int = 7, device_id: str | None = None) -> dict[str, Any]:
+        """Per device: readings received vs expected, invalid, out-of-range and anomalous
+        ones over the last `days` UTC days, and the score (as the quality job computed it)."""
+        from iotpipe.analytics.quality import DayQuality, quality_rows
+
+        if not 1 <= days <= 36_500:
+            raise IotpipeError(f"--days must be between 1 and 36500, got {days}")
+        today = now_micros()
+        first, last = day_name(today - (days - 1) * MICROS_PER_DAY), day_name(today)
+        devices: dict[str, list[dict[str, Any]]] = {}
+        for row in quality_rows(self.store, first, last, device_id):
+            devices.setdefault(row["device_id"], []).append(row)
+        report = []
+        for device, day_rows in devices.items():
+            total = DayQuality(
+                **{
+                    k: sum(r[k] for r in day_rows)
+                    for k in ("expected", "received", "invalid", "out_of_range", "anomalous")
+                }
+            ).finish()
+            report.append(
+                {
+                    "device_id": device,
+                    **_quality_entry(asdict(total)),
+                    "days": [_quality_entry(r, r["day"]) for r in day_rows],
+                }
+            )
+        return {"first_day": first, "last_day": last, "devices": report}
+
+    def alerts(self, status: str | None = None) -> list[dict[str, Any]]:
+        from iotpipe.analytics.alerts import alert_rows
+
+        return alert_rows(self.store, status)
+
+    def acknowledge_alert(self, alert_id: int) -> dict[str, Any]:
+        from iotpipe.analytics.alerts import acknowledge
+
+        return acknowledge(self.store, self.settings, alert_id)
+
+    def run_jobs(self, name: str = "all") -> list[dict[str, Any]]:
+        """Run analytics jobs once, now, in order (`all`), or one by name."""
+        from iotpipe.analytics.jobs import find_job, run_job
+        from iotpipe.app.wiring import ALL_JOBS
+
+        jobs = ALL_JOBS if name == "all" else (find_job(name, ALL_JOBS),)
+        return [run_job(job, self.store, self.settings) for job in jobs]
+
+
+def register_secrets(settings: Settings) -> None:
+    """Tell redact() the secret values the settings hold, wherever they came from."""
+    from iotpipe.redact import register_secret
+
+    secrets = [settings.mqtt.password, settings.thingspeak.user_api_key]
+    secrets += [c.read_key for c in settings.thingspeak.channels]
+    secrets += list(settings.thingspeak.read_keys.values())
+    for secret in secrets:
+        if secret is not None:
+            register_secret(secret.get_secret_value())
+    for url in settings.analytics.webhooks:
+        register_secret(url)  # a webhook URL is a credential: its path often is the token
+
+
+def job_names() -> list[str]:
+    from iotpipe.app.wiring import ALL_JOBS
+
+    return [job.name for job in ALL_JOBS]
+
+
+def format_names() -> list[str]:
+    from iotpipe import formats
+
+    return formats.format_names()
+
+
+def parse_time(value: str | None, flag: str) -> Micros | None:
+    """A --start/--end style value (ISO 8601 or epoch) as µs, or an error showing the form."""
+    if value is None:
+        return None
+    from iotpipe.errors import DecodeError
+    from iotpipe.formats.timestamps import parse_timestamp
+
+    try:
+        return parse_timestamp(value, flag)
+    except DecodeError as exc:
+        raise IotpipeError(f"{exc}; write e.g. 2026-11-22T10:00:00Z") from None
+
+
+_QUALITY_COUNTS = ("expected", "missing", "invalid", "out_of_range", "anomalous")
+
+
+def _quality_entry(values: dict[str, Any], day: str | None = None) -> dict[str, Any]:
+    entry: dict[str, Any] = {} if day is None else {"day": day}
+    entry["readings"] = values["received"]
+    for key in (*_QUALITY_COUNTS, "missing_pct", "out_of_range_pct", "anomalous_pct", "score"):
+        entry[key] = values[key]
+    return entry
+
+
+def _channel_progress(reader: Any) -> dict[str, Any]:
+    """A ThingSpeak channel's progress, as the CLI's bar and summary show it."""
+    return {
+        "channel": reader.channel_id,
+        "entries": reader.totals.entries,
+        "skipped_empty": reader.totals.skipped,
+        "requests": reader.totals.requests,
+        "cursor": reader.cursor.entry_id,
+        "first_cursor": reader.first_entry_id,
+        "last_entry_id": reader.last_entry_id,
+        "error": reader.totals.error,
+    }
+
+
+def explain_error(exc: BaseException) -> tuple[str, bool]:
+    """What to tell a user about an exception no layer turned into an IotpipeError:
+    (one line saying what to do, whether it was an expected failure of the environment).
+    Unexpected ones are bugs: the line says how to see the traceback."""
+    import sqlite3
+
+    from sqlalchemy import exc as sa_exc
+
+    first = _first_line(exc)
+    if isinstance(exc, sa_exc.ArgumentError):
+        return f"invalid database URL: {first}; use sqlite:///path.db or postgresql://user@host:port/db", True
+    if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError | sqlite3.OperationalError) or (
+        type(exc).__module__.startswith("psycopg") and "OperationalError" in type(exc).__mro__.__repr__()
+    ):
+        if "readonly" in first or "read-only" in first:
+            return (
+                f"the database is read-only ({first}); make the file and its folder writable, or point --database-url elsewhere",
+                True,
+            )
+        return (
+            f"the database failed: {first}. Check that it is running and reachable, then run the command again",
+            True,
+        )
+    if isinstance(exc, PermissionError):
+        return f"permission denied: {exc.filename or first}; check the file's owner and mode", True
+    if isinstance(exc, OSError):
+        return f"{first}; check the path, the disk space and the permissions", True
+    return (
+        f"internal error ({type(exc).__name__}: {first}); this is a bug: run again with "
+        "--log-level DEBUG to see where, and report it",
+        False,
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    lines = str(orig).strip().splitlines()
+    return lines[0] if lines else type(orig).__name__

@@ -1,0 +1,165 @@
+"""How the settings become parts: sources, the pipeline's config and observers, the jobs.
+
+This is the one place that reads `Settings` on behalf of the lower layers: sources get
+their own option objects and a sink, the pipeline a PipelineConfig, so that none of
+them imports the configuration.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from iotpipe.analytics.jobs import JOBS, Job
+from iotpipe.analytics.streaming import anomaly_observers
+from iotpipe.app.scheduler import JobScheduler
+from iotpipe.brokers import Broker, parse_broker_url
+from iotpipe.config import Settings, ThingSpeakSettings
+from iotpipe.errors import ConfigError
+from iotpipe.model import Micros
+from iotpipe.pipeline import PipelineConfig
+from iotpipe.sinks.base import CommitObserver
+from iotpipe.sinks.webhooks import webhooks_job
+from iotpipe.sources import thingspeak
+from iotpipe.sources.base import Source
+from iotpipe.sources.mqtt import DEFAULT_INFLIGHT, DEFAULT_TEMPLATES, MqttOptions, TopicTemplate
+from iotpipe.sources.mqtt import subscription_filters as mqtt_filters
+from iotpipe.sources.simulator import Simulator, SimulatorSource
+from iotpipe.store import Store
+
+# Every job `iotpipe run` schedules and `iotpipe jobs all` runs, in order: the
+# analytics, then the delivery of the notifications the alerts job queued.
+ALL_JOBS: tuple[Job, ...] = (*JOBS, Job("webhooks", webhooks_job, lambda a: a.alerts_every))
+
+
+def pipeline_config(settings: Settings, **overrides: Any) -> PipelineConfig:
+    config = settings.pipeline
+    base = PipelineConfig(
+        batch_size=config.batch_size,
+        batch_delay=config.batch_delay,
+        queue_size=config.queue_size,
+        limits=settings.limits.to_limits(),
+    )
+    return replace(base, **overrides)
+
+
+def observers(settings: Settings, store: Store) -> list[CommitObserver]:
+    """What runs after each commit: the streaming anomaly detector (unless disabled)."""
+    return list(anomaly_observers(store, settings))
+
+
+def ack_window(sources: list[Source]) -> int | None:
+    """The smallest in-flight window among the sources: the pipeline commits by then."""
+    windows = [s.ack_window for s in sources if s.ack_window is not None]
+    return min(windows) if windows else None
+
+
+# -- sources -------------------------------------------------------------------------------
+def run_sources(settings: Settings, store: Store) -> list[Source]:
+    """What `iotpipe run` ingests from: MQTT and ThingSpeak as configured, else the simulator."""
+    found: list[Source] = []
+    if settings.mqtt_url:
+        from iotpipe.sources.mqtt import MqttSource
+
+        found.append(MqttSource(mqtt_options(settings)))
+    if settings.thingspeak.channels:
+        config = settings.thingspeak
+        readers = thingspeak_readers(configured_channels(config), config, store.watermark)
+        found.append(thingspeak.ThingSpeakSource(readers, thingspeak_options(config), config.interval))
+    if not found:
+        found.append(simulator_source(settings))
+    return found
+
+
+def simulator_source(settings: Settings) -> SimulatorSource:
+    sim = settings.simulator
+    return SimulatorSource(Simulator(devices=sim.devices, interval=sim.interval, seed=sim.seed))
+
+
+def run_services(settings: Settings, store: Store) -> list[JobScheduler]:
+    """What runs beside the sources: the job scheduler, unless `[analytics] jobs = false`."""
+    return [JobScheduler(settings, store, ALL_JOBS)] if settings.analytics.jobs else []
+
+
+# -- MQTT ----------------------------------------------------------------------------------
+def mqtt_options(settings: Settings) -> MqttOptions:
+    """Resolve `mqtt_url` and `[mqtt]` into options; ConfigError says what to fix."""
+    if not settings.mqtt_url:
+        raise ConfigError("no MQTT broker configured: pass --url mqtt://host:1883 or set IOTPIPE_MQTT_URL")
+    config = settings.mqtt
+    broker = parse_broker_url(settings.mqtt_url)
+    if broker.username is None and config.username:
+        password = config.password.get_secret_value() if config.password else None
+        broker = Broker(broker.host, broker.port, broker.tls, config.username, password)
+    for name in ("ca_file", "cert_file", "key_file"):
+        path = getattr(config, name)
+        if path is not None and not broker.tls:
+            raise ConfigError(f"{name.replace('_', '-')} needs an mqtts:// URL (TLS); got {broker}")
+        if path is not None and not Path(path).is_file():
+            raise ConfigError(f"{name.replace('_', '-')} {path} does not exist")
+    if (config.cert_file is None) != (config.key_file is None):
+        raise ConfigError("a client certificate needs both --cert-file and --key-file")
+    templates = [TopicTemplate.parse(spec) for spec in (config.templates or DEFAULT_TEMPLATES)]
+    return MqttOptions(
+        broker=broker,
+        templates=templates,
+        filters=mqtt_filters(config.topics, templates, config.shared_group),
+        client_id=config.client_id or f"iotpipe-{socket.gethostname()}",
+        qos=config.qos,
+        protocol=config.protocol,
+        inflight=config.inflight or DEFAULT_INFLIGHT,
+        session_expiry=config.session_expiry,
+        keepalive=config.keepalive,
+        ca_file=config.ca_file,
+        cert_file=config.cert_file,
+        key_file=config.key_file,
+    )
+
+
+# -- ThingSpeak ----------------------------------------------------------------------------
+def thingspeak_options(settings: ThingSpeakSettings, base_url: str | None = None) -> thingspeak.ClientOptions:
+    return thingspeak.ClientOptions(
+        base_url=base_url or settings.base_url,
+        requests_per_second=settings.requests_per_second,
+        burst=settings.burst,
+        timeout=settings.timeout,
+        max_attempts=settings.max_attempts,
+    )
+
+
+def configured_channels(settings: ThingSpeakSettings) -> list[thingspeak.ChannelSpec]:
+    return [with_keys(thingspeak.ChannelSpec(channel.id), settings) for channel in settings.channels]
+
+
+def with_keys(spec: thingspeak.ChannelSpec, settings: ThingSpeakSettings) -> thingspeak.ChannelSpec:
+    """The spec with the keys the settings hold for it (a key already given wins)."""
+    user_key = settings.user_api_key.get_secret_value() if settings.user_api_key is not None else None
+    return thingspeak.ChannelSpec(
+        spec.id, spec.read_key or settings.read_key(spec.id), spec.user_key or user_key
+    )
+
+
+def thingspeak_readers(
+    specs: list[thingspeak.ChannelSpec],
+    settings: ThingSpeakSettings,
+    stored: Callable[[str, str], str | None],
+) -> list[thingspeak.ChannelReader]:
+    """A reader per channel, resuming from its stored cursor (`stored(source, key)`, i.e.
+    Store.watermark), else starting at its configured `since`, else at the whole history."""
+    readers = []
+    for spec in specs:
+        value = stored(thingspeak.SOURCE, str(spec.id))
+        cursor = thingspeak.Cursor.decode(spec.id, value) if value is not None else None
+        start = _configured_start(settings, spec.id)
+        readers.append(thingspeak.ChannelReader(spec, cursor, start, settings.results))
+    return readers
+
+
+def _configured_start(settings: ThingSpeakSettings, channel_id: int) -> Micros:
+    for channel in settings.channels:
+        if channel.id == channel_id and channel.since:
+            return thingspeak.parse_start(channel.since, f"since of ThingSpeak channel {channel_id}")
+    return thingspeak.HISTORY_START

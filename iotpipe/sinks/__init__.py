@@ -1,0 +1,1 @@
+"""Sinks: where committed batches go — the store first, then after-commit observers."""
