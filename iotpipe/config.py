@@ -8,10 +8,11 @@ A `.env` file in the working directory is read as environment.
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -21,6 +22,7 @@ from pydantic_settings import (
 
 from iotpipe import limits
 from iotpipe.errors import ConfigError
+from iotpipe.model import datetime_to_micros
 
 DEFAULT_CONFIG_FILE = "iotpipe.toml"
 DEFAULT_DATABASE_URL = "sqlite:///./iotpipe.db"
@@ -33,10 +35,58 @@ class PipelineSettings(BaseModel):
     batch_delay: float = Field(
         limits.BATCH_DELAY, gt=0, description="seconds a reading may wait for its batch"
     )
-    max_payload_bytes: int = Field(limits.MAX_PAYLOAD_BYTES, ge=64, description="largest message accepted")
     queue_size: int = Field(
         limits.QUEUE_SIZE, ge=1, description="messages buffered between sources and the writer"
     )
+
+
+class LimitsSettings(BaseModel):
+    """`[limits]`: what one message may hold (iotpipe/limits.py); past a limit it is dead-lettered."""
+
+    earliest_time: datetime = Field(
+        limits.EARLIEST_TIME, description="readings before this time are rejected (naive means UTC)"
+    )
+    max_future_seconds: float = Field(
+        limits.FUTURE_TOLERANCE_SECONDS,
+        ge=0,
+        le=limits.FUTURE_TOLERANCE_CEILING_SECONDS,
+        description="how far ahead of its receipt a reading may be",
+    )
+    max_payload_bytes: int = Field(
+        limits.MAX_PAYLOAD_BYTES, ge=64, description="one message, file line or CSV record"
+    )
+    max_document_bytes: int = Field(
+        limits.MAX_DOCUMENT_BYTES, ge=64, description="a whole .json file, parsed in one piece"
+    )
+    # The decoders classify names against the default themselves: it can only be lowered.
+    max_id_length: int = Field(
+        limits.MAX_ID_LENGTH,
+        ge=1,
+        le=limits.MAX_ID_LENGTH,
+        description="characters of a device id or metric name",
+    )
+    max_text_length: int = Field(
+        limits.MAX_TEXT_LENGTH, ge=1, description="characters of a unit or metadata string"
+    )
+    max_metrics_per_message: int = Field(
+        limits.MAX_METRICS_PER_MESSAGE, ge=1, description="distinct metrics of a device in one message"
+    )
+    max_series_per_device: int = Field(
+        limits.MAX_SERIES_PER_DEVICE, ge=1, description="series (metrics) one device may have"
+    )
+
+    @field_validator("earliest_time")
+    @classmethod
+    def _within_datetime(cls, value: datetime) -> datetime:
+        value = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        if not limits.TIME_FLOOR <= datetime_to_micros(value) < limits.TIME_CEILING:
+            raise ValueError("must be between 0001-01-08 and 9999-12-24")
+        return value
+
+    def to_limits(self) -> limits.Limits:
+        values = self.model_dump()
+        values["earliest_time"] = datetime_to_micros(self.earliest_time)
+        return limits.Limits(**values)
 
 
 class SimulatorSettings(BaseModel):
@@ -235,6 +285,8 @@ class Settings(BaseSettings):
     analytics: AnalyticsSettings = AnalyticsSettings()  # type: ignore[call-arg]
     anomalies: AnomalySettings = AnomalySettings()  # type: ignore[call-arg]
     mqtt: MqttSettings = MqttSettings()  # type: ignore[call-arg]
+    # Last: from here on in this class body, `limits` is this field, not the module.
+    limits: LimitsSettings = LimitsSettings()  # type: ignore[call-arg]
 
     @classmethod
     def settings_customise_sources(

@@ -102,6 +102,9 @@ class DecodedMessage:
     units: dict[str, str] = field(default_factory=dict)
     invalid: list[InvalidValue] = field(default_factory=list)
     info: DeviceInfo | None = None
+    # The one time all readings share, when the decoder knows they do (V1, V2, a CSV row):
+    # validation then checks one time instead of each reading's.
+    time: Micros | None = None
 
 
 @dataclass(slots=True)

@@ -161,7 +161,9 @@ class App:
                 f"unknown format {format!r}; choose one of: {', '.join(formats.format_names())}"
             )
         try:
-            source = FileSource(paths, format=format, device_id=device_id)
+            source = FileSource(
+                paths, format=format, device_id=device_id, limits=self.settings.limits.to_limits()
+            )
         except FileNotFoundError as exc:
             raise IotpipeError(f"{exc}; check the path") from None
         pipeline = self.pipeline(max_payload_bytes=limits.FILE_MAX_PAYLOAD_BYTES)

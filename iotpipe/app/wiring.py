@@ -40,8 +40,8 @@ def pipeline_config(settings: Settings, **overrides: Any) -> PipelineConfig:
     base = PipelineConfig(
         batch_size=config.batch_size,
         batch_delay=config.batch_delay,
-        max_payload_bytes=config.max_payload_bytes,
         queue_size=config.queue_size,
+        limits=settings.limits.to_limits(),
     )
     return replace(base, **overrides)
 
