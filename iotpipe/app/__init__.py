@@ -179,6 +179,9 @@ class App:
                         last_report = time.monotonic()
                 pipeline.close()
             except IotpipeError:
+                # The source refused to go on (a truncated file): what was read before the
+                # damage is stored, then the user hears why.
+                pipeline.close()
                 raise
             except Exception as exc:
                 message, expected = explain_error(exc)
