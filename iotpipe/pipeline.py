@@ -28,7 +28,7 @@ from typing import Any
 
 from iotpipe import formats, limits
 from iotpipe.errors import BatchRejected, DecodeError
-from iotpipe.limits import DEFAULT_LIMITS, Limits
+from iotpipe.limits import DEFAULT_LIMITS, Limits, setting_hint
 from iotpipe.model import (
     Acknowledger,
     Counters,
@@ -40,6 +40,7 @@ from iotpipe.model import (
     WriteResult,
 )
 from iotpipe.sinks.base import CommitObserver, PrimarySink
+from iotpipe.text import printable
 from iotpipe.validation import decode_valid
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,8 @@ class Pipeline:
         self._queue: queue.Queue[object] = queue.Queue(maxsize=self.config.queue_size)
         self._lock = threading.Lock()  # feed/flush may be called from a source thread and a timer
         self._commit_points: list[threading.Event] = []  # told at the next successful flush
+        # Each device's metrics seen so far, for the per-device series limit.
+        self._series: dict[str, set[str]] = {}
 
     # -- push sources: the MessageSink they are given ----------------------------------------
     def submit(self, raw: RawMessage, timeout: float | None = None) -> None:
@@ -226,7 +229,28 @@ class Pipeline:
             self._open.batch.infos[device_id] = info
 
     def _decode(self, raw: RawMessage) -> list[DecodedMessage]:
-        return decode_valid(raw, formats.decode, self.config.limits)
+        decoded = decode_valid(raw, formats.decode, self.config.limits)
+        for message in decoded:
+            self._check_series_limit(message)
+        return decoded
+
+    def _check_series_limit(self, message: DecodedMessage) -> None:
+        """Refuse a message that would give its device more series than the limit allows:
+        one misbehaving device must not create millions of series."""
+        known = self._series.get(message.device_id)
+        if known is None:
+            known = self._series[message.device_id] = set(self.sink.known_metrics(message.device_id))
+        new = {metric for metric, _, _ in message.readings if metric not in known}
+        if not new:
+            return
+        limit = self.config.limits.max_series_per_device
+        if len(known) + len(new) > limit:
+            raise DecodeError(
+                f"device {printable(message.device_id)} has {len(known)} series and this message would add "
+                f"{len(new)}, over the limit of {limit} series per device; raise it with "
+                f"{setting_hint('max_series_per_device')}"
+            )
+        known.update(new)
 
     def flush(self) -> None:
         """Write everything fed so far, each batch in one transaction, and wait for it.

@@ -40,7 +40,9 @@ def test_the_systemd_units_pass_systemd_analyze_verify_and_are_hardened(tmp_path
         (tmp_path / unit.name).write_text(text.replace("/opt/iotpipe/bin/iotpipe", here))
         names.append(unit.name.replace("@.service", "@1.service"))
     assert {"iotpipe-worker@1.service", "iotpipe-api.service", "iotpipe-relay.service"} <= set(names)
-    result = subprocess.run(["systemd-analyze", "verify", *names], cwd=tmp_path, capture_output=True, text=True)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", *names], cwd=tmp_path, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stderr == "", result.stderr
 
@@ -95,4 +97,3 @@ def test_the_sample_production_config_loads_and_wires_a_partitioned_nats_source(
     conf = (DEPLOY / "nats-server.conf").read_text()
     assert conf.count("{{partition(8,1)}}") == 3  # the mapping agrees with the partitions
     assert options.ack_wait > 2 * settings.pipeline.batch_delay
-

@@ -252,3 +252,23 @@ def test_an_earliest_time_outside_what_datetime_holds_is_a_configuration_error(
     monkeypatch.setenv("IOTPIPE_LIMITS__EARLIEST_TIME", "0001-01-01T00:00:00")
     with pytest.raises(ConfigError, match=r"limits\.earliest_time"):
         load_settings()
+
+
+def test_a_device_past_its_series_limit_is_refused_with_the_setting_to_raise(store: Store) -> None:
+    limits = Limits(max_series_per_device=3)
+    first = raw({"device_id": "chatty", "timestamp": 1_700_000_000, "a": 1, "b": 2})
+    third = raw({"device_id": "chatty", "timestamp": 1_700_000_001, "c": 3})
+    fourth = raw({"device_id": "chatty", "timestamp": 1_700_000_002, "d": 4, "e": 5})
+    known = raw({"device_id": "chatty", "timestamp": 1_700_000_003, "a": 6})
+    Pipeline(store, PipelineConfig(limits=limits)).feed_all([first, third])
+    # A new process: what the device has comes from the store.
+    counters = Pipeline(store, PipelineConfig(limits=limits)).feed_all([fourth, known])
+    assert (counters.messages_accepted, counters.messages_dead_lettered) == (1, 1)
+    [letter] = store.dead_letter_rows()
+    assert letter["reason"] == (
+        "device chatty has 3 series and this message would add 2, over the limit of 3 series per device; "
+        "raise it with [limits] max_series_per_device in iotpipe.toml or IOTPIPE_LIMITS__MAX_SERIES_PER_DEVICE"
+    )
+    stats = store.stats()
+    assert stats["series"] == 3 and stats["readings"] == 4
+    assert stats["dead_letters_over_limits"]["max_series_per_device"] == 1

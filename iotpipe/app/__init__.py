@@ -382,7 +382,7 @@ class App:
         return simulate(SimulationPlan(**plan))
 
     # -- what is stored ---------------------------------------------------------------------
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, Any]:
         return self.store.stats()
 
     def dead_letters(self, limit: int = 50) -> list[dict[str, Any]]:
