@@ -219,6 +219,8 @@ class Pipeline:
             self._open.batch.infos[device_id] = info
 
     def _decode(self, raw: RawMessage) -> list[DecodedMessage]:
+        if raw.reject is not None:
+            raise DecodeError(raw.reject)
         size = len(raw.payload)
         if size > self.config.max_payload_bytes:
             raise DecodeError(f"payload is {size} bytes, over the limit of {self.config.max_payload_bytes}")
