@@ -116,9 +116,9 @@ class NatsOptions:
 
     @property
     def stream_subjects(self) -> list[str]:
-        if not self.partitions:
-            return list(self.subjects)
-        return [f"{self.partition_prefix}.*.{subject}" for subject in self.subjects]
+        # Partitioned: nats-server maps what devices publish under `<prefix>.<n>.`; a
+        # consumer's filter must lie within one stream subject, hence one wildcard for all.
+        return [f"{self.partition_prefix}.*.>"] if self.partitions else list(self.subjects)
 
     def consumer_name(self, partition: int | None) -> str:
         return self.durable if partition is None else f"{self.durable}-p{partition}"
@@ -198,6 +198,7 @@ class NatsSource:
         self._closed = threading.Event()
         self._last_queue_warning = 0.0
         self._rebalancer: threading.Thread | None = None
+        self._keeper: Any = None  # the in-progress marker's future
         self._prefix_levels = 2 if options.partitions else 0
 
     # -- Source ---------------------------------------------------------------------------
@@ -230,20 +231,28 @@ class NatsSource:
         self._thread.start()
         try:
             self._call(self._connect(), CONNECT_TIMEOUT * 2)
+            if self.options.partitions:
+                assert self._leases is not None
+                self._leases.join()
+                self._rebalance()  # take a first share before saying we run
+            else:
+                self._call(self._open_lane(None), CONNECT_TIMEOUT)
         except BaseException:
+            self._stopping = self._abandon = True
+            self._closed.set()
+            with contextlib.suppress(Exception):
+                self._call(self._stop_lanes(list(self._lanes.values())), 10)
+                self._call(self._close(), 10)
+            if self._leases is not None:
+                self._leases.close()
             self._close_loop()
             raise
         if self.options.partitions:
-            assert self._leases is not None
-            self._leases.join()
-            self._rebalance()  # take a first share before saying we run
             self._rebalancer = threading.Thread(
                 target=self._keep_balanced, name="iotpipe-nats-leases", daemon=True
             )
             self._rebalancer.start()
-        else:
-            self._call(self._open_lane(None), CONNECT_TIMEOUT)
-        asyncio.run_coroutine_threadsafe(self._keep_in_progress(), self._loop)
+        self._keeper = asyncio.run_coroutine_threadsafe(self._keep_in_progress(), self._loop)
 
     def stop(self) -> None:
         """Pull no more, wait until what was taken is committed and acked, disconnect."""
@@ -262,6 +271,8 @@ class NatsSource:
                     len(self._messages),
                 )
                 self._abandon = True
+        if self._keeper is not None:
+            self._keeper.cancel()
         with contextlib.suppress(Exception):
             self._call(self._close(), 10)
         if self._leases is not None:
@@ -395,7 +406,7 @@ class NatsSource:
                     await asyncio.wait_for(asyncio.shield(lane.task), FETCH_TIMEOUT * 3)
 
     async def _pull(self, lane: _Lane) -> None:
-        from nats.errors import ConnectionClosedError, TimeoutError
+        from nats.errors import ConnectionClosedError
 
         o = self.options
         name = o.consumer_name(lane.partition)
@@ -419,7 +430,7 @@ class NatsSource:
                 return
             except Exception as exc:  # a server restart, a consumer not ready yet
                 if not lane.stopping and not self._stopping:
-                    log.warning("pulling from %s failed (%s); retrying", name, _server_error(exc))
+                    log.warning("pulling from %s failed (%r); retrying", name, exc)
                 await asyncio.sleep(1.0)
                 continue
             for message in messages:
