@@ -634,8 +634,10 @@ async def connect(
         reconnected()
         log.info("reconnected to the NATS server %s", url)
 
+    connected = False
+
     async def on_error(exc: Exception) -> None:
-        if not stopping():
+        if connected and not stopping():  # the first connect's failures end in one NatsError
             log.warning("NATS: %s", exc)
 
     credentials: dict[str, Any] = {}
@@ -644,12 +646,13 @@ async def connect(
     if options.token is not None:
         credentials["token"] = options.token
     try:
-        return await nats.connect(
+        nc = await nats.connect(
             options.url,
             name=name,
             connect_timeout=5,
             allow_reconnect=True,
-            max_reconnect_attempts=-1,
+            # A few tries at first (then a clear error); once connected, reconnect for ever.
+            max_reconnect_attempts=2,
             reconnect_time_wait=1,
             disconnected_cb=on_disconnect,
             reconnected_cb=on_reconnect,
@@ -663,6 +666,9 @@ async def connect(
         ) from None
     except Exception as exc:  # nats-py reports a refused login as a plain Exception
         raise NatsError(f"NATS server {url} refused the connection: {exc}") from None
+    nc.options["max_reconnect_attempts"] = -1
+    connected = True
+    return nc
 
 
 async def ensure_stream(js: Any, options: NatsOptions) -> None:
