@@ -3,6 +3,7 @@ and the streaming detector's episodes exactly those of a single instance."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import signal
@@ -35,12 +36,23 @@ class SpikyFleet:
         noise = random.Random(7)
         for i in range(READINGS):
             for d in range(DEVICES):
-                value = 20.0 + d + noise.gauss(0, 0.5) + (40.0 if i % 97 == 96 else 0.0) + (8.0 if i >= 250 else 0.0)
-                yield f"fleet-{d:02d}", orjson.dumps({"timestamp": T0_MS + i * 1000, "temperature": round(value, 3)})
+                value = (
+                    20.0
+                    + d
+                    + noise.gauss(0, 0.5)
+                    + (40.0 if i % 97 == 96 else 0.0)
+                    + (8.0 if i >= 250 else 0.0)
+                )
+                yield (
+                    f"fleet-{d:02d}",
+                    orjson.dumps({"timestamp": T0_MS + i * 1000, "temperature": round(value, 3)}),
+                )
 
 
 @contextmanager
-def instances(count: int, postgres: PostgresServer, name: str) -> Iterator[tuple[str, NatsServer, list[subprocess.Popen[str]]]]:
+def instances(
+    count: int, postgres: PostgresServer, name: str
+) -> Iterator[tuple[str, NatsServer, list[subprocess.Popen[str]]]]:
     """`count` `iotpipe run` instances sharing one database and one partitioned stream."""
     url = postgres.create_database(name)
     server = NatsServer(mappings=NATS_PARTITION_MAPPINGS).start()
@@ -51,7 +63,10 @@ def instances(count: int, postgres: PostgresServer, name: str) -> Iterator[tuple
         "IOTPIPE_NATS__ACK_WAIT": "5",
         "IOTPIPE_NATS__REBALANCE_EVERY": "0.5",
         "IOTPIPE_PIPELINE__BATCH_DELAY": "0.2",
-        **{f"IOTPIPE_ANALYTICS__{job.upper()}_EVERY": str(EVERY) for job in ("rollups", "anomalies", "quality", "health", "alerts")},
+        **{
+            f"IOTPIPE_ANALYTICS__{job.upper()}_EVERY": str(EVERY)
+            for job in ("rollups", "anomalies", "quality", "health", "alerts")
+        },
     }
     runs = []
     try:
@@ -103,7 +118,9 @@ def episodes(url: str) -> list[dict[str, object]]:
     return sorted(json.loads(result.stdout), key=lambda e: (e["device_id"], e["metric"], e["time"]))
 
 
-def ingest(count: int, postgres: PostgresServer, name: str, linger: float = 0.0) -> tuple[list[dict[str, object]], list[str]]:
+def ingest(
+    count: int, postgres: PostgresServer, name: str, linger: float = 0.0
+) -> tuple[list[dict[str, object]], list[str]]:
     """Publish the fleet to `count` instances; their episodes and logs once all is stored."""
     with instances(count, postgres, name) as (url, server, runs):
         started = time.monotonic()
@@ -146,7 +163,7 @@ def test_three_run_instances_run_each_job_once_per_interval_and_find_the_episode
     per_instance = [len(job_starts([log]).get("rollups", [])) for log in logs]
     assert sum(1 for n in per_instance if n) >= 2, per_instance  # the instances share the work
     for name, times in starts.items():
-        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(times)]
         assert len(times) >= 4, (name, times)
         # Once per interval across the three: never two runs of a job within one interval.
         assert min(gaps) >= EVERY - 0.05, (name, gaps)

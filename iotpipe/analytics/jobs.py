@@ -104,7 +104,10 @@ def run_job(job: Job, store: Store, settings: Settings, every: float | None = No
             last = _last_started(store, name)
             if last is not None and 0 <= started - last < every * MICROS_PER_SECOND:
                 ago = (started - last) / MICROS_PER_SECOND
-                return {"job": name, "skipped": f"started {ago:.1f} s ago (every {every:g} s), by another process"}
+                return {
+                    "job": name,
+                    "skipped": f"started {ago:.1f} s ago (every {every:g} s), by another process",
+                }
         log.debug("job %s started at %d", name, started)
         clock = time.perf_counter()
         _record(store, name, last_started_at=started)

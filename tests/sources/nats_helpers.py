@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import orjson
@@ -118,7 +118,9 @@ def iotpipe(*args: str) -> list[str]:
     return [sys.executable, "-m", "iotpipe", *args]
 
 
-def start_nats_worker(database_url: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+def start_nats_worker(
+    database_url: str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
     """`iotpipe ingest nats` as a process; returns once it consumes."""
     process = subprocess.Popen(
         iotpipe("-d", database_url, "ingest", "nats", *args),
@@ -139,9 +141,15 @@ def start_nats_worker(database_url: str, *args: str, env: dict[str, str] | None 
     return process
 
 
-def wait_until(condition: object, what: str, timeout: float = 120.0) -> None:
+def wait_until(
+    condition: Callable[[], bool],
+    what: str,
+    timeout: float = 120.0,
+    state: Callable[[], object] | None = None,
+) -> None:
     deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
+    while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+            seen = f" (then: {state()})" if state is not None else ""
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}{seen}")
         time.sleep(0.1)
