@@ -160,8 +160,10 @@ def test_three_run_instances_run_each_job_once_per_interval_and_find_the_episode
 
     starts = job_starts(logs)
     assert set(starts) == {"rollups", "anomalies", "quality", "health", "alerts", "webhooks"}
-    per_instance = [len(job_starts([log]).get("rollups", [])) for log in logs]
-    assert sum(1 for n in per_instance if n) >= 2, per_instance  # the instances share the work
+    # Every instance schedules the jobs; those that found a job run too recently skipped it.
+    for log in logs:
+        assert job_starts([log]).get("rollups") or "by another process" in log
+    assert sum("by another process" in log for log in logs) >= 2
     for name, times in starts.items():
         gaps = [b - a for a, b in itertools.pairwise(times)]
         assert len(times) >= 4, (name, times)
