@@ -338,3 +338,66 @@ def test_ingest_nats_refuses_what_it_cannot_do_and_says_why(
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# -- the relay -----------------------------------------------------------------------------------
+def start_relay(mqtt_url: str, nats_url: str) -> subprocess.Popen[str]:
+    process = subprocess.Popen(
+        iotpipe("relay", "mqtt-to-nats", "--mqtt", mqtt_url, "--nats", nats_url, "--client-id", "relay-1", "--json"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(),
+    )  # fmt: skip
+    assert process.stderr is not None
+    while not (line := process.stderr.readline()).startswith("Relaying into JetStream"):
+        assert line, "the relay did not start"
+    return process
+
+
+def test_the_relay_bridges_mosquitto_into_jetstream_through_a_kill_9_of_the_relay(
+    plain_nats: NatsServer, pg_url: str
+) -> None:
+    from tests.servers import MosquittoServer
+    from tests.sources.test_mqtt import KEEP_QUEUED
+
+    plan = Telemetry(4000, devices=40, prefix="rl")
+    with MosquittoServer(extra_config=KEEP_QUEUED) as mosquitto:
+        relay = start_relay(mosquitto.url, plain_nats.url)
+        worker = start_nats_worker(pg_url, "--url", plain_nats.url, "--ack-wait", ACK_WAIT, env=WORKER_ENV)
+        store = open_store(pg_url)
+        try:
+            publishing = threading.Thread(target=_publish_plain_mqtt, args=(mosquitto.port, plan))
+            publishing.start()
+            wait_until(lambda: store.stats()["readings"] > plan.readings // 4, "a quarter of the stream")
+            relay.kill()  # what it had not published to JetStream stays unacknowledged at Mosquitto
+            relay.wait()
+            relay = start_relay(mosquitto.url, plain_nats.url)  # the same session: Mosquitto redelivers
+            publishing.join()
+            wait_until(
+                lambda: store.stats()["readings"] == plan.readings, "the whole stream", state=store.stats
+            )
+            relay.send_signal(signal.SIGTERM)
+            out, err = relay.communicate(timeout=60)
+            assert relay.returncode == 0, err
+            assert json.loads(out)["nats"]["relayed"] > 0
+            worker.send_signal(signal.SIGTERM)
+            worker.communicate(timeout=60)
+            assert_exactly(store, plan)
+        finally:
+            for process in (relay, worker):
+                if process.poll() is None:
+                    process.kill()
+            store.close()
+
+
+def _publish_plain_mqtt(port: int, plan: Telemetry) -> None:
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="relay-devices")
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        for device, payload in plan.messages():
+            client.publish(f"telemetry/{device}", payload, qos=1).wait_for_publish(10)
+    finally:
+        client.disconnect()
+        client.loop_stop()
