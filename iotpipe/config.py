@@ -268,6 +268,60 @@ class MqttSettings(BaseModel):
     key_file: Path | None = None
 
 
+_NATS_NAME = r"^[A-Za-z0-9_-]+$"  # stream and consumer names: one subject token
+
+
+class NatsSettings(BaseModel):
+    """`[nats]`: how `iotpipe run` and `iotpipe ingest nats` consume the JetStream stream at `nats_url`."""
+
+    stream: str = Field(
+        "IOTPIPE", pattern=_NATS_NAME, description="the JetStream stream (created if missing)"
+    )
+    subjects: list[str] = Field(
+        default_factory=list,
+        description="subjects the stream takes, as devices publish them (default: one per template)",
+    )
+    templates: list[str] = Field(
+        default_factory=list,
+        description="subject layouts, written like MQTT topic templates (default: the MQTT built-ins)",
+    )
+    durable: str = Field(
+        "iotpipe", pattern=_NATS_NAME, description="durable consumer name shared by the workers"
+    )
+    partitions: int = Field(
+        0,
+        ge=0,
+        le=1024,
+        description="device partitions, one consumer each (0: one consumer shared by every worker); "
+        "nats-server must map subjects to them",
+    )
+    partition_prefix: str = Field(
+        "part", pattern=_NATS_NAME, description="first token of partitioned subjects"
+    )
+    ack_wait: float = Field(
+        30.0, ge=1, description="seconds before an unacknowledged message goes to another worker"
+    )
+    max_deliver: int = Field(5, ge=2, description="deliveries of a message before it is dead-lettered")
+    max_ack_pending: int = Field(
+        10_000,
+        ge=2,
+        description="messages a worker holds unacknowledged; it commits when half await their ack",
+    )
+    fetch_batch: int = Field(500, ge=1, description="messages asked for per pull")
+    max_bytes: int = Field(
+        -1, ge=-1, description="the stream's size limit (-1: none); when full, publishes are refused"
+    )
+    max_age: float = Field(
+        0.0, ge=0, description="seconds the stream keeps a message not yet consumed (0: no limit)"
+    )
+    rebalance_every: float = Field(
+        2.0, gt=0, description="seconds between two checks of the partition shares"
+    )
+    user: str | None = None
+    password: SecretStr | None = None
+    token: SecretStr | None = None
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="IOTPIPE_", env_nested_delimiter="__", env_file=".env", extra="ignore"
@@ -277,6 +331,7 @@ class Settings(BaseSettings):
 
     database_url: str = DEFAULT_DATABASE_URL
     mqtt_url: str | None = None
+    nats_url: str | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
     pipeline: PipelineSettings = PipelineSettings()  # type: ignore[call-arg]
@@ -285,6 +340,7 @@ class Settings(BaseSettings):
     analytics: AnalyticsSettings = AnalyticsSettings()  # type: ignore[call-arg]
     anomalies: AnomalySettings = AnomalySettings()  # type: ignore[call-arg]
     mqtt: MqttSettings = MqttSettings()  # type: ignore[call-arg]
+    nats: NatsSettings = NatsSettings()  # type: ignore[call-arg]
     # Last: from here on in this class body, `limits` is this field, not the module.
     limits: LimitsSettings = LimitsSettings()  # type: ignore[call-arg]
 

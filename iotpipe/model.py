@@ -70,6 +70,10 @@ class RawMessage:
     acker: Acknowledger | None = None  # told once the message is committed...
     ack_token: Any = None  # ...with this token (e.g. an MQTT packet id)
     dead_letter_id: int | None = None  # set when the message is a dead letter replayed
+    # Why the source already knows the message cannot be stored (e.g. JetStream gave up
+    # redelivering it): the pipeline dead-letters it with this reason, undecoded; a
+    # replay decodes it as usual.
+    reject: str | None = None
 
 
 @dataclass(slots=True, frozen=True)

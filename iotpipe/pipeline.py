@@ -229,6 +229,8 @@ class Pipeline:
             self._open.batch.infos[device_id] = info
 
     def _decode(self, raw: RawMessage) -> list[DecodedMessage]:
+        if raw.reject is not None:  # the source refused this delivery (not its payload)
+            raise DecodeError(raw.reject)
         decoded = decode_valid(raw, formats.decode, self.config.limits)
         for message in decoded:
             self._check_series_limit(message)

@@ -47,7 +47,7 @@ def test_the_systemd_units_pass_systemd_analyze_verify_and_are_hardened(tmp_path
     assert result.stderr == "", result.stderr
 
 
-def _compose_command() -> list[str] | None:
+def _compose_command() -> list[str]:
     """`docker compose` (the v2 plugin) where the docker CLI has it, else Debian's
     docker-compose (v1, which make system-packages installs): both validate with `config`
     and need no engine for it."""
@@ -57,34 +57,27 @@ def _compose_command() -> list[str] | None:
             return ["docker", "compose"]
     if shutil.which("docker-compose"):
         return ["docker-compose"]
-    return None
+    pytest.fail("neither `docker compose` nor docker-compose is installed: run make system-packages")
+
+
+def _compose_config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*_compose_command(), "-f", str(DEPLOY / "compose.yaml"), "config"],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin:/usr/local/bin", **env},
+    )
 
 
 def test_the_compose_file_is_valid_for_docker_compose() -> None:
-    command = _compose_command()
-    if command is None:
-        pytest.fail("neither `docker compose` nor docker-compose is installed: run make system-packages")
-    result = subprocess.run(
-        [*command, "-f", str(DEPLOY / "compose.yaml"), "config"],
-        capture_output=True,
-        text=True,
-        env={"PATH": "/usr/bin:/bin:/usr/local/bin", "POSTGRES_PASSWORD": "not-a-secret"},
-    )
+    result = _compose_config({"POSTGRES_PASSWORD": "not-a-secret"})
     assert result.returncode == 0, result.stdout + result.stderr
-    for service in ("nats", "postgres", "worker", "api", "prometheus", "grafana"):
-        assert f"  {service}:" in result.stdout
+    for service in ("nats", "postgres", "migrate", "worker", "api", "prometheus", "grafana"):
+        assert f"\n  {service}:\n" in result.stdout, service
 
 
 def test_the_compose_file_refuses_to_start_without_a_database_password() -> None:
-    command = _compose_command()
-    if command is None:
-        pytest.fail("neither `docker compose` nor docker-compose is installed: run make system-packages")
-    result = subprocess.run(
-        [*command, "-f", str(DEPLOY / "compose.yaml"), "config"],
-        capture_output=True,
-        text=True,
-        env={"PATH": "/usr/bin:/bin:/usr/local/bin"},
-    )
+    result = _compose_config({})
     assert result.returncode != 0
     assert "POSTGRES_PASSWORD" in result.stderr
 

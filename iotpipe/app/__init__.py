@@ -261,25 +261,84 @@ class App:
         """Subscribe to the broker and store what arrives until stopped or `duration` ends.
 
         `overrides` are `[mqtt]` settings given on the command line (None: not given)."""
-        from pydantic import ValidationError
-
         from iotpipe.app import wiring
         from iotpipe.sources.mqtt import MqttSource
 
         settings = self.settings
         if url is not None:
             settings.mqtt_url = url
-        given = {k: v for k, v in overrides.items() if v is not None}
-        try:
-            settings.mqtt = type(settings.mqtt).model_validate({**settings.mqtt.model_dump(), **given})
-        except ValidationError as exc:
-            problems = "; ".join(f"--{'-'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-            raise ConfigError(f"invalid option ({problems})") from None
+        settings.mqtt = _with_overrides(settings.mqtt, overrides)
         source = MqttSource(wiring.mqtt_options(settings))
         self.init()
         outcome = self._run([source], [], duration, report, announce)
         outcome.sources = {"mqtt": vars(source.stats)}
         return outcome
+
+    def ingest_nats(
+        self,
+        overrides: dict[str, Any],
+        url: str | None = None,
+        duration: float | None = None,
+        report: Callable[[Counters], None] | None = None,
+        announce: Callable[[str], None] | None = None,
+    ) -> IngestOutcome:
+        """Consume the JetStream stream and store what arrives until stopped or `duration` ends.
+
+        `overrides` are `[nats]` settings given on the command line (None: not given)."""
+        from iotpipe.app import wiring
+
+        settings = self.settings
+        if url is not None:
+            settings.nats_url = url
+        settings.nats = _with_overrides(settings.nats, overrides)
+        self.init()
+        source = wiring.nats_source(settings, self.store)
+        outcome = self._run([source], [], duration, report, announce)
+        outcome.sources = {"nats": {**vars(source.stats), "partitions": source.owned()}}
+        return outcome
+
+    def relay_mqtt_to_nats(
+        self,
+        mqtt_overrides: dict[str, Any],
+        mqtt_url: str | None = None,
+        nats_url: str | None = None,
+        duration: float | None = None,
+        announce: Callable[[str], None] | None = None,
+    ) -> dict[str, Any]:
+        """Bridge an MQTT broker into JetStream until stopped or `duration` ends; what it relayed.
+
+        Each MQTT message (QoS 1, persistent session) is acknowledged to the broker only
+        once JetStream has acknowledged storing it: nothing is lost between the two."""
+        from iotpipe.app import wiring
+        from iotpipe.app.runner import shutdown_signals
+        from iotpipe.sinks.nats import JetStreamRelay
+        from iotpipe.sources.mqtt import MqttSource
+
+        settings = self.settings
+        if mqtt_url is not None:
+            settings.mqtt_url = mqtt_url
+        if nats_url is not None:
+            settings.nats_url = nats_url
+        settings.mqtt = _with_overrides(settings.mqtt, mqtt_overrides)
+        mqtt = wiring.mqtt_options(settings)
+        if mqtt.qos != 1:
+            raise ConfigError(
+                "the relay acknowledges each MQTT message after JetStream stored it: use --qos 1"
+            )
+        relay = JetStreamRelay(wiring.nats_options(settings), mqtt.inflight)
+        source = MqttSource(mqtt)
+        say = announce or (lambda _text: None)
+        relay.start()
+        try:
+            with shutdown_signals() as stop:
+                source.start(relay)
+                say(source.describe())
+                say(relay.describe())
+                stop.wait(duration)
+                source.stop()
+        finally:
+            relay.stop()
+        return {"mqtt": vars(source.stats), "nats": vars(relay.stats), "stopped_by": stop.signal_name}
 
     def ingest_thingspeak(
         self,
@@ -539,11 +598,28 @@ class App:
         return [run_job(job, self.store, self.settings) for job in jobs]
 
 
+def _with_overrides(section: Any, overrides: dict[str, Any]) -> Any:
+    """A settings section with the options given on the command line (None: not given)."""
+    from pydantic import ValidationError
+
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return type(section).model_validate({**section.model_dump(), **given})
+    except ValidationError as exc:
+        problems = "; ".join(f"--{'-'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"invalid option ({problems})") from None
+
+
 def register_secrets(settings: Settings) -> None:
     """Tell redact() the secret values the settings hold, wherever they came from."""
     from iotpipe.redact import register_secret
 
-    secrets = [settings.mqtt.password, settings.thingspeak.user_api_key]
+    secrets = [
+        settings.mqtt.password,
+        settings.thingspeak.user_api_key,
+        settings.nats.password,
+        settings.nats.token,
+    ]
     secrets += [c.read_key for c in settings.thingspeak.channels]
     secrets += list(settings.thingspeak.read_keys.values())
     for secret in secrets:
