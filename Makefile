@@ -7,14 +7,14 @@ STAMP := $(VENV)/.installed
 # (Prometheus scrapes /metrics in a test and promtool checks deploy/prometheus/; InfluxDB
 # 1.6 and wrk serve the API benchmark; the dashboard is tested in Debian's Chromium,
 # never in a browser build a test tool downloads).
-SYSTEM_PACKAGES := postgresql mosquitto openssl prometheus influxdb wrk chromium
+SYSTEM_PACKAGES := postgresql mosquitto openssl nats-server systemd docker-compose prometheus influxdb wrk chromium
 # The dashboard's front-end packages (package-lock.json) and where their built files go,
 # beside our own (web/): a git-ignored folder the package declares as data, so a wheel
 # carries them.
 STATIC := iotpipe/api/static
 WEB_SOURCES := $(wildcard web/*.html web/*.css web/*.js web/*/*.js)
 
-.PHONY: install system-packages node static run test bench screenshots lint clean
+.PHONY: install system-packages node static run test bench screenshots fuzz lint clean
 
 install: $(STAMP) static
 
@@ -86,6 +86,11 @@ bench: install
 # that screenshots every page against a running `iotpipe run`.
 screenshots: install
 	IOTPIPE_SCREENSHOTS=docs $(BIN)/pytest -q tests/dashboard/test_dashboard.py -k screenshots
+
+# Fuzz the decoders for FUZZ_SECONDS (default 60); see tests/fuzz/fuzz_decoders.py to run longer.
+FUZZ_SECONDS ?= 60
+fuzz: install
+	$(BIN)/python tests/fuzz/fuzz_decoders.py -max_total_time=$(FUZZ_SECONDS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache node_modules $(STATIC)

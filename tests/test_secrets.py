@@ -87,3 +87,21 @@ def test_a_whole_session_prints_logs_and_stores_no_secret(
         ).fetchone()[0]
     for secret in SECRETS:
         assert secret not in (stored or "") and secret not in (notifications or "")
+
+
+def test_log_lines_mask_secrets_and_escape_device_control_characters() -> None:
+    import logging
+
+    from iotpipe.logs import RedactingFilter
+
+    record = logging.LogRecord(
+        "iotpipe.test",
+        logging.WARNING,
+        __file__,
+        1,
+        "dead letter from %s: %s",
+        ("\x1b[31mpump\nFAKE LINE", "mqtt://u:hunter22@b"),
+        None,
+    )
+    assert RedactingFilter().filter(record)
+    assert record.getMessage() == "dead letter from \\x1b[31mpump\\x0aFAKE LINE: mqtt://u:***@b"

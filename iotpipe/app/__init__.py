@@ -42,6 +42,10 @@ if TYPE_CHECKING:  # the heavy parts load on first use, so `iotpipe --help` stay
 
 log = logging.getLogger(__name__)
 
+# Builds the HTTP API's ASGI application for an App. The API sits above the App (it calls
+# it), so the App never imports it: the process's entry point (the CLI) hands it over.
+WebFactory = Callable[["App"], Any]
+
 REPORT_EVERY = 10.0  # seconds between two progress reports of a long-running command
 
 
@@ -218,7 +222,9 @@ class App:
                 f"unknown format {format!r}; choose one of: {', '.join(formats.format_names())}"
             )
         try:
-            source = FileSource(paths, format=format, device_id=device_id)
+            source = FileSource(
+                paths, format=format, device_id=device_id, limits=self.settings.limits.to_limits()
+            )
         except FileNotFoundError as exc:
             raise IotpipeError(f"{exc}; check the path") from None
         pipeline = self.pipeline(max_payload_bytes=limits.FILE_MAX_PAYLOAD_BYTES)
@@ -234,6 +240,9 @@ class App:
                         last_report = time.monotonic()
                 pipeline.close()
             except IotpipeError:
+                # The source refused to go on (a truncated file): what was read before the
+                # damage is stored, then the user hears why.
+                pipeline.close()
                 raise
             except Exception as exc:
                 message, expected = explain_error(exc)
@@ -293,12 +302,14 @@ class App:
         duration: float | None = None,
         report: Callable[[Counters], None] | None = None,
         announce: Callable[[str], None] | None = None,
+        web: WebFactory | None = None,
     ) -> IngestOutcome:
-        """The main job: every configured source and service until stopped or `duration` ends."""
+        """The main job: every configured source and service until stopped or `duration`
+        ends; with `web` (the HTTP API's factory) it serves that too, unless `[api]` says not."""
         from iotpipe.app import wiring
 
         self.init()
-        api = self.api_server() if self.settings.api.enabled else None
+        api = self.api_server(web) if web is not None and self.settings.api.enabled else None
         sources = wiring.run_sources(self.settings, self.store)
         services: list[Any] = [*wiring.run_services(self.settings, self.store), *([api] if api else [])]
         return self._run(sources, services, duration, report, announce)
@@ -308,23 +319,25 @@ class App:
         duration: float | None = None,
         report: Callable[[Counters], None] | None = None,
         announce: Callable[[str], None] | None = None,
+        *,
+        web: WebFactory,
     ) -> IngestOutcome:
         """The API and the jobs (and MQTT / ThingSpeak if configured; never the simulator)."""
         from iotpipe.app import wiring
 
         self.init()
-        api = self.api_server()
+        api = self.api_server(web)
         sources = wiring.configured_sources(self.settings, self.store)
         services = [*wiring.run_services(self.settings, self.store), api]
         return self._run(sources, services, duration, report, announce)
 
-    def api_server(self) -> Any:
-        """The HTTP API as a run-loop service, after the exposure check (`[api]` settings)."""
+    def api_server(self, web: WebFactory) -> Any:
+        """The HTTP API `web(app)` builds, as a run-loop service, after the exposure check."""
         from iotpipe.app.server import ApiServer, check_exposure
 
         config = self.settings.api
         check_exposure(config.host, config.insecure, self.keys.any())
-        return ApiServer(self, config.host, config.port)
+        return ApiServer(web(self), config.host, config.port)
 
     def ingest_mqtt(
         self,
@@ -337,25 +350,84 @@ class App:
         """Subscribe to the broker and store what arrives until stopped or `duration` ends.
 
         `overrides` are `[mqtt]` settings given on the command line (None: not given)."""
-        from pydantic import ValidationError
-
         from iotpipe.app import wiring
         from iotpipe.sources.mqtt import MqttSource
 
         settings = self.settings
         if url is not None:
             settings.mqtt_url = url
-        given = {k: v for k, v in overrides.items() if v is not None}
-        try:
-            settings.mqtt = type(settings.mqtt).model_validate({**settings.mqtt.model_dump(), **given})
-        except ValidationError as exc:
-            problems = "; ".join(f"--{'-'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-            raise ConfigError(f"invalid option ({problems})") from None
+        settings.mqtt = _with_overrides(settings.mqtt, overrides)
         source = MqttSource(wiring.mqtt_options(settings))
         self.init()
         outcome = self._run([source], [], duration, report, announce)
         outcome.sources = {"mqtt": vars(source.stats)}
         return outcome
+
+    def ingest_nats(
+        self,
+        overrides: dict[str, Any],
+        url: str | None = None,
+        duration: float | None = None,
+        report: Callable[[Counters], None] | None = None,
+        announce: Callable[[str], None] | None = None,
+    ) -> IngestOutcome:
+        """Consume the JetStream stream and store what arrives until stopped or `duration` ends.
+
+        `overrides` are `[nats]` settings given on the command line (None: not given)."""
+        from iotpipe.app import wiring
+
+        settings = self.settings
+        if url is not None:
+            settings.nats_url = url
+        settings.nats = _with_overrides(settings.nats, overrides)
+        self.init()
+        source = wiring.nats_source(settings, self.store)
+        outcome = self._run([source], [], duration, report, announce)
+        outcome.sources = {"nats": {**vars(source.stats), "partitions": source.owned()}}
+        return outcome
+
+    def relay_mqtt_to_nats(
+        self,
+        mqtt_overrides: dict[str, Any],
+        mqtt_url: str | None = None,
+        nats_url: str | None = None,
+        duration: float | None = None,
+        announce: Callable[[str], None] | None = None,
+    ) -> dict[str, Any]:
+        """Bridge an MQTT broker into JetStream until stopped or `duration` ends; what it relayed.
+
+        Each MQTT message (QoS 1, persistent session) is acknowledged to the broker only
+        once JetStream has acknowledged storing it: nothing is lost between the two."""
+        from iotpipe.app import wiring
+        from iotpipe.app.runner import shutdown_signals
+        from iotpipe.sinks.nats import JetStreamRelay
+        from iotpipe.sources.mqtt import MqttSource
+
+        settings = self.settings
+        if mqtt_url is not None:
+            settings.mqtt_url = mqtt_url
+        if nats_url is not None:
+            settings.nats_url = nats_url
+        settings.mqtt = _with_overrides(settings.mqtt, mqtt_overrides)
+        mqtt = wiring.mqtt_options(settings)
+        if mqtt.qos != 1:
+            raise ConfigError(
+                "the relay acknowledges each MQTT message after JetStream stored it: use --qos 1"
+            )
+        relay = JetStreamRelay(wiring.nats_options(settings), mqtt.inflight)
+        source = MqttSource(mqtt)
+        say = announce or (lambda _text: None)
+        relay.start()
+        try:
+            with shutdown_signals() as stop:
+                source.start(relay)
+                say(source.describe())
+                say(relay.describe())
+                stop.wait(duration)
+                source.stop()
+        finally:
+            relay.stop()
+        return {"mqtt": vars(source.stats), "nats": vars(relay.stats), "stopped_by": stop.signal_name}
 
     def ingest_thingspeak(
         self,
@@ -462,7 +534,7 @@ class App:
         return simulate(SimulationPlan(**plan))
 
     # -- what is stored ---------------------------------------------------------------------
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, Any]:
         return self.store.stats()
 
     def dead_letters(self, limit: int = 50) -> list[dict[str, Any]]:
@@ -766,7 +838,9 @@ class App:
         principal.require("ingest")
         if device_id is None and principal.devices is not None and len(principal.devices) == 1:
             device_id = principal.devices[0]
-        messages = body_messages(body, content_type, origin, device_id, precision)
+        messages = body_messages(
+            body, content_type, origin, device_id, precision, self.settings.limits.to_limits()
+        )
         return self.http_ingest.ingest(messages, principal)
 
     def thingspeak_update(self, principal: Principal, params: dict[str, str]) -> dict[str, Any]:
@@ -863,6 +937,18 @@ class App:
         return [run_job(job, self.store, self.settings) for job in jobs]
 
 
+def _with_overrides(section: Any, overrides: dict[str, Any]) -> Any:
+    """A settings section with the options given on the command line (None: not given)."""
+    from pydantic import ValidationError
+
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return type(section).model_validate({**section.model_dump(), **given})
+    except ValidationError as exc:
+        problems = "; ".join(f"--{'-'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"invalid option ({problems})") from None
+
+
 def _anomaly_view(row: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": row["id"],
@@ -914,7 +1000,12 @@ def register_secrets(settings: Settings) -> None:
     """Tell redact() the secret values the settings hold, wherever they came from."""
     from iotpipe.redact import register_secret
 
-    secrets = [settings.mqtt.password, settings.thingspeak.user_api_key]
+    secrets = [
+        settings.mqtt.password,
+        settings.thingspeak.user_api_key,
+        settings.nats.password,
+        settings.nats.token,
+    ]
     secrets += [c.read_key for c in settings.thingspeak.channels]
     secrets += list(settings.thingspeak.read_keys.values())
     for secret in secrets:

@@ -20,9 +20,10 @@ from typing import Any
 from iotpipe import formats
 from iotpipe.app.access import AccessDenied, Principal
 from iotpipe.errors import DecodeError, IotpipeError, StoreError
+from iotpipe.limits import DEFAULT_LIMITS, Limits
 from iotpipe.model import Counters, RawMessage, WriteBatch, WriteResult, now_micros
 from iotpipe.pipeline import Pipeline
-from iotpipe.sources.files import csv_messages, document_messages, line_messages
+from iotpipe.sources.files import read_body
 from iotpipe.text import printable
 
 log = logging.getLogger(__name__)
@@ -139,8 +140,10 @@ def body_messages(
     origin: str,
     device_id: str | None = None,
     precision: str | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> Iterator[RawMessage]:
-    """The messages a request body holds, by its content type (parameters ignored)."""
+    """The messages a request body holds, by its content type (parameters ignored), read by
+    the same rules as a file of that kind (bounded lines, CSV dialects, JSON documents)."""
     media = (content_type or "").split(";", 1)[0].strip().lower()
     if media not in CONTENT_TYPES:
         raise UnsupportedContent(
@@ -154,12 +157,6 @@ def body_messages(
                 f"precision {printable(str(precision))!r} is not supported; use ns, us, ms or s"
             )
         fmt = PRECISION_FORMATS[precision]
-    received_at = now_micros()
-    lines = body.split(b"\n")
-    if kind == "lines":
-        return line_messages(lines, SOURCE, origin, received_at, fmt, device_id)
-    if kind == "csv":
-        return csv_messages(lines, SOURCE, origin, received_at, device_id)
-    if kind == "document":
-        return document_messages(body, SOURCE, origin, received_at, fmt, device_id)
-    return iter([RawMessage(body, SOURCE, origin, received_at, fmt, device_id)])
+    if kind in ("lines", "csv", "document"):
+        return read_body(body, kind, SOURCE, origin, fmt, device_id, limits)
+    return iter([RawMessage(body, SOURCE, origin, now_micros(), fmt, device_id)])

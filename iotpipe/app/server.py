@@ -5,31 +5,26 @@ the one shutdown path (app/runner.py) stops it too: uvicorn stops accepting, fin
 requests in flight (each HTTP ingest commits before it answers), then the pipeline's
 writer stops.
 
-The App knows the API package only by name (API_MODULE), importing it when a server
-starts: the API sits above the App in the layers and calls it, and FastAPI stays out of
-every command that serves nothing.
+The App never imports the API package: the API sits above the App in the layers and
+calls it. The entry point (the CLI) builds the ASGI application with
+`iotpipe.api.create_app(app)` and the App runs it here.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import ipaddress
 import logging
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from iotpipe import limits
 from iotpipe.errors import ConfigError
 
-if TYPE_CHECKING:
-    from iotpipe.app import App
-
 log = logging.getLogger(__name__)
 
-API_MODULE = "iotpipe.api"
 SHUTDOWN_GRACE = 10  # seconds requests in flight get to finish
 
 
@@ -58,14 +53,12 @@ class ApiServer:
 
     name = "api"
 
-    def __init__(self, app: App, host: str, port: int) -> None:
+    def __init__(self, asgi: Any, host: str, port: int) -> None:
         import uvicorn
 
-        self.app = app
         self.host = host
         self.port = port
-        api = importlib.import_module(API_MODULE)
-        self.asgi = api.create_app(app)
+        self.asgi = asgi
         self._socket = _bind(host, port)
         self.port = self._socket.getsockname()[1]
         config = uvicorn.Config(

@@ -62,7 +62,14 @@ dlq_app = typer.Typer(
 )
 ingest_app = typer.Typer(
     cls=GroupedCommands,
-    help="Ingest from one source in the foreground (MQTT, ThingSpeak).",
+    help="Ingest from one source in the foreground (MQTT, NATS JetStream, ThingSpeak).",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+
+relay_app = typer.Typer(
+    cls=GroupedCommands,
+    help="Bridge one broker into another (an existing Mosquitto into NATS JetStream).",
     no_args_is_help=True,
     rich_markup_mode=None,
 )
@@ -214,6 +221,7 @@ def _fail(message: str) -> None:
 
 
 app.add_typer(ingest_app, name="ingest", rich_help_panel="Ingest")
+app.add_typer(relay_app, name="relay", rich_help_panel="Ingest")
 app.add_typer(dlq_app, name="dlq", rich_help_panel="Look at the data")
 
 # Importing the command modules registers their commands, in the order listed.

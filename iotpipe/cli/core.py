@@ -53,8 +53,13 @@ def run(
     application.settings.simulator = sim.model_copy(update={k: v for k, v in given.items() if v is not None})
     say(f"iotpipe {__version__}: storing readings in {application.database_location()}")
     say("Press Ctrl-C to stop.")
+    from iotpipe.api import create_app  # the CLI is the entry point that composes App and API
+
     outcome = application.run(
-        duration=duration, report=lambda c: say(counters_line(c)), announce=lambda text: say(untrusted(text))
+        duration=duration,
+        report=lambda c: say(counters_line(c)),
+        announce=lambda text: say(untrusted(text)),
+        web=create_app,
     )
     say(counters_line(outcome.counters))
     if outcome.gave_up:
@@ -88,8 +93,13 @@ def serve(
     application = _with_api_options(get_app(ctx), host, port, insecure)
     say(f"iotpipe {__version__}: storing readings in {application.database_location()}")
     say("Press Ctrl-C to stop.")
+    from iotpipe.api import create_app
+
     outcome = application.serve(
-        duration=duration, report=lambda c: say(counters_line(c)), announce=lambda text: say(untrusted(text))
+        duration=duration,
+        report=lambda c: say(counters_line(c)),
+        announce=lambda text: say(untrusted(text)),
+        web=create_app,
     )
     say(counters_line(outcome.counters))
     if outcome.gave_up:
@@ -188,7 +198,12 @@ def stats(ctx: typer.Context, json_output: JsonFlag = False) -> None:
 
     table = Table("what", "count", title=application.database_location())
     for key, value in counts.items():
-        table.add_row(key.replace("_", " "), f"{value:,}")
+        if isinstance(value, dict):  # dead letters per limit: only the limits that refused something
+            for name, count in value.items():
+                if count:
+                    table.add_row(f"dead-lettered over [limits] {name}", f"{count:,}")
+        else:
+            table.add_row(key.replace("_", " "), f"{value:,}")
     consoles.out.print(table)
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
+from iotpipe.api import create_app
 from iotpipe.app import App
 from iotpipe.app.server import ApiServer
 from iotpipe.config import Settings
@@ -40,7 +41,7 @@ def serve(database_url: str, **api: Any) -> Iterator[Served]:
     settings.analytics = settings.analytics.model_copy(update={"jobs": False})
     app = App(settings)
     app.init()
-    server = ApiServer(app, settings.api.host, settings.api.port)
+    server = ApiServer(create_app(app), settings.api.host, settings.api.port)
     server.start()
     client = httpx.Client(base_url=server.url, timeout=30)
     try:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime
@@ -265,6 +266,43 @@ def test_two_workers_in_a_shared_group_split_the_stream_and_store_each_reading_o
     assert sum(shares) == 2000
     assert sum(s["stored"] for s in summaries) == len(expected_readings(sent))
     assert_exactly(store, sent)
+
+
+def test_a_dead_shared_group_members_share_waits_for_it_and_is_delivered_when_it_returns(
+    broker: MosquittoServer, database_url: str, store: Store
+) -> None:
+    # The limit of $share (docs/mqtt.md): the broker keeps assigning a dead member with a
+    # persistent session its share, and holds it until that member comes back; the
+    # survivors never get it (NATS JetStream redelivers it to them: docs/nats.md).
+    common = ("--url", broker.url, "--template", "dead/{device_id}", "--shared-group", "g")
+    alive = start_worker(database_url, *common, "--client-id", "member-alive")
+    dead = start_worker(database_url, *common, "--client-id", "member-dead")
+    dead.kill()  # SIGKILL: its session (and subscription) stays at the broker
+    dead.wait()
+    try:
+        sent = publish(broker.url, reports("dead", 2000), "dead/{device_id}")
+        expected = len(expected_readings(sent))
+        held_back = _settled(store)
+        assert 0 < held_back < expected  # the survivor got its share only
+        dead = start_worker(database_url, *common, "--client-id", "member-dead")
+        wait_until(lambda: len(stored_readings(store)) == expected, "the dead member's share")
+    finally:
+        for worker in (alive, dead):
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+            worker.communicate(timeout=60)
+    assert_exactly(store, sent)
+
+
+def _settled(store: Store, quiet: float = 2.0) -> int:
+    """The number of stored readings once it has not changed for `quiet` seconds."""
+    count, since = store.stats()["readings"], time.monotonic()
+    while time.monotonic() - since < quiet:
+        time.sleep(0.2)
+        now = store.stats()["readings"]
+        if now != count:
+            count, since = now, time.monotonic()
+    return count
 
 
 # -- topic layouts ---------------------------------------------------------------------------
