@@ -92,8 +92,11 @@ def test_a_quote_in_a_device_id_stays_inside_the_sql_string() -> None:
 
 
 def test_panels_read_the_provisioned_data_sources_by_uid() -> None:
-    provisioned = yaml.safe_load((GRAFANA / "provisioning" / "datasources" / "iotpipe.yaml").read_text())
-    uids = {source["uid"] for source in provisioned["datasources"]}
+    uids = {
+        source["uid"]
+        for path in (GRAFANA / "provisioning" / "datasources").glob("*.yaml")
+        for source in yaml.safe_load(path.read_text())["datasources"]
+    }
     used = set()
     for panel in DASHBOARD["panels"]:
         for target in panel.get("targets", []):
