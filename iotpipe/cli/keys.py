@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
@@ -48,10 +49,8 @@ def keys_create(
     expiry = f", expires {key['expires_at']}" if key["expires_at"] else ""
     say(f"Created {key['role']} key {untrusted(key['name'])!r}{scope}{expiry}.")
     say("Its token (shown only now; store it safely):")
-    # Not through say(): the App registered the token as a secret, which say() masks.
-    from iotpipe.cli import consoles
-
-    consoles.out.print(key["token"], highlight=False, markup=False)
+    # Written as is: the one output a secret belongs in (say() would mask it).
+    sys.stdout.write(key["token"] + "\n")
 
 
 @keys_app.command("list")

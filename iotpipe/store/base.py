@@ -417,7 +417,7 @@ class Store(ABC):
 
     def _limit_counts(self, conn: Connection) -> dict[str, int]:
         """Messages dead-lettered for each limit (their reasons name the setting), in one scan."""
-        names = [f.name for f in dataclasses.fields(Limits)]
+        names = [f.name for f in dataclasses.fields(Limits) if f.init]
         columns = [
             func.coalesce(
                 func.sum(
