@@ -13,7 +13,7 @@ time order — O(1) time and memory per reading, whatever the series' history:
   reading moves nothing much;
 - **rarity**: how far in the tail a residual is, against this series' own history — two
   upper quantiles (99 % and 99.9 %) of |z| tracked in log space, a residual beyond them
-  extrapolated along an exponential tail: the *surprise*, in decades (4 = once in 10⁴
+  extrapolated along a power-law tail: the *surprise*, in decades (4 = once in 10⁴
   readings). A quantile moves by a fixed step per exceedance, so one huge event cannot
   dominate it, while a series whose bursts are routine learns that they are;
 - **change detection**: a two-sided CUSUM of the clipped residuals (allowance
@@ -544,10 +544,16 @@ class _Rates:
 
 def _surprise(x: np.ndarray, q1: np.ndarray, q2: np.ndarray) -> np.ndarray:
     """Decades of rarity of `x` given its tracked 99 % and 99.9 % quantiles (log space):
-    linear up to the first, then an exponential tail through both."""
-    a, b = np.exp(q1), np.exp(q2)
+    linear up to the first, then a power-law (Pareto) tail through both.
+
+    A power law is the tail that extreme-value theory gives heavy-tailed data (counts,
+    traffic, request volumes: a Hill/Weissman extrapolation); for light-tailed noise it is
+    the cautious choice, since it calls a large residual less rare than a Gaussian would.
+    """
+    a = np.exp(q1)
     below = 2.0 * x / a
-    beyond = 2.0 + (x - a) / np.maximum(b - a, 1e-9 * b)
+    with np.errstate(divide="ignore"):
+        beyond = 2.0 + (np.log(np.maximum(x, a)) - q1) / np.maximum(q2 - q1, 1e-3)
     return np.where(x <= a, below, beyond)
 
 
@@ -642,11 +648,13 @@ def _step(
     )
     stuck = np.where(valid, p.threshold * run / limit, 0.0)
 
-    # A sustained deviation means something once a whole day of the series is known
-    # (before that, the daily swing itself looks like a drift to the level).
-    day_known = count * step >= DAY
-    shift = np.where(day_known, shift, 0.0)
-    variance = np.where(day_known, variance, 0.0)
+    # A sustained deviation means something once the baseline is settled: the daily
+    # profile is chosen after two days and its offsets need about a day more (before
+    # that, the daily swing itself, or the switch to the profile, looks like a drift or a
+    # variance change: the spurious early alarms of noise-free daily series).
+    settled = count * step > 3 * DAY
+    shift = np.where(settled, shift, 0.0)
+    variance = np.where(settled, variance, 0.0)
     parts = np.stack((spike, shift, variance, record, stuck))
     score = parts.max(axis=0)
     which = parts.argmax(axis=0)
