@@ -40,8 +40,9 @@ each), so an import finds exactly what a live stream finds.
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass, field
 from typing import ClassVar
 
 import numpy as np
@@ -102,6 +103,18 @@ class History:
     times: np.ndarray  # int64
     values: np.ndarray  # float64
     open_episodes: dict[int, tuple[Micros, float]]  # series_id -> (time, score) of its open episode
+    # series_id -> its saved state (`StreamingDetector.checkpoints`); the readings above
+    # are then those after the checkpoint's last reading
+    checkpoints: dict[int, bytes] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A series' whole detector state after its reading at `last_time`."""
+
+    series_id: int
+    last_time: Micros
+    state: bytes
 
 
 # (series ids, time of each one's first new reading) -> its readings before that time.
@@ -135,6 +148,18 @@ _STATE = (
     "longest",  # the longest recent run of identical values (relaxing over range_seconds)
 )
 _S = {name: i for i, name in enumerate(_STATE)}
+# The integer columns a checkpoint keeps (the floats: the episode's value and peak, the
+# state, the daily profile).
+_SAVED_INTS = (
+    "count",
+    "last_time",
+    "episode_open",
+    "episode_time",
+    "episode_reason",
+    "last_abnormal",
+    "last_close",
+    "calm",
+)
 _INITIAL = {
     "spike_q1": math.log(2.58),  # |z| quantiles of normal noise
     "spike_q2": math.log(3.29),
@@ -165,6 +190,7 @@ class StreamingDetector:
     last_close: np.ndarray
     calm: np.ndarray
     used: np.ndarray
+    saved_count: np.ndarray
     state: np.ndarray
     offsets: np.ndarray
     spreads: np.ndarray
@@ -183,6 +209,7 @@ class StreamingDetector:
         "last_close": (_NO_TIME, np.int64),
         "calm": (0, np.int64),  # readings since the last abnormal one
         "used": (0, np.int64),  # batch clock when last seen
+        "saved_count": (0, np.int64),  # `count` at the last checkpoint
     }
 
     def __init__(self, params: StreamingParams | None = None, loader: HistoryLoader | None = None) -> None:
@@ -277,9 +304,15 @@ class StreamingDetector:
         self._free.extend(oldest.tolist())
 
     def _rebuild(self, series_ids: np.ndarray, slots: np.ndarray, first_times: np.ndarray) -> None:
-        """Warm new state rows up on the series' stored past; take open episodes from the store."""
+        """Restore new state rows from the series' checkpoints and replay their stored
+        readings since (or warm them up on their last stored readings); take open
+        episodes from the store."""
         assert self.loader is not None
         history = self.loader(series_ids, first_times)
+        for sid, slot in zip(series_ids.tolist(), slots.tolist(), strict=True):
+            saved = history.checkpoints.get(sid)
+            if saved is not None:
+                self._restore(slot, saved)
         if len(history.values):
             order = np.lexsort((history.times, history.series_ids))
             sids = history.series_ids[order]
@@ -326,6 +359,54 @@ class StreamingDetector:
         if not len(values):
             return []
         return self._score(slots, counts, times, values, emit=True)
+
+    # -- checkpoints ----------------------------------------------------------------------
+    @property
+    def layout(self) -> int:
+        """What a checkpoint's bytes mean: the state's fields and the parameters that shape
+        them. A checkpoint of another layout is not restored (its series is replayed)."""
+        p = self.params
+        shaping = astuple(p)[:-2]  # all but max_series and rebuild_readings
+        text = f"{_STATE}|{tuple(self._COLUMNS)}|{shaping}"
+        return zlib.crc32(text.encode())
+
+    def checkpoints(self) -> list[Checkpoint]:
+        """The state of every series that has seen half of `rebuild_readings` readings
+        since its last checkpoint: saved with its readings, a restart restores it and
+        replays fewer than `rebuild_readings` readings, so it continues exactly."""
+        every = max(1, self.params.rebuild_readings // 2)
+        due = np.flatnonzero((self.sid_of >= 0) & (self.count - self.saved_count >= every))
+        self.saved_count[due] = self.count[due]
+        return [
+            Checkpoint(int(self.sid_of[slot]), int(self.last_time[slot]), self._pack(slot))
+            for slot in due.tolist()
+        ]
+
+    def _pack(self, slot: int) -> bytes:
+        ints = np.array([getattr(self, name)[slot] for name in _SAVED_INTS], dtype=np.int64)
+        floats = np.concatenate(
+            (
+                [self.episode_value[slot], self.episode_peak[slot]],
+                self.state[:, slot],
+                self.offsets[slot],
+                self.spreads[slot],
+                self.filled[slot].astype(np.float64),
+            )
+        )
+        return ints.tobytes() + floats.tobytes()
+
+    def _restore(self, slot: int, saved: bytes) -> None:
+        ints = np.frombuffer(saved, dtype=np.int64, count=len(_SAVED_INTS))
+        floats = np.frombuffer(saved, dtype=np.float64, offset=8 * len(_SAVED_INTS))
+        for name, value in zip(_SAVED_INTS, ints.tolist(), strict=True):
+            getattr(self, name)[slot] = value
+        self.saved_count[slot] = self.count[slot]
+        self.episode_value[slot], self.episode_peak[slot] = floats[0], floats[1]
+        bins, fields = self.params.season_bins, len(_STATE)
+        self.state[:, slot] = floats[2 : 2 + fields]
+        rest = floats[2 + fields :]
+        self.offsets[slot], self.spreads[slot] = rest[:bins], rest[bins : 2 * bins]
+        self.filled[slot] = rest[2 * bins :] > 0
 
     def _score(
         self, slots: np.ndarray, counts: np.ndarray, times: np.ndarray, values: np.ndarray, emit: bool

@@ -331,6 +331,19 @@ MIGRATIONS: tuple[Migration, ...] = (
         sqlite=("ALTER TABLE anomalies ADD COLUMN reason TEXT NOT NULL DEFAULT ''",),
         postgresql=("ALTER TABLE anomalies ADD COLUMN reason text NOT NULL DEFAULT ''",),
     ),
+    Migration(
+        "0011_detector_state",
+        sqlite=(
+            """CREATE TABLE detector_state (
+                series_id INTEGER PRIMARY KEY, layout INTEGER NOT NULL,
+                last_time INTEGER NOT NULL, state BLOB NOT NULL)""",
+        ),
+        postgresql=(
+            """CREATE TABLE detector_state (
+                series_id integer PRIMARY KEY, layout bigint NOT NULL,
+                last_time timestamptz NOT NULL, state bytea NOT NULL)""",
+        ),
+    ),
 )
 
 _CREATE_LEDGER = {

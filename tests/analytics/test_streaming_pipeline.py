@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 
 from iotpipe.analytics.anomalies import anomaly_rows
 from iotpipe.analytics.streaming import StreamingAnomalies
@@ -17,7 +17,7 @@ from iotpipe.app import App
 from iotpipe.config import AnomalySettings, Settings, StreamingDetectorSettings
 from iotpipe.model import RawMessage
 from iotpipe.sources.simulator import Simulator
-from iotpipe.store.schema import anomalies, devices, series
+from iotpipe.store.schema import anomalies, detector_state, devices, series
 from tests.servers import PostgresServer
 
 T0_MS = 1_767_225_600_000  # 2026-01-01
@@ -142,6 +142,36 @@ def test_after_a_restart_the_detector_picks_up_where_it_stopped(
     second.close()
 
     uninterrupted = open_app(another_url)
+    uninterrupted.import_files([write_file(tmp_path / "all.jsonl", lines)])
+    assert resumed == stored(uninterrupted)
+    uninterrupted.close()
+
+
+def test_a_restart_restores_each_series_from_its_checkpoint_exactly(
+    database_url: str, another_url: str, tmp_path: Path
+) -> None:
+    """With a replay of only 64 readings, a restart without the saved state would judge the
+    rest differently (the rarity and range memories are far longer)."""
+    short = StreamingDetectorSettings(rebuild_readings=64)  # type: ignore[call-arg]
+
+    def open_short(url: str) -> App:
+        return App(Settings(database_url=url, anomalies=AnomalySettings(streaming=short)))  # type: ignore[call-arg]
+
+    lines = telemetry_lines()
+    split = 2 * 1700  # after the level shift, before the noise burst
+    first = open_short(database_url)
+    first.import_files([write_file(tmp_path / "part1.jsonl", lines[:split])])
+    with first.store.engine.connect() as conn:
+        saved = conn.execute(select(func.count()).select_from(detector_state)).scalar_one()
+    assert saved == 4  # every series, each within 32 readings of its last one
+    first.close()
+
+    second = open_short(database_url)
+    second.import_files([write_file(tmp_path / "part2.jsonl", lines[split:])])
+    resumed = stored(second)
+    second.close()
+
+    uninterrupted = open_short(another_url)
     uninterrupted.import_files([write_file(tmp_path / "all.jsonl", lines)])
     assert resumed == stored(uninterrupted)
     uninterrupted.close()
