@@ -53,10 +53,13 @@ DAY = 86_400.0
 _NO_TIME = np.iinfo(np.int64).min
 _MAD_TO_SIGMA = 1.2533  # mean absolute deviation -> standard deviation, for normal noise
 _CLIP = 3.0  # updates see residuals clipped at this many scales
-_QUANTILES = (0.99, 0.999)  # tracked for the surprise: 2 and 3 decades
+_QUANTILES = (0.9, 0.99, 0.999)  # tracked for the surprise: 1, 2 and 3 decades
 _QUANTILE_STEP = 0.05  # log-space step of the quantile trackers
 _SEASON_GAIN = 0.9  # the daily profile is used when it leaves < 90 % of the level's error
 _SHIFT_CLIP = 4.5
+# A change the level CUSUM took longer than this many level time constants to see, and
+# that no single reading shows (|z| < 2), is a drift; otherwise a level shift.
+_DRIFT_LEVELS = 3.0
 
 REASONS = ("", "spike", "dip", "level_shift", "variance_change", "stuck", "drift", "seasonal_deviation")
 SPIKE, DIP, LEVEL_SHIFT, VARIANCE_CHANGE, STUCK, DRIFT, SEASONAL = range(1, 8)
@@ -128,10 +131,13 @@ _STATE = (
     "scale",  # mean absolute residual (global)
     "err_season",
     "err_plain",
+    "spike_q0",  # log quantiles (90 %, 99 %, 99.9 %) of |z|, of the shift CUSUM and of the variance CUSUM
     "spike_q1",
     "spike_q2",
+    "shift_q0",
     "shift_q1",
     "shift_q2",
+    "spread_q0",
     "spread_q1",
     "spread_q2",
     "up",
@@ -146,6 +152,7 @@ _STATE = (
     "repeats",
     "run_limit",
     "longest",  # the longest recent run of identical values (relaxing over range_seconds)
+    "shift_since",  # when the level CUSUM last stood at zero (seconds): a drift builds slowly
 )
 _S = {name: i for i, name in enumerate(_STATE)}
 # The integer columns a checkpoint keeps (the floats: the episode's value and peak, the
@@ -161,11 +168,14 @@ _SAVED_INTS = (
     "calm",
 )
 _INITIAL = {
-    "spike_q1": math.log(2.58),  # |z| quantiles of normal noise
+    "spike_q0": math.log(1.645),  # |z| quantiles of normal noise
+    "spike_q1": math.log(2.58),
     "spike_q2": math.log(3.29),
+    "shift_q0": math.log(2.5),
     "shift_q1": math.log(4.0),
     "shift_q2": math.log(6.0),
-    "spread_q1": math.log(20.0),  # variance CUSUM: only a sustained change stands out
+    "spread_q0": math.log(12.0),  # variance CUSUM: only a sustained change stands out
+    "spread_q1": math.log(20.0),
     "spread_q2": math.log(30.0),
     "repeats": 0.5,
     "run_limit": math.inf,
@@ -618,34 +628,38 @@ class _Rates:
         self.scale = 1.0 / p.scale_seconds
         self.season = p.season_bins / p.season_seconds
         self.range = 1.0 / p.range_seconds
-        self.floor_p1 = 1.0 - _QUANTILES[0]
-        self.floor_p2 = 1.0 - _QUANTILES[1]
         self.log_chance = math.log(p.stuck_chance)
 
 
-def _surprise(x: np.ndarray, q1: np.ndarray, q2: np.ndarray) -> np.ndarray:
-    """Decades of rarity of `x` given its tracked 99 % and 99.9 % quantiles (log space):
-    linear up to the first, then a power-law (Pareto) tail through both.
+def _surprise(x: np.ndarray, q0: np.ndarray, q1: np.ndarray, q2: np.ndarray) -> np.ndarray:
+    """Decades of rarity of `x` given its tracked 90 %, 99 % and 99.9 % quantiles (log
+    space): linear up to the 99 % one, then the generalised Pareto tail through them.
 
-    A power law is the tail that extreme-value theory gives heavy-tailed data (counts,
-    traffic, request volumes: a Hill/Weissman extrapolation); for light-tailed noise it is
-    the cautious choice, since it calls a large residual less rare than a Gaussian would.
+    Extreme-value theory: beyond a high quantile every tail is a generalised Pareto one,
+    of a shape ξ that Pickands' estimator reads off three quantiles a decade apart, and
+    a quantile x at 10^-d then satisfies d = 2 + log10(1 + (10^ξ − 1)·r)/ξ with
+    r = (x − q99)/(q99.9 − q99). ξ = 0 is the exponential tail (light noise: a large
+    residual is very rare); ξ > 0 a power law (counts, traffic, request volumes: bursts
+    are less rare than they look). ξ is kept within [0, 1].
     """
-    a = np.exp(q1)
-    below = 2.0 * x / a
-    with np.errstate(divide="ignore"):
-        beyond = 2.0 + (np.log(np.maximum(x, a)) - q1) / np.maximum(q2 - q1, 1e-3)
-    return np.where(x <= a, below, beyond)
+    a0, a1, a2 = np.exp(q0), np.exp(q1), np.exp(q2)
+    shape = np.clip(np.log10(np.maximum(a2 - a1, 1e-12 * a2) / np.maximum(a1 - a0, 1e-12 * a1)), 0.0, 1.0)
+    r = np.maximum(x - a1, 0.0) / np.maximum(a2 - a1, 1e-9 * a2)
+    heavy = shape > 1e-6
+    safe = np.where(heavy, shape, 1.0)
+    beyond = 2.0 + np.where(heavy, np.log10(1.0 + np.expm1(safe * math.log(10.0)) * r) / safe, r)
+    return np.where(x <= a1, 2.0 * x / a1, beyond)
 
 
-def _track(q1: np.ndarray, q2: np.ndarray, x: np.ndarray, use: np.ndarray) -> None:
-    """One step of the two log-space quantile trackers, where `use` (and x > 0)."""
+def _track(q: tuple[np.ndarray, np.ndarray, np.ndarray], x: np.ndarray, use: np.ndarray) -> None:
+    """One step of the three log-space quantile trackers, where `use` (and x > 0)."""
     with np.errstate(divide="ignore"):
         lx = np.log(x)
     use = use & (x > 0)
-    q1 += np.where(use, _QUANTILE_STEP * ((lx > q1) - (1.0 - _QUANTILES[0])), 0.0)
-    q2 += np.where(use, _QUANTILE_STEP * ((lx > q2) - (1.0 - _QUANTILES[1])), 0.0)
-    np.maximum(q2, q1 + 1e-3, out=q2)
+    for tracker, level in zip(q, _QUANTILES, strict=True):
+        tracker += np.where(use, _QUANTILE_STEP * ((lx > tracker) - (1.0 - level)), 0.0)
+    np.maximum(q[1], q[0] + 1e-3, out=q[1])
+    np.maximum(q[2], q[1] + 1e-3, out=q[2])
 
 
 def _step(
@@ -686,10 +700,18 @@ def _step(
     for name in ("level", "plain", "high", "low", "middle", "previous"):
         s[name][:] = np.where(first, x, s[name])
 
+    # The daily profile is piecewise linear between the bins' centres, so that a smooth
+    # daily swing leaves no error within a bin (the offset of a bin's edge is the mean of
+    # its two neighbours'); each reading teaches its two bins in proportion.
     bins = p.season_bins
-    b = ((t % DAY) * (bins / DAY)).astype(np.int64)
-    b = np.minimum(b, bins - 1)
-    offset, spread = offsets[rows, b], spreads[rows, b]
+    position = (t % DAY) * (bins / DAY) - 0.5
+    lower = np.floor(position)
+    w = position - lower
+    b0 = lower.astype(np.int64) % bins
+    b1 = (b0 + 1) % bins
+    offset = (1.0 - w) * offsets[rows, b0] + w * offsets[rows, b1]
+    both = filled[rows, b0] & filled[rows, b1]
+    spread = np.where(both, (1.0 - w) * spreads[rows, b0] + w * spreads[rows, b1], scale)
     seasonal = (count * step > 2 * DAY) & (s["err_season"] < _SEASON_GAIN * s["err_plain"])
     residual = x - level - np.where(seasonal, offset, 0.0)
     sigma = np.where(seasonal, spread, scale) * _MAD_TO_SIGMA
@@ -699,16 +721,17 @@ def _step(
     size = np.abs(z)
 
     # Spikes and dips: the residual's rarity for this series.
-    spike = _surprise(size, s["spike_q1"], s["spike_q2"])
+    spike = _surprise(size, s["spike_q0"], s["spike_q1"], s["spike_q2"])
     # Level shifts and drifts: two-sided CUSUM of clipped residuals.
     clipped = np.clip(z, -_SHIFT_CLIP, _SHIFT_CLIP)
     up = np.where(valid, np.maximum(0.0, s["up"] + clipped - p.shift_allowance), 0.0)
     down = np.where(valid, np.maximum(0.0, s["down"] - clipped - p.shift_allowance), 0.0)
     shifted = np.maximum(up, down)
-    shift = _surprise(shifted, s["shift_q1"], s["shift_q2"])
+    shift_since = np.where(shifted > 0, s["shift_since"], t)
+    shift = _surprise(shifted, s["shift_q0"], s["shift_q1"], s["shift_q2"])
     # Variance changes: CUSUM of squared residuals beyond twice their normal mean.
     spread_sum = np.where(valid, np.maximum(0.0, s["spread_sum"] + np.minimum(z * z, 9.0) - 2.0), 0.0)
-    variance = _surprise(spread_sum, s["spread_q1"], s["spread_q2"])
+    variance = _surprise(spread_sum, s["spread_q0"], s["spread_q1"], s["spread_q2"])
     # New extremes: beyond the recent range by a fraction of its width.
     width = s["width"]
     floor = 6.0 * np.maximum(width, 1e-9 * (np.abs(s["middle"]) + 1e-9))
@@ -744,7 +767,7 @@ def _step(
         [
             which == 4,
             which == 2,
-            (which == 1) & (size < 2.0),
+            (which == 1) & (size < 2.0) & (t - shift_since > _DRIFT_LEVELS * p.level_seconds),
             which == 1,
             seasonal & (plain_size < 3.0) & ((which == 0) | (which == 3)),
             z < 0,
@@ -755,10 +778,11 @@ def _step(
     score = np.where(valid, score, 0.0)
 
     # -- learn ----------------------------------------------------------------------------
-    _track(s["spike_q1"], s["spike_q2"], size, valid)
-    _track(s["shift_q1"], s["shift_q2"], shifted, valid)
-    _track(s["spread_q1"], s["spread_q2"], spread_sum, valid)
+    _track((s["spike_q0"], s["spike_q1"], s["spike_q2"]), size, valid)
+    _track((s["shift_q0"], s["shift_q1"], s["shift_q2"]), shifted, valid)
+    _track((s["spread_q0"], s["spread_q1"], s["spread_q2"]), spread_sum, valid)
     s["up"][:], s["down"][:], s["spread_sum"][:] = up, down, spread_sum
+    s["shift_since"][:] = shift_since
 
     known = scale > 0
     to_plain = x - plain
@@ -769,15 +793,19 @@ def _step(
     s["err_season"][:] += a_scale * (np.minimum(np.abs(to_season), limit_season) - s["err_season"])
     s["err_plain"][:] += a_scale * (np.minimum(np.abs(to_plain), limit_plain) - s["err_plain"])
     level += a_level * np.clip(to_season, -limit_season, limit_season)
-    offsets[rows, b] = offset + a_season * np.clip(x - level - offset, -limit_season, limit_season)
+    learned = a_season * np.clip(x - level - offset, -limit_season, limit_season)
+    offsets[rows, b0] += (1.0 - w) * learned
+    offsets[rows, b1] += w * learned
     deviation = np.where(first, 0.0, np.abs(residual))
     scale[:] = np.where(
         known, scale + a_scale * (np.minimum(deviation, _CLIP * scale * _MAD_TO_SIGMA) - scale), deviation
     )
-    spreads[rows, b] = np.where(
-        filled[rows, b], spread + a_season * (np.minimum(np.abs(to_season), limit_season) - spread), scale
-    )
-    filled[rows, b] = True
+    error = np.minimum(np.abs(to_season), limit_season)
+    for b, share in ((b0, 1.0 - w), (b1, w)):
+        spreads[rows, b] = np.where(
+            filled[rows, b], spreads[rows, b] + share * a_season * (error - spreads[rows, b]), scale
+        )
+        filled[rows, b] = True
 
     high, low, middle = s["high"], s["low"], s["middle"]
     np.maximum(high, x, out=high)
