@@ -4,9 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian packages the tests and the production path need: real servers, no mocks.
-SYSTEM_PACKAGES := postgresql mosquitto openssl
+SYSTEM_PACKAGES := postgresql mosquitto openssl nats-server systemd docker-compose
 
-.PHONY: install system-packages run test bench lint clean
+.PHONY: install system-packages run test bench fuzz lint clean
 
 install: $(STAMP)
 
@@ -44,6 +44,11 @@ lint: install
 
 bench: install
 	$(BIN)/python benchmarks/run_all.py
+
+# Fuzz the decoders for FUZZ_SECONDS (default 60); see tests/fuzz/fuzz_decoders.py to run longer.
+FUZZ_SECONDS ?= 60
+fuzz: install
+	$(BIN)/python tests/fuzz/fuzz_decoders.py -max_total_time=$(FUZZ_SECONDS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -267,6 +267,15 @@ class StreamingDetector:
     def series_count(self) -> int:
         return self._series_count
 
+    def forget_all(self) -> None:
+        """Drop every series' state: each is rebuilt from the store when next seen (another
+        process may have written its readings meanwhile)."""
+        self._slot_of[:] = -1
+        self.sid_of[:] = -1
+        self._free = list(range(self._capacity - 1, -1, -1))
+        self._series_count = 0
+        self.evicted_any = True  # every series first seen from now on may have a stored past
+
     def _slots_for(self, series_ids: np.ndarray, first_times: np.ndarray) -> np.ndarray:
         """Each series' state row, creating (and rebuilding from the store) missing ones."""
         if len(series_ids) and series_ids.max() >= len(self._slot_of):

@@ -78,6 +78,12 @@ class StreamingAnomalies:
         self.seconds = 0.0  # spent on the batches' writer thread, writes included
         self.readings = 0  # scored or seen as late
 
+    def forget(self) -> None:
+        """Rebuild every series from the store when next seen: called when this process
+        takes over series another one was scoring (a NATS partition changing hands)."""
+        with self._lock:
+            self.detector.forget_all()
+
     @property
     def store(self) -> Store:
         store = self._store()
