@@ -11,14 +11,16 @@ time order — O(1) time and memory per reading, whatever the series' history:
 - **robust scale**: the mean absolute residual (over `scale_seconds`), per time-of-day bin
   when the profile is in use; every update is clipped at 3 scales (Huber), so one wild
   reading moves nothing much;
-- **rarity**: how far in the tail a residual is, against this series' own history — two
-  upper quantiles (99 % and 99.9 %) of |z| tracked in log space, a residual beyond them
-  extrapolated along a power-law tail: the *surprise*, in decades (4 = once in 10⁴
-  readings). A quantile moves by a fixed step per exceedance, so one huge event cannot
-  dominate it, while a series whose bursts are routine learns that they are;
+- **rarity**: how far in the tail a residual is, against this series' own history — three
+  upper quantiles (90 %, 99 %, 99.9 %) of |z| tracked in log space; beyond the 99 % one
+  the generalised Pareto tail through them, of the shape Pickands' estimator reads off
+  the three: the *surprise*, in decades (4 = once in 10⁴ readings). A quantile moves by
+  a fixed step per exceedance, so one huge event cannot dominate it, while a series whose
+  bursts are routine learns that they are;
 - **change detection**: a two-sided CUSUM of the clipped residuals (allowance
   `shift_allowance` scales) for level shifts and drifts, and a CUSUM of squared
-  residuals for variance changes, each judged by its own tracked quantiles;
+  residuals for variance changes, each judged by its own tracked quantiles, once the
+  baseline has settled (three days);
 - **records**: the series' recent range (a high and a low that relax towards its middle
   over `range_seconds`): a reading beyond it by `record_margin` of its width is a new
   extreme;
@@ -34,7 +36,9 @@ reason of its first reading.
 
 Determinism: every reading goes through the same floating-point operations in the same
 order whatever the batches (series are processed as lanes, one step per reading of
-each), so an import finds exactly what a live stream finds.
+each), so an import finds exactly what a live stream finds; a series' whole state is
+checkpointed every `rebuild_readings`/2 readings (`checkpoints`), so that a restart
+restores it and replays the few readings since, and continues exactly.
 """
 
 from __future__ import annotations
@@ -53,8 +57,8 @@ DAY = 86_400.0
 _NO_TIME = np.iinfo(np.int64).min
 _MAD_TO_SIGMA = 1.2533  # mean absolute deviation -> standard deviation, for normal noise
 _CLIP = 3.0  # updates see residuals clipped at this many scales
-_QUANTILES = (0.9, 0.99, 0.999)  # tracked for the surprise: 1, 2 and 3 decades
-_QUANTILE_STEP = 0.05  # log-space step of the quantile trackers
+_QUANTILES = (0.99, 0.999)  # tracked for the surprise: 2 and 3 decades
+_QUANTILE_STEP = 0.05  # log-space step of the quantile trackers (a factor of e^±0.05·…)
 _SEASON_GAIN = 0.9  # the daily profile is used when it leaves < 90 % of the level's error
 _SHIFT_CLIP = 4.5
 # A change the level CUSUM took longer than this many level time constants to see, and
@@ -131,13 +135,10 @@ _STATE = (
     "scale",  # mean absolute residual (global)
     "err_season",
     "err_plain",
-    "spike_q0",  # log quantiles (90 %, 99 %, 99.9 %) of |z|, of the shift CUSUM and of the variance CUSUM
-    "spike_q1",
+    "spike_q1",  # quantiles (99 %, 99.9 %) of |z|, of the shift CUSUM and of the variance CUSUM
     "spike_q2",
-    "shift_q0",
     "shift_q1",
     "shift_q2",
-    "spread_q0",
     "spread_q1",
     "spread_q2",
     "up",
@@ -155,6 +156,7 @@ _STATE = (
     "shift_since",  # when the level CUSUM last stood at zero (seconds): a drift builds slowly
 )
 _S = {name: i for i, name in enumerate(_STATE)}
+_QUANTILE_ROWS = slice(_S["spike_q1"], _S["spread_q2"] + 1)  # six consecutive rows
 # The integer columns a checkpoint keeps (the floats: the episode's value and peak, the
 # state, the daily profile).
 _SAVED_INTS = (
@@ -168,15 +170,12 @@ _SAVED_INTS = (
     "calm",
 )
 _INITIAL = {
-    "spike_q0": math.log(1.645),  # |z| quantiles of normal noise
-    "spike_q1": math.log(2.58),
-    "spike_q2": math.log(3.29),
-    "shift_q0": math.log(2.5),
-    "shift_q1": math.log(4.0),
-    "shift_q2": math.log(6.0),
-    "spread_q0": math.log(12.0),  # variance CUSUM: only a sustained change stands out
-    "spread_q1": math.log(20.0),
-    "spread_q2": math.log(30.0),
+    "spike_q1": 2.58,  # |z| quantiles of normal noise
+    "spike_q2": 3.29,
+    "shift_q1": 4.0,
+    "shift_q2": 6.0,
+    "spread_q1": 20.0,  # variance CUSUM: only a sustained change stands out
+    "spread_q2": 30.0,
     "repeats": 0.5,
     "run_limit": math.inf,
 }
@@ -640,35 +639,39 @@ class _Rates:
         self.log_chance = math.log(p.stuck_chance)
 
 
-def _surprise(x: np.ndarray, q0: np.ndarray, q1: np.ndarray, q2: np.ndarray) -> np.ndarray:
-    """Decades of rarity of `x` given its tracked 90 %, 99 % and 99.9 % quantiles (log
-    space): linear up to the 99 % one, then the generalised Pareto tail through them.
+def _surprise(x: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Decades of rarity of `x` (statistic, lane) given its tracked 99 % and 99.9 %
+    quantiles `q` (statistic, quantile, lane): linear up to the first, then the power-law
+    (Pareto) tail through both, d = 2 + log(x/q99)/log(q99.9/q99).
 
-    Extreme-value theory: beyond a high quantile every tail is a generalised Pareto one,
-    of a shape ξ that Pickands' estimator reads off three quantiles a decade apart, and
-    a quantile x at 10^-d then satisfies d = 2 + log10(1 + (10^ξ − 1)·r)/ξ with
-    r = (x − q99)/(q99.9 − q99). ξ = 0 is the exponential tail (light noise: a large
-    residual is very rare); ξ > 0 a power law (counts, traffic, request volumes: bursts
-    are less rare than they look). ξ is kept within [0, 1].
+    A power law is the tail extreme-value theory gives heavy-tailed data (counts,
+    traffic, request volumes: the Hill/Weissman extrapolation from upper quantiles), and
+    the cautious one for light-tailed noise, which it calls less rare than a Gaussian
+    would. Only the few readings beyond q99 pay for the logarithms.
     """
-    a0, a1, a2 = np.exp(q0), np.exp(q1), np.exp(q2)
-    shape = np.clip(np.log10(np.maximum(a2 - a1, 1e-12 * a2) / np.maximum(a1 - a0, 1e-12 * a1)), 0.0, 1.0)
-    r = np.maximum(x - a1, 0.0) / np.maximum(a2 - a1, 1e-9 * a2)
-    heavy = shape > 1e-6
-    safe = np.where(heavy, shape, 1.0)
-    beyond = 2.0 + np.where(heavy, np.log10(1.0 + np.expm1(safe * math.log(10.0)) * r) / safe, r)
-    return np.where(x <= a1, 2.0 * x / a1, beyond)
+    a1 = q[:, 0]
+    decades = 2.0 * x / a1
+    tail = np.nonzero(x > a1)
+    if len(tail[0]):
+        a1, a2 = a1[tail], q[:, 1][tail]
+        decades[tail] = 2.0 + np.log(x[tail] / a1) / np.log(a2 / a1)
+    return decades
 
 
-def _track(q: tuple[np.ndarray, np.ndarray, np.ndarray], x: np.ndarray, use: np.ndarray) -> None:
-    """One step of the three log-space quantile trackers, where `use` (and x > 0)."""
-    with np.errstate(divide="ignore"):
-        lx = np.log(x)
-    use = use & (x > 0)
-    for tracker, level in zip(q, _QUANTILES, strict=True):
-        tracker += np.where(use, _QUANTILE_STEP * ((lx > tracker) - (1.0 - level)), 0.0)
-    np.maximum(q[1], q[0] + 1e-3, out=q[1])
-    np.maximum(q[2], q[1] + 1e-3, out=q[2])
+# A tracked quantile moves by a fixed factor: up when exceeded, down when not, so that it
+# settles where it is exceeded as often as its level says (a log-space stochastic
+# approximation of the quantile).
+_UP = np.exp(_QUANTILE_STEP * np.array(_QUANTILES))[None, :, None]
+_DOWN = np.exp(-_QUANTILE_STEP * (1.0 - np.array(_QUANTILES)))[None, :, None]
+_APART = math.exp(1e-3)
+
+
+def _track(q: np.ndarray, x: np.ndarray, use: np.ndarray) -> None:
+    """One step of the quantile trackers `q` (statistic, quantile, lane) of the statistics
+    `x` (statistic, lane), where `use` (and x > 0)."""
+    factor = np.where(x[:, None, :] > q, _UP, _DOWN)
+    q *= np.where((use & (x > 0))[:, None, :], factor, 1.0)
+    np.maximum(q[:, 1], q[:, 0] * _APART, out=q[:, 1])
 
 
 def _step(
@@ -706,8 +709,9 @@ def _step(
     a_range = -np.expm1(-step * rates.range)
 
     level, plain, scale = s["level"], s["plain"], s["scale"]
-    for name in ("level", "plain", "high", "low", "middle", "previous"):
-        s[name][:] = np.where(first, x, s[name])
+    if first.any():
+        for name in ("level", "plain", "high", "low", "middle", "previous"):
+            s[name][:] = np.where(first, x, s[name])
 
     # The daily profile is piecewise linear between the bins' centres, so that a smooth
     # daily swing leaves no error within a bin (the offset of a bin's edge is the mean of
@@ -717,10 +721,14 @@ def _step(
     lower = np.floor(position)
     w = position - lower
     b0 = lower.astype(np.int64) % bins
-    b1 = (b0 + 1) % bins
-    offset = (1.0 - w) * offsets[rows, b0] + w * offsets[rows, b1]
-    both = filled[rows, b0] & filled[rows, b1]
-    spread = np.where(both, (1.0 - w) * spreads[rows, b0] + w * spreads[rows, b1], scale)
+    # Flat indices into the lanes' (contiguous) profile rows: cheaper than 2-D indexing.
+    i0 = rows * bins + b0
+    i1 = rows * bins + (b0 + 1) % bins
+    flat_offsets, flat_spreads, flat_filled = offsets.reshape(-1), spreads.reshape(-1), filled.reshape(-1)
+    o0 = flat_offsets[i0]
+    offset = o0 + w * (flat_offsets[i1] - o0)
+    s0 = flat_spreads[i0]
+    spread = np.where(flat_filled[i0] & flat_filled[i1], s0 + w * (flat_spreads[i1] - s0), scale)
     seasonal = (count * step > 2 * DAY) & (s["err_season"] < _SEASON_GAIN * s["err_plain"])
     residual = x - level - np.where(seasonal, offset, 0.0)
     sigma = np.where(seasonal, spread, scale) * _MAD_TO_SIGMA
@@ -729,18 +737,18 @@ def _step(
     z = np.where(valid, residual / sigma, 0.0)
     size = np.abs(z)
 
-    # Spikes and dips: the residual's rarity for this series.
-    spike = _surprise(size, s["spike_q0"], s["spike_q1"], s["spike_q2"])
     # Level shifts and drifts: two-sided CUSUM of clipped residuals.
     clipped = np.clip(z, -_SHIFT_CLIP, _SHIFT_CLIP)
     up = np.where(valid, np.maximum(0.0, s["up"] + clipped - p.shift_allowance), 0.0)
     down = np.where(valid, np.maximum(0.0, s["down"] - clipped - p.shift_allowance), 0.0)
     shifted = np.maximum(up, down)
     shift_since = np.where(shifted > 0, s["shift_since"], t)
-    shift = _surprise(shifted, s["shift_q0"], s["shift_q1"], s["shift_q2"])
     # Variance changes: CUSUM of squared residuals beyond twice their normal mean.
     spread_sum = np.where(valid, np.maximum(0.0, s["spread_sum"] + np.minimum(z * z, 9.0) - 2.0), 0.0)
-    variance = _surprise(spread_sum, s["spread_q0"], s["spread_q1"], s["spread_q2"])
+    # Each one's rarity for this series: spikes and dips (|z|), shifts, variance changes.
+    tails = st[_QUANTILE_ROWS].reshape(3, 2, -1)  # a view: (statistic, quantile, lane)
+    watched = np.stack((size, shifted, spread_sum))
+    spike, shift, variance = _surprise(watched, tails)
     # New extremes: beyond the recent range by a fraction of its width.
     width = s["width"]
     floor = 6.0 * np.maximum(width, 1e-9 * (np.abs(s["middle"]) + 1e-9))
@@ -769,27 +777,29 @@ def _step(
     shift = np.where(settled, shift, 0.0)
     variance = np.where(settled, variance, 0.0)
     parts = np.stack((spike, shift, variance, record, stuck))
-    score = parts.max(axis=0)
-    which = parts.argmax(axis=0)
-    plain_size = np.abs(x - plain) / np.maximum(scale * _MAD_TO_SIGMA, 1e-300)
-    reason = np.select(
-        [
-            which == 4,
-            which == 2,
-            (which == 1) & (size < 2.0) & (t - shift_since > _DRIFT_LEVELS * p.level_seconds),
-            which == 1,
-            seasonal & (plain_size < 3.0) & ((which == 0) | (which == 3)),
-            z < 0,
-        ],
-        [STUCK, VARIANCE_CHANGE, DRIFT, LEVEL_SHIFT, SEASONAL, DIP],
-        SPIKE,
-    ).astype(np.int8)
-    score = np.where(valid, score, 0.0)
+    score = np.where(valid, parts.max(axis=0), 0.0)
+    # A reason matters only where an episode may open or go on: worked out there alone.
+    reason = np.zeros(len(x), dtype=np.int8)
+    f = np.flatnonzero(score >= p.hysteresis * p.threshold)
+    if len(f):
+        which = parts[:, f].argmax(axis=0)
+        plain_size = np.abs(x[f] - plain[f]) / np.maximum(scale[f] * _MAD_TO_SIGMA, 1e-300)
+        slow = t[f] - shift_since[f] > _DRIFT_LEVELS * p.level_seconds
+        reason[f] = np.select(
+            [
+                which == 4,
+                which == 2,
+                (which == 1) & (size[f] < 2.0) & slow,
+                which == 1,
+                seasonal[f] & (plain_size < 3.0) & ((which == 0) | (which == 3)),
+                z[f] < 0,
+            ],
+            [STUCK, VARIANCE_CHANGE, DRIFT, LEVEL_SHIFT, SEASONAL, DIP],
+            SPIKE,
+        )
 
     # -- learn ----------------------------------------------------------------------------
-    _track((s["spike_q0"], s["spike_q1"], s["spike_q2"]), size, valid)
-    _track((s["shift_q0"], s["shift_q1"], s["shift_q2"]), shifted, valid)
-    _track((s["spread_q0"], s["spread_q1"], s["spread_q2"]), spread_sum, valid)
+    _track(tails, watched, valid)
     s["up"][:], s["down"][:], s["spread_sum"][:] = up, down, spread_sum
     s["shift_since"][:] = shift_since
 
@@ -803,18 +813,17 @@ def _step(
     s["err_plain"][:] += a_scale * (np.minimum(np.abs(to_plain), limit_plain) - s["err_plain"])
     level += a_level * np.clip(to_season, -limit_season, limit_season)
     learned = a_season * np.clip(x - level - offset, -limit_season, limit_season)
-    offsets[rows, b0] += (1.0 - w) * learned
-    offsets[rows, b1] += w * learned
+    flat_offsets[i0] += (1.0 - w) * learned
+    flat_offsets[i1] += w * learned
     deviation = np.where(first, 0.0, np.abs(residual))
     scale[:] = np.where(
         known, scale + a_scale * (np.minimum(deviation, _CLIP * scale * _MAD_TO_SIGMA) - scale), deviation
     )
     error = np.minimum(np.abs(to_season), limit_season)
-    for b, share in ((b0, 1.0 - w), (b1, w)):
-        spreads[rows, b] = np.where(
-            filled[rows, b], spreads[rows, b] + share * a_season * (error - spreads[rows, b]), scale
-        )
-        filled[rows, b] = True
+    for i, share in ((i0, 1.0 - w), (i1, w)):
+        current = flat_spreads[i]
+        flat_spreads[i] = np.where(flat_filled[i], current + share * a_season * (error - current), scale)
+        flat_filled[i] = True
 
     high, low, middle = s["high"], s["low"], s["middle"]
     np.maximum(high, x, out=high)
