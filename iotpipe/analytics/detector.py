@@ -11,16 +11,16 @@ time order — O(1) time and memory per reading, whatever the series' history:
 - **robust scale**: the mean absolute residual (over `scale_seconds`), per time-of-day bin
   when the profile is in use; every update is clipped at 3 scales (Huber), so one wild
   reading moves nothing much;
-- **rarity**: how far in the tail a residual is, against this series' own history — three
-  upper quantiles (90 %, 99 %, 99.9 %) of |z| tracked in log space; beyond the 99 % one
-  the generalised Pareto tail through them, of the shape Pickands' estimator reads off
-  the three: the *surprise*, in decades (4 = once in 10⁴ readings). A quantile moves by
-  a fixed step per exceedance, so one huge event cannot dominate it, while a series whose
-  bursts are routine learns that they are;
+- **rarity**: how far in the tail a residual is, against this series' own history — two
+  upper quantiles (99 % and 99.9 %) of |z| tracked by constant-factor steps, a residual
+  beyond them extrapolated along a power-law (Pareto) tail: the *surprise*, in decades
+  (4 = once in 10⁴ readings). A quantile moves by a fixed factor per reading, so one
+  huge event cannot dominate it, while a series whose bursts are routine learns that
+  they are;
 - **change detection**: a two-sided CUSUM of the clipped residuals (allowance
   `shift_allowance` scales) for level shifts and drifts, and a CUSUM of squared
   residuals for variance changes, each judged by its own tracked quantiles, once the
-  baseline has settled (three days);
+  baseline has settled (two days and `season_seconds`);
 - **records**: the series' recent range (a high and a low that relax towards its middle
   over `range_seconds`): a reading beyond it by `record_margin` of its width is a new
   extreme;
@@ -61,8 +61,8 @@ _QUANTILES = (0.99, 0.999)  # tracked for the surprise: 2 and 3 decades
 _QUANTILE_STEP = 0.05  # log-space step of the quantile trackers (a factor of e^±0.05·…)
 _SEASON_GAIN = 0.9  # the daily profile is used when it leaves < 90 % of the level's error
 _SHIFT_CLIP = 4.5
-# A change the level CUSUM took longer than this many level time constants to see, and
-# that no single reading shows (|z| < 2), is a drift; otherwise a level shift.
+# A change whose level CUSUM took longer than this many level time constants to climb
+# from its usual range to the alarm is a drift; quicker, a level shift.
 _DRIFT_LEVELS = 3.0
 
 REASONS = ("", "spike", "dip", "level_shift", "variance_change", "stuck", "drift", "seasonal_deviation")
@@ -153,7 +153,7 @@ _STATE = (
     "repeats",
     "run_limit",
     "longest",  # the longest recent run of identical values (relaxing over range_seconds)
-    "shift_since",  # when the level CUSUM last stood at zero (seconds): a drift builds slowly
+    "shift_since",  # when the level CUSUM was last in its usual range (seconds): a drift builds slowly
 )
 _S = {name: i for i, name in enumerate(_STATE)}
 _QUANTILE_ROWS = slice(_S["spike_q1"], _S["spread_q2"] + 1)  # six consecutive rows
@@ -729,6 +729,14 @@ def _step(
     offset = o0 + w * (flat_offsets[i1] - o0)
     s0 = flat_spreads[i0]
     spread = np.where(flat_filled[i0] & flat_filled[i1], s0 + w * (flat_spreads[i1] - s0), scale)
+    # A sensor that was stuck and moves again restarts from its first live reading: its
+    # baseline was frozen (or would have followed the stuck value) meanwhile.
+    recovered = (x != s["previous"]) & (s["run"] >= s["run_limit"]) & ~first
+    if recovered.any():
+        level[:] = np.where(recovered, x - offset, level)
+        plain[:] = np.where(recovered, x, plain)
+        for name in ("up", "down", "spread_sum"):
+            s[name][:] = np.where(recovered, 0.0, s[name])
     seasonal = (count * step > 2 * DAY) & (s["err_season"] < _SEASON_GAIN * s["err_plain"])
     residual = x - level - np.where(seasonal, offset, 0.0)
     sigma = np.where(seasonal, spread, scale) * _MAD_TO_SIGMA
@@ -742,13 +750,14 @@ def _step(
     up = np.where(valid, np.maximum(0.0, s["up"] + clipped - p.shift_allowance), 0.0)
     down = np.where(valid, np.maximum(0.0, s["down"] - clipped - p.shift_allowance), 0.0)
     shifted = np.maximum(up, down)
-    shift_since = np.where(shifted > 0, s["shift_since"], t)
     # Variance changes: CUSUM of squared residuals beyond twice their normal mean.
     spread_sum = np.where(valid, np.maximum(0.0, s["spread_sum"] + np.minimum(z * z, 9.0) - 2.0), 0.0)
     # Each one's rarity for this series: spikes and dips (|z|), shifts, variance changes.
     tails = st[_QUANTILE_ROWS].reshape(3, 2, -1)  # a view: (statistic, quantile, lane)
     watched = np.stack((size, shifted, spread_sum))
     spike, shift, variance = _surprise(watched, tails)
+    # When the level CUSUM was last within its usual range (its 99 % quantile).
+    shift_since = np.where(shifted > tails[1, 0], s["shift_since"], t)
     # New extremes: beyond the recent range by a fraction of its width.
     width = s["width"]
     floor = 6.0 * np.maximum(width, 1e-9 * (np.abs(s["middle"]) + 1e-9))
@@ -768,12 +777,15 @@ def _step(
         ),
     )
     stuck = np.where(valid, p.threshold * run / limit, 0.0)
+    # A stuck sensor's values are not the series': the baseline, the scale and the change
+    # detectors learn nothing from them (else its release would look like a level shift).
+    live = run < limit
 
     # A sustained deviation means something once the baseline is settled: the daily
-    # profile is chosen after two days and its offsets need about a day more (before
-    # that, the daily swing itself, or the switch to the profile, looks like a drift or a
-    # variance change: the spurious early alarms of noise-free daily series).
-    settled = count * step > 3 * DAY
+    # profile is chosen after two days, then learned over `season_seconds` (before that,
+    # the daily swing itself, or the profile still being learned, looks like a drift or a
+    # variance change: the spurious alarms of noise-free daily series).
+    settled = count * step > 2 * DAY + p.season_seconds
     shift = np.where(settled, shift, 0.0)
     variance = np.where(settled, variance, 0.0)
     parts = np.stack((spike, shift, variance, record, stuck))
@@ -789,7 +801,7 @@ def _step(
             [
                 which == 4,
                 which == 2,
-                (which == 1) & (size[f] < 2.0) & slow,
+                (which == 1) & slow,
                 which == 1,
                 seasonal[f] & (plain_size < 3.0) & ((which == 0) | (which == 3)),
                 z[f] < 0,
@@ -800,7 +812,8 @@ def _step(
 
     # -- learn ----------------------------------------------------------------------------
     _track(tails, watched, valid)
-    s["up"][:], s["down"][:], s["spread_sum"][:] = up, down, spread_sum
+    s["up"][:], s["down"][:], s["spread_sum"][:] = up * live, down * live, spread_sum * live
+    a_level, a_scale, a_season = a_level * live, a_scale * live, a_season * live
     s["shift_since"][:] = shift_since
 
     known = scale > 0

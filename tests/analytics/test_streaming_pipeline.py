@@ -152,19 +152,20 @@ DAY_READINGS = 288
 
 
 def boiler_lines(fault: str) -> tuple[list[bytes], int]:
-    """Five days of a boiler temperature every five minutes (a daily swing of ±4 °C, noise
-    0.3 °C) with one fault starting on day four: a spike of 8 °C, a lasting shift of 4 °C,
-    noise five times wider for ten hours, or the same value for 90 readings; and the
+    """A week of a boiler temperature every five minutes (a daily swing of ±4 °C, noise
+    0.3 °C) with one fault starting on day six (change detection waits until the daily
+    profile is learned, five days): a spike of 8 °C, a lasting shift of 4 °C,
+    noise seven times wider for ten hours, or the same value for 90 readings; and the
     fault's first reading."""
     rng = np.random.default_rng(1)
-    n, start = 5 * DAY_READINGS, 4 * DAY_READINGS
+    n, start = 7 * DAY_READINGS, 6 * DAY_READINGS
     values = 20 + 4 * np.sin(2 * np.pi * np.arange(n) / DAY_READINGS) + rng.normal(0, 0.3, n)
     if fault == "spike":
         values[start] += 8
     elif fault == "level_shift":
         values[start:] += 4
     elif fault == "variance_change":
-        values[start : start + 120] += rng.normal(0, 1.5, 120)
+        values[start : start + 120] += rng.normal(0, 2.0, 120)
     elif fault == "stuck":
         values[start : start + 90] = values[start]
     lines = [
