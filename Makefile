@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian packages the tests and the production path need: real servers, no mocks.
-SYSTEM_PACKAGES := postgresql mosquitto openssl nats-server systemd docker-compose
+SYSTEM_PACKAGES := postgresql mosquitto openssl nats-server systemd docker-compose prometheus influxdb wrk
 
 .PHONY: install system-packages run test bench fuzz lint clean
 

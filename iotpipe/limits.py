@@ -79,3 +79,13 @@ class Limits:
 
 
 DEFAULT_LIMITS = Limits()
+# -- the HTTP API ------------------------------------------------------------------------
+API_HOST = "127.0.0.1"  # loopback: nothing else reaches it unless told otherwise
+API_PORT = 8080
+API_MAX_BODY_BYTES = 16 * 1024 * 1024  # a request body as sent (gzip or not)
+API_MAX_DECOMPRESSED_BYTES = 64 * 1024 * 1024  # a gzip body once inflated
+API_RATE_LIMIT = 100.0  # requests per second per key, sustained
+API_RATE_BURST = 200  # requests back to back before the rate applies
+API_MAX_POINTS = 10_000  # points of one history response; past it: truncated + next
+API_PAGE_SIZE = 100  # entries per page of a list, by default
+API_MAX_PAGE_SIZE = 1000

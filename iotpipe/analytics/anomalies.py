@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, delete, func, select
+from sqlalchemy import Connection, and_, delete, func, or_, select
 
 from iotpipe.config import AnomalySettings, Settings
 from iotpipe.model import MICROS_PER_SECOND, Micros, format_micros, now_micros
@@ -208,10 +208,13 @@ def anomaly_rows(
     start: Micros | None = None,
     end: Micros | None = None,
     limit: int | None = None,
+    before: tuple[Micros, int] | None = None,
 ) -> list[dict[str, Any]]:
-    """Stored anomalies, oldest first (the newest `limit` of them when given)."""
+    """Stored anomalies, oldest first (the newest `limit` of them when given, older than
+    the (time, id) `before` when given: the next page back)."""
     query = (
         select(
+            anomalies.c.id,
             devices.c.device_id,
             series.c.metric,
             anomalies.c.time,
@@ -235,6 +238,11 @@ def anomaly_rows(
         query = query.where(anomalies.c.time >= start)
     if end is not None:
         query = query.where(anomalies.c.time < end)
+    if before is not None:
+        at, anomaly_id = before
+        query = query.where(
+            or_(anomalies.c.time < at, and_(anomalies.c.time == at, anomalies.c.id < anomaly_id))
+        )
     if limit is not None:
         query = query.limit(limit)
     with store.engine.connect() as conn:

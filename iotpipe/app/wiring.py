@@ -64,6 +64,11 @@ def ack_window(sources: list[Source]) -> int | None:
 # -- sources -------------------------------------------------------------------------------
 def run_sources(settings: Settings, store: Store) -> list[Source]:
     """What `iotpipe run` ingests from: MQTT, NATS and ThingSpeak as configured, else the simulator."""
+    return configured_sources(settings, store) or [simulator_source(settings)]
+
+
+def configured_sources(settings: Settings, store: Store) -> list[Source]:
+    """MQTT, NATS and ThingSpeak, as far as they are configured (what `iotpipe serve` ingests from)."""
     found: list[Source] = []
     if settings.mqtt_url:
         from iotpipe.sources.mqtt import MqttSource
@@ -75,8 +80,6 @@ def run_sources(settings: Settings, store: Store) -> list[Source]:
         config = settings.thingspeak
         readers = thingspeak_readers(configured_channels(config), config, store.watermark)
         found.append(thingspeak.ThingSpeakSource(readers, thingspeak_options(config), config.interval))
-    if not found:
-        found.append(simulator_source(settings))
     return found
 
 

@@ -336,6 +336,23 @@ anomalies = Table(
     UniqueConstraint("series_id", "time", "method"),
 )
 
+# API keys (migration 0008): a key is found by the sha256 of its token; `prefix` (the
+# token's first characters) names it in listings; `devices` scopes a writer key.
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", Text, nullable=False, unique=True),
+    Column("prefix", Text, nullable=False),
+    Column("token_hash", Text, nullable=False, unique=True),
+    Column("role", Text, nullable=False),  # admin | operator | writer | reader
+    Column("devices", JsonDocument),  # list of device ids, or NULL for all
+    Column("created_at", UtcMicros, nullable=False),
+    Column("expires_at", UtcMicros),
+    Column("last_used_at", UtcMicros),
+    Column("revoked_at", UtcMicros),
+)
+
 # The streaming detector's state of a series, saved every half `rebuild_readings` of its
 # readings, so that a restart restores it and replays only what came after (exact).
 # `layout` says what the bytes mean; a checkpoint of another layout is ignored.
