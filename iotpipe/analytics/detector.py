@@ -12,13 +12,15 @@ time order — O(1) time and memory per reading, whatever the series' history:
   when the profile is in use; every update is clipped at 3 scales (Huber), so one wild
   reading moves nothing much;
 - **rarity**: how far in the tail a residual is, against this series' own history — two
-  upper quantiles (99 % and 99.9 %) of |z| tracked in log space, a residual beyond them
-  extrapolated along an exponential tail: the *surprise*, in decades (4 = once in 10⁴
-  readings). A quantile moves by a fixed step per exceedance, so one huge event cannot
-  dominate it, while a series whose bursts are routine learns that they are;
+  upper quantiles (99 % and 99.9 %) of |z| tracked by constant-factor steps, a residual
+  beyond them extrapolated along a power-law (Pareto) tail: the *surprise*, in decades
+  (4 = once in 10⁴ readings). A quantile moves by a fixed factor per reading, so one
+  huge event cannot dominate it, while a series whose bursts are routine learns that
+  they are;
 - **change detection**: a two-sided CUSUM of the clipped residuals (allowance
   `shift_allowance` scales) for level shifts and drifts, and a CUSUM of squared
-  residuals for variance changes, each judged by its own tracked quantiles;
+  residuals for variance changes, each judged by its own tracked quantiles, once the
+  baseline has settled (two days and `season_seconds`);
 - **records**: the series' recent range (a high and a low that relax towards its middle
   over `range_seconds`): a reading beyond it by `record_margin` of its width is a new
   extreme;
@@ -34,14 +36,17 @@ reason of its first reading.
 
 Determinism: every reading goes through the same floating-point operations in the same
 order whatever the batches (series are processed as lanes, one step per reading of
-each), so an import finds exactly what a live stream finds.
+each), so an import finds exactly what a live stream finds; a series' whole state is
+checkpointed every `rebuild_readings`/2 readings (`checkpoints`), so that a restart
+restores it and replays the few readings since, and continues exactly.
 """
 
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass, field
 from typing import ClassVar
 
 import numpy as np
@@ -53,9 +58,12 @@ _NO_TIME = np.iinfo(np.int64).min
 _MAD_TO_SIGMA = 1.2533  # mean absolute deviation -> standard deviation, for normal noise
 _CLIP = 3.0  # updates see residuals clipped at this many scales
 _QUANTILES = (0.99, 0.999)  # tracked for the surprise: 2 and 3 decades
-_QUANTILE_STEP = 0.05  # log-space step of the quantile trackers
+_QUANTILE_STEP = 0.05  # log-space step of the quantile trackers (a factor of e^±0.05·…)
 _SEASON_GAIN = 0.9  # the daily profile is used when it leaves < 90 % of the level's error
 _SHIFT_CLIP = 4.5
+# A change whose level CUSUM took longer than this many level time constants to climb
+# from its usual range to the alarm is a drift; quicker, a level shift.
+_DRIFT_LEVELS = 3.0
 
 REASONS = ("", "spike", "dip", "level_shift", "variance_change", "stuck", "drift", "seasonal_deviation")
 SPIKE, DIP, LEVEL_SHIFT, VARIANCE_CHANGE, STUCK, DRIFT, SEASONAL = range(1, 8)
@@ -102,6 +110,18 @@ class History:
     times: np.ndarray  # int64
     values: np.ndarray  # float64
     open_episodes: dict[int, tuple[Micros, float]]  # series_id -> (time, score) of its open episode
+    # series_id -> its saved state (`StreamingDetector.checkpoints`); the readings above
+    # are then those after the checkpoint's last reading
+    checkpoints: dict[int, bytes] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A series' whole detector state after its reading at `last_time`."""
+
+    series_id: int
+    last_time: Micros
+    state: bytes
 
 
 # (series ids, time of each one's first new reading) -> its readings before that time.
@@ -115,7 +135,7 @@ _STATE = (
     "scale",  # mean absolute residual (global)
     "err_season",
     "err_plain",
-    "spike_q1",
+    "spike_q1",  # quantiles (99 %, 99.9 %) of |z|, of the shift CUSUM and of the variance CUSUM
     "spike_q2",
     "shift_q1",
     "shift_q2",
@@ -133,15 +153,29 @@ _STATE = (
     "repeats",
     "run_limit",
     "longest",  # the longest recent run of identical values (relaxing over range_seconds)
+    "shift_since",  # when the level CUSUM was last in its usual range (seconds): a drift builds slowly
 )
 _S = {name: i for i, name in enumerate(_STATE)}
+_QUANTILE_ROWS = slice(_S["spike_q1"], _S["spread_q2"] + 1)  # six consecutive rows
+# The integer columns a checkpoint keeps (the floats: the episode's value and peak, the
+# state, the daily profile).
+_SAVED_INTS = (
+    "count",
+    "last_time",
+    "episode_open",
+    "episode_time",
+    "episode_reason",
+    "last_abnormal",
+    "last_close",
+    "calm",
+)
 _INITIAL = {
-    "spike_q1": math.log(2.58),  # |z| quantiles of normal noise
-    "spike_q2": math.log(3.29),
-    "shift_q1": math.log(4.0),
-    "shift_q2": math.log(6.0),
-    "spread_q1": math.log(20.0),  # variance CUSUM: only a sustained change stands out
-    "spread_q2": math.log(30.0),
+    "spike_q1": 2.58,  # |z| quantiles of normal noise
+    "spike_q2": 3.29,
+    "shift_q1": 4.0,
+    "shift_q2": 6.0,
+    "spread_q1": 20.0,  # variance CUSUM: only a sustained change stands out
+    "spread_q2": 30.0,
     "repeats": 0.5,
     "run_limit": math.inf,
 }
@@ -165,6 +199,7 @@ class StreamingDetector:
     last_close: np.ndarray
     calm: np.ndarray
     used: np.ndarray
+    saved_count: np.ndarray
     state: np.ndarray
     offsets: np.ndarray
     spreads: np.ndarray
@@ -183,6 +218,7 @@ class StreamingDetector:
         "last_close": (_NO_TIME, np.int64),
         "calm": (0, np.int64),  # readings since the last abnormal one
         "used": (0, np.int64),  # batch clock when last seen
+        "saved_count": (0, np.int64),  # `count` at the last checkpoint
     }
 
     def __init__(self, params: StreamingParams | None = None, loader: HistoryLoader | None = None) -> None:
@@ -286,9 +322,15 @@ class StreamingDetector:
         self._free.extend(oldest.tolist())
 
     def _rebuild(self, series_ids: np.ndarray, slots: np.ndarray, first_times: np.ndarray) -> None:
-        """Warm new state rows up on the series' stored past; take open episodes from the store."""
+        """Restore new state rows from the series' checkpoints and replay their stored
+        readings since (or warm them up on their last stored readings); take open
+        episodes from the store."""
         assert self.loader is not None
         history = self.loader(series_ids, first_times)
+        for sid, slot in zip(series_ids.tolist(), slots.tolist(), strict=True):
+            saved = history.checkpoints.get(sid)
+            if saved is not None:
+                self._restore(slot, saved)
         if len(history.values):
             order = np.lexsort((history.times, history.series_ids))
             sids = history.series_ids[order]
@@ -335,6 +377,54 @@ class StreamingDetector:
         if not len(values):
             return []
         return self._score(slots, counts, times, values, emit=True)
+
+    # -- checkpoints ----------------------------------------------------------------------
+    @property
+    def layout(self) -> int:
+        """What a checkpoint's bytes mean: the state's fields and the parameters that shape
+        them. A checkpoint of another layout is not restored (its series is replayed)."""
+        p = self.params
+        shaping = astuple(p)[:-2]  # all but max_series and rebuild_readings
+        text = f"{_STATE}|{tuple(self._COLUMNS)}|{shaping}"
+        return zlib.crc32(text.encode())
+
+    def checkpoints(self) -> list[Checkpoint]:
+        """The state of every series that has seen half of `rebuild_readings` readings
+        since its last checkpoint: saved with its readings, a restart restores it and
+        replays fewer than `rebuild_readings` readings, so it continues exactly."""
+        every = max(1, self.params.rebuild_readings // 2)
+        due = np.flatnonzero((self.sid_of >= 0) & (self.count - self.saved_count >= every))
+        self.saved_count[due] = self.count[due]
+        return [
+            Checkpoint(int(self.sid_of[slot]), int(self.last_time[slot]), self._pack(slot))
+            for slot in due.tolist()
+        ]
+
+    def _pack(self, slot: int) -> bytes:
+        ints = np.array([getattr(self, name)[slot] for name in _SAVED_INTS], dtype=np.int64)
+        floats = np.concatenate(
+            (
+                [self.episode_value[slot], self.episode_peak[slot]],
+                self.state[:, slot],
+                self.offsets[slot],
+                self.spreads[slot],
+                self.filled[slot].astype(np.float64),
+            )
+        )
+        return ints.tobytes() + floats.tobytes()
+
+    def _restore(self, slot: int, saved: bytes) -> None:
+        ints = np.frombuffer(saved, dtype=np.int64, count=len(_SAVED_INTS))
+        floats = np.frombuffer(saved, dtype=np.float64, offset=8 * len(_SAVED_INTS))
+        for name, value in zip(_SAVED_INTS, ints.tolist(), strict=True):
+            getattr(self, name)[slot] = value
+        self.saved_count[slot] = self.count[slot]
+        self.episode_value[slot], self.episode_peak[slot] = floats[0], floats[1]
+        bins, fields = self.params.season_bins, len(_STATE)
+        self.state[:, slot] = floats[2 : 2 + fields]
+        rest = floats[2 + fields :]
+        self.offsets[slot], self.spreads[slot] = rest[:bins], rest[bins : 2 * bins]
+        self.filled[slot] = rest[2 * bins :] > 0
 
     def _score(
         self, slots: np.ndarray, counts: np.ndarray, times: np.ndarray, values: np.ndarray, emit: bool
@@ -546,28 +636,42 @@ class _Rates:
         self.scale = 1.0 / p.scale_seconds
         self.season = p.season_bins / p.season_seconds
         self.range = 1.0 / p.range_seconds
-        self.floor_p1 = 1.0 - _QUANTILES[0]
-        self.floor_p2 = 1.0 - _QUANTILES[1]
         self.log_chance = math.log(p.stuck_chance)
 
 
-def _surprise(x: np.ndarray, q1: np.ndarray, q2: np.ndarray) -> np.ndarray:
-    """Decades of rarity of `x` given its tracked 99 % and 99.9 % quantiles (log space):
-    linear up to the first, then an exponential tail through both."""
-    a, b = np.exp(q1), np.exp(q2)
-    below = 2.0 * x / a
-    beyond = 2.0 + (x - a) / np.maximum(b - a, 1e-9 * b)
-    return np.where(x <= a, below, beyond)
+def _surprise(x: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Decades of rarity of `x` (statistic, lane) given its tracked 99 % and 99.9 %
+    quantiles `q` (statistic, quantile, lane): linear up to the first, then the power-law
+    (Pareto) tail through both, d = 2 + log(x/q99)/log(q99.9/q99).
+
+    A power law is the tail extreme-value theory gives heavy-tailed data (counts,
+    traffic, request volumes: the Hill/Weissman extrapolation from upper quantiles), and
+    the cautious one for light-tailed noise, which it calls less rare than a Gaussian
+    would. Only the few readings beyond q99 pay for the logarithms.
+    """
+    a1 = q[:, 0]
+    decades = 2.0 * x / a1
+    tail = np.nonzero(x > a1)
+    if len(tail[0]):
+        a1, a2 = a1[tail], q[:, 1][tail]
+        decades[tail] = 2.0 + np.log(x[tail] / a1) / np.log(a2 / a1)
+    return decades
 
 
-def _track(q1: np.ndarray, q2: np.ndarray, x: np.ndarray, use: np.ndarray) -> None:
-    """One step of the two log-space quantile trackers, where `use` (and x > 0)."""
-    with np.errstate(divide="ignore"):
-        lx = np.log(x)
-    use = use & (x > 0)
-    q1 += np.where(use, _QUANTILE_STEP * ((lx > q1) - (1.0 - _QUANTILES[0])), 0.0)
-    q2 += np.where(use, _QUANTILE_STEP * ((lx > q2) - (1.0 - _QUANTILES[1])), 0.0)
-    np.maximum(q2, q1 + 1e-3, out=q2)
+# A tracked quantile moves by a fixed factor: up when exceeded, down when not, so that it
+# settles where it is exceeded as often as its level says (a log-space stochastic
+# approximation of the quantile).
+_UP = np.exp(_QUANTILE_STEP * np.array(_QUANTILES))[None, :, None]
+_DOWN = np.exp(-_QUANTILE_STEP * (1.0 - np.array(_QUANTILES)))[None, :, None]
+_APART = math.exp(1e-3)
+
+
+def _track(q: np.ndarray, x: np.ndarray, use: np.ndarray) -> None:
+    """One step of the quantile trackers `q` (statistic, quantile, lane) of the statistics
+    `x` (statistic, lane), where `use` (and x > 0)."""
+    factor = np.where(x[:, None, :] > q, _UP, _DOWN)
+    q *= np.where((use & (x > 0))[:, None, :], factor, 1.0)
+    np.maximum(q[:, 1], q[:, 0] * _APART, out=q[:, 1])
 
 
 def _step(
@@ -605,13 +709,34 @@ def _step(
     a_range = -np.expm1(-step * rates.range)
 
     level, plain, scale = s["level"], s["plain"], s["scale"]
-    for name in ("level", "plain", "high", "low", "middle", "previous"):
-        s[name][:] = np.where(first, x, s[name])
+    if first.any():
+        for name in ("level", "plain", "high", "low", "middle", "previous"):
+            s[name][:] = np.where(first, x, s[name])
 
+    # The daily profile is piecewise linear between the bins' centres, so that a smooth
+    # daily swing leaves no error within a bin (the offset of a bin's edge is the mean of
+    # its two neighbours'); each reading teaches its two bins in proportion.
     bins = p.season_bins
-    b = ((t % DAY) * (bins / DAY)).astype(np.int64)
-    b = np.minimum(b, bins - 1)
-    offset, spread = offsets[rows, b], spreads[rows, b]
+    position = (t % DAY) * (bins / DAY) - 0.5
+    lower = np.floor(position)
+    w = position - lower
+    b0 = lower.astype(np.int64) % bins
+    # Flat indices into the lanes' (contiguous) profile rows: cheaper than 2-D indexing.
+    i0 = rows * bins + b0
+    i1 = rows * bins + (b0 + 1) % bins
+    flat_offsets, flat_spreads, flat_filled = offsets.reshape(-1), spreads.reshape(-1), filled.reshape(-1)
+    o0 = flat_offsets[i0]
+    offset = o0 + w * (flat_offsets[i1] - o0)
+    s0 = flat_spreads[i0]
+    spread = np.where(flat_filled[i0] & flat_filled[i1], s0 + w * (flat_spreads[i1] - s0), scale)
+    # A sensor that was stuck and moves again restarts from its first live reading: its
+    # baseline was frozen (or would have followed the stuck value) meanwhile.
+    recovered = (x != s["previous"]) & (s["run"] >= s["run_limit"]) & ~first
+    if recovered.any():
+        level[:] = np.where(recovered, x - offset, level)
+        plain[:] = np.where(recovered, x, plain)
+        for name in ("up", "down", "spread_sum"):
+            s[name][:] = np.where(recovered, 0.0, s[name])
     seasonal = (count * step > 2 * DAY) & (s["err_season"] < _SEASON_GAIN * s["err_plain"])
     residual = x - level - np.where(seasonal, offset, 0.0)
     sigma = np.where(seasonal, spread, scale) * _MAD_TO_SIGMA
@@ -620,17 +745,19 @@ def _step(
     z = np.where(valid, residual / sigma, 0.0)
     size = np.abs(z)
 
-    # Spikes and dips: the residual's rarity for this series.
-    spike = _surprise(size, s["spike_q1"], s["spike_q2"])
     # Level shifts and drifts: two-sided CUSUM of clipped residuals.
     clipped = np.clip(z, -_SHIFT_CLIP, _SHIFT_CLIP)
     up = np.where(valid, np.maximum(0.0, s["up"] + clipped - p.shift_allowance), 0.0)
     down = np.where(valid, np.maximum(0.0, s["down"] - clipped - p.shift_allowance), 0.0)
     shifted = np.maximum(up, down)
-    shift = _surprise(shifted, s["shift_q1"], s["shift_q2"])
     # Variance changes: CUSUM of squared residuals beyond twice their normal mean.
     spread_sum = np.where(valid, np.maximum(0.0, s["spread_sum"] + np.minimum(z * z, 9.0) - 2.0), 0.0)
-    variance = _surprise(spread_sum, s["spread_q1"], s["spread_q2"])
+    # Each one's rarity for this series: spikes and dips (|z|), shifts, variance changes.
+    tails = st[_QUANTILE_ROWS].reshape(3, 2, -1)  # a view: (statistic, quantile, lane)
+    watched = np.stack((size, shifted, spread_sum))
+    spike, shift, variance = _surprise(watched, tails)
+    # When the level CUSUM was last within its usual range (its 99 % quantile).
+    shift_since = np.where(shifted > tails[1, 0], s["shift_since"], t)
     # New extremes: beyond the recent range by a fraction of its width.
     width = s["width"]
     floor = 6.0 * np.maximum(width, 1e-9 * (np.abs(s["middle"]) + 1e-9))
@@ -650,35 +777,44 @@ def _step(
         ),
     )
     stuck = np.where(valid, p.threshold * run / limit, 0.0)
+    # A stuck sensor's values are not the series': the baseline, the scale and the change
+    # detectors learn nothing from them (else its release would look like a level shift).
+    live = run < limit
 
-    # A sustained deviation means something once a whole day of the series is known
-    # (before that, the daily swing itself looks like a drift to the level).
-    day_known = count * step >= DAY
-    shift = np.where(day_known, shift, 0.0)
-    variance = np.where(day_known, variance, 0.0)
+    # A sustained deviation means something once the baseline is settled: the daily
+    # profile is chosen after two days, then learned over `season_seconds` (before that,
+    # the daily swing itself, or the profile still being learned, looks like a drift or a
+    # variance change: the spurious alarms of noise-free daily series).
+    settled = count * step > 2 * DAY + p.season_seconds
+    shift = np.where(settled, shift, 0.0)
+    variance = np.where(settled, variance, 0.0)
     parts = np.stack((spike, shift, variance, record, stuck))
-    score = parts.max(axis=0)
-    which = parts.argmax(axis=0)
-    plain_size = np.abs(x - plain) / np.maximum(scale * _MAD_TO_SIGMA, 1e-300)
-    reason = np.select(
-        [
-            which == 4,
-            which == 2,
-            (which == 1) & (size < 2.0),
-            which == 1,
-            seasonal & (plain_size < 3.0) & ((which == 0) | (which == 3)),
-            z < 0,
-        ],
-        [STUCK, VARIANCE_CHANGE, DRIFT, LEVEL_SHIFT, SEASONAL, DIP],
-        SPIKE,
-    ).astype(np.int8)
-    score = np.where(valid, score, 0.0)
+    score = np.where(valid, parts.max(axis=0), 0.0)
+    # A reason matters only where an episode may open or go on: worked out there alone.
+    reason = np.zeros(len(x), dtype=np.int8)
+    f = np.flatnonzero(score >= p.hysteresis * p.threshold)
+    if len(f):
+        which = parts[:, f].argmax(axis=0)
+        plain_size = np.abs(x[f] - plain[f]) / np.maximum(scale[f] * _MAD_TO_SIGMA, 1e-300)
+        slow = t[f] - shift_since[f] > _DRIFT_LEVELS * p.level_seconds
+        reason[f] = np.select(
+            [
+                which == 4,
+                which == 2,
+                (which == 1) & slow,
+                which == 1,
+                seasonal[f] & (plain_size < 3.0) & ((which == 0) | (which == 3)),
+                z[f] < 0,
+            ],
+            [STUCK, VARIANCE_CHANGE, DRIFT, LEVEL_SHIFT, SEASONAL, DIP],
+            SPIKE,
+        )
 
     # -- learn ----------------------------------------------------------------------------
-    _track(s["spike_q1"], s["spike_q2"], size, valid)
-    _track(s["shift_q1"], s["shift_q2"], shifted, valid)
-    _track(s["spread_q1"], s["spread_q2"], spread_sum, valid)
-    s["up"][:], s["down"][:], s["spread_sum"][:] = up, down, spread_sum
+    _track(tails, watched, valid)
+    s["up"][:], s["down"][:], s["spread_sum"][:] = up * live, down * live, spread_sum * live
+    a_level, a_scale, a_season = a_level * live, a_scale * live, a_season * live
+    s["shift_since"][:] = shift_since
 
     known = scale > 0
     to_plain = x - plain
@@ -689,15 +825,18 @@ def _step(
     s["err_season"][:] += a_scale * (np.minimum(np.abs(to_season), limit_season) - s["err_season"])
     s["err_plain"][:] += a_scale * (np.minimum(np.abs(to_plain), limit_plain) - s["err_plain"])
     level += a_level * np.clip(to_season, -limit_season, limit_season)
-    offsets[rows, b] = offset + a_season * np.clip(x - level - offset, -limit_season, limit_season)
+    learned = a_season * np.clip(x - level - offset, -limit_season, limit_season)
+    flat_offsets[i0] += (1.0 - w) * learned
+    flat_offsets[i1] += w * learned
     deviation = np.where(first, 0.0, np.abs(residual))
     scale[:] = np.where(
         known, scale + a_scale * (np.minimum(deviation, _CLIP * scale * _MAD_TO_SIGMA) - scale), deviation
     )
-    spreads[rows, b] = np.where(
-        filled[rows, b], spread + a_season * (np.minimum(np.abs(to_season), limit_season) - spread), scale
-    )
-    filled[rows, b] = True
+    error = np.minimum(np.abs(to_season), limit_season)
+    for i, share in ((i0, 1.0 - w), (i1, w)):
+        current = flat_spreads[i]
+        flat_spreads[i] = np.where(flat_filled[i], current + share * a_season * (error - current), scale)
+        flat_filled[i] = True
 
     high, low, middle = s["high"], s["low"], s["middle"]
     np.maximum(high, x, out=high)

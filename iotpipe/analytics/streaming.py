@@ -2,8 +2,9 @@
 
 The scoring itself is `iotpipe.analytics.detector` (numpy only); this module connects it
 to a store: it flattens the committed readings, rebuilds the state of series it has not
-seen in this process from their stored past, and writes episode openings and closings
-(method 'streaming', with score and reason) to the anomalies table.
+seen in this process from their checkpoint and stored past, and writes episode openings
+and closings (method 'streaming', with score and reason) to the anomalies table and the
+series' checkpoints to `detector_state`.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ import numpy as np
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from iotpipe.analytics.detector import Episode, History, StreamingDetector, StreamingParams
+from iotpipe.analytics.detector import Checkpoint, Episode, History, StreamingDetector, StreamingParams
 from iotpipe.config import Settings, StreamingDetectorSettings
 from iotpipe.model import Micros, WriteBatch, WriteResult, now_micros
 from iotpipe.store import Store
-from iotpipe.store.schema import anomalies, readings, series
+from iotpipe.store.schema import anomalies, detector_state, readings, series
 
 __all__ = [
     "Episode",
@@ -72,6 +73,7 @@ class StreamingAnomalies:
         self._started = now_micros()
         self._series_ids: dict[str, dict[str, int]] = {}
         self._unwritten: list[Episode] = []
+        self._unsaved: dict[int, Checkpoint] = {}  # series id -> its latest checkpoint
         self._lock = threading.Lock()
         self.seconds = 0.0  # spent on the batches' writer thread, writes included
         self.readings = 0  # scored or seen as late
@@ -100,7 +102,9 @@ class StreamingAnomalies:
                 log.exception("streaming anomaly detection failed on a batch; its readings are stored")
                 return
             self._unwritten.extend(episodes)
-            if self._unwritten:
+            for checkpoint in self.detector.checkpoints():
+                self._unsaved[checkpoint.series_id] = checkpoint
+            if self._unwritten or self._unsaved:
                 self._write()
             self.seconds += time.perf_counter() - started
             self.readings += batch.reading_count
@@ -158,9 +162,27 @@ class StreamingAnomalies:
             for e in episodes
             if not e.opened
         ]
+        saved = [
+            {"series_id": c.series_id, "layout": layout, "last_time": c.last_time, "state": c.state}
+            for layout in [self.detector.layout]
+            for c in self._unsaved.values()
+        ]
         store = self.store
         try:
             with store.write_transaction() as conn:
+                if saved:
+                    statement = store.dialect_insert(detector_state)
+                    conn.execute(
+                        statement.on_conflict_do_update(
+                            index_elements=["series_id"],
+                            set_={
+                                "layout": statement.excluded.layout,
+                                "last_time": statement.excluded.last_time,
+                                "state": statement.excluded.state,
+                            },
+                        ),
+                        saved,
+                    )
                 if opened:
                     statement = store.dialect_insert(anomalies).on_conflict_do_nothing(
                         index_elements=["series_id", "time", "method"]
@@ -175,9 +197,11 @@ class StreamingAnomalies:
             log.warning("could not record %d anomaly episode change(s), will retry: %s", len(episodes), exc)
             return
         self._unwritten = []
+        self._unsaved = {}
 
     def _load_history(self, series_ids: np.ndarray, first_times: np.ndarray) -> History:
-        """The last readings before each series' batch, and its open episode.
+        """Each series' checkpoint and its readings since (before its batch), else its last
+        `rebuild_readings` readings; and its open episode.
 
         A series created after this detector started has no past it did not see itself,
         unless it was evicted since; skipping those keeps a fresh import from asking the
@@ -189,6 +213,7 @@ class StreamingAnomalies:
         times: list[int] = []
         values: list[float] = []
         open_episodes: dict[int, tuple[Micros, float]] = {}
+        saved: dict[int, tuple[Micros, bytes]] = {}
         with self.store.engine.connect() as conn:
             if not self.detector.evicted_any:
                 wanted = {
@@ -198,13 +223,24 @@ class StreamingAnomalies:
                         select(series.c.id).where(series.c.id.in_(chunk), series.c.created_at < self._started)
                     )
                 }
+            for chunk in _chunks(list(wanted)):
+                for sid, last_time, state in conn.execute(
+                    select(
+                        detector_state.c.series_id, detector_state.c.last_time, detector_state.c.state
+                    ).where(
+                        detector_state.c.series_id.in_(chunk), detector_state.c.layout == self.detector.layout
+                    )
+                ):
+                    saved[sid] = (last_time, bytes(state))
             for sid, before in wanted.items():
-                rows = conn.execute(
-                    select(readings.c.time, readings.c.value)
-                    .where(readings.c.series_id == sid, readings.c.time < before)
-                    .order_by(readings.c.time.desc())
-                    .limit(depth)
-                ).all()
+                query = select(readings.c.time, readings.c.value).where(
+                    readings.c.series_id == sid, readings.c.time < before
+                )
+                if sid in saved:
+                    query = query.where(readings.c.time > saved[sid][0])
+                rows = conn.execute(query.order_by(readings.c.time.desc()).limit(depth)).all()
+                if sid in saved and len(rows) == depth:
+                    del saved[sid]  # more since the checkpoint than a replay takes: warm up on these
                 sids.extend([sid] * len(rows))
                 times.extend(t for t, _ in rows)
                 values.extend(v for _, v in rows)
@@ -218,7 +254,11 @@ class StreamingAnomalies:
                 ):
                     open_episodes[sid] = (first, score)
         return History(
-            np.array(sids, dtype=np.int64), np.array(times, dtype=np.int64), np.array(values), open_episodes
+            np.array(sids, dtype=np.int64),
+            np.array(times, dtype=np.int64),
+            np.array(values),
+            open_episodes,
+            {sid: state for sid, (_, state) in saved.items()},
         )
 
 

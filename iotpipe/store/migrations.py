@@ -362,6 +362,19 @@ MIGRATIONS: tuple[Migration, ...] = (
                 revoked_at timestamptz)""",
         ),
     ),
+    Migration(
+        "0011_detector_state",
+        sqlite=(
+            """CREATE TABLE detector_state (
+                series_id INTEGER PRIMARY KEY, layout INTEGER NOT NULL,
+                last_time INTEGER NOT NULL, state BLOB NOT NULL)""",
+        ),
+        postgresql=(
+            """CREATE TABLE detector_state (
+                series_id integer PRIMARY KEY, layout bigint NOT NULL,
+                last_time timestamptz NOT NULL, state bytea NOT NULL)""",
+        ),
+    ),
 )
 
 _CREATE_LEDGER = {

@@ -352,3 +352,15 @@ api_keys = Table(
     Column("last_used_at", UtcMicros),
     Column("revoked_at", UtcMicros),
 )
+
+# The streaming detector's state of a series, saved every half `rebuild_readings` of its
+# readings, so that a restart restores it and replays only what came after (exact).
+# `layout` says what the bytes mean; a checkpoint of another layout is ignored.
+detector_state = Table(
+    "detector_state",
+    metadata,
+    Column("series_id", Integer, primary_key=True),
+    Column("layout", BigInteger, nullable=False),
+    Column("last_time", UtcMicros, nullable=False),
+    Column("state", LargeBinary, nullable=False),
+)

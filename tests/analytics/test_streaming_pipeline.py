@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 
 from iotpipe.analytics.anomalies import anomaly_rows
 from iotpipe.analytics.streaming import StreamingAnomalies
@@ -17,7 +17,7 @@ from iotpipe.app import App
 from iotpipe.config import AnomalySettings, Settings, StreamingDetectorSettings
 from iotpipe.model import RawMessage
 from iotpipe.sources.simulator import Simulator
-from iotpipe.store.schema import anomalies, devices, series
+from iotpipe.store.schema import anomalies, detector_state, devices, series
 from tests.servers import PostgresServer
 
 T0_MS = 1_767_225_600_000  # 2026-01-01
@@ -142,6 +142,94 @@ def test_after_a_restart_the_detector_picks_up_where_it_stopped(
     second.close()
 
     uninterrupted = open_app(another_url)
+    uninterrupted.import_files([write_file(tmp_path / "all.jsonl", lines)])
+    assert resumed == stored(uninterrupted)
+    uninterrupted.close()
+
+
+FIVE_MINUTES_MS = 300_000
+DAY_READINGS = 288
+
+
+def boiler_lines(fault: str) -> tuple[list[bytes], int]:
+    """A week of a boiler temperature every five minutes (a daily swing of ±4 °C, noise
+    0.3 °C) with one fault starting on day six (change detection waits until the daily
+    profile is learned, five days): a spike of 8 °C, a lasting shift of 4 °C,
+    noise seven times wider for ten hours, or the same value for 90 readings; and the
+    fault's first reading."""
+    rng = np.random.default_rng(1)
+    n, start = 7 * DAY_READINGS, 6 * DAY_READINGS
+    values = 20 + 4 * np.sin(2 * np.pi * np.arange(n) / DAY_READINGS) + rng.normal(0, 0.3, n)
+    if fault == "spike":
+        values[start] += 8
+    elif fault == "level_shift":
+        values[start:] += 4
+    elif fault == "variance_change":
+        values[start : start + 120] += rng.normal(0, 2.0, 120)
+    elif fault == "stuck":
+        values[start : start + 90] = values[start]
+    lines = [
+        orjson.dumps(
+            {"device_id": "boiler-1", "timestamp": T0_MS + i * FIVE_MINUTES_MS, "temperature": round(v, 2)}
+        )
+        for i, v in enumerate(values.tolist())
+    ]
+    return lines, T0_MS + start * FIVE_MINUTES_MS
+
+
+# How soon each is found: a spike at once, a stuck run after a few identical readings, a
+# level shift once the CUSUM is sure, a variance change once enough wide readings came.
+WITHIN_MS = {"spike": 0, "stuck": 3_600_000, "level_shift": 7_200_000, "variance_change": 36_000_000}
+
+
+@pytest.mark.parametrize("fault", sorted(WITHIN_MS))
+def test_each_kind_of_fault_is_stored_once_with_its_reason(
+    database_url: str, tmp_path: Path, fault: str
+) -> None:
+    lines, start_ms = boiler_lines(fault)
+    app = open_app(database_url)
+    app.import_files([write_file(tmp_path / f"{fault}.jsonl", lines)])
+    rows = stored(app)
+    app.close()
+    ((device, metric, first, _end, _value, score, method, reason),) = rows
+    assert (device, metric, method, reason) == ("boiler-1", "temperature", "streaming", fault)
+    assert start_ms * 1000 <= first <= (start_ms + WITHIN_MS[fault]) * 1000
+    assert score >= StreamingDetectorSettings().threshold  # type: ignore[call-arg]
+
+
+def test_a_daily_cycle_without_fault_stores_no_anomaly(database_url: str, tmp_path: Path) -> None:
+    lines, _ = boiler_lines("none")
+    app = open_app(database_url)
+    app.import_files([write_file(tmp_path / "calm.jsonl", lines)])
+    assert stored(app) == []
+    app.close()
+
+
+def test_a_restart_restores_each_series_from_its_checkpoint_exactly(
+    database_url: str, another_url: str, tmp_path: Path
+) -> None:
+    """With a replay of only 64 readings, a restart without the saved state would judge the
+    rest differently (the rarity and range memories are far longer)."""
+    short = StreamingDetectorSettings(rebuild_readings=64)  # type: ignore[call-arg]
+
+    def open_short(url: str) -> App:
+        return App(Settings(database_url=url, anomalies=AnomalySettings(streaming=short)))  # type: ignore[call-arg]
+
+    lines = telemetry_lines()
+    split = 2 * 1700  # after the level shift, before the noise burst
+    first = open_short(database_url)
+    first.import_files([write_file(tmp_path / "part1.jsonl", lines[:split])])
+    with first.store.engine.connect() as conn:
+        saved = conn.execute(select(func.count()).select_from(detector_state)).scalar_one()
+    assert saved == 4  # every series, each within 32 readings of its last one
+    first.close()
+
+    second = open_short(database_url)
+    second.import_files([write_file(tmp_path / "part2.jsonl", lines[split:])])
+    resumed = stored(second)
+    second.close()
+
+    uninterrupted = open_short(another_url)
     uninterrupted.import_files([write_file(tmp_path / "all.jsonl", lines)])
     assert resumed == stored(uninterrupted)
     uninterrupted.close()
