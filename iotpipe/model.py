@@ -133,6 +133,9 @@ class WriteBatch:
     # The readings as columns, built by the store ahead of the write (see
     # Store.prepare_columns); opaque to every other layer.
     columns: Any = None
+    # Readings older than this (Unix µs, a UTC day boundary) go straight into the packed
+    # tier: a historical import, whose days are past the hot window.
+    pack_before: int | None = None
 
     def __bool__(self) -> bool:
         return bool(

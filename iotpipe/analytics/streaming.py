@@ -52,7 +52,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from iotpipe.config import Settings, StreamingDetectorSettings
 from iotpipe.model import Micros, WriteBatch, WriteResult, now_micros
 from iotpipe.store import Store
-from iotpipe.store.schema import anomalies, readings, series
+from iotpipe.store.schema import anomalies, series
 
 log = logging.getLogger(__name__)
 
@@ -788,15 +788,10 @@ class StreamingAnomalies:
                     )
                 }
             for sid, before in wanted.items():
-                rows = conn.execute(
-                    select(readings.c.time, readings.c.value)
-                    .where(readings.c.series_id == sid, readings.c.time < before)
-                    .order_by(readings.c.time.desc())
-                    .limit(depth)
-                ).all()
-                sids.extend([sid] * len(rows))
-                times.extend(t for t, _ in rows)
-                values.extend(v for _, v in rows)
+                past_times, past_values = self.store.last_readings(sid, depth, before, conn)
+                sids.extend([sid] * len(past_times))
+                times.extend(past_times.tolist())
+                values.extend(past_values.tolist())
             for chunk in _chunks(list(wanted)):
                 for sid, first, score in conn.execute(
                     select(anomalies.c.series_id, anomalies.c.time, anomalies.c.score).where(

@@ -20,16 +20,27 @@ from sqlalchemy import Connection, Engine, Table, delete, func, insert, select, 
 from sqlalchemy import exc as sa_exc
 
 from iotpipe.errors import BatchRejected
-from iotpipe.model import MICROS_PER_HOUR, DeviceInfo, Micros, RawMessage, WriteBatch, WriteResult, now_micros
-from iotpipe.store import migrations
+from iotpipe.model import (
+    MICROS_PER_DAY,
+    MICROS_PER_HOUR,
+    DeviceInfo,
+    Micros,
+    RawMessage,
+    WriteBatch,
+    WriteResult,
+    now_micros,
+)
+from iotpipe.store import compaction, migrations, tiers
 from iotpipe.store.schema import (
     dead_letters,
     devices,
     ingest_watermarks,
     invalid_readings,
+    packed_readings,
     readings,
     series,
 )
+from iotpipe.store.tiers import HourPartials, SeriesReadings
 
 # What a database raises for the data it was given rather than for being unreachable:
 # the pipeline answers these by finding the message at fault (see Store.write).
@@ -68,6 +79,12 @@ class ReadingColumns:
         hours = self.times - self.times % MICROS_PER_HOUR  # floor, for times before 2000 too
         pairs = np.unique(np.column_stack((self.series_ids.astype(np.int64), hours)), axis=0)
         return [(sid, hour) for sid, hour in pairs.tolist()]
+
+    def subset(self, keep: np.ndarray) -> ReadingColumns:
+        """Only the readings `keep` marks (the device runs stay those of the whole batch)."""
+        return ReadingColumns(
+            self.series_ids[keep], self.times[keep], self.values[keep], self.group_devices, self.group_sizes
+        )
 
     def device_spans(self) -> dict[int, tuple[Micros, Micros]]:
         """Each device's (first, last) reading time in the batch."""
@@ -118,6 +135,23 @@ class Store(ABC):
         with self.engine.begin() as conn:
             yield conn
 
+    @contextmanager
+    def snapshot_transaction(self) -> Iterator[Connection]:
+        """A write transaction whose reads all see one snapshot (PostgreSQL: REPEATABLE
+        READ; SQLite's IMMEDIATE transaction already does). For work that reads several
+        statements' worth of readings while compaction may move them between tiers."""
+        with self.write_transaction() as conn:
+            yield conn
+
+    @contextmanager
+    def read_connection(self, conn: Connection | None = None) -> Iterator[Connection]:
+        """The caller's connection, or a fresh one for one read."""
+        if conn is not None:
+            yield conn
+            return
+        with self.engine.connect() as fresh:
+            yield fresh
+
     # -- the write path ---------------------------------------------------------------
     def write(self, batch: WriteBatch) -> WriteResult:
         """Commit a whole batch in one transaction; raises and commits nothing on failure:
@@ -132,7 +166,7 @@ class Store(ABC):
         with self.write_transaction() as conn:
             new_ids = self._resolve_series(conn, batch)
             columns = batch.columns if batch.columns is not None else self._reading_columns(batch, new_ids)
-            stored = self._insert_readings(conn, columns) if len(columns) else 0
+            stored = self._store_readings(conn, columns, batch.pack_before) if len(columns) else 0
             if len(columns):
                 self._insert_dirty_hours(conn, columns.dirty_hours())
                 self._touch_devices(conn, columns.device_spans())
@@ -150,6 +184,43 @@ class Store(ABC):
             times=columns.times - self.time_offset,
             values=columns.values,
         )
+
+    def _store_readings(self, conn: Connection, columns: ReadingColumns, pack_before: Micros | None) -> int:
+        """Store the batch's readings once each, across both tiers; return how many were new.
+
+        Readings older than `pack_before` (a day boundary) are packed straight away. Of the
+        rest, those old enough to fall in a packed day are dropped if it holds them (a late
+        reading that is in fact a replay); what remains goes into the hot table.
+        """
+        unix = columns.times - self.time_offset
+        new = 0
+        exclusive = False
+        if pack_before is not None:
+            old = unix < pack_before
+            if old.any():
+                compaction.lock_packing(conn, exclusive=True)
+                exclusive = True
+                extra = SeriesReadings(columns.series_ids[old].astype(np.int64), unix[old], columns.values[old])
+                first, last = int(extra.times.min()), int(extra.times.max())
+                new += compaction.pack(
+                    conn,
+                    sorted({int(s) for s in np.unique(extra.series_ids)}),
+                    first - first % MICROS_PER_DAY,
+                    last - last % MICROS_PER_DAY + MICROS_PER_DAY,
+                    extra,
+                ).new
+                columns, unix = columns.subset(~old), unix[~old]
+        late = unix < now_micros() - compaction.LATE_AGE
+        if late.any():
+            if not exclusive:
+                compaction.lock_packing(conn, exclusive=False)
+            held = np.zeros(len(unix), dtype=bool)
+            held[late] = compaction.already_packed(conn, columns.series_ids[late], unix[late])
+            if held.any():
+                columns = columns.subset(~held)
+        if len(columns):
+            new += self._insert_readings(conn, columns)
+        return new
 
     # Added to a Unix-epoch µs time to get the engine's own representation (PostgreSQL:
     # µs since 2000-01-01, what its binary protocol carries). Whole hours, so an hour
@@ -371,15 +442,25 @@ class Store(ABC):
         self._device_infos.update(infos)
 
     # -- reads ------------------------------------------------------------------------
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, Any]:
         with self.engine.connect() as conn:
-            return {
+            counts = {
                 "devices": conn.scalar(select(func.count()).select_from(devices)) or 0,
                 "series": conn.scalar(select(func.count()).select_from(series)) or 0,
-                "readings": conn.scalar(select(func.count()).select_from(readings)) or 0,
+                "readings": 0,
                 "dead_letters": conn.scalar(select(func.count()).select_from(dead_letters)) or 0,
                 "invalid_values": conn.scalar(select(func.count()).select_from(invalid_readings)) or 0,
             }
+            hot = conn.scalar(select(func.count()).select_from(readings)) or 0
+            packed = int(conn.scalar(select(func.sum(packed_readings.c.count))) or 0)
+            sizes = self._tier_bytes(conn)
+        counts["readings"] = hot + packed
+        return {**counts, "tiers": {"hot": _tier(hot, sizes[0]), "packed": _tier(packed, sizes[1])}}
+
+    @abstractmethod
+    def _tier_bytes(self, conn: Connection) -> tuple[int | None, int | None]:
+        """Bytes on disk of the hot and the packed tier (tables and their indexes), or
+        None where the engine cannot tell."""
 
     def watermark(self, source: str, key: str) -> str | None:
         with self.engine.connect() as conn:
@@ -404,22 +485,91 @@ class Store(ABC):
         self, device_id: str, metric: str, start: Micros | None = None, end: Micros | None = None
     ) -> list[tuple[Micros, float]]:
         """One series' readings in [start, end), oldest first."""
-        query = (
-            select(readings.c.time, readings.c.value)
-            .join(series, series.c.id == readings.c.series_id)
-            .join(devices, devices.c.id == series.c.device_pk)
-            .where(devices.c.device_id == device_id, series.c.metric == metric)
-            .order_by(readings.c.time)
-        )
-        if start is not None:
-            query = query.where(readings.c.time >= start)
-        if end is not None:
-            query = query.where(readings.c.time < end)
         with self.engine.connect() as conn:
-            return [(t, v) for t, v in conn.execute(query)]
+            series_id = conn.scalar(
+                select(series.c.id)
+                .join(devices, devices.c.id == series.c.device_pk)
+                .where(devices.c.device_id == device_id, series.c.metric == metric)
+            )
+            if series_id is None:
+                return []
+            times, values = self.read_series(series_id, start, end, conn)
+        return list(zip(times.tolist(), values.tolist(), strict=True))
 
+    # -- reads through both tiers (hot and packed): the only way to raw readings ---------
+    def read_series(
+        self,
+        series_id: int,
+        start: Micros | None = None,
+        end: Micros | None = None,
+        conn: Connection | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One series' readings in [start, end) as (Unix µs int64, float64) arrays, oldest first."""
+        with self.read_connection(conn) as c:
+            found = tiers.read_range(c, [series_id], start, end)
+        return found.times, found.values
+
+    def read_range(
+        self,
+        series_ids: list[int],
+        start: Micros | None = None,
+        end: Micros | None = None,
+        conn: Connection | None = None,
+    ) -> SeriesReadings:
+        """Several series' readings in [start, end), by series then time."""
+        with self.read_connection(conn) as c:
+            return tiers.read_range(c, series_ids, start, end)
+
+    def last_readings(
+        self, series_id: int, limit: int, before: Micros | None = None, conn: Connection | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """A series' `limit` newest readings (older than `before`, if given), newest first."""
+        with self.read_connection(conn) as c:
+            return tiers.last_readings(c, series_id, limit, before)
+
+    def series_span(self, series_id: int, conn: Connection | None = None) -> tuple[Micros, Micros] | None:
+        """A series' first and last reading time, or None if it has no reading."""
+        with self.read_connection(conn) as c:
+            return tiers.series_span(c, series_id)
+
+    def hour_partials(self, conn: Connection, pairs: list[tuple[int, Micros]]) -> HourPartials:
+        """Count, mean, M2, min, max, first and last reading of each (series, hour) that
+        holds readings, for the rollups; inside a `snapshot_transaction`."""
+        return tiers.hour_partials(conn, pairs)
+
+    # -- the packed tier ---------------------------------------------------------------
+    def compact(self, before: Micros, step_readings: int, deadline: float | None = None) -> dict[str, Any]:
+        """Pack every hot reading older than `before` (a UTC day boundary) into its
+        series-day, one short transaction per step of about `step_readings` readings.
+        Stops early (to go on at the next call) once time.monotonic() passes `deadline`."""
+        import time
+
+        with self.engine.connect() as conn:
+            queue = compaction.series_to_pack(conn, before)
+        done = {"series": 0, "days": 0, "readings": 0, "steps": 0, "finished": True}
+        packed_series: set[int] = set()
+        while queue:
+            if deadline is not None and time.monotonic() > deadline:
+                done["finished"] = False
+                break
+            with self.write_transaction() as conn:
+                step = compaction.pack_step(conn, queue, before, step_readings)
+            done["steps"] += 1
+            done["days"] += step.days
+            done["readings"] += step.moved
+            packed_series |= step.series
+        done["series"] = len(packed_series)
+        return done
 
 _INFO_COLUMNS = ("type", "name", "firmware", "latitude", "longitude", "elevation", "attributes")
+
+
+def _tier(count: int, size: int | None) -> dict[str, Any]:
+    return {
+        "readings": count,
+        "bytes": size,
+        "bytes_per_reading": round(size / count, 2) if size is not None and count else None,
+    }
 
 
 def _info_columns(info: DeviceInfo | None, keep_none: bool = False) -> dict[str, Any]:

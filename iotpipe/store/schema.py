@@ -332,3 +332,20 @@ anomalies = Table(
     Column("detected_at", UtcMicros, nullable=False),
     UniqueConstraint("series_id", "time", "method"),
 )
+
+# -- the packed tier (migration 0010) ---------------------------------------------------
+
+# One series' readings of one UTC day, packed (store/packed.py): `count` readings from
+# first_time to last_time, their times and values as compressed blobs.
+packed_readings = Table(
+    "packed_readings",
+    metadata,
+    Column("series_id", Integer, primary_key=True),
+    Column("day_start", UtcMicros, primary_key=True),
+    Column("count", Integer, nullable=False),
+    Column("first_time", UtcMicros, nullable=False),
+    Column("last_time", UtcMicros, nullable=False),
+    Column("time_data", LargeBinary, nullable=False),
+    Column("value_data", LargeBinary, nullable=False),
+    Column("packed_at", UtcMicros, nullable=False),
+)

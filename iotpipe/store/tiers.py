@@ -1,0 +1,347 @@
+"""Reading through both tiers: the hot `readings` table and the packed series-days.
+
+Every read of raw readings outside store/ comes here (through Store methods), so callers
+never know in which tier a reading sits. Each read is one SQL statement — the hot rows
+and the packed rows of the range in a UNION ALL — so it sees one snapshot even under
+PostgreSQL's READ COMMITTED: a compaction step that moves a day from one tier to the
+other commits either wholly before or wholly after it, and a reading is never seen twice
+or missed.
+
+The tiers are disjoint by construction (a reading is inserted hot only if its packed day
+does not hold it; compaction moves, it never copies), and readers still keep the first of
+two equal (series, time) pairs, the packed one, so that even a broken invariant would
+never show a reading twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Connection, bindparam, text
+from sqlalchemy.sql.elements import TextClause
+
+from iotpipe.model import MICROS_PER_DAY, MICROS_PER_HOUR, Micros
+from iotpipe.store.packed import decode_times, decode_values
+from iotpipe.store.schema import UtcMicros
+
+IN_CHUNK = 500  # ids per IN list: under SQLite's bound-parameter limit, small plans
+
+
+@dataclass(slots=True)
+class SeriesReadings:
+    """Readings of one or more series as columns, sorted by series then time."""
+
+    series_ids: np.ndarray  # int64
+    times: np.ndarray  # int64 Unix µs
+    values: np.ndarray  # float64
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+    @classmethod
+    def empty(cls) -> SeriesReadings:
+        return cls(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float64))
+
+
+def unix_micros(dialect: str, column: str) -> str:
+    """SQL giving a time column as Unix µs (PostgreSQL ≥ 14: extract returns exact numeric)."""
+    if dialect == "postgresql":
+        return f"(extract(epoch from {column}) * 1000000)::int8"
+    return column
+
+
+def _typed(statement: str, times: Sequence[str] = (), lists: Sequence[str] = ()) -> TextClause:
+    clause = text(statement)
+    params = [bindparam(name, type_=UtcMicros()) for name in times if f":{name}" in statement]
+    params += [bindparam(name, expanding=True) for name in lists if f":{name}" in statement]
+    return clause.bindparams(*params) if params else clause
+
+
+def _range_sql(dialect: str, start: Micros | None, end: Micros | None) -> TextClause:
+    hot_where = ["r.series_id IN :ids"]
+    packed_where = ["p.series_id IN :ids"]
+    if start is not None:
+        hot_where.append("r.time >= :start")
+        # day_start <= first_time: the index bounds the days, the times bound the rows.
+        packed_where += ["p.day_start > :start_day", "p.last_time >= :start"]
+    if end is not None:
+        hot_where.append("r.time < :end")
+        packed_where += ["p.day_start < :end", "p.first_time < :end"]
+    statement = (
+        f"SELECT r.series_id, {unix_micros(dialect, 'r.time')} AS t, r.value AS v, "
+        "NULL AS n, NULL AS td, NULL AS vd "
+        f"FROM readings r WHERE {' AND '.join(hot_where)} "
+        "UNION ALL "
+        f"SELECT p.series_id, {unix_micros(dialect, 'p.first_time')}, NULL, p.count, p.time_data, p.value_data "
+        f"FROM packed_readings p WHERE {' AND '.join(packed_where)}"
+    )
+    return _typed(statement, times=("start", "start_day", "end"), lists=("ids",))
+
+
+def read_range(
+    conn: Connection, series_ids: Sequence[int], start: Micros | None, end: Micros | None
+) -> SeriesReadings:
+    """Every reading of the series in [start, end) from both tiers, by series then time."""
+    return read_parts(conn, series_ids, start, end).merge(start, end)
+
+
+def read_parts(
+    conn: Connection, series_ids: Sequence[int], start: Micros | None, end: Micros | None
+) -> TierRows:
+    """The hot rows and the decoded packed days of the series overlapping [start, end)."""
+    parts = TierRows()
+    if not len(series_ids):
+        return parts
+    statement = _range_sql(conn.dialect.name, start, end)
+    params: dict[str, Any] = {}
+    if start is not None:
+        params["start"], params["start_day"] = start, start - MICROS_PER_DAY
+    if end is not None:
+        params["end"] = end
+    ids = sorted({int(s) for s in series_ids})
+    for first in range(0, len(ids), IN_CHUNK):
+        rows = conn.execute(statement, {**params, "ids": ids[first : first + IN_CHUNK]}).all()
+        parts.add_rows(rows)
+    return parts
+
+
+def last_readings(
+    conn: Connection, series_id: int, limit: int, before: Micros | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """A series' `limit` newest readings (older than `before`, if given), newest first."""
+    dialect = conn.dialect.name
+    hot_before = " AND time < :before" if before is not None else ""
+    # Packed days, newest first, while the full days newer than each hold fewer than `limit`.
+    packed_before = " AND p.first_time < :before" if before is not None else ""
+    newer_before = " AND q.last_time < :before" if before is not None else ""
+    statement = (
+        "SELECT :sid AS series_id, t, v, NULL AS n, NULL AS td, NULL AS vd FROM ("
+        f"SELECT {unix_micros(dialect, 'time')} AS t, value AS v FROM readings "
+        f"WHERE series_id = :sid{hot_before} ORDER BY time DESC LIMIT :limit) h "
+        "UNION ALL "
+        f"SELECT p.series_id, {unix_micros(dialect, 'p.first_time')}, NULL, p.count, p.time_data, p.value_data "
+        f"FROM packed_readings p WHERE p.series_id = :sid{packed_before} "
+        "AND coalesce((SELECT sum(q.count) FROM packed_readings q "
+        f"WHERE q.series_id = :sid AND q.day_start > p.day_start{newer_before}), 0) < :limit"
+    )
+    params: dict[str, Any] = {"sid": series_id, "limit": limit}
+    if before is not None:
+        params["before"] = before
+    parts = TierRows()
+    parts.add_rows(conn.execute(_typed(statement, times=("before",)), params).all())
+    merged = parts.merge(None, before)
+    times, values = merged.times[::-1][:limit], merged.values[::-1][:limit]
+    return times.copy(), values.copy()
+
+
+def series_span(conn: Connection, series_id: int) -> tuple[Micros, Micros] | None:
+    """A series' first and last reading time over both tiers, or None if it has none."""
+    dialect = conn.dialect.name
+    statement = text(
+        f"SELECT {unix_micros(dialect, 'min(time)')}, {unix_micros(dialect, 'max(time)')} "
+        "FROM readings WHERE series_id = :sid UNION ALL "
+        f"SELECT {unix_micros(dialect, 'min(first_time)')}, {unix_micros(dialect, 'max(last_time)')} "
+        "FROM packed_readings WHERE series_id = :sid"
+    )
+    rows = [r for r in conn.execute(statement, {"sid": series_id}).all() if r[0] is not None]
+    if not rows:
+        return None
+    return min(int(r[0]) for r in rows), max(int(r[1]) for r in rows)
+
+
+class TierRows:
+    """Rows of a UNION ALL read (hot rows, packed rows), merged into sorted columns."""
+
+    def __init__(self) -> None:
+        self.hot: list[tuple[int, int, float]] = []
+        self.packed: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def add_rows(self, rows: Sequence[Any]) -> None:
+        for sid, t, v, count, time_data, value_data in rows:
+            if count is None:
+                self.hot.append((sid, t, v))
+            else:
+                self.add_packed(int(sid), int(count), bytes(time_data), bytes(value_data))
+
+    def add_packed(self, series_id: int, count: int, time_data: bytes, value_data: bytes) -> None:
+        times = decode_times(time_data, count)
+        self.packed.append((np.full(count, series_id, np.int64), times, decode_values(value_data, count)))
+
+    def merge(self, start: Micros | None, end: Micros | None) -> SeriesReadings:
+        parts = list(self.packed)
+        if self.hot:
+            hot_sids, hot_times, hot_values = zip(*self.hot, strict=True)
+            parts.append(
+                (np.array(hot_sids, np.int64), np.array(hot_times, np.int64), np.array(hot_values, np.float64))
+            )
+        if not parts:
+            return SeriesReadings.empty()
+        sids = np.concatenate([p[0] for p in parts])
+        times = np.concatenate([p[1] for p in parts])
+        values = np.concatenate([p[2] for p in parts])
+        if self.packed and (start is not None or end is not None):
+            keep = np.ones(len(times), dtype=bool)
+            if start is not None:
+                keep &= times >= start
+            if end is not None:
+                keep &= times < end
+            sids, times, values = sids[keep], times[keep], values[keep]
+        order = np.lexsort((times, sids))  # stable: the packed copy of a pair comes first
+        sids, times, values = sids[order], times[order], values[order]
+        if self.packed and self.hot and len(times) > 1:
+            first = np.ones(len(times), dtype=bool)
+            first[1:] = (times[1:] != times[:-1]) | (sids[1:] != sids[:-1])
+            sids, times, values = sids[first], times[first], values[first]
+        return SeriesReadings(sids, times, values)
+
+
+# -- hourly partial state for the rollups ----------------------------------------------------
+@dataclass(slots=True)
+class HourPartials:
+    """Per (series, hour) with readings: count, mean, M2, min, max, first and last reading."""
+
+    rows: list[tuple[int, Micros, int, float, float, float, float, Micros, float, Micros, float]]
+
+
+# Per dialect: aggregates of the hot readings of queued hours whose day is not packed, one
+# index range scan per hour. M2 is var_pop·n on PostgreSQL (the stable Youngs–Cramer
+# update of its float8 aggregates); SQLite has no variance, so a second pass over the
+# same range subtracts the mean. The pairs come in as `hour_keys` (see _hour_keys).
+_HOT_HOURS = {
+    "postgresql": """
+SELECT q.series_id, q.h, a.n, a.mean, a.m2, a.lo, a.hi,
+       {ft}, (SELECT value FROM readings WHERE series_id = q.series_id AND time = a.ft),
+       {lt}, (SELECT value FROM readings WHERE series_id = q.series_id AND time = a.lt)
+FROM (SELECT s AS series_id, h, '1970-01-01 00:00:00+00'::timestamptz + h * interval '1 microsecond' AS hour_start
+      FROM unnest(CAST(:sids AS int[]), CAST(:hours AS int8[])) AS u(s, h)) q
+CROSS JOIN LATERAL (
+    SELECT count(*) AS n, avg(r.value) AS mean, var_pop(r.value) * count(*) AS m2,
+           min(r.value) AS lo, max(r.value) AS hi, min(r.time) AS ft, max(r.time) AS lt
+    FROM readings r
+    WHERE r.series_id = q.series_id AND r.time >= q.hour_start AND r.time < q.hour_start + interval '1 hour'
+) a
+WHERE a.n > 0""",
+    "sqlite": f"""
+SELECT a.series_id, a.hour_start, a.n, a.mean,
+       (SELECT sum((r.value - a.mean) * (r.value - a.mean)) FROM readings r
+        WHERE r.series_id = a.series_id AND r.time >= a.hour_start AND r.time < a.hour_start + {MICROS_PER_HOUR}),
+       a.lo, a.hi,
+       a.ft, (SELECT value FROM readings WHERE series_id = a.series_id AND time = a.ft),
+       a.lt, (SELECT value FROM readings WHERE series_id = a.series_id AND time = a.lt)
+FROM (
+    SELECT q.series_id, q.hour_start, count(*) AS n, avg(r.value) AS mean,
+           min(r.value) AS lo, max(r.value) AS hi, min(r.time) AS ft, max(r.time) AS lt
+    FROM temp.hour_keys q
+    JOIN readings r ON r.series_id = q.series_id AND r.time >= q.hour_start AND r.time < q.hour_start + {MICROS_PER_HOUR}
+    GROUP BY q.series_id, q.hour_start
+) a""",
+}
+
+
+def hour_partials(conn: Connection, pairs: Sequence[tuple[int, Micros]]) -> HourPartials:
+    """The partial state of each (series, hour) in `pairs` that holds readings.
+
+    Call inside one snapshot (Store.snapshot_transaction): which days are packed and
+    what each tier holds must be read at the same moment.
+    """
+    dialect = conn.dialect.name
+    packed_days = _packed_days(conn, {(sid, hour - hour % MICROS_PER_DAY) for sid, hour in pairs})
+    hot_pairs = [(s, h) for s, h in pairs if (s, h - h % MICROS_PER_DAY) not in packed_days]
+    cold_pairs = [(s, h) for s, h in pairs if (s, h - h % MICROS_PER_DAY) in packed_days]
+    rows: list[Any] = []
+    if hot_pairs:
+        rows += _hot_hour_rows(conn, dialect, hot_pairs)
+    if cold_pairs:
+        rows += _cold_hour_rows(conn, cold_pairs)
+    return HourPartials(rows)
+
+
+def _packed_days(conn: Connection, days: set[tuple[int, Micros]]) -> set[tuple[int, Micros]]:
+    """Which of these (series, day start) pairs have a packed row."""
+    if not days:
+        return set()
+    found: set[tuple[int, Micros]] = set()
+    starts = [d for _, d in days]
+    ids = sorted({s for s, _ in days})
+    statement = _typed(
+        "SELECT series_id, day_start FROM packed_readings "
+        "WHERE series_id IN :ids AND day_start >= :lo AND day_start <= :hi",
+        times=("lo", "hi"),
+        lists=("ids",),
+    ).columns(day_start=UtcMicros())
+    for first in range(0, len(ids), IN_CHUNK):
+        chunk = ids[first : first + IN_CHUNK]
+        for sid, day in conn.execute(statement, {"ids": chunk, "lo": min(starts), "hi": max(starts)}):
+            if (sid, day) in days:
+                found.add((sid, day))
+    return found
+
+
+def _hot_hour_rows(conn: Connection, dialect: str, pairs: list[tuple[int, Micros]]) -> list[Any]:
+    if dialect == "postgresql":
+        statement = text(
+            _HOT_HOURS["postgresql"].format(ft=unix_micros(dialect, "a.ft"), lt=unix_micros(dialect, "a.lt"))
+        )
+        params = {"sids": [s for s, _ in pairs], "hours": [h for _, h in pairs]}
+        return list(conn.execute(statement, params).all())
+    conn.exec_driver_sql(
+        "CREATE TEMP TABLE IF NOT EXISTS hour_keys "
+        "(series_id INTEGER NOT NULL, hour_start INTEGER NOT NULL, PRIMARY KEY (series_id, hour_start)) WITHOUT ROWID"
+    )
+    conn.exec_driver_sql("DELETE FROM temp.hour_keys")
+    conn.exec_driver_sql("INSERT OR IGNORE INTO temp.hour_keys VALUES (?, ?)", pairs)
+    rows = list(conn.exec_driver_sql(_HOT_HOURS["sqlite"]).all())
+    conn.exec_driver_sql("DELETE FROM temp.hour_keys")
+    return rows
+
+
+def _cold_hour_rows(conn: Connection, pairs: list[tuple[int, Micros]]) -> list[Any]:
+    """Hours of packed days, from both tiers (a packed day may have late hot readings);
+    one read per series, over the span of its queued hours."""
+    by_series: dict[int, list[Micros]] = {}
+    for sid, hour in pairs:
+        by_series.setdefault(sid, []).append(hour)
+    rows: list[Any] = []
+    for sid, hours in sorted(by_series.items()):
+        found = read_range(conn, [sid], min(hours), max(hours) + MICROS_PER_HOUR)
+        rows += hourly_state(found, {(sid, h) for h in hours})
+    return rows
+
+
+def hourly_state(found: SeriesReadings, wanted: set[tuple[int, Micros]]) -> list[Any]:
+    """count, mean, M2 (two-pass), min, max, first and last of each wanted (series, hour)."""
+    if not len(found):
+        return []
+    sids, times, values = found.series_ids, found.times, found.values
+    hour = times - times % MICROS_PER_HOUR
+    change = np.ones(len(times), dtype=bool)
+    change[1:] = (hour[1:] != hour[:-1]) | (sids[1:] != sids[:-1])
+    starts = np.flatnonzero(change)
+    ends = np.append(starts[1:], len(times))
+    counts = ends - starts
+    means = np.add.reduceat(values, starts) / counts
+    deviations = values - np.repeat(means, counts)
+    m2 = np.add.reduceat(deviations * deviations, starts)
+    lows, highs = np.minimum.reduceat(values, starts), np.maximum.reduceat(values, starts)
+    rows: list[Any] = []
+    for i, (a, b) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
+        key = (int(sids[a]), int(hour[a]))
+        if key in wanted:
+            rows.append(
+                (
+                    *key,
+                    int(counts[i]),
+                    float(means[i]),
+                    float(m2[i]),
+                    float(lows[i]),
+                    float(highs[i]),
+                    int(times[a]),
+                    float(values[a]),
+                    int(times[b - 1]),
+                    float(values[b - 1]),
+                )
+            )
+    return rows
