@@ -20,7 +20,12 @@ def documented() -> dict[tuple[str, ...], set[str]]:
     for cell in _ROW.findall(README.read_text()):
         for usage in re.findall(r"`(iotpipe [^`]*)`", cell):
             words = usage.split()[1:]
-            path = tuple(w for w in words[: next((i for i, w in enumerate(words) if not re.fullmatch(r"[a-z]+", w)), len(words))])
+            path = tuple(
+                w
+                for w in words[
+                    : next((i for i, w in enumerate(words) if not re.fullmatch(r"[a-z]+", w)), len(words))
+                ]
+            )
             found.setdefault(path, set()).update(re.findall(r"--[a-z][a-z0-9-]*", usage))
     return found
 
@@ -43,7 +48,9 @@ def test_every_command_in_the_readme_exists_with_the_flags_it_shows() -> None:
     real = real_commands()
     for path, flags in documented().items():
         assert path in real, f"README documents `iotpipe {' '.join(path)}`, which does not exist"
-        assert flags <= real[path] | {"--help"}, f"iotpipe {' '.join(path)}: no such flags {flags - real[path]}"
+        assert flags <= real[path] | {"--help"}, (
+            f"iotpipe {' '.join(path)}: no such flags {flags - real[path]}"
+        )
 
 
 def test_every_command_of_the_cli_is_in_the_readme() -> None:

@@ -195,7 +195,12 @@ def _statements(dialect: str) -> _Statements:
     return _Statements(
         (delete("1h", "q.hour_start"),),
         text(_HOURLY[dialect].format(columns=_COLUMNS)),
-        (delete("1d", "{day_of_hour}"), _sql(dialect, daily), delete("1w", "{week_of_hour}"), _sql(dialect, weekly)),
+        (
+            delete("1d", "{day_of_hour}"),
+            _sql(dialect, daily),
+            delete("1w", "{week_of_hour}"),
+            _sql(dialect, weekly),
+        ),
         dequeue,
     )
 

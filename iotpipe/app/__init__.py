@@ -359,7 +359,8 @@ class App:
         return simulate(SimulationPlan(**plan))
 
     # -- what is stored ---------------------------------------------------------------------
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, Any]:
+        """Counts, and per tier (hot, packed) its readings, bytes and bytes per reading."""
         return self.store.stats()
 
     def dead_letters(self, limit: int = 50) -> list[dict[str, Any]]:
@@ -505,6 +506,12 @@ class App:
         from iotpipe.analytics.alerts import acknowledge
 
         return acknowledge(self.store, self.settings, alert_id)
+
+    def purge(self, dry_run: bool = False) -> dict[str, Any]:
+        """Delete what each tier's retention (`[retention]`) lets go; `dry_run` only counts it."""
+        from iotpipe.app.maintenance import purge
+
+        return purge(self.store, self.settings.retention, dry_run)
 
     def run_jobs(self, name: str = "all") -> list[dict[str, Any]]:
         """Run analytics jobs once, now, in order (`all`), or one by name."""

@@ -15,6 +15,7 @@ from typing import Any
 
 from iotpipe.analytics.jobs import JOBS, Job
 from iotpipe.analytics.streaming import anomaly_observers
+from iotpipe.app import maintenance
 from iotpipe.app.scheduler import JobScheduler
 from iotpipe.brokers import Broker, parse_broker_url
 from iotpipe.config import Settings, ThingSpeakSettings
@@ -31,8 +32,14 @@ from iotpipe.sources.simulator import Simulator, SimulatorSource
 from iotpipe.store import Store
 
 # Every job `iotpipe run` schedules and `iotpipe jobs all` runs, in order: the
-# analytics, then the delivery of the notifications the alerts job queued.
-ALL_JOBS: tuple[Job, ...] = (*JOBS, Job("webhooks", webhooks_job, lambda a: a.alerts_every))
+# analytics, then the delivery of the notifications the alerts job queued, then the
+# storage jobs (packing old days, retention) and the lake, which writes closed days.
+ALL_JOBS: tuple[Job, ...] = (
+    *JOBS,
+    Job("webhooks", webhooks_job, lambda s: s.analytics.alerts_every),
+    Job("compact", maintenance.compact_job, lambda s: s.storage.compact_every),
+    Job("retention", maintenance.retention_job, lambda s: s.retention.every),
+)
 
 
 def pipeline_config(settings: Settings, **overrides: Any) -> PipelineConfig:

@@ -128,7 +128,7 @@ def import_(
 
 @app.command(rich_help_panel="Look at the data")
 def stats(ctx: typer.Context, json_output: JsonFlag = False) -> None:
-    """Counts of devices, series, readings, invalid values and dead letters in the store."""
+    """Counts of devices, series, readings, invalid values and dead letters; bytes per reading per tier."""
     application = get_app(ctx)
     counts = application.stats()
     if json_output:
@@ -138,8 +138,38 @@ def stats(ctx: typer.Context, json_output: JsonFlag = False) -> None:
 
     table = Table("what", "count", title=application.database_location())
     for key, value in counts.items():
-        table.add_row(key.replace("_", " "), f"{value:,}")
+        if key != "tiers":
+            table.add_row(key.replace("_", " "), f"{value:,}")
+    for tier, sizes in counts["tiers"].items():
+        per_reading = sizes["bytes_per_reading"]
+        shown = "" if per_reading is None else f" ({per_reading:.2f} B/reading)"
+        table.add_row(f"{tier} readings", f"{sizes['readings']:,}{shown}")
     consoles.out.print(table)
+
+
+@app.command(rich_help_panel="Maintain")
+def purge(
+    ctx: typer.Context,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would go.")] = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Delete what each tier's retention lets go ([retention] raw_days, hourly_days, daily_days, weekly_days).
+
+    Deletes in small transactions, so ingest goes on meanwhile. Tiers without a retention are kept forever.
+    """
+    result = get_app(ctx).purge(dry_run)
+    if json_output:
+        print_json(result)
+        return
+    if not result["tiers"]:
+        say("No retention is configured: every tier is kept forever. Set [retention] in iotpipe.toml.")
+        return
+    verb = "would delete" if dry_run else "deleted"
+    for tier, entry in result["tiers"].items():
+        counts = ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in entry.items() if k != "before")
+        say(f"{tier}: {verb} what is older than {entry['before']}: {counts}")
+    if result["kept_forever"]:
+        say(f"kept forever: {', '.join(result['kept_forever'])}")
 
 
 @dlq_app.command("list")

@@ -200,7 +200,9 @@ class Store(ABC):
             if old.any():
                 compaction.lock_packing(conn, exclusive=True)
                 exclusive = True
-                extra = SeriesReadings(columns.series_ids[old].astype(np.int64), unix[old], columns.values[old])
+                extra = SeriesReadings(
+                    columns.series_ids[old].astype(np.int64), unix[old], columns.values[old]
+                )
                 first, last = int(extra.times.min()), int(extra.times.max())
                 new += compaction.pack(
                     conn,
@@ -560,6 +562,7 @@ class Store(ABC):
             packed_series |= step.series
         done["series"] = len(packed_series)
         return done
+
 
 _INFO_COLUMNS = ("type", "name", "firmware", "latitude", "longitude", "elevation", "attributes")
 

@@ -194,9 +194,7 @@ def series_to_pack(conn: Connection, before: Micros) -> list[tuple[int, Micros]]
     return [(int(sid), int(first)) for sid, first in rows if first < before]
 
 
-def pack_step(
-    conn: Connection, queue: list[tuple[int, Micros]], before: Micros, budget: int
-) -> PackResult:
+def pack_step(conn: Connection, queue: list[tuple[int, Micros]], before: Micros, budget: int) -> PackResult:
     """One compaction transaction: whole days older than `before` of the series at the head
     of `queue` (popped as they are finished), about `budget` readings, at least one day."""
     lock_packing(conn, exclusive=True)

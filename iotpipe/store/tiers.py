@@ -175,7 +175,11 @@ class TierRows:
         if self.hot:
             hot_sids, hot_times, hot_values = zip(*self.hot, strict=True)
             parts.append(
-                (np.array(hot_sids, np.int64), np.array(hot_times, np.int64), np.array(hot_values, np.float64))
+                (
+                    np.array(hot_sids, np.int64),
+                    np.array(hot_times, np.int64),
+                    np.array(hot_values, np.float64),
+                )
             )
         if not parts:
             return SeriesReadings.empty()
