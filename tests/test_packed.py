@@ -105,7 +105,7 @@ def test_reads_see_hot_and_packed_readings_as_one_series(store: Store) -> None:
     result = store.compact(EVERYTHING, step_readings=10)
     assert result["days"] == 2 and result["readings"] == 48
     sid = _series_id(store, "d", "t")
-    times, values = store.read_series(sid)
+    times, _values = store.read_series(sid)
     assert times.tolist() == [t for _, _, t, _ in old + recent]
     assert store.read_series(sid, OLD_DAY + 23 * MICROS_PER_HOUR, OLD_DAY + 25 * MICROS_PER_HOUR)[
         1
@@ -174,7 +174,7 @@ def test_late_reading_into_a_packed_day_is_stored_once_and_corrects_its_rollups(
     store.compact(EVERYTHING, step_readings=100)  # the day is re-packed with its late reading
     stats = store.stats()
     assert stats["tiers"]["packed"]["readings"] == 7 and stats["tiers"]["hot"]["readings"] == 0
-    times, values = store.read_series(ref.series_id)
+    _times, values = store.read_series(ref.series_id)
     assert values.tolist() == [10.0, 40.0, 10.0, 10.0, 10.0, 10.0, 10.0]
     assert store.write(late).stored == 0
 
@@ -204,5 +204,5 @@ def test_historical_readings_go_straight_into_the_packed_tier_once(store: Store)
 
 def test_packed_blob_header_names_its_codec() -> None:
     blob = encode_values(np.array([1.5, 2.5]))
-    codec, width, places = struct.unpack_from("<BBq", blob)
+    codec, _width, places = struct.unpack_from("<BBq", blob)
     assert (codec, places) == (2, 1)
