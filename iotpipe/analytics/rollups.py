@@ -352,3 +352,41 @@ def _bucket(row: Any) -> RollupBucket:
         last_time=row["last_time"],
         last_value=row["last_value"],
     )
+
+
+def export_rows(
+    store: Store, names: dict[int, tuple[str, str]], bucket: str, start: Micros, end: Micros
+) -> list[dict[str, Any]]:
+    """Rollups of one width of several series (id -> (device, metric)) whose bucket starts in
+    [start, end), as export rows sorted by device, metric, bucket start."""
+    rows: list[dict[str, Any]] = []
+    ids = sorted(names)
+    with store.engine.connect() as conn:
+        for first in range(0, len(ids), 500):
+            query = select(rollups).where(
+                rollups.c.series_id.in_(ids[first : first + 500]),
+                rollups.c.bucket == bucket,
+                rollups.c.bucket_start >= start,
+                rollups.c.bucket_start < end,
+            )
+            for row in conn.execute(query):
+                b = _bucket(row._mapping)
+                device_id, metric = names[row.series_id]
+                rows.append(
+                    {
+                        "device_id": device_id,
+                        "metric": metric,
+                        "bucket_start": b.bucket_start,
+                        "count": b.count,
+                        "avg": b.avg,
+                        "min": b.min,
+                        "max": b.max,
+                        "stddev": b.stddev,
+                        "first_time": b.first_time,
+                        "first_value": b.first_value,
+                        "last_time": b.last_time,
+                        "last_value": b.last_value,
+                    }
+                )
+    rows.sort(key=lambda r: (r["device_id"], r["metric"], r["bucket_start"]))
+    return rows

@@ -26,6 +26,7 @@ from iotpipe.model import (
     Micros,
     RawMessage,
     day_name,
+    day_start,
     format_micros,
     now_micros,
 )
@@ -506,6 +507,85 @@ class App:
         from iotpipe.analytics.alerts import acknowledge
 
         return acknowledge(self.store, self.settings, alert_id)
+
+    def export(
+        self,
+        out: Path,
+        format: str = "parquet",
+        start: Micros | None = None,
+        end: Micros | None = None,
+        devices: list[str] | None = None,
+        metrics: list[str] | None = None,
+        tier: str = "raw",
+        progress: Callable[[int, int], None] | None = None,
+    ) -> dict[str, Any]:
+        """Write readings (or 1h/1d rollups) as Hive-partitioned files, one per UTC day:
+        `out/date=YYYY-MM-DD/part-0.parquet|csv`. Each partition is replaced atomically;
+        the same data gives the same bytes. `progress(days_done, days_total)`."""
+        from iotpipe.analytics.rollups import export_rows
+        from iotpipe.sinks import files
+
+        if format not in files.FORMATS:
+            raise IotpipeError(f"unknown format {format!r}; choose one of: {', '.join(files.FORMATS)}")
+        if tier not in files.TIERS:
+            raise IotpipeError(f"unknown tier {tier!r}; choose one of: {', '.join(files.TIERS)}")
+        if start is not None and end is not None and end <= start:
+            raise IotpipeError("--end must be after --start")
+        names = self._series_names(devices, metrics)
+        spans = [span for n in names if (span := self.store.series_span(n.series_id)) is not None]
+        if not spans:
+            return {
+                "out": str(out),
+                "format": format,
+                "tier": tier,
+                "series": len(names),
+                "partitions": 0,
+                "rows": 0,
+                "days": 0,
+            }
+        # Whole days by default, so that the first day's buckets are all in.
+        first = start if start is not None else day_start(min(s[0] for s in spans))
+        last = end if end is not None else day_start(max(s[1] for s in spans)) + MICROS_PER_DAY
+        by_id = {n.series_id: (n.device_id, n.metric) for n in names}
+        written = files.export(
+            self.store,
+            out,
+            format,
+            tier,
+            names,
+            first,
+            last,
+            lambda a, b: export_rows(self.store, by_id, tier, a, b),
+            progress,
+        )
+        return {"out": str(out), "format": format, "tier": tier, "series": len(names), **written}
+
+    def _series_names(self, devices: list[str] | None, metrics: list[str] | None) -> list[Any]:
+        """The series the --device and --metric filters select; an error names a device or
+        metric that matches nothing."""
+        from sqlalchemy import select
+
+        from iotpipe.sinks.files import SeriesName
+        from iotpipe.store.schema import devices as devices_table
+        from iotpipe.store.schema import series
+
+        query = select(series.c.id, devices_table.c.device_id, series.c.metric).join(
+            devices_table, devices_table.c.id == series.c.device_pk
+        )
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        known_devices, known_metrics = {r[1] for r in rows}, {r[2] for r in rows}
+        for given, known, what in ((devices, known_devices, "device"), (metrics, known_metrics, "metric")):
+            unknown = sorted(set(given or ()) - known)
+            if unknown:
+                raise IotpipeError(
+                    f"no {what} {', '.join(map(repr, unknown))} in the store; check the name (case matters)"
+                )
+        return [
+            SeriesName(sid, device_id, metric)
+            for sid, device_id, metric in rows
+            if (not devices or device_id in devices) and (not metrics or metric in metrics)
+        ]
 
     def purge(self, dry_run: bool = False) -> dict[str, Any]:
         """Delete what each tier's retention (`[retention]`) lets go; `dry_run` only counts it."""

@@ -23,6 +23,7 @@ from iotpipe.errors import ConfigError
 from iotpipe.model import Micros
 from iotpipe.pipeline import PipelineConfig
 from iotpipe.sinks.base import CommitObserver
+from iotpipe.sinks.lake import lake_job, lake_observers
 from iotpipe.sinks.webhooks import webhooks_job
 from iotpipe.sources import thingspeak
 from iotpipe.sources.base import Source
@@ -39,6 +40,7 @@ ALL_JOBS: tuple[Job, ...] = (
     Job("webhooks", webhooks_job, lambda s: s.analytics.alerts_every),
     Job("compact", maintenance.compact_job, lambda s: s.storage.compact_every),
     Job("retention", maintenance.retention_job, lambda s: s.retention.every),
+    Job("lake", lake_job, lambda s: s.storage.lake_every),
 )
 
 
@@ -54,8 +56,9 @@ def pipeline_config(settings: Settings, **overrides: Any) -> PipelineConfig:
 
 
 def observers(settings: Settings, store: Store) -> list[CommitObserver]:
-    """What runs after each commit: the streaming anomaly detector (unless disabled)."""
-    return list(anomaly_observers(store, settings))
+    """What runs after each commit: the streaming anomaly detector (unless disabled), and
+    the lake's note of the days each batch touched (if a lake is configured)."""
+    return [*anomaly_observers(store, settings), *lake_observers(store, settings)]
 
 
 def ack_window(sources: list[Source]) -> int | None:

@@ -259,7 +259,7 @@ def jobs(
     name: Annotated[
         str,
         typer.Argument(
-            help="rollups, anomalies, quality, health, alerts, webhooks, compact, retention, or all.",
+            help="rollups, anomalies, quality, health, alerts, webhooks, compact, retention, lake, or all.",
             show_default=True,
         ),
     ] = "all",
