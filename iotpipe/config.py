@@ -226,6 +226,15 @@ class StorageSettings(BaseModel):
         3600.0, ge=0, description="a day is closed (written to the lake) this long after it ended"
     )
     lake_every: float = Field(300.0, gt=0, description="seconds between two lake runs")
+    columnar_import: bool = Field(
+        True, description="import V1 JSON and line protocol files through the columnar fast path"
+    )
+    import_packed: bool = Field(
+        True, description="imported readings older than the hot window go straight into the packed tier"
+    )
+    import_workers: int = Field(
+        0, ge=0, description="decoding processes for large imports (0: one per core, at most 4)"
+    )
 
 
 class RetentionSettings(BaseModel):

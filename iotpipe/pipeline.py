@@ -64,6 +64,9 @@ class PipelineConfig:
     # many unacknowledged messages be in flight to one client (Mosquitto: 20 by
     # default); waiting for a full batch beyond that window would stall the stream.
     max_unacked: int | None = None
+    # Readings older than this (a UTC day start, Unix µs) are written straight into the
+    # packed tier: an import of history past the hot window.
+    pack_before: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +210,21 @@ class Pipeline:
         elif late:
             self.flush()
 
+    def feed_block(self, block: Any) -> None:
+        """Add readings a bulk decoder decoded exactly (formats/columnar.py: a Block of
+        `block.messages`, validated as the pipeline would) to the open batch."""
+        with self._lock:
+            job = self._open
+            if not job.messages:
+                self._batch_started = time.monotonic()
+            job.messages += len(block.messages)
+            job.blocks.append(block)
+            job.batch.blocks.append(block)
+            job.batch.reading_count += len(block)
+            full = job.batch.reading_count >= self.config.batch_size
+        if full:
+            self._flush_full_batch()
+
     def set_watermark(self, source: str, key: str, value: str) -> None:
         """Commit a source's resume point together with the readings fed before it."""
         with self._lock:
@@ -316,9 +334,15 @@ class Pipeline:
     def _commit(self, job: _PendingBatch) -> None:
         """Commit a batch; if the store refuses what it holds, split it until the message
         at fault is alone, dead-letter that one and commit the rest."""
+        job.batch.pack_before = self.config.pack_before
         try:
             result = self.sink.write(job.batch)
         except BatchRejected as exc:
+            if job.blocks:
+                # Find the message at fault the usual way: decode the blocks' messages
+                # one by one, as if the bulk decoder had not taken them.
+                self._commit(job.without_blocks(self._decode))
+                return
             if len(job.accepted) > 1:
                 log.info("the store refused a batch of %d messages; splitting it", len(job.accepted))
                 for part in job.split():
@@ -351,7 +375,7 @@ class Pipeline:
         counters = self.counters
         with self._lock:
             counters.messages_received += job.messages
-            counters.messages_accepted += len(job.accepted)
+            counters.messages_accepted += len(job.accepted) + sum(len(b.messages) for b in job.blocks)
             counters.messages_dead_lettered += job.dead
             counters.values_invalid += len(job.batch.invalid)
             counters.readings_received += job.batch.reading_count
@@ -430,6 +454,7 @@ class _PendingBatch:
     acks: list[tuple[Acknowledger, Any]] = field(default_factory=list)
     messages: int = 0  # received: accepted + dead-lettered
     dead: int = 0
+    blocks: list[Any] = field(default_factory=list)  # bulk-decoded, also in batch.blocks
 
     def accept(self, raw: RawMessage, decoded: list[DecodedMessage]) -> None:
         _add_readings(self.batch, raw, decoded)
@@ -460,6 +485,19 @@ class _PendingBatch:
             rest.batch.dead_letters.append(DeadLetter(raw, reason))
             rest.dead += 1
             rest.messages += 1
+        return rest
+
+    def without_blocks(self, decode: Any) -> _PendingBatch:
+        """This batch with its blocks' messages decoded one by one (`decode(raw)`)."""
+        rest = _PendingBatch.of(self.accepted)
+        rest.take_extras(self)
+        for block in self.blocks:
+            for raw in block.messages:
+                rest.messages += 1
+                try:
+                    rest.accept(raw, decode(raw))
+                except DecodeError as exc:
+                    rest.dead_letter(raw, exc.reason, len(raw.payload))
         return rest
 
     def without_infos(self) -> _PendingBatch:

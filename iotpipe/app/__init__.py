@@ -165,16 +165,29 @@ class App:
             source = FileSource(paths, format=format, device_id=device_id)
         except FileNotFoundError as exc:
             raise IotpipeError(f"{exc}; check the path") from None
-        pipeline = self.pipeline(max_payload_bytes=limits.FILE_MAX_PAYLOAD_BYTES)
-        last_report = 0.0
+        storage = self.settings.storage
+        pack_before = None
+        if storage.import_packed:
+            from iotpipe.app.maintenance import pack_before as hot_window_start
+
+            pack_before = hot_window_start(storage, now_micros())
+        pipeline = self.pipeline(max_payload_bytes=limits.FILE_MAX_PAYLOAD_BYTES, pack_before=pack_before)
         with shutdown_signals() as stop:
-            for raw in source:
-                if stop.is_set():
-                    break
-                pipeline.feed(raw)
-                if progress is not None and time.monotonic() - last_report > 0.1:
-                    progress(source.bytes_read, source.bytes_total)
-                    last_report = time.monotonic()
+            if storage.columnar_import:
+                from iotpipe.app.bulk_import import BulkImport
+
+                BulkImport(pipeline, source.bytes_total, storage.import_workers).run(
+                    source, stop.is_set, progress
+                )
+            else:
+                last_report = 0.0
+                for raw in source:
+                    if stop.is_set():
+                        break
+                    pipeline.feed(raw)
+                    if progress is not None and time.monotonic() - last_report > 0.1:
+                        progress(source.bytes_read, source.bytes_total)
+                        last_report = time.monotonic()
             pipeline.close()
         if progress is not None and not stop.is_set():
             progress(source.bytes_total, source.bytes_total)

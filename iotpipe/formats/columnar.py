@@ -33,7 +33,7 @@ from iotpipe.formats.values import MAX_ID_LENGTH
 from iotpipe.model import MICROS_PER_SECOND, RawMessage
 
 FORMATS = ("v1", "lineproto")  # what this module decodes; None (auto) lines are tried as V1
-MIN_BISECT = 256  # a chunk pyarrow refuses is split in halves down to this many lines
+MIN_BISECT = 32  # a chunk pyarrow refuses is split in halves down to this many lines
 _MILLIS_FROM, _MILLIS_BELOW = 10**11, 10**14  # parse_timestamp's bands for epoch ints
 _MICROS_BELOW = 10**17
 _FLOAT_SAFE = 2**53  # ints beyond this: left to the exact decoder's float(int)

@@ -66,6 +66,8 @@ class ReadingColumns:
     values: np.ndarray  # float64
     group_devices: list[int]  # device pk of each consecutive run of readings
     group_sizes: list[int]
+    # Device spans of readings that came in bulk-decoded blocks (no runs to walk).
+    block_spans: dict[int, tuple[Micros, Micros]] | None = None
 
     def __len__(self) -> int:
         return len(self.series_ids)
@@ -83,15 +85,23 @@ class ReadingColumns:
     def subset(self, keep: np.ndarray) -> ReadingColumns:
         """Only the readings `keep` marks (the device runs stay those of the whole batch)."""
         return ReadingColumns(
-            self.series_ids[keep], self.times[keep], self.values[keep], self.group_devices, self.group_sizes
+            self.series_ids[keep],
+            self.times[keep],
+            self.values[keep],
+            self.group_devices,
+            self.group_sizes,
+            self.block_spans,
         )
 
     def device_spans(self) -> dict[int, tuple[Micros, Micros]]:
         """Each device's (first, last) reading time in the batch."""
+        spans: dict[int, tuple[Micros, Micros]] = dict(self.block_spans or {})
+        grouped = sum(self.group_sizes)
+        if not grouped:
+            return spans
         starts = np.cumsum([0, *self.group_sizes[:-1]])
-        firsts = np.minimum.reduceat(self.times, starts).tolist()
-        lasts = np.maximum.reduceat(self.times, starts).tolist()
-        spans: dict[int, tuple[Micros, Micros]] = {}
+        firsts = np.minimum.reduceat(self.times[:grouped], starts).tolist()
+        lasts = np.maximum.reduceat(self.times[:grouped], starts).tolist()
         for device_pk, first, last in zip(self.group_devices, firsts, lasts, strict=True):
             known = spans.get(device_pk)
             spans[device_pk] = (first, last) if known is None else (min(known[0], first), max(known[1], last))
@@ -264,12 +274,52 @@ class Store(ABC):
             values += group_values
             group_devices.append(device_pk)
             group_sizes.append(len(group))
-        return ReadingColumns(
+        columns = ReadingColumns(
             np.array(series_ids, dtype=np.int32),
             np.array(times, dtype=np.int64) + self.time_offset,
             np.array(values, dtype=np.float64),
             group_devices,
             group_sizes,
+        )
+        if batch.blocks:
+            columns = self._with_blocks(columns, batch.blocks, new_ids)
+        return columns
+
+    def _with_blocks(
+        self, columns: ReadingColumns, blocks: list[Any], new_ids: dict[str, tuple[int, dict[str, int]]]
+    ) -> ReadingColumns:
+        """The grouped readings followed by the bulk-decoded blocks' (grouped ones first:
+        device_spans walks their runs)."""
+        cache = self._series_ids
+        series_parts, time_parts, value_parts = [columns.series_ids], [columns.times], [columns.values]
+        spans: dict[int, tuple[Micros, Micros]] = {}
+        for block in blocks:
+            pairs = block_pairs(block)
+            ids = np.array(
+                [(new_ids.get(d) or cache[d])[1][m] for d, m in pairs.names], dtype=np.int32
+            )  # KeyError: a series not created yet (see prepare_columns)
+            device_pks = np.array([(new_ids.get(d) or cache[d])[0] for d, _ in pairs.names], dtype=np.int64)
+            times = np.asarray(block.times, dtype=np.int64)
+            series_parts.append(ids[pairs.inverse])
+            time_parts.append(times + self.time_offset)
+            value_parts.append(np.asarray(block.values, dtype=np.float64))
+            pks, device_of_pair = np.unique(device_pks, return_inverse=True)
+            device_of_reading = device_of_pair[pairs.inverse]
+            firsts = np.full(len(pks), np.iinfo(np.int64).max)
+            lasts = np.full(len(pks), np.iinfo(np.int64).min)
+            np.minimum.at(firsts, device_of_reading, times)
+            np.maximum.at(lasts, device_of_reading, times)
+            for pk, first, last in zip(pks.tolist(), firsts.tolist(), lasts.tolist(), strict=True):
+                first, last = first + self.time_offset, last + self.time_offset
+                known = spans.get(pk)
+                spans[pk] = (first, last) if known is None else (min(known[0], first), max(known[1], last))
+        return ReadingColumns(
+            np.concatenate(series_parts),
+            np.concatenate(time_parts),
+            np.concatenate(value_parts),
+            columns.group_devices,
+            columns.group_sizes,
+            spans,
         )
 
     @abstractmethod
@@ -303,6 +353,11 @@ class Store(ABC):
         for device_id, _, _ in batch.invalid:
             if device_id not in self._series_ids:
                 missing.setdefault(device_id, set())
+        for block in batch.blocks:
+            for device_id, metric in block_pairs(block).names:
+                known = self._series_ids.get(device_id)
+                if known is None or metric not in known[1]:
+                    missing.setdefault(device_id, set()).add(metric)
         if not missing:
             return {}
         device_pks = self._ensure_devices(conn, missing.keys(), batch.infos)
@@ -562,6 +617,30 @@ class Store(ABC):
             packed_series |= step.series
         done["series"] = len(packed_series)
         return done
+
+
+@dataclass(slots=True)
+class BlockPairs:
+    names: list[tuple[str, str]]  # the block's distinct (device, metric) pairs
+    inverse: np.ndarray  # which pair each reading is
+
+
+def block_pairs(block: Any) -> BlockPairs:
+    """A bulk-decoded block's distinct (device, metric) pairs, computed once per block."""
+    found = getattr(block, "_store_pairs", None)
+    if found is None:
+        devices = block.devices.dictionary_encode()
+        metrics = block.metrics.dictionary_encode()
+        device_names, metric_names = devices.dictionary.to_pylist(), metrics.dictionary.to_pylist()
+        keys = np.asarray(devices.indices, dtype=np.int64) * max(1, len(metric_names)) + np.asarray(
+            metrics.indices, dtype=np.int64
+        )
+        unique, inverse = np.unique(keys, return_inverse=True)
+        width = max(1, len(metric_names))
+        names = [(device_names[k // width], metric_names[k % width]) for k in unique.tolist()]
+        found = BlockPairs(names, inverse)
+        block._store_pairs = found
+    return found
 
 
 _INFO_COLUMNS = ("type", "name", "firmware", "latitude", "longitude", "elevation", "attributes")
