@@ -69,7 +69,7 @@ def _lines(rng: random.Random, count: int, base_ms: int) -> list[bytes]:
         b'{"device_id": "a", "timestamp": %d, "t": 1' % base_ms,
     ]
     lines = []
-    for i in range(count):
+    for _ in range(count):
         if rng.random() < 0.005:
             lines.append(rng.choice(odd))
             continue
@@ -146,11 +146,12 @@ def test_line_protocol_fast_path_matches_the_exact_decoder() -> None:
             decoded.metrics.to_pylist(),
             decoded.times.to_pylist(),
             decoded.values.to_pylist(),
+            strict=True,
         )
     )
     exact = sorted(
         (m.device_id, k, t, v)
-        for p, took in zip(payloads, decoded.taken)
+        for p, took in zip(payloads, decoded.taken, strict=True)
         if took
         for m in formats.decode(RawMessage(p, "file", "f:1", now, "lineproto"))
         for k, t, v in m.readings
