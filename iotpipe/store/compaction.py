@@ -62,12 +62,12 @@ def pack(
     Call with PACK_LOCK held exclusively."""
     result = PackResult()
     parts = read_parts(conn, series_ids, start, end)
-    hot_count = len(parts.hot)
+    hot_count = parts.hot_count
     stored = parts.merge(start, end)
     touched_hot: set[tuple[int, Micros]] = set()
     if hot_count:
-        hot = np.array([(s, t) for s, t, _ in parts.hot], dtype=np.int64).reshape(-1, 2)
-        touched_hot = _days(hot[:, 0], hot[:, 1])
+        hot_sids, hot_times, _ = parts.hot()
+        touched_hot = _days(hot_sids, hot_times)
     merged, new = stored, 0
     touched = set(touched_hot)
     if extra is not None and len(extra):
@@ -96,9 +96,12 @@ def pack(
 
 
 def _days(series_ids: np.ndarray, times: np.ndarray) -> set[tuple[int, Micros]]:
-    days = times - times % MICROS_PER_DAY
-    pairs = np.unique(np.column_stack((series_ids.astype(np.int64), days)), axis=0)
-    return {(int(s), int(d)) for s, d in pairs.tolist()}
+    """The distinct (series, day start) pairs of these readings."""
+    # One int64 key per reading (series in the high half, day number in the low): a
+    # one-dimensional unique, far cheaper than a unique of rows.
+    day_numbers = times // MICROS_PER_DAY
+    keys = np.unique((series_ids.astype(np.int64) << 32) + (day_numbers + (1 << 31)))
+    return {(int(k >> 32), int((k & 0xFFFFFFFF) - (1 << 31)) * MICROS_PER_DAY) for k in keys.tolist()}
 
 
 def _merge_first_wins(stored: SeriesReadings, extra: SeriesReadings) -> tuple[SeriesReadings, int]:

@@ -103,8 +103,7 @@ def read_parts(
         params["end"] = end
     ids = sorted({int(s) for s in series_ids})
     for first in range(0, len(ids), IN_CHUNK):
-        rows = conn.execute(statement, {**params, "ids": ids[first : first + IN_CHUNK]}).all()
-        parts.add_rows(rows)
+        parts.add_rows(fetch_raw(conn, statement, {**params, "ids": ids[first : first + IN_CHUNK]}))
     return parts
 
 
@@ -131,7 +130,7 @@ def last_readings(
     if before is not None:
         params["before"] = before
     parts = TierRows()
-    parts.add_rows(conn.execute(_typed(statement, times=("before",)), params).all())
+    parts.add_rows(fetch_raw(conn, _typed(statement, times=("before",)), params))
     merged = parts.merge(None, before)
     times, values = merged.times[::-1][:limit], merged.values[::-1][:limit]
     return times.copy(), values.copy()
@@ -152,35 +151,54 @@ def series_span(conn: Connection, series_id: int) -> tuple[Micros, Micros] | Non
     return min(int(r[0]) for r in rows), max(int(r[1]) for r in rows)
 
 
+def fetch_raw(conn: Connection, statement: Any, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """All rows as the driver's plain tuples (no SQLAlchemy Row per reading)."""
+    result = conn.execute(statement, params)
+    try:
+        return list(result.cursor.fetchall()) if result.cursor is not None else []
+    finally:
+        result.close()
+
+
 class TierRows:
     """Rows of a UNION ALL read (hot rows, packed rows), merged into sorted columns."""
 
     def __init__(self) -> None:
-        self.hot: list[tuple[int, int, float]] = []
+        self.hot_parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self.packed: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
 
+    @property
+    def hot_count(self) -> int:
+        return sum(len(p[0]) for p in self.hot_parts)
+
+    def hot(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if not self.hot_parts:
+            return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float64)
+        return (
+            np.concatenate([p[0] for p in self.hot_parts]),
+            np.concatenate([p[1] for p in self.hot_parts]),
+            np.concatenate([p[2] for p in self.hot_parts]),
+        )
+
     def add_rows(self, rows: Sequence[Any]) -> None:
-        for sid, t, v, count, time_data, value_data in rows:
-            if count is None:
-                self.hot.append((sid, t, v))
-            else:
-                self.add_packed(int(sid), int(count), bytes(time_data), bytes(value_data))
+        if not rows:
+            return
+        table = np.array(rows, dtype=object)
+        is_packed = np.not_equal(table[:, 3], np.array(None, dtype=object))  # the count is NULL on hot rows
+        hot = table[~is_packed] if is_packed.any() else table
+        if len(hot):
+            self.hot_parts.append(
+                (hot[:, 0].astype(np.int64), hot[:, 1].astype(np.int64), hot[:, 2].astype(np.float64))
+            )
+        for sid, _, _, count, time_data, value_data in table[is_packed].tolist():
+            self.add_packed(int(sid), int(count), bytes(time_data), bytes(value_data))
 
     def add_packed(self, series_id: int, count: int, time_data: bytes, value_data: bytes) -> None:
         times = decode_times(time_data, count)
         self.packed.append((np.full(count, series_id, np.int64), times, decode_values(value_data, count)))
 
     def merge(self, start: Micros | None, end: Micros | None) -> SeriesReadings:
-        parts = list(self.packed)
-        if self.hot:
-            hot_sids, hot_times, hot_values = zip(*self.hot, strict=True)
-            parts.append(
-                (
-                    np.array(hot_sids, np.int64),
-                    np.array(hot_times, np.int64),
-                    np.array(hot_values, np.float64),
-                )
-            )
+        parts = self.packed + self.hot_parts
         if not parts:
             return SeriesReadings.empty()
         sids = np.concatenate([p[0] for p in parts])
@@ -195,7 +213,7 @@ class TierRows:
             sids, times, values = sids[keep], times[keep], values[keep]
         order = np.lexsort((times, sids))  # stable: the packed copy of a pair comes first
         sids, times, values = sids[order], times[order], values[order]
-        if self.packed and self.hot and len(times) > 1:
+        if self.packed and self.hot_parts and len(times) > 1:
             first = np.ones(len(times), dtype=bool)
             first[1:] = (times[1:] != times[:-1]) | (sids[1:] != sids[:-1])
             sids, times, values = sids[first], times[first], values[first]
