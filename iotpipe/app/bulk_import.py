@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
@@ -33,8 +32,8 @@ def columnar_format(raw: RawMessage) -> str | None:
         return None
     if raw.format == "lineproto":
         return "lineproto"
-    if raw.format in (None, "v1") and raw.payload[:1] == b"{" and raw.origin.rpartition(":")[2].isdigit():
-        return "v1"  # a line of a JSON-lines file (whole documents are the exact path's)
+    if raw.format in (None, "v1") and raw.payload[:1] == b"{":
+        return "v1"  # a JSON object: a line, or an element of a JSON array document
     return None
 
 
@@ -54,32 +53,36 @@ class BulkImport:
         from iotpipe.formats import columnar
 
         pool: Executor | None = None
+        chunk_format = "v1"
         if self.workers:
             pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("forkserver"))
         chunk: list[RawMessage] = []
-        key: tuple[str, int, str] | None = None
-        last_report = 0.0
+        key: tuple[str, int] | None = None
         source: Any = messages
         try:
-            for raw in messages:
-                if stopped():
-                    break
+            for number, raw in enumerate(messages):
+                if not number % 1024:
+                    if stopped():
+                        break
+                    if progress is not None:
+                        progress(source.bytes_read, source.bytes_total)
                 fmt = columnar_format(raw)
-                here = (fmt, raw.received_at, raw.origin.rpartition(":")[0]) if fmt else None
-                if chunk and (here != key or len(chunk) >= CHUNK_LINES):
-                    self._submit(pool, chunk, key[0] if key else "v1", columnar)
-                    chunk = []
-                if here is None:
+                if fmt is None:
+                    if chunk:
+                        self._submit(pool, chunk, chunk_format, columnar)
+                        chunk = []
                     self._drain(columnar, keep=0)
                     self.pipeline.feed(raw)
-                else:
-                    chunk.append(raw)
-                    key = here
-                if progress is not None and time.monotonic() - last_report > 0.1:
-                    progress(source.bytes_read, source.bytes_total)
-                    last_report = time.monotonic()
+                    continue
+                # A chunk shares a format and a receipt time (the time check's horizon).
+                if chunk and (key != (fmt, raw.received_at) or len(chunk) >= CHUNK_LINES):
+                    self._submit(pool, chunk, chunk_format, columnar)
+                    chunk = []
+                if not chunk:
+                    key, chunk_format = (fmt, raw.received_at), fmt
+                chunk.append(raw)
             if chunk and not stopped():
-                self._submit(pool, chunk, key[0] if key else "v1", columnar)
+                self._submit(pool, chunk, chunk_format, columnar)
             self._drain(columnar, keep=0)
         finally:
             if pool is not None:

@@ -25,9 +25,9 @@ import numpy as np
 from sqlalchemy import Connection
 
 from iotpipe.model import MICROS_PER_DAY, MICROS_PER_HOUR, Micros, now_micros
-from iotpipe.store.packed import decode_times, encode_times, encode_values
+from iotpipe.store.packed import decode_times, encode_days
 from iotpipe.store.schema import packed_readings
-from iotpipe.store.tiers import IN_CHUNK, SeriesReadings, _typed, read_parts, unix_micros
+from iotpipe.store.tiers import IN_CHUNK, SeriesReadings, _typed, read_parts, series_time_order, unix_micros
 
 PACK_LOCK = 7_405_002  # PostgreSQL advisory lock key of packing (migrations use 7_405_001)
 LATE_AGE = 12 * MICROS_PER_HOUR
@@ -110,7 +110,7 @@ def _merge_first_wins(stored: SeriesReadings, extra: SeriesReadings) -> tuple[Se
     sids = np.concatenate((stored.series_ids, extra.series_ids))
     times = np.concatenate((stored.times, extra.times))
     values = np.concatenate((stored.values, extra.values))
-    order = np.lexsort((times, sids))
+    order = series_time_order(sids, times)
     sids, times, values = sids[order], times[order], values[order]
     first = np.ones(len(times), dtype=bool)
     first[1:] = (times[1:] != times[:-1]) | (sids[1:] != sids[:-1])
@@ -125,27 +125,30 @@ def _packed_rows(readings: SeriesReadings, touched: set[tuple[int, Micros]]) -> 
     days = times - times % MICROS_PER_DAY
     change = np.ones(len(times), dtype=bool)
     change[1:] = (days[1:] != days[:-1]) | (sids[1:] != sids[:-1])
-    starts = np.flatnonzero(change).tolist()
-    ends = [*starts[1:], len(times)]
+    starts = np.flatnonzero(change)
+    ends = np.append(starts[1:], len(times))
+    wanted = np.array([(int(sids[a]), int(days[a])) in touched for a in starts.tolist()], dtype=bool)
+    starts, ends = starts[wanted], ends[wanted]
+    if not len(starts):
+        return []
+    # Only the touched runs, laid end to end, encoded together.
+    take = np.concatenate([np.arange(a, b) for a, b in zip(starts.tolist(), ends.tolist(), strict=True)])
+    offsets = np.concatenate(([0], np.cumsum(ends - starts)[:-1]))
+    blobs = encode_days(times[take], values[take], offsets)
     now = now_micros()
-    rows = []
-    for a, b in zip(starts, ends, strict=True):
-        key = (int(sids[a]), int(days[a]))
-        if key not in touched:
-            continue
-        rows.append(
-            {
-                "series_id": key[0],
-                "day_start": key[1],
-                "count": b - a,
-                "first_time": int(times[a]),
-                "last_time": int(times[b - 1]),
-                "time_data": encode_times(times[a:b]),
-                "value_data": encode_values(values[a:b]),
-                "packed_at": now,
-            }
-        )
-    return rows
+    return [
+        {
+            "series_id": int(sids[a]),
+            "day_start": int(days[a]),
+            "count": int(b - a),
+            "first_time": int(times[a]),
+            "last_time": int(times[b - 1]),
+            "time_data": time_data,
+            "value_data": value_data,
+            "packed_at": now,
+        }
+        for a, b, (time_data, value_data) in zip(starts.tolist(), ends.tolist(), blobs, strict=True)
+    ]
 
 
 def _upsert(dialect: str) -> Any:
