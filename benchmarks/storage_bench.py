@@ -130,31 +130,16 @@ def query_times(store: Store, series_ids: list[int], start: int, repeat: int) ->
     return {"day_seconds": statistics.median(one_day), "month_seconds": statistics.median(thirty)}
 
 
-def rollup_everything(store: Store) -> float:
+def rollup_everything(store: Store, ids: list[int], start: int, end: int) -> float:
     """The hourly (and daily, weekly) rollup of every reading: every hour queued, one job run."""
+    first = start - start % MICROS_PER_HOUR
+    hours = [(s, h) for s in ids for h in range(first, end + MICROS_PER_HOUR, MICROS_PER_HOUR)]
     with store.write_transaction() as conn:
         conn.exec_driver_sql("DELETE FROM rollups")
         conn.exec_driver_sql("DELETE FROM dirty_hours")
-        if store.dialect == "postgresql":
-            conn.exec_driver_sql(
-                "INSERT INTO rollup_queue SELECT s.id, h FROM series s, "
-                "generate_series((SELECT min(first_time) FROM (SELECT min(time) AS first_time FROM readings "
-                "UNION ALL SELECT min(first_time) FROM packed_readings) f), now(), interval '1 hour') AS h "
-                "ON CONFLICT DO NOTHING"
-            )
-            conn.exec_driver_sql(
-                "DELETE FROM rollup_queue q WHERE q.hour_start <> date_trunc('hour', q.hour_start)"
-            )
-        else:
-            first = conn.exec_driver_sql(
-                "SELECT min(t) FROM (SELECT min(time) AS t FROM readings UNION ALL SELECT min(first_time) FROM packed_readings)"
-            ).scalar()
-            first = int(first) - int(first) % MICROS_PER_HOUR
-            hours = range(first, now_micros(), MICROS_PER_HOUR)
-            ids = [r[0] for r in conn.exec_driver_sql("SELECT id FROM series")]
-            conn.exec_driver_sql(
-                "INSERT OR IGNORE INTO rollup_queue VALUES (?, ?)", [(s, h) for s in ids for h in hours]
-            )
+        conn.exec_driver_sql("DELETE FROM rollup_queue")
+    with store.write_transaction() as conn:  # marked as ingest marks them (engine time)
+        store._insert_dirty_hours(conn, [(s, h + store.time_offset) for s, h in hours])
     started = time.perf_counter()
     refresh(store)
     return time.perf_counter() - started
@@ -192,7 +177,7 @@ def bench(
     hot = {"bytes_per_reading": tier_bytes(store, url, "readings") / readings}
     query_start = day_start(start)
     hot |= query_times(store, ids, query_start, repeat)
-    hot["rollup_seconds"] = rollup_everything(store)
+    hot["rollup_seconds"] = rollup_everything(store, ids, start, end)
     settle(store, url)
     compact_seconds = timed(lambda: store.compact(end, step_readings=50_000))
     stats = store.stats()["tiers"]
@@ -200,7 +185,7 @@ def bench(
     settle(store, url)
     packed = {"bytes_per_reading": tier_bytes(store, url, "packed_readings") / readings}
     packed |= query_times(store, ids, query_start, repeat)
-    packed["rollup_seconds"] = rollup_everything(store)
+    packed["rollup_seconds"] = rollup_everything(store, ids, start, end)
     store.close()
     ratios = {k: packed[k] / hot[k] for k in hot}
     result = {
