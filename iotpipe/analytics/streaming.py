@@ -680,7 +680,7 @@ class StreamingAnomalies:
         return store
 
     def __call__(self, batch: WriteBatch, result: WriteResult) -> None:
-        if not batch.groups:
+        if not batch.groups and not batch.blocks:
             return
         with self._lock:
             started = time.perf_counter()
