@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian packages the tests and the production path need: real servers, no mocks.
 SYSTEM_PACKAGES := postgresql mosquitto openssl
+# Only the benchmarks need these (InfluxDB 1.x: the import benchmark's peer).
+BENCH_PACKAGES := influxdb
 
 .PHONY: install system-packages run test bench lint clean
 
@@ -20,7 +22,7 @@ $(STAMP): pyproject.toml
 # Installs only what is missing, and only when we may (root); otherwise says what to install.
 system-packages:
 	@missing=""; \
-	for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	for p in $(SYSTEM_PACKAGES) $(EXTRA_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing system packages:$$missing"; \
@@ -43,6 +45,7 @@ lint: install
 	$(BIN)/lint-imports
 
 bench: install
+	@$(MAKE) --no-print-directory system-packages EXTRA_PACKAGES="$(BENCH_PACKAGES)"
 	$(BIN)/python benchmarks/run_all.py
 
 clean:
