@@ -139,6 +139,9 @@ class WriteBatch:
     # Readings a bulk decoder put in columns (formats/columnar.py Blocks: device, metric,
     # time and value arrays), beside the grouped ones; opaque to the pipeline.
     blocks: list[Any] = field(default_factory=list)
+    # Where each block came in among the groups (len(groups) then): the store keeps the
+    # fed order, so that of two readings of one (series, time) the first fed is stored.
+    block_positions: list[int] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(

@@ -220,6 +220,7 @@ class Pipeline:
             job.messages += len(block.messages)
             job.blocks.append(block)
             job.batch.blocks.append(block)
+            job.batch.block_positions.append(len(job.batch.groups))
             job.batch.reading_count += len(block)
             full = job.batch.reading_count >= self.config.batch_size
         if full:

