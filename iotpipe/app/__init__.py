@@ -171,15 +171,7 @@ class App:
             from iotpipe.app.maintenance import pack_before as hot_window_start
 
             pack_before = hot_window_start(storage, now_micros())
-        overrides: dict[str, Any] = {
-            "max_payload_bytes": limits.FILE_MAX_PAYLOAD_BYTES,
-            "pack_before": pack_before,
-        }
-        if storage.columnar_import:
-            # Columns cost ~20 B a reading: larger batches pack each series-day of a
-            # history in fewer passes (a day split across batches is merged once more).
-            overrides["batch_size"] = max(self.settings.pipeline.batch_size, limits.BULK_BATCH_SIZE)
-        pipeline = self.pipeline(**overrides)
+        pipeline = self.pipeline(max_payload_bytes=limits.FILE_MAX_PAYLOAD_BYTES, pack_before=pack_before)
         with shutdown_signals() as stop:
             if storage.columnar_import:
                 from iotpipe.app.bulk_import import BulkImport
