@@ -67,7 +67,13 @@ class BulkImport:
                         break
                     if progress is not None:
                         progress(source.bytes_read, source.bytes_total)
-                fmt = columnar_format(raw)
+                # columnar_format(raw), inlined: this loop runs once per line.
+                fmt = None
+                if raw.header is None:
+                    if raw.format == "lineproto":
+                        fmt = "lineproto"
+                    elif raw.payload[:1] == b"{" and (raw.format is None or raw.format == "v1"):
+                        fmt = "v1"
                 if fmt is None:
                     if chunk:
                         self._submit(pool, chunk, chunk_format, columnar)
