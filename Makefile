@@ -4,11 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian packages the tests and the production path need: real servers, no mocks.
-SYSTEM_PACKAGES := postgresql mosquitto openssl
+SYSTEM_PACKAGES := postgresql mosquitto openssl nats-server systemd docker-compose
 # Only the benchmarks need these (InfluxDB 1.x: the import benchmark's peer).
 BENCH_PACKAGES := influxdb
 
-.PHONY: install system-packages run test bench lint clean
+.PHONY: install system-packages run test bench fuzz lint clean
 
 install: $(STAMP)
 
@@ -47,6 +47,11 @@ lint: install
 bench: install
 	@$(MAKE) --no-print-directory system-packages EXTRA_PACKAGES="$(BENCH_PACKAGES)"
 	$(BIN)/python benchmarks/run_all.py
+
+# Fuzz the decoders for FUZZ_SECONDS (default 60); see tests/fuzz/fuzz_decoders.py to run longer.
+FUZZ_SECONDS ?= 60
+fuzz: install
+	$(BIN)/python tests/fuzz/fuzz_decoders.py -max_total_time=$(FUZZ_SECONDS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -2,7 +2,7 @@
 
 Detectors, side by side on the same series:
 - zscore: the batch rule iotpipe stores (|x - mean| > k * stddev over a trailing window);
-- streaming: iotpipe's streaming detector (robust level + step + stuck-run scores, episodes);
+- streaming: iotpipe's streaming detector (docs/anomalies.md: seasonal baseline, rarity, CUSUM, records, stuck; episodes);
 - two simpler streaming candidates it was chosen over: an EWMA z-score, and a rolling
   median/MAD of the level alone — same episode grouping, same threshold.
 
@@ -33,10 +33,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from benchmarks.evaluation import DetectionQuality, Span, evaluate
 from iotpipe import formats
 from iotpipe.analytics.anomalies import ZscoreRule, zscore_anomalies
-from iotpipe.analytics.evaluation import DetectionQuality, Span, evaluate
-from iotpipe.analytics.streaming import StreamingDetector, StreamingParams
+from iotpipe.analytics.detector import StreamingDetector, StreamingParams
 from iotpipe.model import MICROS_PER_SECOND, Micros
 from iotpipe.sources.simulator import ANOMALY_KINDS, Simulator
 
@@ -228,13 +228,17 @@ def report_line(name: str, quality: DetectionQuality, interval: Micros, seconds:
     )
 
 
+# The two classic candidates, as they were compared with the first streaming detector.
+CANDIDATE_WINDOW, CANDIDATE_K, CANDIDATE_CALM = 128, 6.0, 5
+
+
 def detectors(params: StreamingParams, rule: ZscoreRule) -> dict[str, Callable[[Dataset], Alarms]]:
-    k = params.threshold
+    w, k, calm = CANDIDATE_WINDOW, CANDIDATE_K, CANDIDATE_CALM
     return {
         f"zscore k={rule.k:g}, {rule.window // MICROS_PER_SECOND:,} s": zscore_detector(rule),
-        f"streaming (iotpipe) k={k:g}": streaming_detector(params),
-        f"EWMA span={params.window} k={k:g}": ewma_detector(params.window, k, params.calm),
-        f"median/MAD level w={params.window} k={k:g}": median_mad_detector(params.window, k, params.calm),
+        f"streaming (iotpipe) threshold={params.threshold:g}": streaming_detector(params),
+        f"EWMA span={w} k={k:g}": ewma_detector(w, k, calm),
+        f"median/MAD level w={w} k={k:g}": median_mad_detector(w, k, calm),
     }
 
 
@@ -267,12 +271,11 @@ def main(argv: list[str] | None = None) -> int:
         chosen = detectors(params, rule)
         if args.sweep:
             chosen = {
-                f"streaming k={k:g} calm={c} w={w}": streaming_detector(
-                    replace(params, threshold=k, calm=c, window=w)
+                f"streaming threshold={k:g} calm={c}": streaming_detector(
+                    replace(params, threshold=k, calm=c)
                 )
-                for k in (4.0, 5.0, 6.0, 8.0)
-                for c in (3, 5)
-                for w in (32, 64)
+                for k in (3.0, 4.0, 5.0, 6.0, 8.0)
+                for c in (6, 24)
             }
         for name, detect in chosen.items():
             clock = time.perf_counter()

@@ -8,10 +8,11 @@ A `.env` file in the working directory is read as environment.
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -21,6 +22,7 @@ from pydantic_settings import (
 
 from iotpipe import limits
 from iotpipe.errors import ConfigError
+from iotpipe.model import datetime_to_micros
 
 DEFAULT_CONFIG_FILE = "iotpipe.toml"
 DEFAULT_DATABASE_URL = "sqlite:///./iotpipe.db"
@@ -33,10 +35,58 @@ class PipelineSettings(BaseModel):
     batch_delay: float = Field(
         limits.BATCH_DELAY, gt=0, description="seconds a reading may wait for its batch"
     )
-    max_payload_bytes: int = Field(limits.MAX_PAYLOAD_BYTES, ge=64, description="largest message accepted")
     queue_size: int = Field(
         limits.QUEUE_SIZE, ge=1, description="messages buffered between sources and the writer"
     )
+
+
+class LimitsSettings(BaseModel):
+    """`[limits]`: what one message may hold (iotpipe/limits.py); past a limit it is dead-lettered."""
+
+    earliest_time: datetime = Field(
+        limits.EARLIEST_TIME, description="readings before this time are rejected (naive means UTC)"
+    )
+    max_future_seconds: float = Field(
+        limits.FUTURE_TOLERANCE_SECONDS,
+        ge=0,
+        le=limits.FUTURE_TOLERANCE_CEILING_SECONDS,
+        description="how far ahead of its receipt a reading may be",
+    )
+    max_payload_bytes: int = Field(
+        limits.MAX_PAYLOAD_BYTES, ge=64, description="one message, file line or CSV record"
+    )
+    max_document_bytes: int = Field(
+        limits.MAX_DOCUMENT_BYTES, ge=64, description="a whole .json file, parsed in one piece"
+    )
+    # The decoders classify names against the default themselves: it can only be lowered.
+    max_id_length: int = Field(
+        limits.MAX_ID_LENGTH,
+        ge=1,
+        le=limits.MAX_ID_LENGTH,
+        description="characters of a device id or metric name",
+    )
+    max_text_length: int = Field(
+        limits.MAX_TEXT_LENGTH, ge=1, description="characters of a unit or metadata string"
+    )
+    max_metrics_per_message: int = Field(
+        limits.MAX_METRICS_PER_MESSAGE, ge=1, description="distinct metrics of a device in one message"
+    )
+    max_series_per_device: int = Field(
+        limits.MAX_SERIES_PER_DEVICE, ge=1, description="series (metrics) one device may have"
+    )
+
+    @field_validator("earliest_time")
+    @classmethod
+    def _within_datetime(cls, value: datetime) -> datetime:
+        value = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        if not limits.TIME_FLOOR <= datetime_to_micros(value) < limits.TIME_CEILING:
+            raise ValueError("must be between 0001-01-08 and 9999-12-24")
+        return value
+
+    def to_limits(self) -> limits.Limits:
+        values = self.model_dump()
+        values["earliest_time"] = datetime_to_micros(self.earliest_time)
+        return limits.Limits(**values)
 
 
 class SimulatorSettings(BaseModel):
@@ -151,22 +201,32 @@ class ThingSpeakSettings(BaseModel):
 
 
 class StreamingDetectorSettings(BaseModel):
-    """`[anomalies.streaming]`: the detector that scores every reading as it is stored."""
+    """`[anomalies.streaming]`: the detector that scores every reading as it is stored
+    (docs/anomalies.md explains each knob; the defaults are the measured ones)."""
 
     enabled: bool = True
-    window: int = Field(128, ge=8, description="readings of a series' recent past its baseline is made of")
-    refresh: int = Field(64, ge=2, description="the baseline is recomputed at least every this many readings")
-    threshold: float = Field(6.0, gt=0, description="score (robust z) from which a reading is abnormal")
-    calm: int = Field(5, ge=1, description="normal readings in a row that end an episode")
+    threshold: float = Field(
+        5.0, gt=0, description="score (decades of rarity: 5 = once in 10^5 readings) that opens an episode"
+    )
+    hysteresis: float = Field(0.6, gt=0, le=1, description="fraction of threshold that keeps an episode open")
+    calm: int = Field(24, ge=1, description="readings below the hysteresis level that close an episode")
+    refractory_seconds: float = Field(0.0, ge=0, description="no new episode this soon after one ended")
+    warmup: int = Field(150, ge=0, description="readings of a series before it can raise an episode")
+    level_seconds: float = Field(3600.0, gt=0, description="time constant of a series' level")
+    season_seconds: float = Field(3 * 86_400.0, gt=0, description="time constant of its daily profile")
+    range_seconds: float = Field(14 * 86_400.0, gt=0, description="how long its recent range remembers")
     stuck_min: int = Field(5, ge=2, description="identical readings in a row that can be a stuck sensor")
     stuck_chance: float = Field(
         1e-5, gt=0, lt=1, description="stuck: a run of identical values chance makes once in 1/this readings"
     )
     max_series: int = Field(100_000, ge=1, description="series whose state is kept in memory (LRU)")
+    rebuild_readings: int = Field(
+        4096, ge=0, description="stored readings replayed to rebuild a series' state after a restart"
+    )
 
 
 class AnomalySettings(BaseModel):
-    """`[anomalies]`: the z-score rule (batch) and the streaming detector."""
+    """`[anomalies]`: the z-score rule (batch, the documented baseline) and the streaming detector."""
 
     k: float = Field(3.0, gt=0, description="z-score rule: flag |x - mean| > k * stddev")
     window_seconds: float = Field(3600.0, gt=0, description="the trailing window the mean and stddev cover")
@@ -248,6 +308,60 @@ class RetentionSettings(BaseModel):
     chunk_rows: int = Field(10_000, ge=1, description="rows deleted per transaction")
 
 
+_NATS_NAME = r"^[A-Za-z0-9_-]+$"  # stream and consumer names: one subject token
+
+
+class NatsSettings(BaseModel):
+    """`[nats]`: how `iotpipe run` and `iotpipe ingest nats` consume the JetStream stream at `nats_url`."""
+
+    stream: str = Field(
+        "IOTPIPE", pattern=_NATS_NAME, description="the JetStream stream (created if missing)"
+    )
+    subjects: list[str] = Field(
+        default_factory=list,
+        description="subjects the stream takes, as devices publish them (default: one per template)",
+    )
+    templates: list[str] = Field(
+        default_factory=list,
+        description="subject layouts, written like MQTT topic templates (default: the MQTT built-ins)",
+    )
+    durable: str = Field(
+        "iotpipe", pattern=_NATS_NAME, description="durable consumer name shared by the workers"
+    )
+    partitions: int = Field(
+        0,
+        ge=0,
+        le=1024,
+        description="device partitions, one consumer each (0: one consumer shared by every worker); "
+        "nats-server must map subjects to them",
+    )
+    partition_prefix: str = Field(
+        "part", pattern=_NATS_NAME, description="first token of partitioned subjects"
+    )
+    ack_wait: float = Field(
+        30.0, ge=1, description="seconds before an unacknowledged message goes to another worker"
+    )
+    max_deliver: int = Field(5, ge=2, description="deliveries of a message before it is dead-lettered")
+    max_ack_pending: int = Field(
+        10_000,
+        ge=2,
+        description="messages a worker holds unacknowledged; it commits when half await their ack",
+    )
+    fetch_batch: int = Field(500, ge=1, description="messages asked for per pull")
+    max_bytes: int = Field(
+        -1, ge=-1, description="the stream's size limit (-1: none); when full, publishes are refused"
+    )
+    max_age: float = Field(
+        0.0, ge=0, description="seconds the stream keeps a message not yet consumed (0: no limit)"
+    )
+    rebalance_every: float = Field(
+        2.0, gt=0, description="seconds between two checks of the partition shares"
+    )
+    user: str | None = None
+    password: SecretStr | None = None
+    token: SecretStr | None = None
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="IOTPIPE_", env_nested_delimiter="__", env_file=".env", extra="ignore"
@@ -257,6 +371,7 @@ class Settings(BaseSettings):
 
     database_url: str = DEFAULT_DATABASE_URL
     mqtt_url: str | None = None
+    nats_url: str | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
     pipeline: PipelineSettings = PipelineSettings()  # type: ignore[call-arg]
@@ -267,6 +382,9 @@ class Settings(BaseSettings):
     mqtt: MqttSettings = MqttSettings()  # type: ignore[call-arg]
     storage: StorageSettings = StorageSettings()  # type: ignore[call-arg]
     retention: RetentionSettings = RetentionSettings()  # type: ignore[call-arg]
+    nats: NatsSettings = NatsSettings()  # type: ignore[call-arg]
+    # Last: from here on in this class body, `limits` is this field, not the module.
+    limits: LimitsSettings = LimitsSettings()  # type: ignore[call-arg]
 
     @classmethod
     def settings_customise_sources(

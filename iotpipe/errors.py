@@ -21,6 +21,14 @@ class StoreError(IotpipeError):
     """The database could not be reached or is not in the expected shape."""
 
 
+class SourceError(IotpipeError):
+    """A source cannot read its input any further (e.g. a damaged file); what it gave before is kept."""
+
+
+class TruncatedFile(SourceError):
+    """A compressed file ends early or is damaged: the lines before the damage were read."""
+
+
 class BatchRejected(StoreError):
     """The database refused a batch for what it holds (not for being unreachable): the
     pipeline splits the batch to find the message at fault and dead-letters it."""

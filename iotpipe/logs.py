@@ -1,5 +1,6 @@
 """Logging: readable text for people, one JSON object per line for log shippers; every
-line passes through redact() first, so no secret reaches a log."""
+message passes through redact() (no secret reaches a log) and printable() (device text
+cannot forge a log line or drive the terminal that shows it)."""
 
 from __future__ import annotations
 
@@ -10,16 +11,18 @@ from datetime import UTC, datetime
 import orjson
 
 from iotpipe.redact import redact
+from iotpipe.text import printable
 
 _STANDARD_ATTRS = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 
 class RedactingFilter(logging.Filter):
-    """Masks secrets in the message (its arguments included) and in exception text."""
+    """Masks secrets in the message (its arguments included) and in exception text, and
+    escapes control characters in the message."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        cleaned = redact(message)
+        cleaned = printable(redact(message))
         if cleaned != message or record.args:
             record.msg, record.args = cleaned, None
         if record.exc_info and not record.exc_text:

@@ -70,6 +70,10 @@ class RawMessage:
     acker: Acknowledger | None = None  # told once the message is committed...
     ack_token: Any = None  # ...with this token (e.g. an MQTT packet id)
     dead_letter_id: int | None = None  # set when the message is a dead letter replayed
+    # Why the source already knows the message cannot be stored (e.g. JetStream gave up
+    # redelivering it): the pipeline dead-letters it with this reason, undecoded; a
+    # replay decodes it as usual.
+    reject: str | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -102,6 +106,9 @@ class DecodedMessage:
     units: dict[str, str] = field(default_factory=dict)
     invalid: list[InvalidValue] = field(default_factory=list)
     info: DeviceInfo | None = None
+    # The one time all readings share, when the decoder knows they do (V1, V2, a CSV row):
+    # validation then checks one time instead of each reading's.
+    time: Micros | None = None
 
 
 @dataclass(slots=True)

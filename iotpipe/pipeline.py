@@ -18,19 +18,18 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-import operator
 import queue
 import threading
 import time
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from iotpipe import formats, limits
 from iotpipe.errors import BatchRejected, DecodeError
+from iotpipe.limits import DEFAULT_LIMITS, Limits, setting_hint
 from iotpipe.model import (
-    MICROS_PER_SECOND,
     Acknowledger,
     Counters,
     DeadLetter,
@@ -41,6 +40,8 @@ from iotpipe.model import (
     WriteResult,
 )
 from iotpipe.sinks.base import CommitObserver, PrimarySink
+from iotpipe.text import printable
+from iotpipe.validation import decode_valid
 
 log = logging.getLogger(__name__)
 
@@ -50,16 +51,16 @@ log = logging.getLogger(__name__)
 INGEST_GC_THRESHOLDS = (50_000, 20, 100)
 _STOP = object()
 _FLUSH = object()
-_reading_time = operator.itemgetter(1)
 
 
 @dataclass
 class PipelineConfig:
     batch_size: int = limits.BATCH_SIZE
     batch_delay: float = limits.BATCH_DELAY
-    max_payload_bytes: int = limits.MAX_PAYLOAD_BYTES
+    # Overrides limits.max_payload_bytes for this pipeline when set (file imports and
+    # replays take whole documents); after __init__ the two agree.
+    max_payload_bytes: int = 0
     queue_size: int = limits.QUEUE_SIZE
-    future_tolerance_seconds: float = limits.FUTURE_TOLERANCE_SECONDS
     # Write the batch once this many messages await their ack. A broker lets only so
     # many unacknowledged messages be in flight to one client (Mosquitto: 20 by
     # default); waiting for a full batch beyond that window would stall the stream.
@@ -67,6 +68,13 @@ class PipelineConfig:
     # Readings older than this (a UTC day start, Unix µs) are written straight into the
     # packed tier: an import of history past the hot window.
     pack_before: int | None = None
+    limits: Limits = DEFAULT_LIMITS
+
+    def __post_init__(self) -> None:
+        if not self.max_payload_bytes:
+            self.max_payload_bytes = self.limits.max_payload_bytes
+        elif self.max_payload_bytes != self.limits.max_payload_bytes:
+            self.limits = replace(self.limits, max_payload_bytes=self.max_payload_bytes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +124,8 @@ class Pipeline:
         self._queue: queue.Queue[object] = queue.Queue(maxsize=self.config.queue_size)
         self._lock = threading.Lock()  # feed/flush may be called from a source thread and a timer
         self._commit_points: list[threading.Event] = []  # told at the next successful flush
+        # Each device's metrics seen so far, for the per-device series limit.
+        self._series: dict[str, set[str]] = {}
 
     # -- push sources: the MessageSink they are given ----------------------------------------
     def submit(self, raw: RawMessage, timeout: float | None = None) -> None:
@@ -213,6 +223,10 @@ class Pipeline:
     def feed_block(self, block: Any) -> None:
         """Add readings a bulk decoder decoded exactly (formats/columnar.py: a Block of
         `block.messages`, validated as the pipeline would) to the open batch."""
+        if not self._block_within_series_limit(block):
+            for raw in block.messages:  # message by message: the limit refuses the same ones
+                self.feed(raw)
+            return
         with self._lock:
             job = self._open
             if not job.messages:
@@ -238,27 +252,45 @@ class Pipeline:
             self._open.batch.infos[device_id] = info
 
     def _decode(self, raw: RawMessage) -> list[DecodedMessage]:
-        size = len(raw.payload)
-        if size > self.config.max_payload_bytes:
-            raise DecodeError(f"payload is {size} bytes, over the limit of {self.config.max_payload_bytes}")
-        decoded = formats.decode(raw)
-        if not decoded:
-            raise DecodeError("payload holds no readings")
-        horizon = raw.received_at + int(self.config.future_tolerance_seconds * MICROS_PER_SECOND)
-        valid = False
+        if raw.reject is not None:  # the source refused this delivery (not its payload)
+            raise DecodeError(raw.reject)
+        decoded = decode_valid(raw, formats.decode, self.config.limits)
         for message in decoded:
-            readings = message.readings
-            if not readings:
-                continue
-            valid = True
-            if max(map(_reading_time, readings)) > horizon:
-                metric = next(m for m, t, _ in readings if t > horizon)
-                raise DecodeError(
-                    f"timestamp of {message.device_id}/{metric} is more than a day in the future"
-                )
-        if not valid:
-            raise DecodeError(_nothing_valid_reason(decoded))
+            self._check_series_limit(message)
         return decoded
+
+    def _block_within_series_limit(self, block: Any) -> bool:
+        """Whether no device of the block goes over max_series_per_device with it (then
+        the exact path, message by message, would refuse none of its messages either)."""
+        limit = self.config.limits.max_series_per_device
+        found = block.series()
+        for device_id, metrics in found.items():
+            known = self._series.get(device_id)
+            if known is None:
+                known = self._series[device_id] = set(self.sink.known_metrics(device_id))
+            if len(known | metrics) > limit:
+                return False
+        for device_id, metrics in found.items():
+            self._series[device_id].update(metrics)
+        return True
+
+    def _check_series_limit(self, message: DecodedMessage) -> None:
+        """Refuse a message that would give its device more series than the limit allows:
+        one misbehaving device must not create millions of series."""
+        known = self._series.get(message.device_id)
+        if known is None:
+            known = self._series[message.device_id] = set(self.sink.known_metrics(message.device_id))
+        new = {metric for metric, _, _ in message.readings if metric not in known}
+        if not new:
+            return
+        limit = self.config.limits.max_series_per_device
+        if len(known) + len(new) > limit:
+            raise DecodeError(
+                f"device {printable(message.device_id)} has {len(known)} series and this message would add "
+                f"{len(new)}, over the limit of {limit} series per device; raise it with "
+                f"{setting_hint('max_series_per_device')}"
+            )
+        known.update(new)
 
     def flush(self) -> None:
         """Write everything fed so far, each batch in one transaction, and wait for it.
@@ -558,10 +590,3 @@ def _acknowledge(acks: list[tuple[Acknowledger, Any]]) -> None:
             entry[1].append(token)
     for acker, tokens in by_source.values():
         acker.acknowledge(tokens)
-
-
-def _nothing_valid_reason(decoded: list[DecodedMessage]) -> str:
-    invalid = [bad.reason for m in decoded for bad in m.invalid]
-    if invalid:
-        return "no valid metric: " + "; ".join(invalid[:10])
-    return "no metric in message"

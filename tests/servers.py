@@ -11,6 +11,7 @@ import glob
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -89,6 +90,11 @@ class PostgresServer:
             capture_output=True,
             **drop,  # type: ignore[call-overload]
         )
+        return self.launch()
+
+    def launch(self) -> PostgresServer:
+        """Run the server on the cluster initdb made (again, after `stop(cleanup=False)`)."""
+        drop = _as_postgres_user()
         self.process = subprocess.Popen(
             [
                 _pg_bin("postgres"),
@@ -136,15 +142,18 @@ class PostgresServer:
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
 
-    def stop(self) -> None:
+    def stop(self, *, cleanup: bool = True) -> None:
+        """Fast shutdown (SIGINT: sessions are cut, as in an outage); keep the data to
+        `launch()` again unless `cleanup`."""
         if self.process is not None:
-            self.process.terminate()
+            self.process.send_signal(signal.SIGINT)
             try:
                 self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.process.kill()
             self.process = None
-        shutil.rmtree(self.root, ignore_errors=True)
+        if cleanup:
+            shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self) -> PostgresServer:
         return self.start()
@@ -204,6 +213,81 @@ class MosquittoServer:
         self.start()
 
     def __enter__(self) -> MosquittoServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# Partitioned subjects, as deploy/nats-server.conf maps them: the device level of each
+# built-in layout hashed into PARTITIONS partitions, under `part.<n>.`.
+NATS_PARTITIONS = 8
+NATS_PARTITION_MAPPINGS = (
+    f'"telemetry.*": "part.{{{{partition({NATS_PARTITIONS},1)}}}}.telemetry.{{{{wildcard(1)}}}}"\n'
+    f'"tele.*.SENSOR": "part.{{{{partition({NATS_PARTITIONS},1)}}}}.tele.{{{{wildcard(1)}}}}.SENSOR"\n'
+    f'"zigbee2mqtt.*": "part.{{{{partition({NATS_PARTITIONS},1)}}}}.zigbee2mqtt.{{{{wildcard(1)}}}}"\n'
+)
+
+
+@dataclass
+class NatsServer:
+    """A private nats-server with JetStream (its store in a temp dir) and its MQTT listener."""
+
+    port: int = field(default_factory=free_port)
+    mqtt_port: int = field(default_factory=free_port)
+    root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="iotpipe-nats-")))
+    mappings: str = ""  # e.g. NATS_PARTITION_MAPPINGS
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def mqtt_url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.mqtt_port}"
+
+    @property
+    def config_file(self) -> Path:
+        return self.root / "nats-server.conf"
+
+    def start(self) -> NatsServer:
+        binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
+        mappings = f"mappings = {{\n{self.mappings}}}\n" if self.mappings else ""
+        # MQTT needs a server name and JetStream (it keeps sessions and QoS 1 messages there).
+        self.config_file.write_text(
+            f"server_name: iotpipe-test-{self.port}\n"
+            f"listen: 127.0.0.1:{self.port}\n"
+            f'jetstream {{ store_dir: "{self.root / "jetstream"}" }}\n'
+            f"mqtt {{ listen: 127.0.0.1:{self.mqtt_port} }}\n"
+            f"{mappings}"
+        )
+        self.process = subprocess.Popen(
+            [binary, "--config", str(self.config_file)],
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.root / "server.log", "ab"),  # noqa: SIM115 - the child keeps it
+        )
+        wait_for_port(self.port)
+        wait_for_port(self.mqtt_port)
+        return self
+
+    def stop(self, *, cleanup: bool = True) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+            self.process = None
+        if cleanup:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def restart(self) -> None:
+        """Stop and start again on the same ports with the same JetStream store."""
+        self.stop(cleanup=False)
+        self.start()
+
+    def __enter__(self) -> NatsServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

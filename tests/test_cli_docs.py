@@ -23,7 +23,10 @@ def documented() -> dict[tuple[str, ...], set[str]]:
             path = tuple(
                 w
                 for w in words[
-                    : next((i for i, w in enumerate(words) if not re.fullmatch(r"[a-z]+", w)), len(words))
+                    : next(
+                        (i for i, w in enumerate(words) if not re.fullmatch(r"[a-z]+(-[a-z]+)*", w)),
+                        len(words),
+                    )
                 ]
             )
             found.setdefault(path, set()).update(re.findall(r"--[a-z][a-z0-9-]*", usage))

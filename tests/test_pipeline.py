@@ -359,3 +359,14 @@ def test_the_writer_thread_survives_a_database_outage_and_loses_nothing(
     assert sorted(acked) == list(range(12))
     assert store.stats()["readings"] == 12
     assert pipeline.counters.accounted()
+
+
+def test_the_same_bad_payload_n_times_is_one_dead_letter_received_n_times(store: Store) -> None:
+    bad = [raw(b"{not json", origin="telemetry/pump-1") for _ in range(5)]
+    counters = Pipeline(store, PipelineConfig(batch_size=2)).feed_all(bad)
+    stats = store.stats()
+    # Summaries count messages; the queue keeps one row per distinct (source, origin, payload).
+    assert counters.messages_dead_lettered == 5
+    assert (stats["dead_letters"], stats["dead_letter_messages"]) == (1, 5)
+    [letter] = store.dead_letter_rows()
+    assert letter["attempts"] == 5

@@ -225,7 +225,7 @@ class ThingSpeakServer:
         """Answered requests of one channel (status 200), in order."""
         return [r for r in self.requests if r.channel == channel and r.status == 200]
 
-    def wait_for_requests(self, count: int, timeout: float = 30.0) -> None:
+    def wait_for_requests(self, count: int, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
         while len(self.requests) < count:
             if time.monotonic() > deadline:

@@ -1,4 +1,4 @@
-"""Batch anomaly detection — the z-score rule over a trailing window — and reading anomalies back.
+"""Batch anomaly detection — the z-score rule over a trailing window, the documented baseline — and reading anomalies back.
 
 The rule, per series: a reading x is anomalous when |x - mean| > k * stddev, the mean
 and (sample) stddev being those of the series' readings in the `window` before it (the
@@ -41,9 +41,10 @@ class ZscoreRule:
 
 
 def zscore_anomalies(
-    times: np.ndarray, values: np.ndarray, rule: ZscoreRule, since: Micros | None = None
+    times: np.ndarray, values: np.ndarray, rule: ZscoreRule, since: Micros | None = None, signed: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Indices and scores (|x - mean| / stddev) of one series' anomalous readings.
+    """Indices and scores (|x - mean| / stddev; (x - mean) / stddev if `signed`) of one
+    series' anomalous readings.
 
     `times` ascending; readings before `since` serve only as the window of later ones.
     """
@@ -69,9 +70,10 @@ def zscore_anomalies(
     # Rounding leaves a flat window a stddev of ~1e-16 of its values rather than 0.
     judged &= stddev > 1e-9 * (np.abs(mean) + 1.0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        score = np.abs(shifted - mean) / stddev
+        deviation = (shifted - mean) / stddev
+    score = np.abs(deviation)
     flagged = np.flatnonzero(judged & (score > rule.k))
-    return flagged, score[flagged]
+    return flagged, (deviation if signed else score)[flagged]
 
 
 def detect_zscore(
@@ -112,7 +114,7 @@ def _detect_span(
     with store.engine.connect() as conn:
         times, values = store.read_series(series_id, start - rule.window, end, conn)
         stored = _stored_times(conn, series_id, start, end)
-    flagged, scores = zscore_anomalies(times, values, rule, since=start)
+    flagged, scores = zscore_anomalies(times, values, rule, since=start, signed=True)
     found = {int(times[i]): (float(values[i]), float(s)) for i, s in zip(flagged, scores, strict=True)}
     added = [t for t in found if t not in stored]
     removed = [row_id for t, row_id in stored.items() if t not in found]
@@ -168,8 +170,9 @@ def _apply(
                         "time": t,
                         "end_time": t,
                         "value": found[t][0],
-                        "score": found[t][1],
+                        "score": abs(found[t][1]),
                         "method": METHOD,
+                        "reason": "spike" if found[t][1] > 0 else "dip",
                         "detected_at": now,
                     }
                     for t in added
@@ -203,6 +206,7 @@ def anomaly_rows(
             anomalies.c.value,
             anomalies.c.score,
             anomalies.c.method,
+            anomalies.c.reason,
         )
         .join(series, series.c.id == anomalies.c.series_id)
         .join(devices, devices.c.id == series.c.device_pk)

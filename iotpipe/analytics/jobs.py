@@ -17,12 +17,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import text, update
+from sqlalchemy import select, text, update
 
 from iotpipe.analytics import alerts, anomalies, health, quality, rollups
 from iotpipe.config import Settings
 from iotpipe.errors import IotpipeError
-from iotpipe.model import now_micros
+from iotpipe.model import MICROS_PER_SECOND, now_micros
 from iotpipe.store import Store
 from iotpipe.store.schema import job_state
 
@@ -88,13 +88,27 @@ def job_lock(store: Store, name: str) -> Iterator[bool]:
                 conn.commit()
 
 
-def run_job(job: Job, store: Store, settings: Settings) -> dict[str, Any]:
-    """Run one job once (unless another process is running it); record how it went."""
+def run_job(job: Job, store: Store, settings: Settings, every: float | None = None) -> dict[str, Any]:
+    """Run one job once (unless another process is running it); record how it went.
+
+    With `every` (the scheduler's interval), the job is also skipped when any process
+    started it less than `every` seconds ago: several `iotpipe run` instances then run
+    each job once per interval between them, not once each.
+    """
     name = job.name
     with job_lock(store, name) as mine:
         if not mine:
             return {"job": name, "skipped": "running in another process"}
         started = now_micros()
+        if every is not None:
+            last = _last_started(store, name)
+            if last is not None and 0 <= started - last < every * MICROS_PER_SECOND:
+                ago = (started - last) / MICROS_PER_SECOND
+                return {
+                    "job": name,
+                    "skipped": f"started {ago:.1f} s ago (every {every:g} s), by another process",
+                }
+        log.debug("job %s started at %d", name, started)
         clock = time.perf_counter()
         _record(store, name, last_started_at=started)
         try:
@@ -113,6 +127,11 @@ def run_job(job: Job, store: Store, settings: Settings) -> dict[str, Any]:
             store, name, last_finished_at=now_micros(), last_status="ok", last_result=result, last_error=None
         )
         return result
+
+
+def _last_started(store: Store, name: str) -> int | None:
+    with store.engine.connect() as conn:
+        return conn.scalar(select(job_state.c.last_started_at).where(job_state.c.name == name))
 
 
 def _record(store: Store, name: str, **values: Any) -> None:

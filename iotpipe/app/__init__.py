@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from iotpipe.errors import ConfigError, IotpipeError
+from iotpipe.errors import ConfigError, IotpipeError, StoreError
 from iotpipe.model import (
     MICROS_PER_DAY,
     MICROS_PER_SECOND,
@@ -162,7 +162,9 @@ class App:
                 f"unknown format {format!r}; choose one of: {', '.join(formats.format_names())}"
             )
         try:
-            source = FileSource(paths, format=format, device_id=device_id)
+            source = FileSource(
+                paths, format=format, device_id=device_id, limits=self.settings.limits.to_limits()
+            )
         except FileNotFoundError as exc:
             raise IotpipeError(f"{exc}; check the path") from None
         storage = self.settings.storage
@@ -173,22 +175,38 @@ class App:
             pack_before = hot_window_start(storage, now_micros())
         pipeline = self.pipeline(max_payload_bytes=limits.FILE_MAX_PAYLOAD_BYTES, pack_before=pack_before)
         with shutdown_signals() as stop:
-            if storage.columnar_import:
-                from iotpipe.app.bulk_import import BulkImport
+            try:
+                if storage.columnar_import:
+                    from iotpipe.app.bulk_import import BulkImport
 
-                BulkImport(pipeline, source.bytes_total, storage.import_workers).run(
-                    source, stop.is_set, progress
-                )
-            else:
-                last_report = 0.0
-                for raw in source:
-                    if stop.is_set():
-                        break
-                    pipeline.feed(raw)
-                    if progress is not None and time.monotonic() - last_report > 0.1:
-                        progress(source.bytes_read, source.bytes_total)
-                        last_report = time.monotonic()
-            pipeline.close()
+                    BulkImport(pipeline, source.bytes_total, storage.import_workers).run(
+                        source, stop.is_set, progress
+                    )
+                else:
+                    last_report = 0.0
+                    for raw in source:
+                        if stop.is_set():
+                            break
+                        pipeline.feed(raw)
+                        if progress is not None and time.monotonic() - last_report > 0.1:
+                            progress(source.bytes_read, source.bytes_total)
+                            last_report = time.monotonic()
+                pipeline.close()
+            except IotpipeError:
+                # The source refused to go on (a truncated file): what was read before the
+                # damage is stored, then the user hears why.
+                pipeline.close()
+                raise
+            except Exception as exc:
+                message, expected = explain_error(exc)
+                if not expected:
+                    raise
+                c = pipeline.counters
+                raise StoreError(
+                    f"{message}. The import stopped after {c.messages_received:,} messages "
+                    f"({c.readings_stored:,} readings stored); what was stored is kept: run the same "
+                    "import again, nothing is stored twice"
+                ) from exc
         if progress is not None and not stop.is_set():
             progress(source.bytes_total, source.bytes_total)
         return ImportOutcome(pipeline.counters, stop.is_set(), source.files_done, len(paths))
@@ -257,25 +275,84 @@ class App:
         """Subscribe to the broker and store what arrives until stopped or `duration` ends.
 
         `overrides` are `[mqtt]` settings given on the command line (None: not given)."""
-        from pydantic import ValidationError
-
         from iotpipe.app import wiring
         from iotpipe.sources.mqtt import MqttSource
 
         settings = self.settings
         if url is not None:
             settings.mqtt_url = url
-        given = {k: v for k, v in overrides.items() if v is not None}
-        try:
-            settings.mqtt = type(settings.mqtt).model_validate({**settings.mqtt.model_dump(), **given})
-        except ValidationError as exc:
-            problems = "; ".join(f"--{'-'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-            raise ConfigError(f"invalid option ({problems})") from None
+        settings.mqtt = _with_overrides(settings.mqtt, overrides)
         source = MqttSource(wiring.mqtt_options(settings))
         self.init()
         outcome = self._run([source], [], duration, report, announce)
         outcome.sources = {"mqtt": vars(source.stats)}
         return outcome
+
+    def ingest_nats(
+        self,
+        overrides: dict[str, Any],
+        url: str | None = None,
+        duration: float | None = None,
+        report: Callable[[Counters], None] | None = None,
+        announce: Callable[[str], None] | None = None,
+    ) -> IngestOutcome:
+        """Consume the JetStream stream and store what arrives until stopped or `duration` ends.
+
+        `overrides` are `[nats]` settings given on the command line (None: not given)."""
+        from iotpipe.app import wiring
+
+        settings = self.settings
+        if url is not None:
+            settings.nats_url = url
+        settings.nats = _with_overrides(settings.nats, overrides)
+        self.init()
+        source = wiring.nats_source(settings, self.store)
+        outcome = self._run([source], [], duration, report, announce)
+        outcome.sources = {"nats": {**vars(source.stats), "partitions": source.owned()}}
+        return outcome
+
+    def relay_mqtt_to_nats(
+        self,
+        mqtt_overrides: dict[str, Any],
+        mqtt_url: str | None = None,
+        nats_url: str | None = None,
+        duration: float | None = None,
+        announce: Callable[[str], None] | None = None,
+    ) -> dict[str, Any]:
+        """Bridge an MQTT broker into JetStream until stopped or `duration` ends; what it relayed.
+
+        Each MQTT message (QoS 1, persistent session) is acknowledged to the broker only
+        once JetStream has acknowledged storing it: nothing is lost between the two."""
+        from iotpipe.app import wiring
+        from iotpipe.app.runner import shutdown_signals
+        from iotpipe.sinks.nats import JetStreamRelay
+        from iotpipe.sources.mqtt import MqttSource
+
+        settings = self.settings
+        if mqtt_url is not None:
+            settings.mqtt_url = mqtt_url
+        if nats_url is not None:
+            settings.nats_url = nats_url
+        settings.mqtt = _with_overrides(settings.mqtt, mqtt_overrides)
+        mqtt = wiring.mqtt_options(settings)
+        if mqtt.qos != 1:
+            raise ConfigError(
+                "the relay acknowledges each MQTT message after JetStream stored it: use --qos 1"
+            )
+        relay = JetStreamRelay(wiring.nats_options(settings), mqtt.inflight)
+        source = MqttSource(mqtt)
+        say = announce or (lambda _text: None)
+        relay.start()
+        try:
+            with shutdown_signals() as stop:
+                source.start(relay)
+                say(source.describe())
+                say(relay.describe())
+                stop.wait(duration)
+                source.stop()
+        finally:
+            relay.stop()
+        return {"mqtt": vars(source.stats), "nats": vars(relay.stats), "stopped_by": stop.signal_name}
 
     def ingest_thingspeak(
         self,
@@ -338,6 +415,11 @@ class App:
                 "no ThingSpeak channel to pull: give --channel ID (or ID:READ_KEY), or list them in "
                 "thingspeak.channels in iotpipe.toml"
             )
+        from iotpipe.redact import register_secret
+
+        for spec in specs:  # a key given on the command line is as secret as one in the settings
+            register_secret(spec.read_key)
+            register_secret(spec.user_key)
         ids = [spec.id for spec in specs]
         if len(set(ids)) != len(ids):
             raise IotpipeError(
@@ -461,6 +543,7 @@ class App:
                 "value": row["value"],
                 "score": row["score"],
                 "method": row["method"],
+                "reason": row["reason"],
             }
             for row in rows
         ]
@@ -615,11 +698,28 @@ class App:
         return [run_job(job, self.store, self.settings) for job in jobs]
 
 
+def _with_overrides(section: Any, overrides: dict[str, Any]) -> Any:
+    """A settings section with the options given on the command line (None: not given)."""
+    from pydantic import ValidationError
+
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return type(section).model_validate({**section.model_dump(), **given})
+    except ValidationError as exc:
+        problems = "; ".join(f"--{'-'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"invalid option ({problems})") from None
+
+
 def register_secrets(settings: Settings) -> None:
     """Tell redact() the secret values the settings hold, wherever they came from."""
     from iotpipe.redact import register_secret
 
-    secrets = [settings.mqtt.password, settings.thingspeak.user_api_key]
+    secrets = [
+        settings.mqtt.password,
+        settings.thingspeak.user_api_key,
+        settings.nats.password,
+        settings.nats.token,
+    ]
     secrets += [c.read_key for c in settings.thingspeak.channels]
     secrets += list(settings.thingspeak.read_keys.values())
     for secret in secrets:
@@ -685,14 +785,19 @@ def explain_error(exc: BaseException) -> tuple[str, bool]:
     Unexpected ones are bugs: the line says how to see the traceback."""
     import sqlite3
 
+    import psycopg
     from sqlalchemy import exc as sa_exc
 
     first = _first_line(exc)
     if isinstance(exc, sa_exc.ArgumentError):
         return f"invalid database URL: {first}; use sqlite:///path.db or postgresql://user@host:port/db", True
-    if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError | sqlite3.OperationalError) or (
-        type(exc).__module__.startswith("psycopg") and "OperationalError" in type(exc).__mro__.__repr__()
-    ):
+    outage = (
+        sa_exc.OperationalError,
+        sa_exc.InterfaceError,
+        sqlite3.OperationalError,
+        psycopg.OperationalError,
+    )
+    if isinstance(exc, outage):
         if "readonly" in first or "read-only" in first:
             return (
                 f"the database is read-only ({first}); make the file and its folder writable, or point --database-url elsewhere",

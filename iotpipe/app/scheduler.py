@@ -4,8 +4,9 @@ One thread runs the jobs one after another in dependency order (rollups before
 quality, health before alerts, alerts before their webhooks), so a slow job delays the
 others but never ingest: the pipeline's writer thread is not involved, and every job
 commits in short transactions. On PostgreSQL each run takes the job's advisory lock
-first (analytics.jobs.run_job), so several `iotpipe run` instances share the work
-instead of doubling it.
+first (analytics.jobs.run_job) and skips the job if any instance started it less than
+an interval ago, so several `iotpipe run` instances run each job once per interval
+between them instead of once each.
 """
 
 from __future__ import annotations
@@ -51,9 +52,10 @@ class JobScheduler:
                 if time.monotonic() < due[job.name]:
                     continue
                 try:
-                    result = run_job(job, self.store, self.settings)
+                    result = run_job(job, self.store, self.settings, every=self.every(job))
                     log.debug("job %s: %s", job.name, result)
-                    self.runs[job.name] = self.runs.get(job.name, 0) + 1
+                    if "skipped" not in result:
+                        self.runs[job.name] = self.runs.get(job.name, 0) + 1
                 except Exception:
                     log.exception("job %s failed; it runs again in %.0f s", job.name, self.every(job))
                 due[job.name] = time.monotonic() + self.every(job)

@@ -11,7 +11,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from iotpipe.analytics.jobs import JOBS, Job
 from iotpipe.analytics.streaming import anomaly_observers
@@ -27,10 +27,14 @@ from iotpipe.sinks.lake import lake_job, lake_observers
 from iotpipe.sinks.webhooks import webhooks_job
 from iotpipe.sources import thingspeak
 from iotpipe.sources.base import Source
-from iotpipe.sources.mqtt import DEFAULT_INFLIGHT, DEFAULT_TEMPLATES, MqttOptions, TopicTemplate
+from iotpipe.sources.mqtt import DEFAULT_INFLIGHT, MqttOptions
 from iotpipe.sources.mqtt import subscription_filters as mqtt_filters
 from iotpipe.sources.simulator import Simulator, SimulatorSource
+from iotpipe.sources.topics import DEFAULT_TEMPLATES, TopicTemplate
 from iotpipe.store import Store
+
+if TYPE_CHECKING:
+    from iotpipe.sources.nats import NatsOptions, NatsSource
 
 # Every job `iotpipe run` schedules and `iotpipe jobs all` runs, in order: the
 # analytics, then the delivery of the notifications the alerts job queued, then the
@@ -49,8 +53,8 @@ def pipeline_config(settings: Settings, **overrides: Any) -> PipelineConfig:
     base = PipelineConfig(
         batch_size=config.batch_size,
         batch_delay=config.batch_delay,
-        max_payload_bytes=config.max_payload_bytes,
         queue_size=config.queue_size,
+        limits=settings.limits.to_limits(),
     )
     return replace(base, **overrides)
 
@@ -69,12 +73,14 @@ def ack_window(sources: list[Source]) -> int | None:
 
 # -- sources -------------------------------------------------------------------------------
 def run_sources(settings: Settings, store: Store) -> list[Source]:
-    """What `iotpipe run` ingests from: MQTT and ThingSpeak as configured, else the simulator."""
+    """What `iotpipe run` ingests from: MQTT, NATS and ThingSpeak as configured, else the simulator."""
     found: list[Source] = []
     if settings.mqtt_url:
         from iotpipe.sources.mqtt import MqttSource
 
         found.append(MqttSource(mqtt_options(settings)))
+    if settings.nats_url:
+        found.append(nats_source(settings, store))
     if settings.thingspeak.channels:
         config = settings.thingspeak
         readers = thingspeak_readers(configured_channels(config), config, store.watermark)
@@ -127,6 +133,81 @@ def mqtt_options(settings: Settings) -> MqttOptions:
         cert_file=config.cert_file,
         key_file=config.key_file,
     )
+
+
+# -- NATS ----------------------------------------------------------------------------------
+def nats_options(settings: Settings) -> NatsOptions:
+    """Resolve `nats_url` and `[nats]` into options; ConfigError says what to fix."""
+    from iotpipe.sources.nats import NatsOptions
+
+    if not settings.nats_url:
+        raise ConfigError("no NATS server configured: pass --url nats://host:4222 or set IOTPIPE_NATS_URL")
+    config = settings.nats
+    url = settings.nats_url
+    if not url.startswith(("nats://", "tls://", "ws://", "wss://")):
+        raise ConfigError(
+            f"NATS URL must start with nats:// or tls://, got {url.split('://')[0] if '://' in url else url!r}"
+        )
+    if config.ack_wait <= 2 * settings.pipeline.batch_delay:
+        raise ConfigError(
+            f"nats.ack_wait ({config.ack_wait:g} s) must be well above the batch commit time: more than twice "
+            f"pipeline.batch_delay ({settings.pipeline.batch_delay:g} s); otherwise JetStream hands messages "
+            "to another worker while their batch is still being written"
+        )
+    templates = [TopicTemplate.parse(spec) for spec in (config.templates or DEFAULT_TEMPLATES)]
+    subjects = tuple(dict.fromkeys(_check_subject(s) for s in config.subjects)) or tuple(
+        dict.fromkeys(t.subject for t in templates)
+    )
+    return NatsOptions(
+        url=url,
+        templates=templates,
+        subjects=subjects,
+        stream=config.stream,
+        durable=config.durable,
+        partitions=config.partitions,
+        partition_prefix=config.partition_prefix,
+        ack_wait=config.ack_wait,
+        max_deliver=config.max_deliver,
+        max_ack_pending=config.max_ack_pending,
+        fetch_batch=config.fetch_batch,
+        max_bytes=config.max_bytes,
+        max_age=config.max_age,
+        rebalance_every=config.rebalance_every,
+        user=config.user,
+        password=config.password.get_secret_value() if config.password else None,
+        token=config.token.get_secret_value() if config.token else None,
+    )
+
+
+def _check_subject(subject: str) -> str:
+    tokens = subject.split(".")
+    if not subject or any(
+        not t or (">" in t and (t != ">" or i != len(tokens) - 1)) or ("*" in t and t != "*")
+        for i, t in enumerate(tokens)
+    ):
+        raise ConfigError(
+            f"NATS subject {subject!r}: tokens are separated by '.', '*' must be a whole token and '>' the last one"
+        )
+    return subject
+
+
+def nats_source(settings: Settings, store: Store) -> NatsSource:
+    """The JetStream source; with partitions, their leases live in the store's database and
+    a partition taken from another worker makes the streaming detector reload its series."""
+    from iotpipe.sources.nats import NatsSource
+    from iotpipe.store.leases import DatabaseLeases
+
+    options = nats_options(settings)
+    if not options.partitions:
+        return NatsSource(options)
+    detectors = anomaly_observers(store, settings)
+
+    def forget_series() -> None:
+        for detector in detectors:
+            detector.forget()
+
+    leases = DatabaseLeases(store, f"nats:{options.stream}:{options.durable}")
+    return NatsSource(options, leases=leases, on_claim=forget_series)
 
 
 # -- ThingSpeak ----------------------------------------------------------------------------

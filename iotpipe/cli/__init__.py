@@ -62,7 +62,14 @@ dlq_app = typer.Typer(
 )
 ingest_app = typer.Typer(
     cls=GroupedCommands,
-    help="Ingest from one source in the foreground (MQTT, ThingSpeak).",
+    help="Ingest from one source in the foreground (MQTT, NATS JetStream, ThingSpeak).",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+
+relay_app = typer.Typer(
+    cls=GroupedCommands,
+    help="Bridge one broker into another (an existing Mosquitto into NATS JetStream).",
     no_args_is_help=True,
     rich_markup_mode=None,
 )
@@ -98,8 +105,11 @@ consoles = _Consoles()
 
 
 def say(text: str, *, to_stderr: bool = False) -> None:
-    """Print a line of our own words (never device text: see `untrusted`)."""
-    (consoles.err if to_stderr else consoles.out).print(text, highlight=False, markup=False)
+    """Print a line of our own words (device text goes through `untrusted` first), with
+    every secret masked."""
+    from iotpipe.redact import redact
+
+    (consoles.err if to_stderr else consoles.out).print(redact(text), highlight=False, markup=False)
 
 
 def untrusted(text: object) -> str:
@@ -170,7 +180,24 @@ def print_json(value: Any) -> None:
     sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
+class _RedactingStream:
+    """stderr as seen by everything the CLI runs (click's usage errors echo the argument a
+    user pasted, a URL with its password included): every write passes through redact()."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        from iotpipe.redact import redact
+
+        return self._stream.write(redact(text))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def main() -> None:
+    sys.stderr = _RedactingStream(sys.stderr)
     try:
         app(prog_name="iotpipe")
     except IotpipeError as exc:
@@ -194,6 +221,7 @@ def _fail(message: str) -> None:
 
 
 app.add_typer(ingest_app, name="ingest", rich_help_panel="Ingest")
+app.add_typer(relay_app, name="relay", rich_help_panel="Ingest")
 app.add_typer(dlq_app, name="dlq", rich_help_panel="Look at the data")
 
 # Importing the command modules registers their commands, in the order listed.

@@ -138,7 +138,13 @@ def stats(ctx: typer.Context, json_output: JsonFlag = False) -> None:
 
     table = Table("what", "count", title=application.database_location())
     for key, value in counts.items():
-        if key != "tiers":
+        if key == "tiers":
+            continue
+        if isinstance(value, dict):  # dead letters per limit: only the limits that refused something
+            for name, count in value.items():
+                if count:
+                    table.add_row(f"dead-lettered over [limits] {name}", f"{count:,}")
+        else:
             table.add_row(key.replace("_", " "), f"{value:,}")
     for tier, sizes in counts["tiers"].items():
         per_reading = sizes["bytes_per_reading"]

@@ -1,4 +1,4 @@
-"""Ingest commands: `ingest mqtt`, `ingest thingspeak` and `simulate`."""
+"""Ingest commands: `ingest mqtt`, `ingest nats`, `ingest thingspeak`, `relay mqtt-to-nats` and `simulate`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from iotpipe.cli import JsonFlag, app, consoles, get_app, ingest_app, print_json, say, untrusted
+from iotpipe.cli import JsonFlag, app, consoles, get_app, ingest_app, print_json, relay_app, say, untrusted
 from iotpipe.cli.core import counters_line
 from iotpipe.model import Counters
 
@@ -129,6 +129,188 @@ def _mqtt_line(c: Counters, stats: dict[str, Any]) -> str:
     if stats["connects"] > 1:
         line += f"; reconnected {stats['connects'] - 1:,} times"
     return line
+
+
+@ingest_app.command("nats")
+def ingest_nats(
+    ctx: typer.Context,
+    url: Annotated[
+        str | None,
+        typer.Option(
+            help="NATS server: nats://host:4222 (env IOTPIPE_NATS_URL); credentials from IOTPIPE_NATS__USER / "
+            "IOTPIPE_NATS__PASSWORD or IOTPIPE_NATS__TOKEN.",
+            show_default=False,
+        ),
+    ] = None,
+    stream: Annotated[
+        str | None,
+        typer.Option(help="JetStream stream, created if missing (default IOTPIPE).", show_default=False),
+    ] = None,
+    subject: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--subject",
+            help="Subject the stream takes, e.g. 'telemetry.>'; repeat for several (default: one per template).",
+            show_default=False,
+        ),
+    ] = None,
+    template: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--template",
+            help="Subject layout, written like an MQTT topic template: telemetry/{device_id}, "
+            "tele/{device_id}/SENSOR, zigbee2mqtt/{device_id}, {device_id}/{metric}, or TEMPLATE=FORMAT "
+            "(default: the first three). A message matching none is dead-lettered.",
+            show_default=False,
+        ),
+    ] = None,
+    durable: Annotated[
+        str | None,
+        typer.Option(help="Durable consumer shared by every worker (default iotpipe).", show_default=False),
+    ] = None,
+    partitions: Annotated[
+        int | None,
+        typer.Option(
+            help="Device partitions, one consumer each, owned by one worker at a time (default 0: one shared "
+            "consumer); nats-server must map subjects to them (docs/nats.md).",
+            show_default=False,
+        ),
+    ] = None,
+    ack_wait: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds before a message not acknowledged goes to another worker (default 30).",
+            show_default=False,
+        ),
+    ] = None,
+    max_deliver: Annotated[
+        int | None,
+        typer.Option(
+            help="Deliveries of a message before it is dead-lettered (default 5).", show_default=False
+        ),
+    ] = None,
+    max_ack_pending: Annotated[
+        int | None,
+        typer.Option(
+            help="Messages this worker holds unacknowledged (default 10000); it commits when half await their ack.",
+            show_default=False,
+        ),
+    ] = None,
+    duration: Annotated[
+        float | None,
+        typer.Option(help="Stop after this many seconds (default: at Ctrl-C or SIGTERM)."),
+    ] = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """Consume a NATS JetStream stream and store every reading that arrives.
+
+    Workers share the stream's durable consumer: each message is acknowledged only after the batch holding it is committed, and a worker that dies leaves its messages to the others after --ack-wait. Stops cleanly on Ctrl-C or SIGTERM. See docs/nats.md.
+    """
+    application = get_app(ctx)
+    overrides = {
+        "stream": stream,
+        "subjects": subject,
+        "templates": template,
+        "durable": durable,
+        "partitions": partitions,
+        "ack_wait": ack_wait,
+        "max_deliver": max_deliver,
+        "max_ack_pending": max_ack_pending,
+    }
+    say(f"Storing readings in {application.database_location()}", to_stderr=json_output)
+
+    def report(c: Counters) -> None:
+        say(counters_line(c), to_stderr=json_output)
+
+    outcome = application.ingest_nats(
+        overrides,
+        url=url,
+        duration=duration,
+        report=report,
+        announce=lambda text: say(untrusted(text), to_stderr=json_output),
+    )
+    if json_output:
+        print_json(outcome.summary())
+    else:
+        stats = outcome.sources["nats"]
+        line = counters_line(outcome.counters)
+        if stats["redelivered"]:
+            line += (
+                f"; {stats['redelivered']:,} messages were delivered again (a worker stopped holding them)"
+            )
+        if stats["max_deliver_dead_letters"]:
+            line += f"; {stats['max_deliver_dead_letters']:,} dead-lettered after max_deliver"
+        say(line)
+    if outcome.gave_up:
+        raise typer.Exit(2)
+
+
+@relay_app.command("mqtt-to-nats")
+def relay_mqtt_to_nats(
+    ctx: typer.Context,
+    mqtt: Annotated[
+        str | None,
+        typer.Option(
+            "--mqtt",
+            help="MQTT broker to bridge: mqtt://host:1883 (env IOTPIPE_MQTT_URL).",
+            show_default=False,
+        ),
+    ] = None,
+    nats: Annotated[
+        str | None,
+        typer.Option(
+            "--nats",
+            help="NATS server with JetStream: nats://host:4222 (env IOTPIPE_NATS_URL).",
+            show_default=False,
+        ),
+    ] = None,
+    topic: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--topic",
+            help="MQTT topic filter to relay; repeat for several (default: one per template).",
+            show_default=False,
+        ),
+    ] = None,
+    client_id: Annotated[
+        str | None,
+        typer.Option(
+            help="Id of the relay's persistent MQTT session (default iotpipe-<host>).", show_default=False
+        ),
+    ] = None,
+    protocol: Annotated[
+        str | None, typer.Option(help="MQTT version: 5 (default) or 3.1.1.", show_default=False)
+    ] = None,
+    inflight: Annotated[
+        int | None,
+        typer.Option(
+            help="MQTT messages awaiting JetStream's ack at once (default 10000).", show_default=False
+        ),
+    ] = None,
+    duration: Annotated[
+        float | None, typer.Option(help="Stop after this many seconds (default: at Ctrl-C or SIGTERM).")
+    ] = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """Bridge an MQTT broker into NATS JetStream, for workers running `iotpipe ingest nats`.
+
+    Subscribes with QoS 1 in a persistent session and acknowledges each message to the broker only after JetStream has acknowledged storing it. Subjects are what nats-server's own MQTT listener would give the topics (telemetry/pump-7 → telemetry.pump-7).
+    """
+    application = get_app(ctx)
+    overrides = {"topics": topic, "client_id": client_id, "protocol": protocol, "inflight": inflight}
+    result = application.relay_mqtt_to_nats(
+        overrides,
+        mqtt_url=mqtt,
+        nats_url=nats,
+        duration=duration,
+        announce=lambda text: say(untrusted(text), to_stderr=json_output),
+    )
+    if json_output:
+        print_json(result)
+    else:
+        say(
+            f"relayed {result['nats']['relayed']:,} messages ({result['nats']['retries']:,} publishes retried)"
+        )
 
 
 @ingest_app.command("thingspeak")

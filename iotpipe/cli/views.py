@@ -146,7 +146,7 @@ def anomalies(
     if not entries:
         say("No anomalies found." + ("" if detect else " (`iotpipe jobs anomalies` runs the z-score rule.)"))
         return
-    table = _table("time", "device", "metric", "value", "score", "method", "until")
+    table = _table("time", "device", "metric", "value", "score", "method", "reason", "until")
     for e in entries:
         until_text = "" if e["method"] != "streaming" else (e["end_time"] or "ongoing")
         table.add_row(
@@ -156,6 +156,7 @@ def anomalies(
             f"{e['value']:g}",
             f"{e['score']:.1f}",
             e["method"],
+            e["reason"],
             until_text,
         )
     _print(table)

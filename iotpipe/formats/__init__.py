@@ -59,6 +59,7 @@ from iotpipe.formats import (  # noqa: E402,F401
     csv,
     json,
     lineproto,
+    refused,
     senml,
     tasmota,
     thingspeak,

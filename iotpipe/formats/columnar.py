@@ -68,6 +68,15 @@ class Block:
     def __len__(self) -> int:
         return len(self.times)
 
+    def series(self) -> dict[str, set[str]]:
+        """Each device's metrics in this block."""
+        joined = pc.unique(pc.binary_join_element_wise(self.devices, self.metrics, "\x00"))
+        found: dict[str, set[str]] = {}
+        for pair in joined.to_pylist():
+            device_id, _, metric = pair.partition("\x00")
+            found.setdefault(device_id, set()).add(metric)
+        return found
+
 
 def _none_taken(count: int) -> Decoded:
     return Decoded(

@@ -26,10 +26,14 @@ from iotpipe.formats import register
 from iotpipe.formats.timestamps import parse_timestamp
 from iotpipe.formats.values import check_device_id, check_metric_name, coerce_value, unusable_metric_name
 from iotpipe.model import DecodedMessage, InvalidValue, RawMessage
+from iotpipe.text import CONTROL_OR_SURROGATE, describe_character, printable
 
 TIME_COLUMNS = ("timestamp", "time", "ts", "created_at", "datetime", "date")  # by precedence
 DEVICE_COLUMNS = ("device_id", "device")
 IGNORED_COLUMNS = frozenset({"entry_id"})  # ThingSpeak CSV exports number their rows
+# The delimiters a file source tells apart, each with its decoder's name.
+CSV_DELIMITERS = {",": "csv", ";": "csv-semicolon", "\t": "csv-tab", "|": "csv-pipe"}
+_DELIMITER = {fmt: delimiter for delimiter, fmt in CSV_DELIMITERS.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,26 +51,39 @@ class _Layout:
     bad_names: tuple[InvalidValue, ...]  # wide layout: metric columns that cannot be names
 
 
-def split_header(line: bytes) -> tuple[str, ...]:
+def split_header(line: bytes, fmt: str = "csv") -> tuple[str, ...]:
     """The column names of a CSV header row (BOM and surrounding whitespace removed)."""
+    if b"\x00" in line:
+        raise DecodeError(
+            "CSV header holds NUL bytes: the file is binary, or UTF-16/UTF-32 without a byte-order "
+            "mark; save it as UTF-8"
+        )
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise DecodeError(f"CSV header is not valid UTF-8 (bad byte at offset {exc.start})") from None
-    cells = _split(text.removeprefix("\ufeff"), "CSV header")
+        raise DecodeError(
+            f"CSV header is not valid UTF-8 (bad byte at offset {exc.start}); save the file as UTF-8 "
+            "(or UTF-16 with a byte-order mark)"
+        ) from None
+    cells = _split(text.removeprefix("\ufeff"), "CSV header", _DELIMITER[fmt])
     names = tuple(cell.strip() for cell in cells)
     if not any(names):
         raise DecodeError("CSV header is empty")
     seen: set[str] = set()
-    for name in names:
+    for column, name in enumerate(names, 1):
         if name in seen and name:
-            raise DecodeError(f"CSV header repeats the column {name!r}")
+            raise DecodeError(f"CSV header repeats the column '{printable(name)}'")
         seen.add(name)
+        control = CONTROL_OR_SURROGATE.search(name)
+        if control is not None:
+            raise DecodeError(
+                f"CSV header: the name of column {column}, '{printable(name)[:40]}', holds the control "
+                f"character {describe_character(control.group())}"
+            )
     return names
 
 
-@register("csv")
-def decode_csv(raw: RawMessage) -> list[DecodedMessage]:
+def decode_csv(raw: RawMessage, delimiter: str = ",") -> list[DecodedMessage]:
     if raw.header is None:
         raise DecodeError("CSV row without a header: the source must give the column names")
     layout = _layout(raw.header, raw.device_id is not None)
@@ -74,7 +91,7 @@ def decode_csv(raw: RawMessage) -> list[DecodedMessage]:
         text = raw.payload.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise DecodeError(f"CSV row is not valid UTF-8 (bad byte at offset {exc.start})") from None
-    cells = _split(text, "CSV row")
+    cells = _split(text, "CSV row", delimiter)
     if len(cells) != layout.width:
         got = f"{len(cells)} column" + ("" if len(cells) == 1 else "s")
         raise DecodeError(f"CSV row has {got}, the header has {layout.width}")
@@ -101,7 +118,15 @@ def decode_csv(raw: RawMessage) -> list[DecodedMessage]:
             readings.append((metric, time, value))
         elif value is not None:
             invalid.append(value)  # type: ignore[arg-type]
-    return [DecodedMessage(device_id, readings, invalid=invalid)]
+    return [DecodedMessage(device_id, readings, invalid=invalid, time=time)]
+
+
+def _register_dialect(fmt: str, delimiter: str) -> None:
+    register(fmt)(lambda raw: decode_csv(raw, delimiter))
+
+
+for _delimiter, _format in CSV_DELIMITERS.items():
+    _register_dialect(_format, _delimiter)
 
 
 def _add(message: DecodedMessage, metric: str, time: int, value: float | InvalidValue | None) -> None:
@@ -111,13 +136,13 @@ def _add(message: DecodedMessage, metric: str, time: int, value: float | Invalid
         message.invalid.append(value)  # type: ignore[arg-type]
 
 
-def _split(text: str, what: str) -> list[str]:
+def _split(text: str, what: str, delimiter: str) -> list[str]:
     text = text.rstrip("\r\n")
     # Most rows hold no quotes: a plain split is what the csv module would return, faster.
     if '"' not in text and "\n" not in text and "\r" not in text:
-        return text.split(",")
+        return text.split(delimiter)
     try:
-        rows = list(csv.reader(io.StringIO(text, newline=""), strict=True))
+        rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True))
     except csv.Error as exc:
         raise DecodeError(f"{what} is not valid CSV: {exc}") from None
     if len(rows) != 1:

@@ -5,6 +5,7 @@ A new JSON schema version is one new module that registers itself in JSON_VERSIO
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -25,10 +26,35 @@ JSON_DOCUMENTS: list[tuple[Callable[[Any], bool], Callable[[Any, RawMessage], li
 
 
 def load_json(raw: RawMessage) -> Any:
+    return parse_json(raw.payload)
+
+
+def parse_json(payload: bytes) -> Any:
+    """A JSON document (orjson; the standard library for what only it accepts), or DecodeError."""
     try:
-        return orjson.loads(raw.payload)
+        return orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
-        raise DecodeError(f"payload is not valid JSON: {exc}") from None
+        return _load_lenient_json(payload, exc)
+
+
+def _load_lenient_json(payload: bytes, refusal: orjson.JSONDecodeError) -> Any:
+    """What orjson refuses but devices send: NaN, Infinity, -Infinity (Python's json.dumps
+    writes them) and numbers beyond a double (1e400, 400-digit integers).
+
+    Parsed by the standard library, off the fast path, so that those values become invalid
+    values of their metric (counted for data quality) instead of costing the message.
+    Anything else the standard library refuses too is reported with orjson's reason.
+    """
+    try:
+        # Decoded here, as UTF-8 only: given bytes, json.loads would also take UTF-16 and UTF-32.
+        return json.loads(payload.decode("utf-8"), parse_int=_integer, parse_constant=float)
+    except (ValueError, RecursionError):
+        raise DecodeError(f"payload is not valid JSON: {refusal}") from None
+
+
+def _integer(digits: str) -> int | float:
+    # int() refuses more than 4300 digits; as a float such a number is simply infinite.
+    return int(digits) if len(digits) <= 400 else float(digits)
 
 
 def detect_version(obj: dict[str, Any]) -> int:

@@ -60,10 +60,12 @@ def decode_v1_object(obj: dict[str, Any], raw: RawMessage) -> DecodedMessage:
         if (kind is float or kind is int) and 0 < len(key) <= MAX_ID_LENGTH and not key.isspace():
             number = float(value) if kind is int and -_FLOAT_SAFE < value < _FLOAT_SAFE else value
             if type(number) is float and number - number == 0.0:  # finite: inf - inf and nan are nan
-                readings.append((key, time, number))
+                # strip() returns the key itself when there is nothing to strip: cheap.
+                readings.append((key.strip(), time, number))
                 continue
         if kind is dict or kind is list:
             continue
+        key = key.strip()
         coerced = coerce_value(key, value)
         if type(coerced) is float:
             bad_name = unusable_metric_name(key, "top-level key")
@@ -73,7 +75,7 @@ def decode_v1_object(obj: dict[str, Any], raw: RawMessage) -> DecodedMessage:
                 invalid.append(bad_name)
         elif coerced is not None:
             invalid.append(coerced)  # type: ignore[arg-type]
-    return DecodedMessage(device_id, readings, invalid=invalid, info=_info(obj))
+    return DecodedMessage(device_id, readings, invalid=invalid, info=_info(obj), time=time)
 
 
 def message_time(obj: dict[str, Any], raw: RawMessage) -> int:

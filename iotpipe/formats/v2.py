@@ -45,6 +45,7 @@ def decode_v2_object(obj: dict[str, Any], raw: RawMessage) -> DecodedMessage:
     invalid: list[InvalidValue] = []
     units: dict[str, str] = {}
     for metric, value in values.items():
+        metric = metric.strip()  # " temperature " is the metric temperature
         unit = None
         if type(value) is dict:
             if "value" not in value:
@@ -62,11 +63,13 @@ def decode_v2_object(obj: dict[str, Any], raw: RawMessage) -> DecodedMessage:
                 invalid.append(bad_name)
                 continue
             readings.append((metric, time, number))
-            if unit and type(unit) is str:
-                units[metric] = unit
+            if type(unit) is str and unit.strip():
+                units[metric] = unit.strip()
         elif number is not None:
             invalid.append(_invalid(metric, value, reading_object is not None))
-    return DecodedMessage(device_id, readings, units=units, invalid=invalid, info=device_info(device))
+    return DecodedMessage(
+        device_id, readings, units=units, invalid=invalid, info=device_info(device), time=time
+    )
 
 
 def _invalid(metric: str, value: object, in_object: bool) -> InvalidValue:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import math
 import re
 
+from iotpipe import limits
 from iotpipe.errors import DecodeError
 from iotpipe.model import InvalidValue
 
 _NUMBER = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*")
 _METRIC_NAME = re.compile(r"[^a-z0-9]+")
-MAX_ID_LENGTH = 200
+MAX_ID_LENGTH = limits.MAX_ID_LENGTH  # decoders' own bound; [limits] max_id_length may only lower it
 
 
 def coerce_value(metric: str, value: object) -> float | InvalidValue | None:
@@ -33,7 +34,8 @@ def coerce_value(metric: str, value: object) -> float | InvalidValue | None:
             return None
         if not _NUMBER.fullmatch(value):
             return InvalidValue(metric, f"{metric}: {_preview(value)} is not a number")
-        number = float(value)
+        # strip(): the regex's \s takes separators (\x1c-\x1f) that float() refuses.
+        number = float(value.strip())
     else:
         return InvalidValue(metric, f"{metric}: {type(value).__name__} is not a number")
     if not math.isfinite(number):
@@ -84,7 +86,7 @@ def coordinate(value: object, limit: float) -> float | None:
     if isinstance(value, str):
         if not _NUMBER.fullmatch(value):
             return None
-        value = float(value)
+        value = float(value.strip())
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     # The range test also rejects NaN, and runs before float() so a huge int cannot overflow.

@@ -29,6 +29,10 @@ class PrimarySink(Protocol):
         """Do what can be done before the write, in the decoding thread."""
         ...
 
+    def known_metrics(self, device_id: str) -> frozenset[str]:
+        """The metrics the device already has series for (for the per-device limit)."""
+        ...
+
 
 class CommitObserver(Protocol):
     def __call__(self, batch: WriteBatch, result: WriteResult) -> None: ...

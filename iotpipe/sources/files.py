@@ -1,25 +1,58 @@
 """Historical files: JSON lines, whole JSON documents, CSV and line protocol, gzipped or not.
 
 Line-based files give one message per line (its origin is `path:line`, so a dead letter
-points at the exact line); CSV rows carry the header; a whole JSON document is one
-message, except a JSON array of plain objects, which gives one message per element.
+points at the exact line); CSV records carry the header (a quoted field may span lines,
+RFC 4180); a whole JSON document is one message, except a JSON array of plain objects,
+which gives one message per element.
+
+Whatever the input, memory stays bounded: a line (or CSV record) is read up to
+`max_payload_bytes` + 1 bytes; a longer one is refused with its size, skipping to the
+next newline without holding it, and a whole document is read up to
+`max_document_bytes`. Compression is recognised by its magic bytes, the text encoding by
+its byte-order mark (UTF-8, UTF-16 and UTF-32; other files must be UTF-8), the CSV
+delimiter (`,` `;` tab `|`) by csv.Sniffer on the first records. A compressed file that
+ends early raises TruncatedFile after yielding every complete line before the damage.
 """
 
 from __future__ import annotations
 
+import codecs
+import csv
 import gzip
-from collections.abc import Iterator
+import io
+import json
+import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import Any, BinaryIO, Protocol, cast
 
 import orjson
 
-from iotpipe.errors import DecodeError
-from iotpipe.formats.csv import split_header
+from iotpipe.errors import DecodeError, SourceError, TruncatedFile
+from iotpipe.formats.csv import CSV_DELIMITERS, split_header
+from iotpipe.formats.json import parse_json
+from iotpipe.formats.refused import refused
 from iotpipe.formats.senml import is_senml_record
+from iotpipe.limits import DEFAULT_LIMITS, Limits, setting_hint
 from iotpipe.model import RawMessage, now_micros
+from iotpipe.text import printable
 
 SUFFIX_FORMATS = {".csv": "csv", ".senml.json": "senml", ".senml": "senml", ".lp": "lineproto"}
+GZIP_MAGIC = b"\x1f\x8b"
+# Byte-order marks, longest first: the UTF-32 LE mark starts with the UTF-16 LE one.
+TEXT_ENCODINGS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+SNIFF_RECORDS = 20  # CSV records csv.Sniffer sees to choose the delimiter
+_SKIP_CHUNK = 1 << 16
+
+
+class _LineReader(Protocol):
+    def readline(self, size: int = -1, /) -> bytes: ...
 
 
 def file_kind(path: Path) -> str:
@@ -43,17 +76,25 @@ def suffix_format(path: Path) -> str | None:
 class FileSource:
     """Messages from files, with byte progress across all of them."""
 
-    def __init__(self, paths: list[Path], format: str | None = None, device_id: str | None = None) -> None:
+    def __init__(
+        self,
+        paths: list[Path],
+        format: str | None = None,
+        device_id: str | None = None,
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> None:
         missing = [str(p) for p in paths if not p.is_file()]
         if missing:
             raise FileNotFoundError(f"no such file: {', '.join(missing)}")
         self.paths = paths
         self.format = format
         self.device_id = device_id
+        self.limits = limits
         self.bytes_total = sum(p.stat().st_size for p in paths)
         self.bytes_done = 0  # of files finished
         self.files_done = 0
         self._current: BinaryIO | None = None
+        self._lines_read = 0  # of the current file, for the truncation message
 
     @property
     def bytes_read(self) -> int:
@@ -64,63 +105,243 @@ class FileSource:
         for path in self.paths:
             with open(path, "rb") as handle:
                 self._current = handle
-                stream = cast(BinaryIO, gzip.GzipFile(fileobj=handle) if path.suffix == ".gz" else handle)
-                yield from self._messages(path, stream)
+                self._lines_read = 0
+                try:
+                    yield from self._messages(path, _text_stream(path, _decompressed(path, handle)))
+                except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+                    raise TruncatedFile(
+                        f"{printable(str(path))} is truncated or damaged after line {self._lines_read} "
+                        f"({exc}); the lines before it were read. Re-import the complete file: "
+                        "what is already stored is not stored twice"
+                    ) from None
                 self._current = None
             self.bytes_done += path.stat().st_size
             self.files_done += 1
 
-    def _messages(self, path: Path, stream: BinaryIO) -> Iterator[RawMessage]:
+    def _messages(self, path: Path, stream: _LineReader) -> Iterator[RawMessage]:
         kind = file_kind(path)
         fmt = self.format or suffix_format(path)
         received_at = now_micros()
-        if kind == "csv" or fmt == "csv":
-            yield from self._csv(path, stream, received_at)
+        origin = printable(str(path))  # a file name may hold bytes that are not UTF-8
+        if kind == "csv" or (fmt is not None and fmt.startswith("csv")):
+            yield from self._csv(origin, stream, fmt, received_at)
         elif kind == "document" and fmt not in ("lineproto",):
-            yield from self._document(path, stream, fmt, received_at)
+            yield from self._document(origin, stream, fmt, received_at)
         else:
-            yield from self._lines(path, stream, fmt, received_at)
+            yield from self._lines(origin, stream, fmt, received_at)
 
-    def _lines(self, path: Path, stream: BinaryIO, fmt: str | None, received_at: int) -> Iterator[RawMessage]:
-        name = str(path)  # once: Path.__str__ per line was a tenth of a bulk import's time
-        device_id = self.device_id
-        for number, line in enumerate(stream, 1):
+    def _lines(
+        self, origin: str, stream: _LineReader, fmt: str | None, received_at: int
+    ) -> Iterator[RawMessage]:
+        for number, line, oversize in self._read_lines(stream):
+            if oversize is not None:
+                yield self._oversize(line, oversize, f"{origin}:{number}", "line", received_at)
+                continue
             body = line.strip()
             if not body or body[:1] == b"#":
                 continue
-            yield RawMessage(body, "file", f"{name}:{number}", received_at, fmt, device_id)
+            yield RawMessage(body, "file", f"{origin}:{number}", received_at, fmt, self.device_id)
 
-    def _csv(self, path: Path, stream: BinaryIO, received_at: int) -> Iterator[RawMessage]:
-        lines = iter(enumerate(stream, 1))
+    def _csv(
+        self, origin: str, stream: _LineReader, fmt: str | None, received_at: int
+    ) -> Iterator[RawMessage]:
+        records = self._read_records(stream)
+        # The first records, kept to choose the delimiter, then served like the rest.
+        head: list[tuple[int, bytes, int | None]] = []
+        for first in records:
+            head.append(first)
+            if len(head) >= SNIFF_RECORDS:
+                break
+        if fmt is None or fmt not in CSV_DELIMITERS.values() or fmt == "csv":
+            fmt = _sniff_csv_format(body for _, body, size in head if size is None)
         header: tuple[str, ...] | None = None
-        for number, line in lines:
-            body = line.rstrip(b"\r\n")
+        problem: str | None = None
+        if any(b"\x00" in body for _, body, _ in head):
+            problem = (
+                "the file holds NUL bytes in its first lines: it is binary, or UTF-16/UTF-32 without a "
+                "byte-order mark (save it as UTF-8), not CSV text"
+            )
+        for number, record, oversize in _chain(head, records):
+            where = f"{origin}:{number}"
+            if oversize is not None:
+                yield self._oversize(record, oversize, where, "CSV record", received_at)
+                continue
+            body = record.rstrip(b"\r\n")
             if not body.strip():
                 continue
-            if header is None:
+            if header is None and problem is None:
                 try:
-                    header = split_header(body)
-                except DecodeError:
-                    # Rows of a file without a usable header are still each accounted
-                    # for: the CSV decoder dead-letters a row whose header is empty.
-                    header = ()
+                    header = split_header(body, fmt)
+                except DecodeError as exc:
+                    problem = f"{exc.reason} (line {number} of the file), so its rows cannot be read"
                 continue
-            yield RawMessage(body, "file", f"{path}:{number}", received_at, "csv", self.device_id, header)
+            if problem is not None:
+                yield refused(body, "file", where, received_at, problem, self.device_id)
+            else:
+                yield RawMessage(body, "file", where, received_at, fmt, self.device_id, header)
 
     def _document(
-        self, path: Path, stream: BinaryIO, fmt: str | None, received_at: int
+        self, origin: str, stream: _LineReader, fmt: str | None, received_at: int
     ) -> Iterator[RawMessage]:
-        body = stream.read()
-        origin = str(path)
+        limit = self.limits.max_document_bytes
+        body = cast(BinaryIO, stream).read(limit + 1)
+        if len(body) > limit:
+            reason = (
+                f"file is over the limit of {limit} bytes for a whole JSON document (raise it with "
+                f"{setting_hint('max_document_bytes')}, or import it as JSON lines)"
+            )
+            yield refused(
+                body[: self.limits.max_payload_bytes], "file", origin, received_at, reason, self.device_id
+            )
+            return
+        self._lines_read = body.count(b"\n")
         try:
             doc = orjson.loads(body)
+            dump: Callable[[Any], bytes] = orjson.dumps
         except orjson.JSONDecodeError:
-            yield RawMessage(body, "file", origin, received_at, fmt, self.device_id)
-            return
+            try:
+                doc = parse_json(body)
+            except DecodeError:
+                yield RawMessage(body, "file", origin, received_at, fmt, self.device_id)
+                return
+            # NaN, Infinity or a huge number: written back as such (orjson would write NaN
+            # as null, and the value would be missing instead of invalid).
+            dump = _dump_lenient_json
         if isinstance(doc, list) and doc and not any(isinstance(d, dict) and is_senml_record(d) for d in doc):
             for index, element in enumerate(doc):
                 yield RawMessage(
-                    orjson.dumps(element), "file", f"{origin}[{index}]", received_at, fmt, self.device_id
+                    dump(element), "file", f"{origin}[{index}]", received_at, fmt, self.device_id
                 )
             return
         yield RawMessage(body, "file", origin, received_at, fmt, self.device_id)
+
+    def _read_lines(self, stream: _LineReader) -> Iterator[tuple[int, bytes, int | None]]:
+        """(line number, line, None), or (number, its first max_payload_bytes, its size) when longer."""
+        limit = self.limits.max_payload_bytes
+        number = 0
+        while True:
+            line = stream.readline(limit + 1)
+            if not line:
+                return
+            number += 1
+            self._lines_read = number
+            size = len(line.rstrip(b"\r\n"))
+            if size <= limit:
+                yield number, line, None
+                continue
+            if not line.endswith(b"\n"):
+                size += _skip_line(stream)
+            yield number, line[:limit], size
+
+    def _read_records(self, stream: _LineReader) -> Iterator[tuple[int, bytes, int | None]]:
+        """Like _read_lines, but a record whose quotes are open goes on at the next line (RFC 4180)."""
+        limit = self.limits.max_payload_bytes
+        lines = self._read_lines(stream)
+        for number, line, oversize in lines:
+            record = line
+            # An odd count of quotes means a quoted field is still open: "" escapes pair up.
+            while oversize is None and record.count(b'"') % 2 and len(record) <= limit:
+                following = next(lines, None)
+                if following is None:
+                    break
+                _, line, oversize = following
+                if oversize is not None:
+                    oversize += len(record)
+                record += line
+            if oversize is None and len(record.rstrip(b"\r\n")) > limit:
+                oversize = len(record.rstrip(b"\r\n"))
+            yield number, (record if oversize is None else record[:limit]), oversize
+
+    def _oversize(self, head: bytes, size: int, origin: str, what: str, received_at: int) -> RawMessage:
+        limit = self.limits.max_payload_bytes
+        reason = (
+            f"{what} is {size} bytes, over the limit of {limit} (raise it with "
+            f"{setting_hint('max_payload_bytes')}); the dead letter keeps its first {limit} bytes"
+        )
+        return refused(head[:limit], "file", origin, received_at, reason, self.device_id)
+
+
+def _skip_line(stream: _LineReader) -> int:
+    """Read past the rest of a line without keeping it; its length in bytes."""
+    skipped = 0
+    while True:
+        chunk = stream.readline(_SKIP_CHUNK)
+        if not chunk:
+            return skipped
+        if chunk.endswith(b"\n"):
+            return skipped + len(chunk.rstrip(b"\r\n"))
+        skipped += len(chunk)
+
+
+def _decompressed(path: Path, handle: BinaryIO) -> BinaryIO:
+    """The file's bytes, gunzipped when they start with gzip's magic (whatever the suffix)."""
+    magic = cast(io.BufferedReader, handle).peek(2)[:2]
+    if magic == GZIP_MAGIC:
+        return cast(BinaryIO, gzip.GzipFile(fileobj=handle))
+    if path.name.lower().endswith(".gz"):
+        raise SourceError(
+            f"{printable(str(path))} is named .gz but is not gzip-compressed; rename or recompress it"
+        )
+    return handle
+
+
+def _text_stream(path: Path, stream: BinaryIO) -> _LineReader:
+    """UTF-8 lines from a stream: its UTF-8 byte-order mark dropped, UTF-16/32 transcoded."""
+    start = _peek(stream, 4)
+    for mark, encoding in TEXT_ENCODINGS:
+        if start.startswith(mark):
+            if encoding == "utf-8":
+                stream.read(len(mark))
+                return stream
+            return _Transcoded(path, stream, encoding)
+    return stream
+
+
+def _peek(stream: BinaryIO, size: int) -> bytes:
+    if isinstance(stream, gzip.GzipFile):
+        return stream.peek(size)[:size]
+    return cast(io.BufferedReader, stream).peek(size)[:size]
+
+
+class _Transcoded:
+    """A UTF-16 or UTF-32 stream read as UTF-8 lines (the byte-order mark says the byte order)."""
+
+    def __init__(self, path: Path, stream: BinaryIO, encoding: str) -> None:
+        self._path = path
+        self._encoding = encoding
+        # surrogatepass: an unpaired surrogate survives into the UTF-8 bytes, so the decoder
+        # of that line reports "not valid UTF-8" rather than the file stopping here.
+        self._text = io.TextIOWrapper(stream, encoding=encoding, errors="surrogatepass", newline="")
+
+    def readline(self, size: int = -1, /) -> bytes:
+        try:
+            return self._text.readline(size).encode("utf-8", "surrogatepass")
+        except UnicodeDecodeError as exc:
+            raise SourceError(
+                f"{printable(str(self._path))} starts with a {self._encoding.upper()} byte-order mark but "
+                f"is not valid {self._encoding.upper()} ({exc.reason}); save it as UTF-8"
+            ) from None
+
+    def read(self, size: int = -1, /) -> bytes:
+        return self._text.read(size).encode("utf-8", "surrogatepass")
+
+
+def _sniff_csv_format(records: Iterator[bytes]) -> str:
+    """The CSV decoder for the delimiter csv.Sniffer finds in the first records; `,` if unsure."""
+    sample = b"".join(records).decode("utf-8", "replace")
+    try:
+        dialect = csv.Sniffer().sniff(sample, delimiters="".join(CSV_DELIMITERS))
+    except csv.Error:  # one column, or nothing to tell the delimiters apart
+        return "csv"
+    return CSV_DELIMITERS.get(dialect.delimiter, "csv")
+
+
+def _chain(
+    head: list[tuple[int, bytes, int | None]], rest: Iterator[tuple[int, bytes, int | None]]
+) -> Iterator[tuple[int, bytes, int | None]]:
+    yield from head
+    yield from rest
+
+
+def _dump_lenient_json(element: object) -> bytes:
+    return json.dumps(element).encode()

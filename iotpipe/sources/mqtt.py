@@ -44,26 +44,22 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from iotpipe import formats
 from iotpipe.brokers import Broker, BrokerError
 from iotpipe.errors import ConfigError
 from iotpipe.formats.unmatched import UNMATCHED_TOPIC
 from iotpipe.model import RawMessage
 from iotpipe.sources.base import MessageSink
 from iotpipe.sources.mqtt_client import FastClient, message_topic, queue_pubacks
+from iotpipe.sources.topics import (  # noqa: F401 - re-exported: MQTT's own names for the layouts
+    BUILTIN_TEMPLATES,
+    DEFAULT_TEMPLATES,
+    Route,
+    TopicRouter,
+    TopicTemplate,
+)
 
 log = logging.getLogger(__name__)
 
-# The layouts iotpipe knows by their template, and the decoder each implies.
-BUILTIN_TEMPLATES: dict[str, str | None] = {
-    "telemetry/{device_id}": None,  # any JSON or line protocol, sniffed
-    "tele/{device_id}/SENSOR": "tasmota",
-    "zigbee2mqtt/{device_id}": "zigbee2mqtt",
-    "{device_id}/{metric}": "value",
-}
-# Subscribed when none is configured: the three self-describing layouts. The
-# one-metric-per-topic layout matches every two-level topic, so it must be asked for.
-DEFAULT_TEMPLATES = ("telemetry/{device_id}", "tele/{device_id}/SENSOR", "zigbee2mqtt/{device_id}")
 # Unacked messages we let the broker send: our Receive Maximum on MQTT 5; on 3.1.1 the
 # broker decides (Mosquitto: max_inflight_messages, 20 unless raised) and a smaller
 # window than ours is met by committing on the pause (IDLE_COMMIT_SECONDS).
@@ -71,103 +67,8 @@ DEFAULT_INFLIGHT = 10_000
 # Commit early once no message has come for this long while some await their ack: a
 # broker whose in-flight limit is below our window has stopped sending until we ack.
 IDLE_COMMIT_SECONDS = 0.01
-_NEEDS_DEVICE = frozenset({"tasmota", "zigbee2mqtt", "value"})
 CONNECT_TIMEOUT = 15.0
 _QUEUE_FULL_LOG_EVERY = 10.0  # seconds between two "queue full" warnings
-
-
-# -- topic layouts -------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Route:
-    """What the topic tells the decoder: its name, the device id, the metric (as header)."""
-
-    format: str | None
-    device_id: str | None
-    header: tuple[str, ...] | None
-
-
-@dataclass(frozen=True)
-class TopicTemplate:
-    """A topic layout: `tele/{device_id}/SENSOR` names the device in level 2; `=format` the decoder.
-
-    A `{name}` level matches any one level (`{device_id}` and `{metric}` are kept, other
-    names ignored); other levels must match exactly.
-    """
-
-    text: str
-    format: str | None
-    levels: tuple[str, ...]
-
-    @classmethod
-    def parse(cls, spec: str) -> TopicTemplate:
-        text, _, given = spec.partition("=")
-        text = text.strip()
-        if not text:
-            raise ConfigError(f"topic template {spec!r} is empty; write e.g. telemetry/{{device_id}}")
-        levels = tuple(text.split("/"))
-        for level in levels:
-            placeholder = level.startswith("{") and level.endswith("}") and len(level) > 2
-            if not placeholder and any(c in level for c in "{}+#"):
-                raise ConfigError(
-                    f"topic template {text!r}: level {level!r} must be plain text or one {{placeholder}}"
-                )
-        names = [level[1:-1] for level in levels if level.startswith("{")]
-        implied = BUILTIN_TEMPLATES.get(text, "value" if "metric" in names else None)
-        fmt = given.strip() or implied
-        if fmt is not None and fmt not in formats.format_names():
-            raise ConfigError(
-                f"topic template {text!r}: unknown format {fmt!r}; known: {', '.join(formats.format_names())}"
-            )
-        if fmt in _NEEDS_DEVICE and "device_id" not in names:
-            raise ConfigError(f"topic template {text!r}: the {fmt} format needs {{device_id}} in the topic")
-        if fmt == "value" and "metric" not in names:
-            raise ConfigError(f"topic template {text!r}: bare values need {{metric}} in the topic")
-        return cls(text, fmt, levels)
-
-    @property
-    def subscription(self) -> str:
-        return "/".join("+" if level.startswith("{") else level for level in self.levels)
-
-    def match(self, levels: list[str]) -> Route | None:
-        if len(levels) != len(self.levels):
-            return None
-        device_id = metric = None
-        for pattern, level in zip(self.levels, levels, strict=True):
-            if pattern == "{device_id}":
-                device_id = level
-            elif pattern == "{metric}":
-                metric = level
-            elif not pattern.startswith("{") and pattern != level:
-                return None
-        return Route(self.format, device_id, None if metric is None else (metric,))
-
-    def __str__(self) -> str:
-        return (
-            self.text
-            if self.format == BUILTIN_TEMPLATES.get(self.text, ...)
-            else f"{self.text}={self.format}"
-        )
-
-
-class TopicRouter:
-    """Routes each topic to the first template it matches; remembers the answer per topic."""
-
-    _CACHE_LIMIT = 100_000
-
-    def __init__(self, templates: list[TopicTemplate]) -> None:
-        self.templates = templates
-        self._unmatched = Route(UNMATCHED_TOPIC, None, tuple(str(t) for t in templates))
-        self._cache: dict[str, Route] = {}
-
-    def route(self, topic: str) -> Route:
-        found = self._cache.get(topic)
-        if found is None:
-            levels = topic.split("/")
-            found = next((r for t in self.templates if (r := t.match(levels)) is not None), self._unmatched)
-            if len(self._cache) >= self._CACHE_LIMIT:
-                self._cache.clear()  # an unbounded topic space must not grow memory
-            self._cache[topic] = found
-        return found
 
 
 def check_topic_filter(topic: str) -> str:

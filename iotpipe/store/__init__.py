@@ -4,17 +4,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError, ProgrammingError
 
 from iotpipe.errors import ConfigError, StoreError
+from iotpipe.redact import redact
 from iotpipe.store.base import Store
 
 __all__ = ["Store", "open_store"]
 
 
+_USAGE = "use sqlite:///path/to/file.db or postgresql://user@host:port/dbname"
+
+
 def open_store(url: str, migrate: bool = True) -> Store:
     """Open the database a URL names, creating and upgrading its schema unless told not to."""
     store: Store
+    check_url(url)
     if url.startswith("sqlite:"):
         from iotpipe.store.sqlite import SqliteStore
 
@@ -25,20 +31,42 @@ def open_store(url: str, migrate: bool = True) -> Store:
 
         store = PostgresStore(url)
     else:
-        raise ConfigError(
-            f"unsupported database URL {url!r}: use sqlite:///path/to/file.db "
-            "or postgresql://user@host:port/dbname"
-        )
+        raise ConfigError(f"unsupported database URL {redact(url)!r}: {_USAGE}")
     _check_connection(store)
     if migrate:
         store.migrate()
     return store
 
 
+def check_url(url: str) -> None:
+    """ConfigError, saying what to fix, for a URL no engine of ours can open."""
+    try:
+        parsed = make_url(url)
+        port = parsed.port
+    except (ArgumentError, ValueError) as exc:
+        raise ConfigError(f"the database URL {redact(url)!r} is malformed ({exc}): {_USAGE}") from None
+    backend, _, driver = parsed.drivername.partition("+")
+    if backend in ("postgresql", "postgres") and driver not in ("", "psycopg"):
+        raise ConfigError(
+            f"the database URL asks for the {driver} driver; iotpipe uses psycopg 3: write postgresql://... "
+            "(no +driver)"
+        )
+    if backend == "sqlite" and driver:
+        raise ConfigError(f"the database URL asks for the {driver} driver; write sqlite:///path.db")
+    if port is not None and not 0 < port < 65536:
+        raise ConfigError(f"the database URL's port {port} is out of range 1-65535")
+
+
 def _check_connection(store: Store) -> None:
     try:
         with store.engine.connect():
             pass
+    except ProgrammingError as exc:  # psycopg: an option in the URL it does not know
+        store.close()
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        raise ConfigError(
+            f"the database refused the URL: {reason}; remove that option from --database-url"
+        ) from None
     except OperationalError as exc:
         store.close()
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)

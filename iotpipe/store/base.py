@@ -6,6 +6,7 @@ the readings bulk insert (COPY / executemany) and how a batch updates device tim
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import sqlite3
 from abc import ABC, abstractmethod
@@ -16,10 +17,11 @@ from typing import Any
 
 import numpy as np
 import psycopg
-from sqlalchemy import Connection, Engine, Table, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, Table, case, delete, func, insert, select, update
 from sqlalchemy import exc as sa_exc
 
 from iotpipe.errors import BatchRejected
+from iotpipe.limits import Limits
 from iotpipe.model import (
     MICROS_PER_DAY,
     MICROS_PER_HOUR,
@@ -353,6 +355,23 @@ class Store(ABC):
         """Record (series, hour) pairs, in engine time, for the rollup job (idempotent).
         Through the driver: this runs on every batch."""
 
+    def known_metrics(self, device_id: str) -> frozenset[str]:
+        """The metrics the device has series for: from the cache, else from the database
+        (then cached, ids included, as after a commit)."""
+        known = self._series_ids.get(device_id)
+        if known is None:
+            with self.engine.connect() as conn:
+                rows = conn.execute(
+                    select(devices.c.id, series.c.metric, series.c.id)
+                    .join(series, series.c.device_pk == devices.c.id)
+                    .where(devices.c.device_id == device_id)
+                ).all()
+            if not rows:
+                return frozenset()
+            known = self._series_ids.setdefault(device_id, (rows[0][0], {}))
+            known[1].update({metric: sid for _, metric, sid in rows})
+        return frozenset(known[1])
+
     def cached_series_id(self, device_id: str, metric: str) -> int | None:
         """The series id of a (device, metric) this store has written, without a query."""
         known = self._series_ids.get(device_id)
@@ -522,14 +541,9 @@ class Store(ABC):
     # -- reads ------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
         with self.engine.connect() as conn:
-            counts = {
-                "devices": conn.scalar(select(func.count()).select_from(devices)) or 0,
-                "series": conn.scalar(select(func.count()).select_from(series)) or 0,
-                "readings": 0,
-                "dead_letters": conn.scalar(select(func.count()).select_from(dead_letters)) or 0,
-                "invalid_values": conn.scalar(select(func.count()).select_from(invalid_readings)) or 0,
-            }
-            hot = conn.scalar(select(func.count()).select_from(readings)) or 0
+            base = self._counts(conn)
+            hot = base["readings"]  # rows of the hot table
+            counts: dict[str, Any] = {**base, "dead_letters_over_limits": self._limit_counts(conn)}
             packed = int(conn.scalar(select(func.sum(packed_readings.c.count))) or 0)
             sizes = self._tier_bytes(conn)
         counts["readings"] = hot + packed
@@ -539,6 +553,38 @@ class Store(ABC):
     def _tier_bytes(self, conn: Connection) -> tuple[int | None, int | None]:
         """Bytes on disk of the hot and the packed tier (tables and their indexes), or
         None where the engine cannot tell."""
+
+    def _limit_counts(self, conn: Connection) -> dict[str, int]:
+        """Messages dead-lettered for each limit (their reasons name the setting), in one scan."""
+        names = [f.name for f in dataclasses.fields(Limits)]
+        columns = [
+            func.coalesce(
+                func.sum(
+                    case(
+                        (dead_letters.c.reason.contains(f"[limits] {name} "), dead_letters.c.attempts),
+                        else_=0,
+                    )
+                ),
+                0,
+            )
+            for name in names
+        ]
+        values = conn.execute(select(*columns)).one()
+        return {name: int(value) for name, value in zip(names, values, strict=True)}
+
+    def _counts(self, conn: Connection) -> dict[str, int]:
+        return {
+            "devices": conn.scalar(select(func.count()).select_from(devices)) or 0,
+            "series": conn.scalar(select(func.count()).select_from(series)) or 0,
+            "readings": conn.scalar(select(func.count()).select_from(readings)) or 0,
+            # Distinct bad messages (source, origin, payload), and how many times they
+            # were received: the second is what ingest summaries count as dead-lettered.
+            "dead_letters": conn.scalar(select(func.count()).select_from(dead_letters)) or 0,
+            "dead_letter_messages": int(
+                conn.scalar(select(func.coalesce(func.sum(dead_letters.c.attempts), 0))) or 0
+            ),
+            "invalid_values": conn.scalar(select(func.count()).select_from(invalid_readings)) or 0,
+        }
 
     def watermark(self, source: str, key: str) -> str | None:
         with self.engine.connect() as conn:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Engine, insert, select, text
+from sqlalchemy import Connection, Engine, insert, inspect, select, text
 
+from iotpipe.errors import StoreError
 from iotpipe.model import now_micros
 from iotpipe.store.schema import schema_migrations
 
@@ -326,6 +327,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             "DROP TABLE invalid_values",
         ),
     ),
+    Migration(
+        "0007_anomaly_reasons",
+        sqlite=("ALTER TABLE anomalies ADD COLUMN reason TEXT NOT NULL DEFAULT ''",),
+        postgresql=("ALTER TABLE anomalies ADD COLUMN reason text NOT NULL DEFAULT ''",),
+    ),
     # The packed tier: one row per series and UTC day holding that day's readings as two
     # compressed columns (store/packed.py). The blobs are compressed already: EXTERNAL
     # storage keeps PostgreSQL's TOAST from trying (and failing) to compress them again.
@@ -365,8 +371,23 @@ def applied(conn: Connection) -> list[str]:
 
 
 def pending(conn: Connection) -> list[Migration]:
-    done = set(applied(conn))
-    return [m for m in MIGRATIONS if m.name not in done]
+    """What this version would apply; StoreError when the database is not one it can
+    upgrade (a newer iotpipe's, or iotpipe tables without their ledger)."""
+    done = applied(conn)
+    known = {m.name for m in MIGRATIONS}
+    newer = [name for name in done if name not in known]
+    if newer:
+        raise StoreError(
+            f"this database was upgraded by a newer iotpipe (migration {newer[-1]} is unknown to this "
+            "version): upgrade iotpipe, or point --database-url at another database"
+        )
+    if not done and inspect(conn).has_table("devices"):
+        raise StoreError(
+            "this database holds iotpipe tables but no record of their migrations (table "
+            "schema_migrations is missing or empty), so its schema version is unknown: restore it from "
+            "a backup, or point --database-url at an empty database"
+        )
+    return [m for m in MIGRATIONS if m.name not in set(done)]
 
 
 def apply(engine: Engine, upto: str | None = None) -> list[str]:

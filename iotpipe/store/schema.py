@@ -330,6 +330,9 @@ anomalies = Table(
     Column("score", Float, nullable=False),
     Column("method", Text, nullable=False),  # zscore | streaming
     Column("detected_at", UtcMicros, nullable=False),
+    # streaming: spike, dip, level_shift, variance_change, stuck, drift, seasonal_deviation;
+    # zscore: spike or dip
+    Column("reason", Text, nullable=False, server_default=""),
     UniqueConstraint("series_id", "time", "method"),
 )
 

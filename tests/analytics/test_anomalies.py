@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
+from benchmarks.evaluation import evaluate
 from iotpipe.analytics.anomalies import ZscoreRule, anomaly_rows, detect_zscore, zscore_anomalies
-from iotpipe.analytics.evaluation import evaluate
 from iotpipe.analytics.jobs import find_job, run_job
 from iotpipe.config import AnomalySettings, Settings
 from iotpipe.model import MICROS_PER_SECOND, format_micros, now_micros
@@ -148,29 +148,23 @@ def test_the_anomalies_job_judges_the_recent_past(store: Store) -> None:
 def test_anomalies_command_lists_both_methods_as_json_and_detects_on_request(tmp_path: Path) -> None:
     rng = np.random.default_rng(9)
     base = 1_767_225_600_000
-    lines = []
+    lines, values = [], []
     for i in range(600):
-        value = 20 + rng.normal(0, 0.3) + (9 if i == 400 else 0)
+        values.append(round(20 + rng.normal(0, 0.3) + (9 if i == 400 else 0), 2))
         lines.append(
-            json.dumps({"device_id": "pump-1", "timestamp": base + i * 5000, "temperature": round(value, 2)})
+            json.dumps({"device_id": "pump-1", "timestamp": base + i * 5000, "temperature": values[i]})
         )
     (tmp_path / "h.jsonl").write_text("\n".join(lines) + "\n")
     assert iotpipe("import", "h.jsonl", cwd=tmp_path).returncode == 0
 
     streaming = json.loads(iotpipe("anomalies", "--json", cwd=tmp_path).stdout)
     spike = format_micros((base + 400 * 5000) * 1000)
-    assert streaming == [
-        {
-            "device_id": "pump-1",
-            "metric": "temperature",
-            "time": spike,
-            "end_time": streaming[0]["end_time"],
-            "value": streaming[0]["value"],
-            "score": streaming[0]["score"],
-            "method": "streaming",
-        }
-    ]
-    assert streaming[0]["score"] > 6
+    [episode] = streaming
+    assert list(episode) == ["device_id", "metric", "time", "end_time", "value", "score", "method", "reason"]
+    assert (episode["device_id"], episode["metric"], episode["time"]) == ("pump-1", "temperature", spike)
+    assert (episode["value"], episode["method"], episode["reason"]) == (values[400], "streaming", "spike")
+    assert episode["end_time"] is None or episode["end_time"] >= spike  # its last abnormal reading
+    assert episode["score"] > 5  # the threshold: once in 10**5 readings of this series
 
     detected = iotpipe("anomalies", "--detect", "--start", "2026-01-01T00:00:00Z", "--json", cwd=tmp_path)
     assert detected.returncode == 0, detected.stderr
@@ -182,7 +176,8 @@ def test_anomalies_command_lists_both_methods_as_json_and_detects_on_request(tmp
         iotpipe("anomalies", "--method", "zscore", "--device", "pump-1", "--json", cwd=tmp_path).stdout
     )
     assert only and all(r["method"] == "zscore" for r in only)
-    assert list(only[0]) == ["device_id", "metric", "time", "end_time", "value", "score", "method"]
+    assert list(only[0]) == ["device_id", "metric", "time", "end_time", "value", "score", "method", "reason"]
+    assert {r["reason"] for r in only} <= {"spike", "dip"}
     assert json.loads(iotpipe("anomalies", "--device", "nobody", "--json", cwd=tmp_path).stdout) == []
 
     table = iotpipe("anomalies", "--method", "streaming", cwd=tmp_path, env=None)

@@ -34,7 +34,7 @@ def run_json(*args: str, cwd: Path) -> object:
 
 def test_views_after_an_import_and_one_run_of_the_jobs(tmp_path: Path) -> None:
     today = now_micros() // MICROS_PER_DAY * MICROS_PER_DAY
-    first_day = today - 2 * MICROS_PER_DAY
+    first_day = today - 3 * MICROS_PER_DAY  # the last reading is a day old, whatever the hour
     lines = []
     for day, level in enumerate((10.0, 12.0, 9.0)):  # three days, two readings an hour
         for half_hour in range(6):
@@ -99,11 +99,12 @@ def test_views_after_an_import_and_one_run_of_the_jobs(tmp_path: Path) -> None:
     assert {"expected", "missing", "invalid", "out_of_range", "anomalous", "missing_pct", "score"} <= set(
         device
     )
-    assert [d["readings"] for d in device["days"]] == [6, 6, 6]
+    assert [d["readings"] for d in device["days"]] == [6, 6, 6, 0]  # today: silent, so missing
 
     alerts = run_json("alerts", "--status", "open", cwd=tmp_path)
-    assert isinstance(alerts, list)
-    assert all({"id", "status", "severity", "device_id", "rule", "message"} <= set(a) for a in alerts)
+    [offline] = [a for a in alerts if a["rule"] == "device offline"]  # type: ignore[union-attr,index]
+    assert {"id", "status", "severity", "device_id", "rule", "message"} <= set(offline)
+    assert (offline["status"], offline["severity"], offline["device_id"]) == ("open", "major", "pump-7")
 
 
 def test_views_explain_unknown_series_buckets_and_alerts(tmp_path: Path) -> None:

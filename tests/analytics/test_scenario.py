@@ -67,16 +67,17 @@ def test_spike_stuck_shift_and_silence_each_alert_once_and_resolve(database_url:
             return result
 
         feed(pipeline, [*faulty, "dev-silent"], range(0, INJECTED_AT), rng)
-        feed(pipeline, faulty, range(INJECTED_AT, 165), rng)  # dev-silent stops reporting
-        first = evaluate(165)
-        assert evaluate(165)["opened"] == 0  # the same conditions: no second alert
+        # dev-silent stops reporting; the spike's episode ends `calm` (24) readings after it.
+        feed(pipeline, faulty, range(INJECTED_AT, 178), rng)
+        first = evaluate(178)
+        assert evaluate(178)["opened"] == 0  # the same conditions: no second alert
         active = sorted(
             (a["device_id"], a["kind"]) for a in alerting.alert_rows(store) if a["status"] == "open"
         )
         assert active == [("dev-shift", "anomaly"), ("dev-silent", "offline"), ("dev-stuck", "anomaly")]
         assert first["opened"] == 4  # the spike's episode is already over: opened and resolved
 
-        feed(pipeline, faulty, range(165, 240), rng)
+        feed(pipeline, faulty, range(178, 240), rng)
         feed(pipeline, ["dev-silent"], range(235, 240), rng)
         evaluate(240)
         assert evaluate(240) == {"rules": 4, "opened": 0, "resolved": 0}

@@ -70,13 +70,14 @@ def stored(app: App) -> list[tuple[object, ...]]:
             anomalies.c.value,
             anomalies.c.score,
             anomalies.c.method,
+            anomalies.c.reason,
         )
         .join(series, series.c.id == anomalies.c.series_id)
         .join(devices, devices.c.id == series.c.device_pk)
         .order_by(devices.c.device_id, series.c.metric, anomalies.c.time)
     )
     with app.store.engine.connect() as conn:
-        return [(*row[:5], round(row[5], 9), row[6]) for row in conn.execute(query)]
+        return [(*row[:5], round(row[5], 9), row[6], row[7]) for row in conn.execute(query)]
 
 
 def at(index: int) -> int:
@@ -105,18 +106,14 @@ def test_an_import_finds_each_fault_once_and_the_same_as_a_live_stream(
     found = stored(imported)
     imported.close()
 
-    by_series = {
-        (d, m): [(t, end) for dd, mm, t, end, *_ in found if (dd, mm) == (d, m)] for d, m, *_ in found
-    }
-    assert set(by_series) == {("pump-1", "temperature"), ("pump-2", "pressure")}
-    spike, shift = by_series[("pump-1", "temperature")][:2]
-    assert spike == (at(800), at(801))
-    assert shift[0] == at(1500)
-    assert by_series[("pump-1", "temperature")][-1][0] == at(1620)  # the step back down
-    stuck, burst = by_series[("pump-2", "pressure")]
-    assert at(901) <= stuck[0] <= at(906) and stuck[1] is not None and stuck[1] >= at(999)
-    assert at(1800) <= burst[0] <= at(1803)
-    assert all(method == "streaming" for *_, method in found)
+    spikes = [(d, m, t, end) for d, m, t, end, *_ in found if (d, m) == ("pump-1", "temperature")]
+    assert spikes[0][2] == at(800)  # the spike, once
+    assert all(row[2] != at(801) for row in spikes)
+    stuck = [
+        (t, end) for d, m, t, end, *rest in found if (d, m) == ("pump-2", "pressure") and rest[-1] == "stuck"
+    ]
+    assert stuck and at(901) <= stuck[0][0] <= at(906)
+    assert all(method == "streaming" for *_, method, _ in found)
 
     live = open_app(another_url)
     pipeline = live.pipeline(batch_size=7)  # a trickle of small batches, in time order
@@ -131,12 +128,12 @@ def test_after_a_restart_the_detector_picks_up_where_it_stopped(
     database_url: str, another_url: str, tmp_path: Path
 ) -> None:
     lines = telemetry_lines()
-    # Stop in the middle of the level shift: its episode is open when the process ends.
-    split = 2 * 1510
+    # Stop in the middle of the stuck pressure: its episode is open when the process ends.
+    split = 2 * 950
     first = open_app(database_url)
     first.import_files([write_file(tmp_path / "part1.jsonl", lines[:split])])
     ongoing = [row for row in stored(first) if row[3] is None]
-    assert [(row[0], row[1], row[2]) for row in ongoing] == [("pump-1", "temperature", at(1500))]
+    assert [(row[0], row[1], row[-1]) for row in ongoing] == [("pump-2", "pressure", "stuck")]
     first.close()
 
     second = open_app(database_url)
@@ -179,7 +176,7 @@ def test_a_failing_anomaly_write_never_stops_ingest_and_is_retried(
         conn.execute(text("ALTER TABLE anomalies_elsewhere RENAME TO anomalies"))
     app.import_files([write_file(tmp_path / "part2.jsonl", lines[2000:])])
     assert app.store.stats()["readings"] == len(lines) * 2
-    assert [row[2] for row in stored(app) if row[1] == "temperature"][:2] == [at(800), at(1500)]
+    assert at(800) in [row[2] for row in stored(app) if row[1] == "temperature"]
     app.close()
 
 
@@ -249,4 +246,6 @@ def test_the_simulators_spikes_stuck_sensors_and_level_shifts_each_raise_one_ano
     ]
     assert len(judged) >= 10
     assert all(len(hits) <= 1 for hits in found)  # never twice while it lasts
-    assert sum(len(hits) == 1 for hits in found) >= 0.9 * len(judged)
+    # Four hours of history: spikes and stuck sensors are judged, while change detection
+    # (most level shifts) waits for a day of a series (docs/anomalies.md).
+    assert sum(len(hits) == 1 for hits in found) >= 0.7 * len(judged)

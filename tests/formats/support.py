@@ -42,6 +42,9 @@ def assert_well_formed(messages: list[DecodedMessage]) -> None:
             assert type(metric) is str and 0 < len(metric) <= MAX_ID_LENGTH and metric.strip()
             assert type(time) is int
             assert type(value) is float and math.isfinite(value)
+            # A message that says its readings share one time must keep to it: validation
+            # then checks that one time only.
+            assert message.time is None or time == message.time
         for invalid in message.invalid:
             assert isinstance(invalid, InvalidValue)
             assert type(invalid.metric) is str and type(invalid.reason) is str and invalid.reason

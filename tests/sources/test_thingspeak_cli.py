@@ -29,9 +29,23 @@ def server() -> Iterator[ThingSpeakServer]:
         yield running
 
 
+# The database of the current test (both engines, see `_on_each_engine`); None outside this module.
+_database: dict[str, str | None] = {"url": None}
+
+
+@pytest.fixture(autouse=True)
+def _on_each_engine(database_url: str) -> Iterator[None]:
+    _database["url"] = database_url
+    yield
+    _database["url"] = None
+
+
 def clean_env(**extra: str) -> dict[str, str]:
-    """This process's environment without iotpipe settings, plus a fast (local) rate limit."""
+    """This process's environment without iotpipe settings, plus a fast (local) rate limit
+    and the test's database."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("IOTPIPE_")}
+    if _database["url"] is not None:
+        env["IOTPIPE_DATABASE_URL"] = _database["url"]
     env["IOTPIPE_THINGSPEAK__REQUESTS_PER_SECOND"] = "200"
     env["IOTPIPE_THINGSPEAK__BURST"] = "10"
     return env | extra
@@ -57,7 +71,7 @@ def ingest(server: ThingSpeakServer, cwd: Path, *args: str, env: dict[str, str] 
 
 
 def opened(cwd: Path) -> Store:
-    return open_store(f"sqlite:///{cwd / 'iotpipe.db'}")
+    return open_store(_database["url"] or f"sqlite:///{cwd / 'iotpipe.db'}")
 
 
 def weather_station() -> Channel:
@@ -297,3 +311,56 @@ def test_the_ingest_command_has_useful_help(tmp_path: Path) -> None:
     assert result.returncode == 0
     for option in ("--channel", "--interval", "--since", "--all", "--once", "--base-url", "--json"):
         assert option in result.stdout
+
+
+# The real command, crashing (os._exit: no cleanup, like a power cut) as it stores the
+# readings of its second page: its cursor must not be committed ahead of them.
+_CRASH_ON_SECOND_PAGE = """
+import os, sys
+from iotpipe.store.base import Store
+inserts = {"count": 0}
+original = Store._write
+def write(self, batch):
+    if batch.groups:
+        inserts["count"] += 1
+        if inserts["count"] == 2:
+            os._exit(9)
+    return original(self, batch)
+Store._write = write
+from iotpipe.cli import main
+sys.argv = ["iotpipe", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_crash_while_a_page_is_stored_never_leaves_the_cursor_ahead_of_the_readings(
+    tmp_path: Path, server: ThingSpeakServer
+) -> None:
+    server.add_channel(house(entries=20_000))
+    crashed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _CRASH_ON_SECOND_PAGE,
+            "ingest",
+            "thingspeak",
+            "--channel",
+            "9",
+            "--base-url",
+            server.url,
+            "--once",
+        ],
+        cwd=tmp_path,
+        env=clean_env(IOTPIPE_THINGSPEAK__RESULTS="3000"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert crashed.returncode == 9, crashed.stderr
+    store = opened(tmp_path)
+    cursor = Cursor.decode(9, store.watermark("thingspeak", "9") or "")
+    assert 0 < cursor.entry_id < 20_000  # the first page, committed with its readings
+    assert store.stats()["readings"] == 2 * cursor.entry_id
+    summary = ingest(server, tmp_path, "--channel", "9")
+    assert summary["readings_duplicate"] == 0
+    assert store.stats()["readings"] == 40_000
