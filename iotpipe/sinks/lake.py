@@ -86,7 +86,7 @@ def lake_job(store: Store, settings: Settings) -> dict[str, Any]:
     """Write every closed day that changed since the last run; return what was written."""
     lake = settings.storage.lake_dir
     if lake is None:
-        return {"skipped": "no lake: set [storage] lake_dir"}
+        return {"lake": "off (set [storage] lake_dir to keep one)"}
     started = now_micros()
     limit = closed_before(settings, started)
     cursor = _read_cursor(lake)
