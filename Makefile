@@ -3,14 +3,20 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Debian packages the tests and the production path need: real servers, no mocks.
-SYSTEM_PACKAGES := postgresql mosquitto openssl nats-server systemd docker-compose
-# Only the benchmarks need these (InfluxDB 1.x: the import benchmark's peer).
-BENCH_PACKAGES := influxdb
+# Debian packages the tests, benchmarks and production path need: real servers, no mocks
+# (Prometheus scrapes /metrics in a test and promtool checks deploy/prometheus/; InfluxDB
+# 1.6 and wrk serve the API benchmark; the dashboard is tested in Debian's Chromium,
+# never in a browser build a test tool downloads).
+SYSTEM_PACKAGES := postgresql mosquitto openssl nats-server systemd docker-compose prometheus influxdb wrk chromium
+# The dashboard's front-end packages (package-lock.json) and where their built files go,
+# beside our own (web/): a git-ignored folder the package declares as data, so a wheel
+# carries them.
+STATIC := iotpipe/api/static
+WEB_SOURCES := $(wildcard web/*.html web/*.css web/*.js web/*/*.js)
 
-.PHONY: install system-packages run test bench fuzz lint clean
+.PHONY: install system-packages node static run test bench screenshots fuzz lint clean
 
-install: $(STAMP)
+install: $(STAMP) static
 
 $(STAMP): pyproject.toml
 	@$(MAKE) --no-print-directory system-packages
@@ -19,11 +25,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# Installs only what is missing, and only when we may (root); otherwise says what to install.
-system-packages:
-	@missing=""; \
-	for p in $(SYSTEM_PACKAGES) $(EXTRA_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
+# Installs the Debian packages in $$missing, only when we may (root); otherwise says what
+# to install.
+INSTALL_MISSING = if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing system packages:$$missing"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
@@ -31,6 +35,37 @@ system-packages:
 	    echo "missing system packages:$$missing — run: sudo apt-get install$$missing"; exit 1; \
 	  fi; \
 	fi
+
+# Installs only what is missing.
+system-packages:
+	@missing=""; \
+	for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	$(INSTALL_MISSING)
+	@$(MAKE) --no-print-directory node
+
+# node and npm: any install will do (NodeSource's nodejs carries its own npm, which
+# Debian's npm package would conflict with); when a command is missing, Debian's package.
+node:
+	@missing=""; \
+	command -v node >/dev/null 2>&1 || missing="$$missing nodejs"; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
+	$(INSTALL_MISSING)
+
+# The dashboard's files: uPlot's built ES module and CSS from node_modules (npm ci, from
+# the lockfile), and our own HTML, CSS and ES modules from web/.
+static: $(STATIC)/.built
+
+node_modules/.package-lock.json: package.json package-lock.json
+	@$(MAKE) --no-print-directory node
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+$(STATIC)/.built: node_modules/.package-lock.json $(WEB_SOURCES)
+	rm -rf $(STATIC)
+	mkdir -p $(STATIC)/vendor
+	cp -R web/. $(STATIC)/
+	cp node_modules/uplot/dist/uPlot.esm.js node_modules/uplot/dist/uPlot.min.css node_modules/uplot/LICENSE $(STATIC)/vendor/
+	@touch $@
 
 run: install
 	$(BIN)/iotpipe run
@@ -45,8 +80,12 @@ lint: install
 	$(BIN)/lint-imports
 
 bench: install
-	@$(MAKE) --no-print-directory system-packages EXTRA_PACKAGES="$(BENCH_PACKAGES)"
 	$(BIN)/python benchmarks/run_all.py
+
+# The README's pictures of the dashboard (docs/dashboard*.png), taken by the browser test
+# that screenshots every page against a running `iotpipe run`.
+screenshots: install
+	IOTPIPE_SCREENSHOTS=docs $(BIN)/pytest -q tests/dashboard/test_dashboard.py -k screenshots
 
 # Fuzz the decoders for FUZZ_SECONDS (default 60); see tests/fuzz/fuzz_decoders.py to run longer.
 FUZZ_SECONDS ?= 60
@@ -54,4 +93,4 @@ fuzz: install
 	$(BIN)/python tests/fuzz/fuzz_decoders.py -max_total_time=$(FUZZ_SECONDS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache node_modules $(STATIC)

@@ -362,6 +362,43 @@ class NatsSettings(BaseModel):
     token: SecretStr | None = None
 
 
+class ApiSettings(BaseModel):
+    """`[api]`: the HTTP API that `iotpipe serve` and `iotpipe run` serve."""
+
+    enabled: bool = Field(True, description="`iotpipe run` serves the API too")
+    host: str = Field(limits.API_HOST, description="address to listen on (loopback unless told otherwise)")
+    port: int = Field(limits.API_PORT, ge=0, le=65535, description="0 picks a free port")
+    insecure: bool = Field(False, description="serve a non-loopback address without API keys")
+    max_body_bytes: int = Field(limits.API_MAX_BODY_BYTES, ge=1024, description="largest request body")
+    max_decompressed_bytes: int = Field(
+        limits.API_MAX_DECOMPRESSED_BYTES, ge=1024, description="largest gzip request body once inflated"
+    )
+    rate_limit: float = Field(
+        limits.API_RATE_LIMIT, gt=0, description="requests per second per key (or client)"
+    )
+    rate_burst: int = Field(limits.API_RATE_BURST, ge=1, description="requests a key may send back to back")
+    max_points: int = Field(limits.API_MAX_POINTS, ge=10, description="points per history response at most")
+    page_size: int = Field(limits.API_PAGE_SIZE, ge=1, description="default entries per page of a list")
+    max_page_size: int = Field(
+        limits.API_MAX_PAGE_SIZE, ge=1, description="largest page a client may ask for"
+    )
+    cors_origins: list[str] = Field(default_factory=list, description="origins allowed by CORS (none)")
+    live_max_pending: int = Field(
+        limits.LIVE_MAX_PENDING,
+        ge=10,
+        description="live feed: updates waiting for a client before it is closed",
+    )
+    live_max_lag_seconds: float = Field(
+        limits.LIVE_MAX_LAG_SECONDS, gt=0, description="live feed: seconds updates may wait for a client"
+    )
+    live_coalesce_seconds: float = Field(
+        limits.LIVE_COALESCE_SECONDS,
+        ge=0,
+        le=10,
+        description="live feed: at most one update frame per this long",
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="IOTPIPE_", env_nested_delimiter="__", env_file=".env", extra="ignore"
@@ -382,6 +419,7 @@ class Settings(BaseSettings):
     mqtt: MqttSettings = MqttSettings()  # type: ignore[call-arg]
     storage: StorageSettings = StorageSettings()  # type: ignore[call-arg]
     retention: RetentionSettings = RetentionSettings()  # type: ignore[call-arg]
+    api: ApiSettings = ApiSettings()  # type: ignore[call-arg]
     nats: NatsSettings = NatsSettings()  # type: ignore[call-arg]
     # Last: from here on in this class body, `limits` is this field, not the module.
     limits: LimitsSettings = LimitsSettings()  # type: ignore[call-arg]

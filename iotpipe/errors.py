@@ -13,6 +13,14 @@ class DecodeError(IotpipeError):
         self.reason = reason
 
 
+class NotFound(IotpipeError):
+    """What was asked for (a device, a metric, an alert, a key) does not exist."""
+
+
+class Conflict(IotpipeError):
+    """What was asked clashes with what exists (a name taken, a rule the config file owns)."""
+
+
 class ConfigError(IotpipeError):
     """Configuration is missing or contradictory; the message says what to set."""
 

@@ -137,6 +137,8 @@ class WriteBatch:
     replayed: list[int] = field(default_factory=list)  # dead letter ids now stored
     watermarks: dict[tuple[str, str], str] = field(default_factory=dict)
     reading_count: int = 0
+    # Accepted messages and their readings per source ("mqtt", "http", ...), for metrics.
+    source_counts: dict[str, list[int]] = field(default_factory=dict)
     # The readings as columns, built by the store ahead of the write (see
     # Store.prepare_columns); opaque to every other layer.
     columns: Any = None
@@ -173,6 +175,7 @@ class WriteResult:
     series_ids: Any = None
     times: Any = None
     values: Any = None
+    seconds: float = 0.0  # how long the store took to commit the batch
 
 
 @dataclass

@@ -310,6 +310,20 @@ class Pipeline:
         for point in points:
             point.set()
 
+    def discard_failed(self) -> int:
+        """Drop the batch whose write failed instead of retrying it at the next flush: for
+        a pull caller that told its own client about the failure (an HTTP request answered
+        503 is sent again by its client). Returns how many messages it held."""
+        self._wait_for_write_behind_quietly()
+        failed, self._failed = self._failed, None
+        return failed.messages if failed is not None else 0
+
+    def _wait_for_write_behind_quietly(self) -> None:
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is not None:
+            with contextlib.suppress(Exception):
+                in_flight.result()
+
     def _flush_full_batch(self) -> None:
         """A full batch: written behind, while the caller decodes the next one, where the
         engine gains from it (its server works while we decode); otherwise like flush()."""
@@ -560,6 +574,11 @@ class _PendingBatch:
 
 def _add_readings(batch: WriteBatch, raw: RawMessage, decoded: list[DecodedMessage]) -> None:
     """Add one accepted message's readings, units, metadata and invalid values."""
+    counts = batch.source_counts.get(raw.source)
+    if counts is None:
+        counts = batch.source_counts[raw.source] = [0, 0]
+    counts[0] += 1
+    before = batch.reading_count
     for message in decoded:
         device_id = message.device_id
         if message.readings:
@@ -573,6 +592,7 @@ def _add_readings(batch: WriteBatch, raw: RawMessage, decoded: list[DecodedMessa
             at = message.readings[0][1] if message.readings else raw.received_at
             for bad in message.invalid:
                 batch.invalid[(device_id, bad.metric, at)] = bad.reason
+    counts[1] += batch.reading_count - before
     if raw.dead_letter_id is not None:
         batch.replayed.append(raw.dead_letter_id)
 

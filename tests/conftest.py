@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from iotpipe.store import Store, open_store
 from tests.servers import MosquittoServer, PostgresServer
 
 ENGINES = ("sqlite", "postgresql")
+# `iotpipe run` serves the API: in tests on a free port each, never on the default 8080.
+os.environ.setdefault("IOTPIPE_API__PORT", "0")
 _database_numbers = itertools.count(1)
 
 

@@ -292,3 +292,64 @@ class NatsServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@dataclass
+class PrometheusServer:
+    """A private Prometheus scraping `targets` every `interval`, its TSDB in a temp dir."""
+
+    targets: list[str]
+    interval: str = "1s"
+    port: int = field(default_factory=free_port)
+    root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="iotpipe-prom-")))
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> PrometheusServer:
+        binary = shutil.which("prometheus") or "/usr/bin/prometheus"
+        config = self.root / "prometheus.yml"
+        targets = ", ".join(f"'{t}'" for t in self.targets)
+        config.write_text(
+            f"global:\n  scrape_interval: {self.interval}\n  evaluation_interval: {self.interval}\n"
+            f"scrape_configs:\n  - job_name: iotpipe\n    static_configs:\n      - targets: [{targets}]\n"
+        )
+        self.process = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={self.root / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.root / "prometheus.log", "wb"),  # noqa: SIM115 - the child keeps it
+        )
+        wait_for_port(self.port)
+        return self
+
+    def query(self, expression: str) -> list[dict[str, object]]:
+        """The instant vector an expression gives now (PromQL over the HTTP API)."""
+        import httpx
+
+        answer = httpx.get(f"{self.url}/api/v1/query", params={"query": expression}, timeout=10).json()
+        assert answer["status"] == "success", answer
+        result: list[dict[str, object]] = answer["data"]["result"]
+        return result
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+            self.process = None
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> PrometheusServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

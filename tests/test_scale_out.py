@@ -63,6 +63,7 @@ def instances(
         "IOTPIPE_NATS__ACK_WAIT": "5",
         "IOTPIPE_NATS__REBALANCE_EVERY": "0.5",
         "IOTPIPE_PIPELINE__BATCH_DELAY": "0.2",
+        "IOTPIPE_API__ENABLED": "false",  # three instances cannot all serve on one port
         **{
             f"IOTPIPE_ANALYTICS__{job.upper()}_EVERY": str(EVERY)
             for job in ("rollups", "anomalies", "quality", "health", "alerts")

@@ -25,11 +25,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, and_, insert, select, update
+from sqlalchemy import Connection, and_, delete, func, insert, select, update
 
 from iotpipe.analytics.outbox import enqueue
 from iotpipe.config import Settings
-from iotpipe.errors import IotpipeError
+from iotpipe.errors import Conflict, IotpipeError, NotFound
 from iotpipe.model import MICROS_PER_SECOND, Micros, format_micros, now_micros
 from iotpipe.store import Store
 from iotpipe.store.schema import (
@@ -468,7 +468,7 @@ def acknowledge(store: Store, settings: Settings, alert_id: int, now: Micros | N
     with store.write_transaction() as conn:
         status = conn.scalar(select(alerts.c.status).where(alerts.c.id == alert_id))
         if status is None:
-            raise IotpipeError(f"no alert {alert_id}; `iotpipe alerts` lists them")
+            raise NotFound(f"no alert {alert_id}; `iotpipe alerts` lists them")
         if status == "resolved":
             raise IotpipeError(f"alert {alert_id} is already resolved; nothing to acknowledge")
         if status == "open":
@@ -482,15 +482,31 @@ def acknowledge(store: Store, settings: Settings, alert_id: int, now: Micros | N
     return view
 
 
-def alert_rows(store: Store, status: str | None = None) -> list[dict[str, Any]]:
-    """Alerts, newest first, as the CLI and API show them."""
+def alert_rows(
+    store: Store,
+    status: str | None = None,
+    limit: int | None = None,
+    before_id: int | None = None,
+    severity: str | None = None,
+    device_id: str | None = None,
+) -> list[dict[str, Any]]:
+    """Alerts, newest first, as the CLI and API show them (`before_id`: a page's end)."""
     if status is not None and status not in STATUSES:
         raise IotpipeError(f"unknown alert status {status!r}; choose one of: {', '.join(STATUSES)}")
+    conditions = []
+    if status is not None:
+        conditions.append(alerts.c.status == status)
+    if before_id is not None:
+        conditions.append(alerts.c.id < before_id)
+    if severity is not None:
+        conditions.append(alerts.c.severity == severity)
+    if device_id is not None:
+        conditions.append(devices.c.device_id == device_id)
     with store.engine.connect() as conn:
-        return _alert_views(conn, alerts.c.status == status if status is not None else None)
+        return _alert_views(conn, and_(*conditions) if conditions else None, limit)
 
 
-def _alert_views(conn: Connection, where: Any) -> list[dict[str, Any]]:
+def _alert_views(conn: Connection, where: Any, limit: int | None = None) -> list[dict[str, Any]]:
     query = (
         select(
             alerts,
@@ -506,6 +522,8 @@ def _alert_views(conn: Connection, where: Any) -> list[dict[str, Any]]:
     )
     if where is not None:
         query = query.where(where)
+    if limit is not None:
+        query = query.limit(limit)
     return [
         {
             "id": r.id,
@@ -532,3 +550,124 @@ def alert_history(store: Store, alert_id: int) -> list[dict[str, Any]]:
             select(alert_events).where(alert_events.c.alert_id == alert_id).order_by(alert_events.c.id)
         )
         return [{"event": r.event, "at": format_micros(r.at), "value": r.value} for r in rows]
+
+
+# -- alert rules through the API -----------------------------------------------------------
+RULE_FIELDS = ("name", "device", "device_type", "metric", "min", "max", "for_seconds", "severity")
+
+
+def rule_views(store: Store) -> list[dict[str, Any]]:
+    """Every rule (config, API and built-in), by id."""
+    with store.engine.connect() as conn:
+        return [_rule_view(r) for r in conn.execute(select(alert_rules).order_by(alert_rules.c.id))]
+
+
+def rule_view(store: Store, rule_id: int) -> dict[str, Any]:
+    with store.engine.connect() as conn:
+        row = conn.execute(select(alert_rules).where(alert_rules.c.id == rule_id)).first()
+    if row is None:
+        raise NotFound(f"no alert rule {rule_id}; GET /api/v1/alert-rules lists them")
+    return _rule_view(row)
+
+
+def create_rule(store: Store, values: dict[str, Any], now: Micros) -> dict[str, Any]:
+    """A threshold rule (already validated like a config rule), enabled, origin 'api'."""
+    with store.write_transaction() as conn:
+        if conn.scalar(select(alert_rules.c.id).where(alert_rules.c.name == values["name"])) is not None:
+            raise Conflict(f"an alert rule named {values['name']!r} exists; choose another name")
+        inserted = conn.execute(
+            insert(alert_rules).values(
+                kind="threshold", origin="api", enabled=True, created_at=now, updated_at=now, **values
+            )
+        ).inserted_primary_key
+    assert inserted is not None
+    return rule_view(store, int(inserted[0]))
+
+
+def update_rule(
+    store: Store, rule_id: int, values: dict[str, Any], enabled: bool | None, now: Micros
+) -> dict[str, Any]:
+    """Replace an API rule's definition (and/or switch it on or off)."""
+    current = rule_view(store, rule_id)
+    if current["origin"] != "api":
+        raise Conflict(
+            f"alert rule {rule_id} comes from the {current['origin']} settings; change it there "
+            "(only rules created through the API are edited here)"
+        )
+    changes: dict[str, Any] = dict(values)
+    if enabled is not None:
+        changes["enabled"] = enabled
+    with store.write_transaction() as conn:
+        if "name" in values:
+            clash = conn.scalar(
+                select(alert_rules.c.id).where(
+                    alert_rules.c.name == values["name"], alert_rules.c.id != rule_id
+                )
+            )
+            if clash is not None:
+                raise Conflict(f"an alert rule named {values['name']!r} exists; choose another name")
+        conn.execute(update(alert_rules).where(alert_rules.c.id == rule_id).values(updated_at=now, **changes))
+        # A changed definition is judged afresh from the lookback window.
+        conn.execute(delete(alert_state).where(alert_state.c.rule_id == rule_id))
+    return rule_view(store, rule_id)
+
+
+def delete_rule(store: Store, rule_id: int, now: Micros) -> dict[str, Any]:
+    """Remove an API rule; one that raised alerts is disabled instead (they keep pointing at it)."""
+    current = rule_view(store, rule_id)
+    if current["origin"] != "api":
+        raise Conflict(f"alert rule {rule_id} comes from the {current['origin']} settings; remove it there")
+    with store.write_transaction() as conn:
+        used = conn.scalar(select(alerts.c.id).where(alerts.c.rule_id == rule_id).limit(1))
+        conn.execute(delete(alert_state).where(alert_state.c.rule_id == rule_id))
+        if used is None:
+            conn.execute(delete(alert_rules).where(alert_rules.c.id == rule_id))
+            return {"id": rule_id, "deleted": True, "disabled": False}
+        conn.execute(
+            update(alert_rules).where(alert_rules.c.id == rule_id).values(enabled=False, updated_at=now)
+        )
+    return {"id": rule_id, "deleted": False, "disabled": True}
+
+
+def _rule_view(row: Any) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "name": row.name,
+        "kind": row.kind,
+        "origin": row.origin,
+        "device": row.device,
+        "device_type": row.device_type,
+        "metric": row.metric,
+        "min": row.min,
+        "max": row.max,
+        "for_seconds": row.for_seconds,
+        "severity": row.severity,
+        "enabled": bool(row.enabled),
+        "created_at": format_micros(row.created_at),
+        "updated_at": format_micros(row.updated_at),
+    }
+
+
+def alert_events_after(store: Store, after_id: int, limit: int) -> list[dict[str, Any]]:
+    """Alert events (opened, acknowledged, resolved) recorded after the one with id
+    `after_id`, oldest first, each with its alert as alert_rows shows it (the live feed)."""
+    with store.engine.connect() as conn:
+        events = conn.execute(
+            select(alert_events.c.id, alert_events.c.alert_id, alert_events.c.event, alert_events.c.at)
+            .where(alert_events.c.id > after_id)
+            .order_by(alert_events.c.id)
+            .limit(limit)
+        ).all()
+        if not events:
+            return []
+        views = {v["id"]: v for v in _alert_views(conn, alerts.c.id.in_({e.alert_id for e in events}))}
+    return [
+        {"id": e.id, "event": e.event, "at": format_micros(e.at), "alert": views[e.alert_id]}
+        for e in events
+        if e.alert_id in views
+    ]
+
+
+def last_alert_event_id(store: Store) -> int:
+    with store.engine.connect() as conn:
+        return int(conn.scalar(select(func.coalesce(func.max(alert_events.c.id), 0))) or 0)

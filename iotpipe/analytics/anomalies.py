@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, delete, select
+from sqlalchemy import Connection, and_, delete, func, or_, select
 
 from iotpipe.config import AnomalySettings, Settings
 from iotpipe.model import MICROS_PER_SECOND, Micros, format_micros, now_micros
@@ -195,10 +195,51 @@ def anomaly_rows(
     start: Micros | None = None,
     end: Micros | None = None,
     limit: int | None = None,
+    before: tuple[Micros, int] | None = None,
 ) -> list[dict[str, Any]]:
-    """Stored anomalies, oldest first (the newest `limit` of them when given)."""
-    query = (
+    """Stored anomalies, oldest first (the newest `limit` of them when given, older than
+    the (time, id) `before` when given: the next page back)."""
+    query = _anomaly_select().order_by(anomalies.c.time.desc(), anomalies.c.id.desc())
+    if device_id is not None:
+        query = query.where(devices.c.device_id == device_id)
+    if metric is not None:
+        query = query.where(series.c.metric == metric)
+    if method is not None:
+        query = query.where(anomalies.c.method == method)
+    if start is not None:
+        query = query.where(anomalies.c.time >= start)
+    if end is not None:
+        query = query.where(anomalies.c.time < end)
+    if before is not None:
+        at, anomaly_id = before
+        query = query.where(
+            or_(anomalies.c.time < at, and_(anomalies.c.time == at, anomalies.c.id < anomaly_id))
+        )
+    if limit is not None:
+        query = query.limit(limit)
+    with store.engine.connect() as conn:
+        rows = [dict(row._mapping) for row in conn.execute(query)]
+    rows.reverse()
+    return rows
+
+
+def anomalies_after(store: Store, after_id: int, limit: int) -> list[dict[str, Any]]:
+    """Anomalies recorded after the one with id `after_id`, in the order they were
+    recorded (the live feed's cursor), as anomaly_rows gives them."""
+    query = _anomaly_select().where(anomalies.c.id > after_id).order_by(anomalies.c.id).limit(limit)
+    with store.engine.connect() as conn:
+        return [dict(row._mapping) for row in conn.execute(query)]
+
+
+def last_anomaly_id(store: Store) -> int:
+    with store.engine.connect() as conn:
+        return int(conn.scalar(select(func.coalesce(func.max(anomalies.c.id), 0))) or 0)
+
+
+def _anomaly_select() -> Any:
+    return (
         select(
+            anomalies.c.id,
             devices.c.device_id,
             series.c.metric,
             anomalies.c.time,
@@ -210,21 +251,4 @@ def anomaly_rows(
         )
         .join(series, series.c.id == anomalies.c.series_id)
         .join(devices, devices.c.id == series.c.device_pk)
-        .order_by(anomalies.c.time.desc(), anomalies.c.id.desc())
     )
-    if device_id is not None:
-        query = query.where(devices.c.device_id == device_id)
-    if metric is not None:
-        query = query.where(series.c.metric == metric)
-    if method is not None:
-        query = query.where(anomalies.c.method == method)
-    if start is not None:
-        query = query.where(anomalies.c.time >= start)
-    if end is not None:
-        query = query.where(anomalies.c.time < end)
-    if limit is not None:
-        query = query.limit(limit)
-    with store.engine.connect() as conn:
-        rows = [dict(row._mapping) for row in conn.execute(query)]
-    rows.reverse()
-    return rows

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, select
 
-from iotpipe.errors import IotpipeError
+from iotpipe.errors import IotpipeError, NotFound
 from iotpipe.model import MICROS_PER_DAY, Micros
 from iotpipe.store.schema import devices, series
 
@@ -45,6 +45,6 @@ def find_series(conn: Connection, device_id: str, metric: str) -> SeriesRef:
         return SeriesRef(row[0], row[1], device_id, metric)
     device_pk = conn.scalar(select(devices.c.id).where(devices.c.device_id == device_id))
     if device_pk is None:
-        raise IotpipeError(f"no device {device_id!r} in the store; check the device id (case matters)")
+        raise NotFound(f"no device {device_id!r} in the store; check the device id (case matters)")
     metrics = sorted(conn.scalars(select(series.c.metric).where(series.c.device_pk == device_pk)))
-    raise IotpipeError(f"device {device_id!r} has no metric {metric!r}; it has: {', '.join(metrics)}")
+    raise NotFound(f"device {device_id!r} has no metric {metric!r}; it has: {', '.join(metrics)}")

@@ -32,7 +32,7 @@ from sqlalchemy import Connection, TextClause, bindparam, select, text
 
 from iotpipe.analytics.common import MICROS_PER_WEEK, WEEK_ORIGIN, SeriesRef
 from iotpipe.config import Settings
-from iotpipe.model import MICROS_PER_DAY, MICROS_PER_HOUR, Micros, now_micros
+from iotpipe.model import MICROS_PER_DAY, MICROS_PER_HOUR, MICROS_PER_SECOND, Micros, now_micros
 from iotpipe.store import Store
 from iotpipe.store.schema import UtcMicros, rollups
 
@@ -325,17 +325,58 @@ def bucket_rows(
     store: Store, ref: SeriesRef, bucket: str, start: Micros | None = None, end: Micros | None = None
 ) -> list[RollupBucket]:
     """A series' rollups of one width whose bucket starts in [start, end), oldest first."""
-    query = (
-        select(rollups)
-        .where(rollups.c.series_id == ref.series_id, rollups.c.bucket == bucket)
-        .order_by(rollups.c.bucket_start)
+    return series_buckets(store, ref.series_id, bucket, start, end)
+
+
+# Plain SQL compiled once: charts ask for rollups at every refresh.
+_BUCKETS = (
+    text(
+        "SELECT bucket_start, count, mean, m2, min, max, first_time, first_value, last_time, last_value "
+        "FROM rollups WHERE series_id = :s AND bucket = :b AND bucket_start >= :start AND bucket_start < :end "
+        "ORDER BY bucket_start"
     )
-    if start is not None:
-        query = query.where(rollups.c.bucket_start >= start)
-    if end is not None:
-        query = query.where(rollups.c.bucket_start < end)
+    .bindparams(bindparam("start", type_=UtcMicros()), bindparam("end", type_=UtcMicros()))
+    .columns(bucket_start=UtcMicros(), first_time=UtcMicros(), last_time=UtcMicros())
+)
+_EVER = (-30_610_224_000 * MICROS_PER_SECOND, 221_845_392_000 * MICROS_PER_SECOND)  # years 1000 to 9000
+
+
+def series_buckets(
+    store: Store, series_id: int, bucket: str, start: Micros | None = None, end: Micros | None = None
+) -> list[RollupBucket]:
+    low = start if start is not None else _EVER[0]
+    high = end if end is not None else _EVER[1]
     with store.engine.connect() as conn:
-        return [_bucket(row._mapping) for row in conn.execute(query)]
+        rows = conn.execute(_BUCKETS, {"s": series_id, "b": bucket, "start": low, "end": high})
+        return [_bucket(row._mapping) for row in rows]
+
+
+# The columns a chart needs, straight from the driver: a year of daily buckets is read at
+# every refresh of every chart, so no row objects are made for it.
+_CHART_COLUMNS = {
+    "sqlite": (
+        "SELECT bucket_start / 1000, count, mean, min, max FROM rollups "
+        "WHERE series_id = ? AND bucket = ? AND bucket_start >= ? AND bucket_start < ? ORDER BY bucket_start"
+    ),
+    "postgresql": (
+        "SELECT (extract(epoch FROM bucket_start) * 1000)::bigint, count, mean, min, max FROM rollups "
+        "WHERE series_id = %s AND bucket = %s AND bucket_start >= to_timestamp(%s / 1e6) "
+        "AND bucket_start < to_timestamp(%s / 1e6) ORDER BY bucket_start"
+    ),
+}
+
+
+def chart_columns(
+    store: Store, series_id: int, bucket: str, start: Micros, end: Micros
+) -> tuple[list[int], list[int], list[float], list[float], list[float]]:
+    """(bucket starts in epoch ms, counts, means, mins, maxes) of [start, end), oldest first."""
+    statement = _CHART_COLUMNS["postgresql" if store.dialect == "postgresql" else "sqlite"]
+    with store.engine.connect() as conn:
+        rows = conn.exec_driver_sql(statement, (series_id, bucket, start, end)).fetchall()
+    if not rows:
+        return [], [], [], [], []
+    times, counts, means, lows, highs = (list(column) for column in zip(*rows, strict=True))
+    return times, counts, means, lows, highs
 
 
 def _bucket(row: Any) -> RollupBucket:

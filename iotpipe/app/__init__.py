@@ -32,12 +32,20 @@ from iotpipe.model import (
 )
 
 if TYPE_CHECKING:  # the heavy parts load on first use, so `iotpipe --help` stays instant
+    from iotpipe.app.access import KeyRing, Principal
+    from iotpipe.app.http_ingest import HttpIngest
     from iotpipe.app.runner import RunOutcome
     from iotpipe.config import Settings
     from iotpipe.pipeline import Pipeline
+    from iotpipe.sinks.live import LiveClient, LiveHub
+    from iotpipe.sinks.metrics import Telemetry
     from iotpipe.store import Store
 
 log = logging.getLogger(__name__)
+
+# Builds the HTTP API's ASGI application for an App. The API sits above the App (it calls
+# it), so the App never imports it: the process's entry point (the CLI) hands it over.
+WebFactory = Callable[["App"], Any]
 
 REPORT_EVERY = 10.0  # seconds between two progress reports of a long-running command
 
@@ -87,6 +95,14 @@ class App:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._store: Store | None = None
+        self._telemetry: Telemetry | None = None
+        self._keys: KeyRing | None = None
+        self._http_ingest: HttpIngest | None = None
+        self._stats: Any = None
+        self._live: LiveHub | None = None
+        # What the run loop is running, for health checks and metrics.
+        self.running_pipeline: Pipeline | None = None
+        self.running_sources: list[Any] = []
 
     @classmethod
     def from_options(cls, config_file: str | Path | None = None, **flags: Any) -> App:
@@ -107,7 +123,51 @@ class App:
             self._store = open_store(self.settings.database_url)
         return self._store
 
+    @property
+    def telemetry(self) -> Telemetry:
+        """This process's Prometheus metrics (every pipeline the App makes reports to it)."""
+        if self._telemetry is None:
+            from iotpipe.app import observability
+            from iotpipe.sinks.metrics import Telemetry
+
+            self._telemetry = Telemetry()
+            self._telemetry.add_gauges(lambda: observability.gauges(self))
+        return self._telemetry
+
+    @property
+    def live(self) -> LiveHub:
+        """The live feed's hub, made when the API is (pipelines made after it feed it)."""
+        if self._live is None:
+            from iotpipe.app.live import make_hub
+            from iotpipe.sinks.live import LiveMetrics
+
+            self._live = make_hub(self.settings, self.store)
+            self.telemetry.registry.register(LiveMetrics(self._live))
+        return self._live
+
+    @property
+    def keys(self) -> KeyRing:
+        if self._keys is None:
+            from iotpipe.app.access import KeyRing
+
+            self._keys = KeyRing(self.store)
+        return self._keys
+
+    @property
+    def http_ingest(self) -> HttpIngest:
+        """The pipeline behind HTTP ingest: one per App, pull mode, flushed per request."""
+        if self._http_ingest is None:
+            from iotpipe.app.http_ingest import HttpIngest
+
+            self._http_ingest = HttpIngest(self.pipeline())
+        return self._http_ingest
+
     def close(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+        if self._http_ingest is not None:
+            self._http_ingest.pipeline.close()
+            self._http_ingest = None
         if self._store is not None:
             self._store.close()
             self._store = None
@@ -127,7 +187,8 @@ class App:
         from iotpipe.pipeline import Pipeline
 
         config = wiring.pipeline_config(self.settings, **overrides)
-        return Pipeline(self.store, config, observers=wiring.observers(self.settings, self.store))
+        observers = [*wiring.observers(self.settings, self.store, self._live), self.telemetry]
+        return Pipeline(self.store, config, observers=observers)
 
     # -- setup ------------------------------------------------------------------------------
     def init(self) -> list[str]:
@@ -255,14 +316,42 @@ class App:
         duration: float | None = None,
         report: Callable[[Counters], None] | None = None,
         announce: Callable[[str], None] | None = None,
+        web: WebFactory | None = None,
     ) -> IngestOutcome:
-        """The main job: every configured source and service until stopped or `duration` ends."""
+        """The main job: every configured source and service until stopped or `duration`
+        ends; with `web` (the HTTP API's factory) it serves that too, unless `[api]` says not."""
         from iotpipe.app import wiring
 
         self.init()
+        api = self.api_server(web) if web is not None and self.settings.api.enabled else None
         sources = wiring.run_sources(self.settings, self.store)
-        services = wiring.run_services(self.settings, self.store)
+        services: list[Any] = [*wiring.run_services(self.settings, self.store), *([api] if api else [])]
         return self._run(sources, services, duration, report, announce)
+
+    def serve(
+        self,
+        duration: float | None = None,
+        report: Callable[[Counters], None] | None = None,
+        announce: Callable[[str], None] | None = None,
+        *,
+        web: WebFactory,
+    ) -> IngestOutcome:
+        """The API and the jobs (and MQTT / ThingSpeak if configured; never the simulator)."""
+        from iotpipe.app import wiring
+
+        self.init()
+        api = self.api_server(web)
+        sources = wiring.configured_sources(self.settings, self.store)
+        services = [*wiring.run_services(self.settings, self.store), api]
+        return self._run(sources, services, duration, report, announce)
+
+    def api_server(self, web: WebFactory) -> Any:
+        """The HTTP API `web(app)` builds, as a run-loop service, after the exposure check."""
+        from iotpipe.app.server import ApiServer, check_exposure
+
+        config = self.settings.api
+        check_exposure(config.host, config.insecure, self.keys.any())
+        return ApiServer(web(self), config.host, config.port)
 
     def ingest_mqtt(
         self,
@@ -439,9 +528,13 @@ class App:
         from iotpipe.app.runner import Runner
 
         pipeline = self.pipeline(max_unacked=wiring.ack_window(sources))
-        outcome: RunOutcome = Runner(pipeline, sources, services).run(
-            duration, report, announce, REPORT_EVERY
-        )
+        self.running_pipeline, self.running_sources = pipeline, list(sources)
+        try:
+            outcome: RunOutcome = Runner(pipeline, sources, services).run(
+                duration, report, announce, REPORT_EVERY
+            )
+        finally:
+            self.running_pipeline, self.running_sources = None, []
         return IngestOutcome(outcome.counters, outcome.stopped_by, outcome.gave_up, {})
 
     @staticmethod
@@ -463,18 +556,7 @@ class App:
         """Dead letters, oldest first, with the reason each was rejected."""
         if limit < 1:
             raise IotpipeError(f"--limit must be at least 1, got {limit}")
-        return [
-            {
-                "id": r["id"],
-                "received_at": format_micros(r["received_at"]),
-                "source": r["source"],
-                "origin": r["origin"],
-                "reason": r["reason"],
-                "attempts": r["attempts"],
-                "payload": bytes(r["payload"]).decode("utf-8", "replace"),
-            }
-            for r in self.store.dead_letter_rows(limit=limit)
-        ]
+        return [_dead_letter_view(r) for r in self.store.dead_letter_rows(limit=limit)]
 
     def series_history(
         self,
@@ -534,19 +616,7 @@ class App:
         if method is not None and method not in METHODS:
             raise IotpipeError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
         rows = anomaly_rows(self.store, device_id, metric, method, start, end, limit)
-        return [
-            {
-                "device_id": row["device_id"],
-                "metric": row["metric"],
-                "time": format_micros(row["time"]),
-                "end_time": None if row["end_time"] is None else format_micros(row["end_time"]),
-                "value": row["value"],
-                "score": row["score"],
-                "method": row["method"],
-                "reason": row["reason"],
-            }
-            for row in rows
-        ]
+        return [{k: v for k, v in _anomaly_view(row).items() if k != "id"} for row in rows]
 
     def detect_anomalies(
         self,
@@ -689,6 +759,275 @@ class App:
 
         return purge(self.store, self.settings.retention, dry_run)
 
+    # -- the HTTP API's views (paginated, JSON-ready) ------------------------------------------
+    def devices(self, **filters: Any) -> dict[str, Any]:
+        """Devices with status, last seen, battery, quality and metrics: {"items", "next"}."""
+        from iotpipe.app import queries
+
+        return queries.list_devices(self, **filters)
+
+    def device(self, device_id: str) -> dict[str, Any]:
+        from iotpipe.app import queries
+
+        return queries.get_device(self, device_id)
+
+    def latest(self, device_id: str) -> dict[str, Any]:
+        """The newest reading of each of a device's metrics."""
+        from iotpipe.app import queries
+
+        return queries.latest(self, device_id)
+
+    def series(self, device_id: str, metric: str, **options: Any) -> dict[str, Any]:
+        """A series' history as chart columns, from the rollups or the readings."""
+        from iotpipe.app import queries
+
+        return queries.series(self, device_id, metric, **options)
+
+    def overview(self) -> dict[str, Any]:
+        """The stats view: devices by status, readings, ingest rate, alerts, quality, DLQ."""
+        from iotpipe.app import queries
+
+        if self._stats is None:
+            self._stats = queries.StatsCache()
+        return dict(self._stats.get(self))
+
+    def trend_page(
+        self,
+        device_id: str,
+        metric: str,
+        start: Micros | None = None,
+        end: Micros | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> dict[str, Any]:
+        from iotpipe.app.paging import check_limit, page_sorted
+
+        limit = check_limit(limit, self.settings.api.page_size, self.settings.api.max_page_size)
+        days = self.trends(device_id, metric, start, end)
+        items, following = page_sorted(days, lambda d: [d["day"]], limit, cursor, "trends")
+        return {"device_id": device_id, "metric": metric, "items": items, "next": following}
+
+    def anomaly_page(
+        self,
+        device_id: str | None = None,
+        metric: str | None = None,
+        method: str | None = None,
+        start: Micros | None = None,
+        end: Micros | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> dict[str, Any]:
+        """Anomalies, newest first, a page at a time."""
+        from iotpipe.analytics.anomalies import METHODS, anomaly_rows
+        from iotpipe.app.paging import check_limit, decode_cursor, encode_cursor
+
+        limit = check_limit(limit, self.settings.api.page_size, self.settings.api.max_page_size)
+        if method is not None and method not in METHODS:
+            raise IotpipeError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+        position = decode_cursor(cursor, "anomalies")
+        before = (int(position["time"]), int(position["id"])) if position else None
+        rows = anomaly_rows(self.store, device_id, metric, method, start, end, limit + 1, before)
+        rows.reverse()  # newest first
+        more = len(rows) > limit
+        rows = rows[:limit]
+        following = (
+            encode_cursor({"k": "anomalies", "time": rows[-1]["time"], "id": rows[-1]["id"]})
+            if more
+            else None
+        )
+        return {"items": [_anomaly_view(r) for r in rows], "next": following}
+
+    def quality_page(
+        self, days: int = 7, device_id: str | None = None, limit: int | None = None, cursor: str | None = None
+    ) -> dict[str, Any]:
+        from iotpipe.app.paging import check_limit, page_sorted
+
+        limit = check_limit(limit, self.settings.api.page_size, self.settings.api.max_page_size)
+        report = self.quality_report(days, device_id)
+        items, following = page_sorted(
+            report["devices"], lambda d: [d["device_id"]], limit, cursor, "quality"
+        )
+        return {
+            "first_day": report["first_day"],
+            "last_day": report["last_day"],
+            "items": items,
+            "next": following,
+        }
+
+    def alert_page(
+        self,
+        status: str | None = None,
+        severity: str | None = None,
+        device_id: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> dict[str, Any]:
+        """Alerts, newest first, a page at a time."""
+        from iotpipe.analytics.alerts import alert_rows
+        from iotpipe.app.paging import check_limit, decode_cursor, encode_cursor
+
+        limit = check_limit(limit, self.settings.api.page_size, self.settings.api.max_page_size)
+        position = decode_cursor(cursor, "alerts")
+        before = int(position["id"]) if position else None
+        rows = alert_rows(self.store, status, limit + 1, before, severity, device_id)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return {"items": rows, "next": encode_cursor({"k": "alerts", "id": rows[-1]["id"]}) if more else None}
+
+    def alert_rules(self, limit: int | None = None, cursor: str | None = None) -> dict[str, Any]:
+        from iotpipe.analytics.alerts import rule_views
+        from iotpipe.app.paging import check_limit, page_sorted
+
+        limit = check_limit(limit, self.settings.api.page_size, self.settings.api.max_page_size)
+        items, following = page_sorted(rule_views(self.store), lambda r: [r["id"]], limit, cursor, "rules")
+        return {"items": items, "next": following}
+
+    def alert_rule(self, rule_id: int) -> dict[str, Any]:
+        from iotpipe.analytics.alerts import rule_view
+
+        return rule_view(self.store, rule_id)
+
+    def create_alert_rule(self, definition: dict[str, Any]) -> dict[str, Any]:
+        """A threshold rule, validated exactly like `[[analytics.alert_rules]]` in the config."""
+        from iotpipe.analytics.alerts import create_rule
+
+        return create_rule(self.store, _valid_rule(definition), now_micros())
+
+    def update_alert_rule(self, rule_id: int, definition: dict[str, Any]) -> dict[str, Any]:
+        """Replace a rule made through the API (fields as for create, plus `enabled`)."""
+        from iotpipe.analytics.alerts import update_rule
+
+        enabled = definition.pop("enabled", None)
+        if enabled is not None and not isinstance(enabled, bool):
+            raise IotpipeError(f"enabled must be true or false, got {enabled!r}")
+        return update_rule(self.store, rule_id, _valid_rule(definition), enabled, now_micros())
+
+    def delete_alert_rule(self, rule_id: int) -> dict[str, Any]:
+        from iotpipe.analytics.alerts import delete_rule
+
+        return delete_rule(self.store, rule_id, now_micros())
+
+    def dead_letter_page(self, limit: int | None = None, cursor: str | None = None) -> dict[str, Any]:
+        """Dead letters, oldest first, a page at a time, with each one's reason."""
+        from iotpipe.app.paging import check_limit, decode_cursor, encode_cursor
+
+        limit = check_limit(limit, self.settings.api.page_size, self.settings.api.max_page_size)
+        position = decode_cursor(cursor, "dead-letters")
+        rows = self.store.dead_letter_rows(limit=limit + 1, after_id=int(position["id"]) if position else 0)
+        more = len(rows) > limit
+        items = [_dead_letter_view(r) for r in rows[:limit]]
+        return {
+            "items": items,
+            "next": encode_cursor({"k": "dead-letters", "id": items[-1]["id"]}) if more else None,
+        }
+
+    # -- ingest over HTTP ------------------------------------------------------------------
+    def ingest_http(
+        self,
+        body: bytes,
+        content_type: str | None,
+        principal: Principal,
+        origin: str = "POST /api/v1/ingest",
+        device_id: str | None = None,
+        precision: str | None = None,
+    ) -> dict[str, Any]:
+        """Store a request body (JSON, SenML, line protocol, CSV) through the pipeline;
+        answered after the commit with what was accepted, stored, duplicate and rejected."""
+        from iotpipe.app.http_ingest import body_messages
+
+        principal.require("ingest")
+        if device_id is None and principal.devices is not None and len(principal.devices) == 1:
+            device_id = principal.devices[0]
+        messages = body_messages(
+            body, content_type, origin, device_id, precision, self.settings.limits.to_limits()
+        )
+        return self.http_ingest.ingest(messages, principal)
+
+    def thingspeak_update(self, principal: Principal, params: dict[str, str]) -> dict[str, Any]:
+        from iotpipe.app import thingspeak_api
+
+        return thingspeak_api.update(self, principal, params)
+
+    def thingspeak_bulk_update(self, principal: Principal, channel_id: int, body: bytes) -> dict[str, Any]:
+        from iotpipe.app import thingspeak_api
+
+        return thingspeak_api.bulk_update(self, principal, channel_id, body)
+
+    def thingspeak_feeds(
+        self, channel_id: int, params: dict[str, str], field: int | None = None
+    ) -> dict[str, Any]:
+        from iotpipe.app import thingspeak_api
+
+        return thingspeak_api.feeds(self, channel_id, params, field)
+
+    def thingspeak_feeds_csv(self, channel_id: int, params: dict[str, str]) -> str:
+        from iotpipe.app import thingspeak_api
+
+        return thingspeak_api.feeds_csv(thingspeak_api.feeds(self, channel_id, params))
+
+    def thingspeak_last(self, channel_id: int, params: dict[str, str]) -> dict[str, Any]:
+        from iotpipe.app import thingspeak_api
+
+        return thingspeak_api.last_entry(self, channel_id, params)
+
+    # -- access ----------------------------------------------------------------------------
+    def authenticate(self, token: str | None) -> Principal:
+        """Who a request's key stands for (AccessDenied when none, or an unusable one)."""
+        return self.keys.authenticate(token)
+
+    def create_key(
+        self, name: str, role: str, devices: list[str] | None = None, expires: str | None = None
+    ) -> dict[str, Any]:
+        """A new API key; its token is in the answer, and shown nowhere ever again."""
+        self.init()
+        return self.keys.create(name, role, devices, expires)
+
+    def list_keys(self) -> list[dict[str, Any]]:
+        self.init()
+        return self.keys.list()
+
+    def revoke_key(self, name: str) -> dict[str, Any]:
+        self.init()
+        return self.keys.revoke(name)
+
+    # -- health and metrics ----------------------------------------------------------------
+    def readiness(self) -> dict[str, Any]:
+        from iotpipe.app.observability import readiness
+
+        return readiness(self)
+
+    # -- the live feed -----------------------------------------------------------------------
+    def live_subscribe(self, message: Any, wake: Callable[[], None]) -> LiveClient:
+        """A live-feed client for a `subscribe` message (SubscriptionError if it is not
+        one); `wake` is called from the hub's thread when the client has news."""
+        from iotpipe.app.live import Subscription
+
+        subscription = Subscription.parse(message)
+        hub = self.live
+        hub.start()
+        return hub.subscribe(subscription, wake)
+
+    def live_backfill(self, client: LiveClient) -> dict[str, Any]:
+        """The client's backfill frame; its held live updates are released after it, minus
+        the readings the backfill already holds (send the frame before taking updates)."""
+        from iotpipe import limits
+        from iotpipe.app.live import backfill
+
+        frame, newest = backfill(self.store, client.subscription, limits.LIVE_MAX_BACKFILL_READINGS)
+        client.release(newest)
+        return frame
+
+    def live_unsubscribe(self, client: LiveClient) -> None:
+        if self._live is not None:
+            self._live.unsubscribe(client)
+
+    def metrics_exposition(self) -> bytes:
+        """The Prometheus text exposition of this process's metrics."""
+        return self.telemetry.exposition()
+
+    def observe_request(self, route: str, method: str, code: int, seconds: float) -> None:
+        self.telemetry.observe_request(route, method, code, seconds)
+
     def run_jobs(self, name: str = "all") -> list[dict[str, Any]]:
         """Run analytics jobs once, now, in order (`all`), or one by name."""
         from iotpipe.analytics.jobs import find_job, run_job
@@ -708,6 +1047,53 @@ def _with_overrides(section: Any, overrides: dict[str, Any]) -> Any:
     except ValidationError as exc:
         problems = "; ".join(f"--{'-'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"invalid option ({problems})") from None
+
+
+def _anomaly_view(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "device_id": row["device_id"],
+        "metric": row["metric"],
+        "time": format_micros(row["time"]),
+        "end_time": None if row["end_time"] is None else format_micros(row["end_time"]),
+        "value": row["value"],
+        "score": row["score"],
+        "method": row["method"],
+        "reason": row["reason"],
+    }
+
+
+def _dead_letter_view(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "received_at": format_micros(row["received_at"]),
+        "source": row["source"],
+        "origin": row["origin"],
+        "reason": row["reason"],
+        "attempts": row["attempts"],
+        "payload": bytes(row["payload"]).decode("utf-8", "replace"),
+    }
+
+
+def _valid_rule(definition: dict[str, Any]) -> dict[str, Any]:
+    """A rule definition checked by the config file's own model: same rules, same errors."""
+    from pydantic import ValidationError
+
+    from iotpipe.analytics.alerts import RULE_FIELDS
+    from iotpipe.config import AlertRuleSettings
+
+    unknown = sorted(set(definition) - set(RULE_FIELDS))
+    if unknown:
+        raise IotpipeError(f"unknown field(s) {', '.join(unknown)}; a rule has: {', '.join(RULE_FIELDS)}")
+    try:
+        rule = AlertRuleSettings.model_validate(definition)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'rule'}: {e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors()
+        )
+        raise IotpipeError(f"invalid alert rule ({problems})") from None
+    return rule.model_dump()
 
 
 def register_secrets(settings: Settings) -> None:

@@ -24,6 +24,7 @@ from iotpipe.model import Micros
 from iotpipe.pipeline import PipelineConfig
 from iotpipe.sinks.base import CommitObserver
 from iotpipe.sinks.lake import lake_job, lake_observers
+from iotpipe.sinks.live import LiveHub
 from iotpipe.sinks.webhooks import webhooks_job
 from iotpipe.sources import thingspeak
 from iotpipe.sources.base import Source
@@ -59,10 +60,14 @@ def pipeline_config(settings: Settings, **overrides: Any) -> PipelineConfig:
     return replace(base, **overrides)
 
 
-def observers(settings: Settings, store: Store) -> list[CommitObserver]:
-    """What runs after each commit: the streaming anomaly detector (unless disabled), and
-    the lake's note of the days each batch touched (if a lake is configured)."""
-    return [*anomaly_observers(store, settings), *lake_observers(store, settings)]
+def observers(settings: Settings, store: Store, live: LiveHub | None = None) -> list[CommitObserver]:
+    """What runs after each commit: the streaming anomaly detector (unless disabled), the
+    lake's note of the days each batch touched (if a lake is configured), and the live
+    feed's hub when the API serves one (App.live)."""
+    found: list[CommitObserver] = [*anomaly_observers(store, settings), *lake_observers(store, settings)]
+    if live is not None:
+        found.append(live)
+    return found
 
 
 def ack_window(sources: list[Source]) -> int | None:
@@ -74,6 +79,11 @@ def ack_window(sources: list[Source]) -> int | None:
 # -- sources -------------------------------------------------------------------------------
 def run_sources(settings: Settings, store: Store) -> list[Source]:
     """What `iotpipe run` ingests from: MQTT, NATS and ThingSpeak as configured, else the simulator."""
+    return configured_sources(settings, store) or [simulator_source(settings)]
+
+
+def configured_sources(settings: Settings, store: Store) -> list[Source]:
+    """MQTT, NATS and ThingSpeak, as far as they are configured (what `iotpipe serve` ingests from)."""
     found: list[Source] = []
     if settings.mqtt_url:
         from iotpipe.sources.mqtt import MqttSource
@@ -85,8 +95,6 @@ def run_sources(settings: Settings, store: Store) -> list[Source]:
         config = settings.thingspeak
         readers = thingspeak_readers(configured_channels(config), config, store.watermark)
         found.append(thingspeak.ThingSpeakSource(readers, thingspeak_options(config), config.interval))
-    if not found:
-        found.append(simulator_source(settings))
     return found
 
 

@@ -225,4 +225,4 @@ app.add_typer(relay_app, name="relay", rich_help_panel="Ingest")
 app.add_typer(dlq_app, name="dlq", rich_help_panel="Look at the data")
 
 # Importing the command modules registers their commands, in the order listed.
-from iotpipe.cli import core, ingest, views  # noqa: E402,F401
+from iotpipe.cli import core, ingest, keys, views  # noqa: E402,F401

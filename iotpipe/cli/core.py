@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from iotpipe import __version__
 from iotpipe.cli import JsonFlag, app, consoles, dlq_app, get_app, print_json, say, untrusted
 from iotpipe.model import Counters
+
+if TYPE_CHECKING:
+    from iotpipe.app import App
 
 FORMATS_HELP = "v1, v2, senml, lineproto, csv, thingspeak, tasmota, zigbee2mqtt, value"
 
@@ -34,23 +37,80 @@ def run(
         float | None, typer.Option(min=0.001, help="Seconds between a simulated device's reports.")
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for a reproducible simulation.")] = None,
+    host: Annotated[str | None, typer.Option(help="API address (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(min=0, max=65535, help="API port (default 8080).")] = None,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Serve a non-loopback address without API keys.")
+    ] = False,
 ) -> None:
-    """Run the main job: ingest from the configured sources, run the analytics jobs.
+    """Run the main job: ingest from the configured sources, run the analytics jobs, serve the API.
 
-    With no source configured it starts the built-in simulator, so this works with zero setup on the embedded SQLite default. Stops cleanly on Ctrl-C or SIGTERM: what was received is stored (or left unacknowledged at the broker).
+    With no source configured it starts the built-in simulator, so this works with zero setup on the embedded SQLite default. The HTTP API (and dashboard) is served on 127.0.0.1:8080 unless `[api] enabled = false`. Stops cleanly on Ctrl-C or SIGTERM: what was received is stored (or left unacknowledged at the broker).
     """
-    application = get_app(ctx)
+    application = _with_api_options(get_app(ctx), host, port, insecure)
     sim = application.settings.simulator
     given = {"devices": devices, "interval": interval, "seed": seed}
     application.settings.simulator = sim.model_copy(update={k: v for k, v in given.items() if v is not None})
     say(f"iotpipe {__version__}: storing readings in {application.database_location()}")
     say("Press Ctrl-C to stop.")
+    from iotpipe.api import create_app  # the CLI is the entry point that composes App and API
+
     outcome = application.run(
-        duration=duration, report=lambda c: say(counters_line(c)), announce=lambda text: say(untrusted(text))
+        duration=duration,
+        report=lambda c: say(counters_line(c)),
+        announce=lambda text: say(untrusted(text)),
+        web=create_app,
     )
     say(counters_line(outcome.counters))
     if outcome.gave_up:
         raise typer.Exit(2)
+
+
+@app.command(rich_help_panel="Run")
+def serve(
+    ctx: typer.Context,
+    host: Annotated[
+        str | None, typer.Option(help="Address to listen on (default 127.0.0.1; env IOTPIPE_API__HOST).")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(min=0, max=65535, help="Port (default 8080; 0 picks a free one).")
+    ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            help="Serve a non-loopback address without API keys (anyone reaching it may read and write).",
+        ),
+    ] = False,
+    duration: Annotated[
+        float | None, typer.Option(help="Stop after this many seconds (default: until Ctrl-C or SIGTERM).")
+    ] = None,
+) -> None:
+    """Serve the HTTP API (and the dashboard) and run the analytics jobs.
+
+    Ingests from MQTT and ThingSpeak too when they are configured, never from the simulator; devices can also write over HTTP. Listens on 127.0.0.1:8080 unless told otherwise, and refuses a non-loopback address while no API key exists, unless --insecure.
+    """
+    application = _with_api_options(get_app(ctx), host, port, insecure)
+    say(f"iotpipe {__version__}: storing readings in {application.database_location()}")
+    say("Press Ctrl-C to stop.")
+    from iotpipe.api import create_app
+
+    outcome = application.serve(
+        duration=duration,
+        report=lambda c: say(counters_line(c)),
+        announce=lambda text: say(untrusted(text)),
+        web=create_app,
+    )
+    say(counters_line(outcome.counters))
+    if outcome.gave_up:
+        raise typer.Exit(2)
+
+
+def _with_api_options(application: App, host: str | None, port: int | None, insecure: bool) -> App:
+    given = {"host": host, "port": port, "insecure": insecure or None}
+    config = application.settings.api
+    application.settings.api = config.model_copy(update={k: v for k, v in given.items() if v is not None})
+    return application
 
 
 @app.command(rich_help_panel="Maintain")

@@ -15,7 +15,9 @@
   Quoted strings are typed strings by design (`status="ok"`), never metrics: skipped.
   NaN/Inf (which InfluxDB itself refuses) become invalid values; any other malformed
   value is a syntax error of its line.
-* Time: integer nanoseconds, floored to µs; absent means the receipt time.
+* Time: integer nanoseconds, floored to µs; absent means the receipt time. The formats
+  `lineproto_us`, `lineproto_ms` and `lineproto_s` read it in that unit instead (an
+  InfluxDB client's `precision`).
 * Escapes follow the InfluxDB docs: `\\,` and `\\ ` in measurements, also `\\=` in tag keys,
   tag values and field keys, `\\"` and `\\\\` in string values; a backslash before any
   other character is literal. Quoted strings may span lines.
@@ -61,6 +63,13 @@ _MEASUREMENT_ESCAPE = re.compile(r"\\([, \\])")
 _KEY_ESCAPE = re.compile(r"\\([,= \\])")
 
 
+# Nanoseconds per timestamp unit, by format name (InfluxDB's `precision` parameter).
+PRECISIONS = {"lineproto": 1, "lineproto_us": 1_000, "lineproto_ms": 1_000_000, "lineproto_s": 1_000_000_000}
+
+
+@register("lineproto_s")
+@register("lineproto_ms")
+@register("lineproto_us")
 @register("lineproto")
 def decode_lineproto(raw: RawMessage) -> list[DecodedMessage]:
     try:
@@ -121,7 +130,7 @@ def _parse_plain(line: str, lineno: int, raw: RawMessage, devices: dict[str, str
             series_tags.append((key, value))
     device_id = _device(device_tags, raw, lineno, devices)
 
-    time = _timestamp(parts[2], lineno) if len(parts) == 3 else raw.received_at
+    time = _timestamp(parts[2], lineno, raw.format) if len(parts) == 3 else raw.received_at
     prefix = "" if measurement in GENERIC_MEASUREMENTS else measurement + "_"
     suffix = _tag_suffix(series_tags)
     readings: list[tuple[str, int, float]] = []
@@ -209,7 +218,7 @@ def _parse_escaped(
         )
 
     device_id = _device(device_tags, raw, lineno, devices)
-    time = raw.received_at if timestamp is None else _timestamp(timestamp, lineno)
+    time = raw.received_at if timestamp is None else _timestamp(timestamp, lineno, raw.format)
     prefix = "" if measurement in GENERIC_MEASUREMENTS else measurement + "_"
     suffix = _tag_suffix(series_tags)
     readings: list[tuple[str, int, float]] = []
@@ -264,12 +273,14 @@ def _number(text: str, key: str, lineno: int) -> float:
     )
 
 
-def _timestamp(text: str, lineno: int) -> int:
+def _timestamp(text: str, lineno: int, fmt: str | None = None) -> int:
     digits = text[1:] if text[:1] == "-" else text
+    scale = PRECISIONS.get(fmt or "lineproto", 1)
+    unit = "nanoseconds" if scale == 1 else fmt.removeprefix("lineproto_")  # type: ignore[union-attr]
     if not (digits.isascii() and digits.isdigit()):
-        raise DecodeError(f"line {lineno}: timestamp {_preview(text)} is not an integer of nanoseconds")
-    if len(digits) > 19 or not -_INT64 <= (nanos := int(text)) < _INT64:
-        raise DecodeError(f"line {lineno}: timestamp {_preview(text)} is out of range for nanoseconds")
+        raise DecodeError(f"line {lineno}: timestamp {_preview(text)} is not an integer of {unit}")
+    if len(digits) > 19 or not -_INT64 <= (nanos := int(text) * scale) < _INT64:
+        raise DecodeError(f"line {lineno}: timestamp {_preview(text)} is out of range for {unit}")
     return nanos // 1000  # floor, in exact integer arithmetic
 
 

@@ -82,6 +82,7 @@ class FileSource:
         format: str | None = None,
         device_id: str | None = None,
         limits: Limits = DEFAULT_LIMITS,
+        source: str = "file",
     ) -> None:
         missing = [str(p) for p in paths if not p.is_file()]
         if missing:
@@ -90,6 +91,7 @@ class FileSource:
         self.format = format
         self.device_id = device_id
         self.limits = limits
+        self.source = source  # RawMessage.source of what it reads
         self.bytes_total = sum(p.stat().st_size for p in paths)
         self.bytes_done = 0  # of files finished
         self.files_done = 0
@@ -140,7 +142,7 @@ class FileSource:
             body = line.strip()
             if not body or body[:1] == b"#":
                 continue
-            yield RawMessage(body, "file", f"{origin}:{number}", received_at, fmt, self.device_id)
+            yield RawMessage(body, self.source, f"{origin}:{number}", received_at, fmt, self.device_id)
 
     def _csv(
         self, origin: str, stream: _LineReader, fmt: str | None, received_at: int
@@ -176,9 +178,9 @@ class FileSource:
                     problem = f"{exc.reason} (line {number} of the file), so its rows cannot be read"
                 continue
             if problem is not None:
-                yield refused(body, "file", where, received_at, problem, self.device_id)
+                yield refused(body, self.source, where, received_at, problem, self.device_id)
             else:
-                yield RawMessage(body, "file", where, received_at, fmt, self.device_id, header)
+                yield RawMessage(body, self.source, where, received_at, fmt, self.device_id, header)
 
     def _document(
         self, origin: str, stream: _LineReader, fmt: str | None, received_at: int
@@ -191,7 +193,12 @@ class FileSource:
                 f"{setting_hint('max_document_bytes')}, or import it as JSON lines)"
             )
             yield refused(
-                body[: self.limits.max_payload_bytes], "file", origin, received_at, reason, self.device_id
+                body[: self.limits.max_payload_bytes],
+                self.source,
+                origin,
+                received_at,
+                reason,
+                self.device_id,
             )
             return
         self._lines_read = body.count(b"\n")
@@ -202,7 +209,7 @@ class FileSource:
             try:
                 doc = parse_json(body)
             except DecodeError:
-                yield RawMessage(body, "file", origin, received_at, fmt, self.device_id)
+                yield RawMessage(body, self.source, origin, received_at, fmt, self.device_id)
                 return
             # NaN, Infinity or a huge number: written back as such (orjson would write NaN
             # as null, and the value would be missing instead of invalid).
@@ -210,10 +217,10 @@ class FileSource:
         if isinstance(doc, list) and doc and not any(isinstance(d, dict) and is_senml_record(d) for d in doc):
             for index, element in enumerate(doc):
                 yield RawMessage(
-                    dump(element), "file", f"{origin}[{index}]", received_at, fmt, self.device_id
+                    dump(element), self.source, f"{origin}[{index}]", received_at, fmt, self.device_id
                 )
             return
-        yield RawMessage(body, "file", origin, received_at, fmt, self.device_id)
+        yield RawMessage(body, self.source, origin, received_at, fmt, self.device_id)
 
     def _read_lines(self, stream: _LineReader) -> Iterator[tuple[int, bytes, int | None]]:
         """(line number, line, None), or (number, its first max_payload_bytes, its size) when longer."""
@@ -258,7 +265,28 @@ class FileSource:
             f"{what} is {size} bytes, over the limit of {limit} (raise it with "
             f"{setting_hint('max_payload_bytes')}); the dead letter keeps its first {limit} bytes"
         )
-        return refused(head[:limit], "file", origin, received_at, reason, self.device_id)
+        return refused(head[:limit], self.source, origin, received_at, reason, self.device_id)
+
+
+def read_body(
+    body: bytes,
+    kind: str,
+    source: str,
+    origin: str,
+    fmt: str | None = None,
+    device_id: str | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+) -> Iterator[RawMessage]:
+    """The messages of a body held in memory (an HTTP request), read by the rules of a file
+    of that kind: "lines" (JSON lines, line protocol), "csv", or "document" (JSON)."""
+    reader = FileSource([], fmt, device_id, limits, source)
+    stream = io.BytesIO(body)
+    received_at = now_micros()
+    if kind == "csv":
+        return reader._csv(origin, stream, fmt, received_at)
+    if kind == "document":
+        return reader._document(origin, stream, fmt, received_at)
+    return reader._lines(origin, stream, fmt, received_at)
 
 
 def _skip_line(stream: _LineReader) -> int:

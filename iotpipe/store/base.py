@@ -9,15 +9,30 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import sqlite3
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import psycopg
-from sqlalchemy import Connection, Engine, Table, case, delete, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Float,
+    Table,
+    Text,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy import exc as sa_exc
 
 from iotpipe.errors import BatchRejected
@@ -34,6 +49,7 @@ from iotpipe.model import (
 )
 from iotpipe.store import compaction, migrations, tiers
 from iotpipe.store.schema import (
+    UtcMicros,
     dead_letters,
     devices,
     ingest_watermarks,
@@ -174,10 +190,12 @@ class Store(ABC):
         """Commit a whole batch in one transaction; raises and commits nothing on failure:
         BatchRejected when the database refused the data itself, the driver's error when
         it could not be reached."""
+        started = time.perf_counter()
         try:
-            return self._write(batch)
+            result = self._write(batch)
         except _DATA_ERRORS as exc:
             raise BatchRejected(_first_line(exc)) from exc
+        return dataclasses.replace(result, seconds=time.perf_counter() - started)
 
     def _write(self, batch: WriteBatch) -> WriteResult:
         with self.write_transaction() as conn:
@@ -556,7 +574,7 @@ class Store(ABC):
 
     def _limit_counts(self, conn: Connection) -> dict[str, int]:
         """Messages dead-lettered for each limit (their reasons name the setting), in one scan."""
-        names = [f.name for f in dataclasses.fields(Limits)]
+        names = [f.name for f in dataclasses.fields(Limits) if f.init]
         columns = [
             func.coalesce(
                 func.sum(
@@ -586,6 +604,10 @@ class Store(ABC):
             "invalid_values": conn.scalar(select(func.count()).select_from(invalid_readings)) or 0,
         }
 
+    def dead_letter_count(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.scalar(select(func.count()).select_from(dead_letters)) or 0)
+
     def watermark(self, source: str, key: str) -> str | None:
         with self.engine.connect() as conn:
             return conn.scalar(
@@ -606,9 +628,14 @@ class Store(ABC):
             return [dict(row._mapping) for row in conn.execute(select(devices).order_by(devices.c.device_id))]
 
     def raw_readings(
-        self, device_id: str, metric: str, start: Micros | None = None, end: Micros | None = None
+        self,
+        device_id: str,
+        metric: str,
+        start: Micros | None = None,
+        end: Micros | None = None,
+        limit: int | None = None,
     ) -> list[tuple[Micros, float]]:
-        """One series' readings in [start, end), oldest first."""
+        """One series' readings in [start, end), oldest first (the first `limit` of them)."""
         with self.engine.connect() as conn:
             series_id = conn.scalar(
                 select(series.c.id)
@@ -618,6 +645,8 @@ class Store(ABC):
             if series_id is None:
                 return []
             times, values = self.read_series(series_id, start, end, conn)
+        if limit is not None:
+            times, values = times[:limit], values[:limit]
         return list(zip(times.tolist(), values.tolist(), strict=True))
 
     # -- reads through both tiers (hot and packed): the only way to raw readings ---------
@@ -684,6 +713,189 @@ class Store(ABC):
             packed_series |= step.series
         done["series"] = len(packed_series)
         return done
+
+    def series_names(self) -> dict[int, tuple[str, str]]:
+        """Every series: its id and (device_id, metric)."""
+        query = select(series.c.id, devices.c.device_id, series.c.metric).join(
+            devices, devices.c.id == series.c.device_pk
+        )
+        with self.engine.connect() as conn:
+            return {sid: (device_id, metric) for sid, device_id, metric in conn.execute(query)}
+
+    def readings_since(
+        self, series_ids: Sequence[int], start: Micros, limit: int
+    ) -> list[tuple[int, Micros, float]]:
+        """The newest `limit` readings of these series at or after `start`, as
+        (series_id, time, value), oldest first (the live feed's backfill)."""
+        if not series_ids:
+            return []
+        query = (
+            select(readings.c.series_id, readings.c.time, readings.c.value)
+            .where(readings.c.series_id.in_(list(series_ids)), readings.c.time >= start)
+            .order_by(readings.c.time.desc())
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            rows = [(sid, at, value) for sid, at, value in conn.execute(query)]
+        rows.reverse()
+        return rows
+
+    def reading_count(self, device_id: str, metric: str, start: Micros, end: Micros) -> int:
+        """How many readings one series holds in [start, end)."""
+        with self.engine.connect() as conn:
+            series_id = _series_id(conn, device_id, metric)
+            if series_id is None:
+                return 0
+            return int(
+                conn.execute(_COUNT_IN_RANGE, {"s": series_id, "start": start, "end": end}).scalar() or 0
+            )
+
+    def reading_buckets(
+        self, device_id: str, metric: str, start: Micros, end: Micros, width: Micros
+    ) -> list[tuple[Micros, int, float, float, float]]:
+        """One series' readings in [start, end) aggregated into buckets of `width` µs
+        starting at `start`: (bucket_start, count, avg, min, max) of each bucket that has
+        readings, oldest first. Computed by the database in one range scan."""
+        if width < 1:
+            raise ValueError("bucket width must be at least 1 µs")
+        with self.engine.connect() as conn:
+            series_id = _series_id(conn, device_id, metric)
+            if series_id is None:
+                return []
+            statement = text(_BUCKETS_SQL[self.dialect if self.dialect == "postgresql" else "sqlite"])
+            statement = statement.bindparams(
+                bindparam("origin", type_=UtcMicros()),
+                bindparam("start", type_=UtcMicros()),
+                bindparam("end", type_=UtcMicros()),
+            )
+            rows = conn.execute(
+                statement, {"sid": series_id, "origin": start, "start": start, "end": end, "w": width}
+            )
+            return [(start + int(col) * width, int(n), float(avg), lo, hi) for col, n, avg, lo, hi in rows]
+
+    def latest_readings(self, device_id: str) -> list[tuple[str, str | None, Micros, float]]:
+        """The newest reading of each metric of a device: (metric, unit, time, value), by
+        metric. One statement: an index probe at the end of each series."""
+        statement = _LATEST.get(self.dialect, _LATEST["sqlite"])
+        with self.engine.connect() as conn:
+            rows = conn.execute(statement, {"device": device_id})
+            return [(m, unit, at, value) for m, unit, at, value in rows if at is not None]
+
+    def series_id(self, device_id: str, metric: str) -> int | None:
+        with self.engine.connect() as conn:
+            return _series_id(conn, device_id, metric)
+
+    def device_entries(
+        self,
+        device_id: str,
+        metrics: list[str],
+        start: Micros | None = None,
+        end: Micros | None = None,
+        limit: int | None = None,
+        newest: bool = False,
+    ) -> list[tuple[Micros, dict[str, float]]]:
+        """A device's readings of `metrics` as entries, one per distinct time in [start,
+        end) with the value of each metric read then, oldest first. `limit` keeps the
+        first entries, or the newest ones when `newest` (a ThingSpeak feed's `results`)."""
+        with self.engine.connect() as conn:
+            ids = _series_ids(conn, device_id, metrics)
+            if not ids:
+                return []
+            times_query = _in_range(
+                select(readings.c.time).distinct().where(readings.c.series_id.in_(list(ids))), start, end
+            ).order_by(readings.c.time.desc() if newest else readings.c.time)
+            if limit is not None:
+                times_query = times_query.limit(limit)
+            times = sorted(conn.scalars(times_query))
+            if not times:
+                return []
+            entries: dict[Micros, dict[str, float]] = {t: {} for t in times}
+            rows = conn.execute(
+                select(readings.c.series_id, readings.c.time, readings.c.value).where(
+                    readings.c.series_id.in_(list(ids)),
+                    readings.c.time >= times[0],
+                    readings.c.time <= times[-1],
+                )
+            )
+            for series_id, at, value in rows:
+                entry = entries.get(at)
+                if entry is not None:
+                    entry[ids[series_id]] = value
+            return list(entries.items())
+
+    def count_entries(self, device_id: str, metrics: list[str], before: Micros | None = None) -> int:
+        """How many distinct reading times a device's `metrics` have (before `before`)."""
+        with self.engine.connect() as conn:
+            ids = _series_ids(conn, device_id, metrics)
+            if not ids:
+                return 0
+            query = select(func.count(readings.c.time.distinct())).where(readings.c.series_id.in_(list(ids)))
+            if before is not None:
+                query = query.where(readings.c.time < before)
+            return int(conn.scalar(query) or 0)
+
+
+# A bucket's column number: whole widths since the origin (every time is ≥ the origin).
+_BUCKETS_SQL = {
+    "sqlite": (
+        "SELECT (time - :origin) / :w AS col, count(*), avg(value), min(value), max(value) "
+        "FROM readings WHERE series_id = :sid AND time >= :start AND time < :end "
+        "GROUP BY col ORDER BY col"
+    ),
+    "postgresql": (
+        "SELECT floor(extract(epoch FROM (time - :origin)) * 1000000 / :w)::bigint AS col, "
+        "count(*), avg(value), min(value), max(value) "
+        "FROM readings WHERE series_id = :sid AND time >= :start AND time < :end "
+        "GROUP BY col ORDER BY col"
+    ),
+}
+
+
+def _in_range(query: Any, start: Micros | None, end: Micros | None) -> Any:
+    if start is not None:
+        query = query.where(readings.c.time >= start)
+    if end is not None:
+        query = query.where(readings.c.time < end)
+    return query
+
+
+# Hot reads (every API request for a device makes one): plain SQL, compiled once.
+_SERIES_ID = text(
+    "SELECT s.id FROM series s JOIN devices d ON d.id = s.device_pk WHERE d.device_id = :device AND s.metric = :metric"
+)
+_LATEST = {
+    "sqlite": text(
+        "SELECT s.metric, s.unit, "
+        "(SELECT time FROM readings r WHERE r.series_id = s.id ORDER BY time DESC LIMIT 1) AS t, "
+        "(SELECT value FROM readings r WHERE r.series_id = s.id ORDER BY time DESC LIMIT 1) AS v "
+        "FROM series s JOIN devices d ON d.id = s.device_pk WHERE d.device_id = :device ORDER BY s.metric"
+    ).columns(metric=Text(), unit=Text(), t=UtcMicros(), v=Float()),
+    "postgresql": text(
+        "SELECT s.metric, s.unit, r.time, r.value FROM series s JOIN devices d ON d.id = s.device_pk "
+        "LEFT JOIN LATERAL (SELECT time, value FROM readings WHERE series_id = s.id ORDER BY time DESC LIMIT 1) r "
+        "ON true WHERE d.device_id = :device ORDER BY s.metric"
+    ).columns(metric=Text(), unit=Text(), time=UtcMicros(), value=Float()),
+}
+
+
+_COUNT_IN_RANGE = text(
+    "SELECT count(*) FROM readings WHERE series_id = :s AND time >= :start AND time < :end"
+).bindparams(bindparam("start", type_=UtcMicros()), bindparam("end", type_=UtcMicros()))
+
+
+def _series_id(conn: Connection, device_id: str, metric: str) -> int | None:
+    found = conn.execute(_SERIES_ID, {"device": device_id, "metric": metric}).scalar()
+    return int(found) if found is not None else None
+
+
+def _series_ids(conn: Connection, device_id: str, metrics: list[str]) -> dict[int, str]:
+    """{series id: metric} of a device's series among `metrics`."""
+    rows = conn.execute(
+        select(series.c.id, series.c.metric)
+        .join(devices, devices.c.id == series.c.device_pk)
+        .where(devices.c.device_id == device_id, series.c.metric.in_(metrics))
+    )
+    return {series_id: metric for series_id, metric in rows}
 
 
 @dataclass(slots=True)

@@ -336,6 +336,23 @@ anomalies = Table(
     UniqueConstraint("series_id", "time", "method"),
 )
 
+# API keys (migration 0008): a key is found by the sha256 of its token; `prefix` (the
+# token's first characters) names it in listings; `devices` scopes a writer key.
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", Text, nullable=False, unique=True),
+    Column("prefix", Text, nullable=False),
+    Column("token_hash", Text, nullable=False, unique=True),
+    Column("role", Text, nullable=False),  # admin | operator | writer | reader
+    Column("devices", JsonDocument),  # list of device ids, or NULL for all
+    Column("created_at", UtcMicros, nullable=False),
+    Column("expires_at", UtcMicros),
+    Column("last_used_at", UtcMicros),
+    Column("revoked_at", UtcMicros),
+)
+
 # -- the packed tier (migration 0010) ---------------------------------------------------
 
 # One series' readings of one UTC day, packed (store/packed.py): `count` readings from

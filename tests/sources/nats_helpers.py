@@ -111,7 +111,8 @@ class JetStreamPublisher:
 
 
 def clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("IOTPIPE_")}
+    # An `iotpipe run` of a test serves its API on a free port, not 8080.
+    return {k: v for k, v in os.environ.items() if not k.startswith("IOTPIPE_")} | {"IOTPIPE_API__PORT": "0"}
 
 
 def iotpipe(*args: str) -> list[str]:

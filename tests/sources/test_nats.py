@@ -111,7 +111,8 @@ def run_three_workers_through_a_kill_and_a_restart(
             600,
             state=store.stats,
         )
-        publish.join()
+        publish.join(300)
+        assert not publish.is_alive(), "the publisher did not finish within 5 minutes"
         time.sleep(1.0)  # nothing more may arrive (no duplicate of anything stored)
         errors = stop_all(workers)
         assert stored_at_kill < stored_at_restart < plan.readings
@@ -195,16 +196,21 @@ def _publish_mqtt(port: int, plan: Telemetry, paused: threading.Event, resume: t
         client.loop_stop()
 
 
-def _settle(client: object, pending: list) -> None:  # type: ignore[type-arg]
+def _settle(client: object, pending: list, patience: float = 120.0) -> None:  # type: ignore[type-arg]
     """Wait for each publish's PUBACK; publish again what a lost connection left unacknowledged."""
+    deadline = time.monotonic() + patience
     while pending:
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"nats-server acknowledged none of {len(pending)} publishes for {patience:g} s"
+            )
         device, payload, info = pending[0]
         with contextlib.suppress(RuntimeError, ValueError):  # not connected: published again below
             info.wait_for_publish(10)
         if info.is_published():
             pending.pop(0)
             continue
-        while not client.is_connected():  # type: ignore[attr-defined]
+        while not client.is_connected() and time.monotonic() < deadline:  # type: ignore[attr-defined]
             time.sleep(0.1)
         pending[0] = (device, payload, client.publish(f"telemetry/{device}", payload, qos=1))  # type: ignore[attr-defined]
 

@@ -44,6 +44,7 @@ def clean_env(**extra: str) -> dict[str, str]:
     """This process's environment without iotpipe settings, plus a fast (local) rate limit
     and the test's database."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("IOTPIPE_")}
+    env["IOTPIPE_API__PORT"] = "0"  # an `iotpipe run` of a test serves on a free port, not 8080
     if _database["url"] is not None:
         env["IOTPIPE_DATABASE_URL"] = _database["url"]
     env["IOTPIPE_THINGSPEAK__REQUESTS_PER_SECOND"] = "200"
