@@ -177,6 +177,14 @@ class Store(ABC):
             yield conn
 
     @contextmanager
+    def read_snapshot(self) -> Iterator[Connection]:
+        """A read-only transaction whose statements all see one snapshot (SQLite: a
+        deferred transaction in WAL mode; PostgreSQL: REPEATABLE READ), for a read made of
+        several statements while compaction may move readings between the tiers."""
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextmanager
     def read_connection(self, conn: Connection | None = None) -> Iterator[Connection]:
         """The caller's connection, or a fresh one for one read."""
         if conn is not None:
@@ -635,18 +643,16 @@ class Store(ABC):
         end: Micros | None = None,
         limit: int | None = None,
     ) -> list[tuple[Micros, float]]:
-        """One series' readings in [start, end), oldest first (the first `limit` of them)."""
+        """One series' readings in [start, end), oldest first (the first `limit` of them),
+        from both tiers."""
         with self.engine.connect() as conn:
-            series_id = conn.scalar(
-                select(series.c.id)
-                .join(devices, devices.c.id == series.c.device_pk)
-                .where(devices.c.device_id == device_id, series.c.metric == metric)
-            )
+            series_id = _series_id(conn, device_id, metric)
             if series_id is None:
                 return []
-            times, values = self.read_series(series_id, start, end, conn)
-        if limit is not None:
-            times, values = times[:limit], values[:limit]
+            if limit is None:
+                times, values = self.read_series(series_id, start, end, conn)
+            else:
+                times, values = tiers.edge_readings(conn, series_id, limit, start, end, newest=False)
         return list(zip(times.tolist(), values.tolist(), strict=True))
 
     # -- reads through both tiers (hot and packed): the only way to raw readings ---------
@@ -735,33 +741,54 @@ class Store(ABC):
             .order_by(readings.c.time.desc())
             .limit(limit)
         )
-        with self.engine.connect() as conn:
+        with self.read_snapshot() as conn:
+            if tiers.packed_end(conn, series_ids, start) is not None:
+                # Part of the range is packed (a backfill reaching past the hot window):
+                # both tiers, the newest `limit` by time.
+                found = tiers.read_range(conn, series_ids, start, None)
+                newest = np.argsort(found.times, kind="stable")[-limit:]
+                return list(
+                    zip(
+                        found.series_ids[newest].tolist(),
+                        found.times[newest].tolist(),
+                        found.values[newest].tolist(),
+                        strict=True,
+                    )
+                )
             rows = [(sid, at, value) for sid, at, value in conn.execute(query)]
         rows.reverse()
         return rows
 
     def reading_count(self, device_id: str, metric: str, start: Micros, end: Micros) -> int:
-        """How many readings one series holds in [start, end)."""
+        """How many readings one series holds in [start, end), in both tiers."""
         with self.engine.connect() as conn:
             series_id = _series_id(conn, device_id, metric)
             if series_id is None:
                 return 0
-            return int(
-                conn.execute(_COUNT_IN_RANGE, {"s": series_id, "start": start, "end": end}).scalar() or 0
-            )
+            return tiers.count_range(conn, series_id, start, end)
 
     def reading_buckets(
         self, device_id: str, metric: str, start: Micros, end: Micros, width: Micros
     ) -> list[tuple[Micros, int, float, float, float]]:
         """One series' readings in [start, end) aggregated into buckets of `width` µs
         starting at `start`: (bucket_start, count, avg, min, max) of each bucket that has
-        readings, oldest first. Computed by the database in one range scan."""
+        readings, oldest first. Computed by the database in one range scan of the hot
+        table; the buckets up to the end of the newest packed day in the range, from both
+        tiers' decoded readings (store/tiers.py: buckets)."""
         if width < 1:
             raise ValueError("bucket width must be at least 1 µs")
-        with self.engine.connect() as conn:
+        with self.read_snapshot() as conn:
             series_id = _series_id(conn, device_id, metric)
             if series_id is None:
                 return []
+            found: list[tuple[Micros, int, float, float, float]] = []
+            hot_from = start
+            packed_until = tiers.packed_end(conn, [series_id], start, end)
+            if packed_until is not None:
+                hot_from = min(end, start + -(-(packed_until - start) // width) * width)  # whole buckets
+                found = tiers.buckets(conn, series_id, start, start, hot_from, width)
+            if hot_from >= end:
+                return found
             statement = text(_BUCKETS_SQL[self.dialect if self.dialect == "postgresql" else "sqlite"])
             statement = statement.bindparams(
                 bindparam("origin", type_=UtcMicros()),
@@ -769,17 +796,27 @@ class Store(ABC):
                 bindparam("end", type_=UtcMicros()),
             )
             rows = conn.execute(
-                statement, {"sid": series_id, "origin": start, "start": start, "end": end, "w": width}
+                statement, {"sid": series_id, "origin": start, "start": hot_from, "end": end, "w": width}
             )
-            return [(start + int(col) * width, int(n), float(avg), lo, hi) for col, n, avg, lo, hi in rows]
+            return found + [
+                (start + int(col) * width, int(n), float(avg), lo, hi) for col, n, avg, lo, hi in rows
+            ]
 
     def latest_readings(self, device_id: str) -> list[tuple[str, str | None, Micros, float]]:
         """The newest reading of each metric of a device: (metric, unit, time, value), by
-        metric. One statement: an index probe at the end of each series."""
+        metric. One statement: an index probe at the end of each series' hot rows and of
+        its packed days; a series whose newest packed day ends after its newest hot
+        reading (silent for longer than the hot window) is read again through both tiers."""
         statement = _LATEST.get(self.dialect, _LATEST["sqlite"])
+        found: list[tuple[str, str | None, Micros, float]] = []
         with self.engine.connect() as conn:
-            rows = conn.execute(statement, {"device": device_id})
-            return [(m, unit, at, value) for m, unit, at, value in rows if at is not None]
+            for sid, m, unit, at, value, packed_last in conn.execute(statement, {"device": device_id}).all():
+                if packed_last is not None and (at is None or packed_last > at):
+                    times, values = tiers.last_readings(conn, sid, 1)
+                    at, value = (int(times[0]), float(values[0])) if len(times) else (None, None)
+                if at is not None:
+                    found.append((m, unit, at, value))
+        return found
 
     def series_id(self, device_id: str, metric: str) -> int | None:
         with self.engine.connect() as conn:
@@ -796,43 +833,53 @@ class Store(ABC):
     ) -> list[tuple[Micros, dict[str, float]]]:
         """A device's readings of `metrics` as entries, one per distinct time in [start,
         end) with the value of each metric read then, oldest first. `limit` keeps the
-        first entries, or the newest ones when `newest` (a ThingSpeak feed's `results`)."""
-        with self.engine.connect() as conn:
+        first entries, or the newest ones when `newest` (a ThingSpeak feed's `results`).
+        From both tiers: with a limit, each series' `limit` readings at that edge (an
+        entry among the first `limit` is among its every series' first `limit`)."""
+        with self.read_snapshot() as conn:
             ids = _series_ids(conn, device_id, metrics)
             if not ids:
                 return []
-            times_query = _in_range(
-                select(readings.c.time).distinct().where(readings.c.series_id.in_(list(ids))), start, end
-            ).order_by(readings.c.time.desc() if newest else readings.c.time)
-            if limit is not None:
-                times_query = times_query.limit(limit)
-            times = sorted(conn.scalars(times_query))
-            if not times:
-                return []
-            entries: dict[Micros, dict[str, float]] = {t: {} for t in times}
-            rows = conn.execute(
-                select(readings.c.series_id, readings.c.time, readings.c.value).where(
-                    readings.c.series_id.in_(list(ids)),
-                    readings.c.time >= times[0],
-                    readings.c.time <= times[-1],
-                )
-            )
-            for series_id, at, value in rows:
-                entry = entries.get(at)
-                if entry is not None:
-                    entry[ids[series_id]] = value
-            return list(entries.items())
+            if limit is None:
+                found = tiers.read_range(conn, list(ids), start, end)
+                sids, times, values = found.series_ids, found.times, found.values
+            else:
+                edges = {sid: tiers.edge_readings(conn, sid, limit, start, end, newest) for sid in ids}
+                sids = np.concatenate([np.full(len(t), sid, np.int64) for sid, (t, _) in edges.items()])
+                times = np.concatenate([t for t, _ in edges.values()])
+                values = np.concatenate([v for _, v in edges.values()])
+        distinct = np.unique(times)  # sorted
+        if limit is not None:
+            distinct = distinct[-limit:] if newest else distinct[:limit]
+        entries: dict[Micros, dict[str, float]] = {t: {} for t in distinct.tolist()}
+        for series_id, at, value in zip(sids.tolist(), times.tolist(), values.tolist(), strict=True):
+            entry = entries.get(at)
+            if entry is not None:
+                entry[ids[series_id]] = value
+        return list(entries.items())
 
     def count_entries(self, device_id: str, metrics: list[str], before: Micros | None = None) -> int:
-        """How many distinct reading times a device's `metrics` have (before `before`)."""
-        with self.engine.connect() as conn:
+        """How many distinct reading times a device's `metrics` have (before `before`), in
+        both tiers: up to the end of the newest packed day decoded a window at a time, after
+        it counted by the database."""
+        with self.read_snapshot() as conn:
             ids = _series_ids(conn, device_id, metrics)
             if not ids:
                 return 0
+            if len(ids) == 1:
+                return tiers.count_range(conn, next(iter(ids)), None, before)
+            total = 0
             query = select(func.count(readings.c.time.distinct())).where(readings.c.series_id.in_(list(ids)))
+            packed_until = tiers.packed_end(conn, list(ids), None, before)
+            if packed_until is not None:
+                spans = [span for sid in ids if (span := tiers.series_span(conn, sid)) is not None]
+                upto = packed_until if before is None else min(packed_until, before)
+                for window in tiers.read_windows(conn, list(ids), min(s[0] for s in spans), upto):
+                    total += len(np.unique(window.times))  # windows split time: no time counted twice
+                query = query.where(readings.c.time >= upto)
             if before is not None:
                 query = query.where(readings.c.time < before)
-            return int(conn.scalar(query) or 0)
+            return total + int(conn.scalar(query) or 0)
 
 
 # A bucket's column number: whole widths since the origin (every time is ≥ the origin).
@@ -860,27 +907,28 @@ def _in_range(query: Any, start: Micros | None, end: Micros | None) -> Any:
 
 
 # Hot reads (every API request for a device makes one): plain SQL, compiled once.
+# The last reading time of a series' newest packed day (the primary key's last entry).
+_PACKED_LAST = (
+    "(SELECT p.last_time FROM packed_readings p WHERE p.series_id = s.id ORDER BY p.day_start DESC LIMIT 1)"
+)
 _SERIES_ID = text(
     "SELECT s.id FROM series s JOIN devices d ON d.id = s.device_pk WHERE d.device_id = :device AND s.metric = :metric"
 )
 _LATEST = {
     "sqlite": text(
-        "SELECT s.metric, s.unit, "
+        "SELECT s.id, s.metric, s.unit, "
         "(SELECT time FROM readings r WHERE r.series_id = s.id ORDER BY time DESC LIMIT 1) AS t, "
-        "(SELECT value FROM readings r WHERE r.series_id = s.id ORDER BY time DESC LIMIT 1) AS v "
+        "(SELECT value FROM readings r WHERE r.series_id = s.id ORDER BY time DESC LIMIT 1) AS v, "
+        f"{_PACKED_LAST} AS pt "
         "FROM series s JOIN devices d ON d.id = s.device_pk WHERE d.device_id = :device ORDER BY s.metric"
-    ).columns(metric=Text(), unit=Text(), t=UtcMicros(), v=Float()),
+    ).columns(metric=Text(), unit=Text(), t=UtcMicros(), v=Float(), pt=UtcMicros()),
     "postgresql": text(
-        "SELECT s.metric, s.unit, r.time, r.value FROM series s JOIN devices d ON d.id = s.device_pk "
+        f"SELECT s.id, s.metric, s.unit, r.time, r.value, {_PACKED_LAST} AS pt "
+        "FROM series s JOIN devices d ON d.id = s.device_pk "
         "LEFT JOIN LATERAL (SELECT time, value FROM readings WHERE series_id = s.id ORDER BY time DESC LIMIT 1) r "
         "ON true WHERE d.device_id = :device ORDER BY s.metric"
-    ).columns(metric=Text(), unit=Text(), time=UtcMicros(), value=Float()),
+    ).columns(metric=Text(), unit=Text(), time=UtcMicros(), value=Float(), pt=UtcMicros()),
 }
-
-
-_COUNT_IN_RANGE = text(
-    "SELECT count(*) FROM readings WHERE series_id = :s AND time >= :start AND time < :end"
-).bindparams(bindparam("start", type_=UtcMicros()), bindparam("end", type_=UtcMicros()))
 
 
 def _series_id(conn: Connection, device_id: str, metric: str) -> int | None:

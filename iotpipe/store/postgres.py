@@ -55,6 +55,11 @@ class PostgresStore(Store):
             with conn.begin():
                 yield conn
 
+    @contextmanager
+    def read_snapshot(self) -> Iterator[Connection]:
+        with self.snapshot_transaction() as conn:
+            yield conn
+
     def _tier_bytes(self, conn: Connection) -> tuple[int | None, int | None]:
         row = conn.exec_driver_sql(
             "SELECT pg_total_relation_size('readings'), pg_total_relation_size('packed_readings')"

@@ -15,7 +15,7 @@ never show a reading twice.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,29 +111,177 @@ def last_readings(
     conn: Connection, series_id: int, limit: int, before: Micros | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """A series' `limit` newest readings (older than `before`, if given), newest first."""
+    return edge_readings(conn, series_id, limit, None, before, newest=True)
+
+
+def edge_readings(
+    conn: Connection,
+    series_id: int,
+    limit: int,
+    start: Micros | None = None,
+    end: Micros | None = None,
+    newest: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A series' `limit` newest (or oldest) readings in [start, end), in that order: newest
+    first, or oldest first. One statement: the hot rows' index probe, and the packed days
+    from that edge inwards while the whole days nearer the edge hold fewer than `limit`."""
     dialect = conn.dialect.name
-    hot_before = " AND time < :before" if before is not None else ""
-    # Packed days, newest first, while the full days newer than each hold fewer than `limit`.
-    packed_before = " AND p.first_time < :before" if before is not None else ""
-    newer_before = " AND q.last_time < :before" if before is not None else ""
+    hot_where = "".join(
+        clause
+        for clause, bound in ((" AND time >= :start", start), (" AND time < :end", end))
+        if bound is not None
+    )
+    packed_where = ""
+    if start is not None:
+        packed_where += " AND p.day_start > :start_day AND p.last_time >= :start"
+    if end is not None:
+        packed_where += " AND p.day_start < :end AND p.first_time < :end"
+    # The days nearer the edge than p, counted only when wholly inside the range (the
+    # other side of p is bounded by p itself).
+    if newest:
+        nearer = "q.day_start > p.day_start" + (" AND q.last_time < :end" if end is not None else "")
+    else:
+        nearer = "q.day_start < p.day_start" + (" AND q.first_time >= :start" if start is not None else "")
     statement = (
         "SELECT :sid AS series_id, t, v, NULL AS n, NULL AS td, NULL AS vd FROM ("
         f"SELECT {unix_micros(dialect, 'time')} AS t, value AS v FROM readings "
-        f"WHERE series_id = :sid{hot_before} ORDER BY time DESC LIMIT :limit) h "
+        f"WHERE series_id = :sid{hot_where} ORDER BY time {'DESC' if newest else 'ASC'} LIMIT :limit) h "
         "UNION ALL "
         f"SELECT p.series_id, {unix_micros(dialect, 'p.first_time')}, NULL, p.count, p.time_data, p.value_data "
-        f"FROM packed_readings p WHERE p.series_id = :sid{packed_before} "
-        "AND coalesce((SELECT sum(q.count) FROM packed_readings q "
-        f"WHERE q.series_id = :sid AND q.day_start > p.day_start{newer_before}), 0) < :limit"
+        f"FROM packed_readings p WHERE p.series_id = :sid{packed_where} "
+        f"AND coalesce((SELECT sum(q.count) FROM packed_readings q WHERE q.series_id = :sid AND {nearer}), 0) < :limit"
     )
     params: dict[str, Any] = {"sid": series_id, "limit": limit}
-    if before is not None:
-        params["before"] = before
+    if start is not None:
+        params["start"], params["start_day"] = start, start - MICROS_PER_DAY
+    if end is not None:
+        params["end"] = end
     parts = TierRows()
-    parts.add_rows(fetch_raw(conn, _typed(statement, times=("before",)), params))
-    merged = parts.merge(None, before)
-    times, values = merged.times[::-1][:limit], merged.values[::-1][:limit]
-    return times.copy(), values.copy()
+    parts.add_rows(fetch_raw(conn, _typed(statement, times=("start", "start_day", "end")), params))
+    merged = parts.merge(start, end)
+    if newest:
+        return merged.times[::-1][:limit].copy(), merged.values[::-1][:limit].copy()
+    return merged.times[:limit].copy(), merged.values[:limit].copy()
+
+
+def count_range(conn: Connection, series_id: int, start: Micros | None, end: Micros | None) -> int:
+    """How many readings a series holds in [start, end), over both tiers, in one statement:
+    the hot rows counted by the index, the packed days wholly inside by their `count`, and
+    only the (at most two) packed days across a bound decoded."""
+    bounds = {"start": start, "end": end}
+    hot = ["series_id = :sid"] + [
+        c for c, b in (("time >= :start", start), ("time < :end", end)) if b is not None
+    ]
+    overlap = ["series_id = :sid"]
+    inside: list[str] = []
+    across: list[str] = []
+    if start is not None:
+        overlap += ["day_start > :start_day", "last_time >= :start"]
+        inside.append("first_time >= :start")
+        across.append("first_time < :start")
+    if end is not None:
+        overlap += ["day_start < :end", "first_time < :end"]
+        inside.append("last_time < :end")
+        across.append("last_time >= :end")
+    where = " AND ".join(overlap)
+    # PostgreSQL types a UNION's columns pair by pair from the left: the typed branch first.
+    boundary_days = (
+        f"SELECT NULL AS n, count AS c, time_data AS td FROM packed_readings WHERE {where} "
+        f"AND ({' OR '.join(across)}) UNION ALL "
+        if across
+        else ""
+    )
+    statement = (
+        f"{boundary_days}SELECT count(*), NULL, NULL FROM readings WHERE {' AND '.join(hot)} "
+        f"UNION ALL SELECT sum(count), NULL, NULL FROM packed_readings WHERE {where}"
+        + (f" AND {' AND '.join(inside)}" if inside else "")
+    )
+    params: dict[str, Any] = {"sid": series_id, **{k: v for k, v in bounds.items() if v is not None}}
+    if start is not None:
+        params["start_day"] = start - MICROS_PER_DAY
+    total = 0
+    for n, count, time_data in fetch_raw(
+        conn, _typed(statement, times=("start", "start_day", "end")), params
+    ):
+        if n is not None:
+            total += int(n)
+        elif count is not None:
+            times = decode_times(bytes(time_data), int(count))
+            keep = np.ones(len(times), dtype=bool)
+            if start is not None:
+                keep &= times >= start
+            if end is not None:
+                keep &= times < end
+            total += int(keep.sum())
+    return total
+
+
+def packed_end(
+    conn: Connection, series_ids: Sequence[int], start: Micros | None = None, end: Micros | None = None
+) -> Micros | None:
+    """The end of the newest packed day of these series overlapping [start, end), or None:
+    from there on, the range's readings are all hot."""
+    where = "series_id IN :ids" + (" AND day_start > :start_day" if start is not None else "")
+    where += " AND day_start < :end" if end is not None else ""
+    statement = _typed(
+        f"SELECT {unix_micros(conn.dialect.name, 'max(day_start)')} FROM packed_readings WHERE {where}",
+        times=("start_day", "end"),
+        lists=("ids",),
+    )
+    params: dict[str, Any] = {}
+    if start is not None:
+        params["start_day"] = start - MICROS_PER_DAY
+    if end is not None:
+        params["end"] = end
+    ids = sorted({int(s) for s in series_ids})
+    newest: Micros | None = None
+    for first in range(0, len(ids), IN_CHUNK):
+        found = conn.execute(statement, {**params, "ids": ids[first : first + IN_CHUNK]}).scalar()
+        if found is not None:
+            newest = max(newest or int(found), int(found))
+    return newest + MICROS_PER_DAY if newest is not None else None
+
+
+WINDOW = 7 * MICROS_PER_DAY  # readings decoded at a time by the windowed reads
+
+
+def read_windows(
+    conn: Connection, series_ids: Sequence[int], start: Micros, end: Micros, span: Micros = WINDOW
+) -> Iterator[SeriesReadings]:
+    """read_range over [start, end) a window of `span` at a time, oldest first: memory stays
+    bounded by a window's readings. Call inside one snapshot (Store.read_snapshot)."""
+    at = start
+    while at < end:
+        upto = min(end, at + span)
+        yield read_range(conn, series_ids, at, upto)
+        at = upto
+
+
+def buckets(
+    conn: Connection, series_id: int, origin: Micros, start: Micros, end: Micros, width: Micros
+) -> list[tuple[Micros, int, float, float, float]]:
+    """(bucket_start, count, mean, min, max) of each bucket of `width` from `origin` with
+    readings in [start, end), oldest first, computed from both tiers a window at a time
+    (windows are whole buckets, so no bucket spans two)."""
+    found: list[tuple[Micros, int, float, float, float]] = []
+    span = max(1, WINDOW // width) * width
+    for window in read_windows(conn, [series_id], start, end, span):
+        times, values = window.times, window.values
+        if not len(times):
+            continue
+        columns = (times - origin) // width
+        change = np.ones(len(times), dtype=bool)
+        change[1:] = columns[1:] != columns[:-1]
+        firsts = np.flatnonzero(change)
+        counts = np.diff(np.append(firsts, len(times)))
+        sums = np.add.reduceat(values, firsts)
+        lows, highs = np.minimum.reduceat(values, firsts), np.maximum.reduceat(values, firsts)
+        for i, first in enumerate(firsts.tolist()):
+            n = int(counts[i])
+            found.append(
+                (origin + int(columns[first]) * width, n, float(sums[i]) / n, float(lows[i]), float(highs[i]))
+            )
+    return found
 
 
 def series_span(conn: Connection, series_id: int) -> tuple[Micros, Micros] | None:
