@@ -134,6 +134,50 @@ def test_reads_see_hot_and_packed_readings_as_one_series(store: Store) -> None:
     assert stats["tiers"]["hot"]["readings"] == 3 and stats["tiers"]["packed"]["readings"] == 48
 
 
+def test_api_store_reads_answer_the_same_before_and_after_compaction(store: Store) -> None:
+    # Two metrics of one device over three old days: "t" every 10 minutes, "h" every 15
+    # (entries share a time every 30 minutes); values in quarters, so every sum is exact.
+    minutes = 10 * 60 * MICROS_PER_SECOND
+    old = [("e", "t", OLD_DAY + i * minutes, (i % 50) / 4) for i in range(3 * 144)]
+    old += [("e", "h", OLD_DAY + i * minutes * 3 // 2, -(i % 30) / 4) for i in range(3 * 96)]
+    recent = [("e", "t", TODAY + i * MICROS_PER_SECOND, 100.0 + i) for i in range(3)]
+    write_readings(store, old + recent)
+    sids = [_series_id(store, "e", "t"), _series_id(store, "e", "h")]
+    day1, day2 = OLD_DAY + MICROS_PER_DAY, OLD_DAY + 2 * MICROS_PER_DAY
+    cut = day1 + 7 * MICROS_PER_HOUR + 5 * MICROS_PER_SECOND  # inside a packed day
+
+    def reads() -> dict[str, object]:
+        both = ["t", "h"]
+        return {
+            "raw first 7": store.raw_readings("e", "t", cut, None, 7),
+            "raw first 500 to today": store.raw_readings("e", "t", OLD_DAY, TODAY + 1, 500),
+            "raw all": store.raw_readings("e", "t"),
+            "count across days": store.reading_count("e", "t", cut, day2 + MICROS_PER_HOUR),
+            "count all": store.reading_count("e", "t", OLD_DAY, TODAY + MICROS_PER_DAY),
+            "buckets": store.reading_buckets("e", "h", cut, TODAY + MICROS_PER_DAY, 5 * MICROS_PER_HOUR),
+            "latest": store.latest_readings("e"),
+            "entries newest 5": store.device_entries("e", both, None, day2, 5, newest=True),
+            "entries oldest 5": store.device_entries("e", both, cut, None, 5),
+            "entries in range": store.device_entries("e", both, cut, day2),
+            "entries all": store.device_entries("e", both),
+            "count entries": store.count_entries("e", both),
+            "count entries before": store.count_entries("e", both, before=cut),
+            "count one metric": store.count_entries("e", ["h"], before=cut),
+            "backfill": store.readings_since(sids, cut, 9),
+            "backfill all": store.readings_since(sids, OLD_DAY, 10_000),
+        }
+
+    before = reads()
+    assert before["count all"] == 3 * 144 + 3
+    assert before["count entries"] == 3 * 144 + 3 * 48 + 3  # t's times, h's between them, recent
+    assert [t for t, _ in before["entries oldest 5"]] == [
+        day1 + 7 * MICROS_PER_HOUR + m * minutes // 2 for m in (2, 3, 4, 6, 8)
+    ]
+    assert store.compact(EVERYTHING, step_readings=100)["readings"] == len(old)
+    assert store.stats()["tiers"]["hot"]["readings"] == 3
+    assert reads() == before
+
+
 def test_compaction_leaves_the_hot_window_alone_and_runs_in_steps(store: Store) -> None:
     now = now_micros()
     before = pack_before(StorageSettings(hot_days=2), now)

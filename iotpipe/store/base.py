@@ -732,13 +732,14 @@ class Store(ABC):
         self, series_ids: Sequence[int], start: Micros, limit: int
     ) -> list[tuple[int, Micros, float]]:
         """The newest `limit` readings of these series at or after `start`, as
-        (series_id, time, value), oldest first (the live feed's backfill)."""
+        (series_id, time, value), oldest first, by series at equal times (the live feed's
+        backfill)."""
         if not series_ids:
             return []
         query = (
             select(readings.c.series_id, readings.c.time, readings.c.value)
             .where(readings.c.series_id.in_(list(series_ids)), readings.c.time >= start)
-            .order_by(readings.c.time.desc())
+            .order_by(readings.c.time.desc(), readings.c.series_id.desc())
             .limit(limit)
         )
         with self.read_snapshot() as conn:
@@ -746,7 +747,7 @@ class Store(ABC):
                 # Part of the range is packed (a backfill reaching past the hot window):
                 # both tiers, the newest `limit` by time.
                 found = tiers.read_range(conn, series_ids, start, None)
-                newest = np.argsort(found.times, kind="stable")[-limit:]
+                newest = np.lexsort((found.series_ids, found.times))[-limit:]  # by time, then series
                 return list(
                     zip(
                         found.series_ids[newest].tolist(),
