@@ -75,14 +75,9 @@ def answers(served: Served) -> dict[str, Any]:
     return found
 
 
-def packed_readings(served: Served) -> int:
-    return int(served.app.store.stats()["tiers"]["packed"]["readings"])
-
-
-def test_api_series_reads_packed_history_exactly(served: Served) -> None:
-    # Three days of minutely temperature (values in quarters: every sum is exact), a day of
-    # pressure every 10 minutes, one recent temperature reading that stays hot, and an
-    # old ThingSpeak channel.
+def post_history(served: Served) -> None:
+    """Three days of minutely temperature (values in quarters: every sum is exact), a day of
+    pressure every 10 minutes, and an old ThingSpeak channel: all older than the hot window."""
     post(
         served,
         [f"telemetry,device_id=pump-1 temperature={(i % 400) / 4} {DAY0 + 60 * i}" for i in range(3 * 1440)],
@@ -90,8 +85,16 @@ def test_api_series_reads_packed_history_exactly(served: Served) -> None:
     post(
         served, [f"telemetry,device_id=pump-1 pressure={i / 4} {DAY0 + 86400 + 600 * i}" for i in range(144)]
     )
-    post(served, [f"telemetry,device_id=pump-1 temperature=-3.5 {NOW - HOUR}"])
     assert served.client.post("/api/v1/ingest", json=CHANNEL_86945).json()["stored"] == 5
+
+
+def packed_readings(served: Served) -> int:
+    return int(served.app.store.stats()["tiers"]["packed"]["readings"])
+
+
+def test_api_series_reads_packed_history_exactly(served: Served) -> None:
+    post_history(served)
+    post(served, [f"telemetry,device_id=pump-1 temperature=-3.5 {NOW - HOUR}"])  # stays hot
     before = answers(served)
     assert sum(len(p["times"]) for p in before["raw, paged"]) == 43 * 60
     assert len(before["raw, paged"]) == 3  # paged by max_points through the packed tier
@@ -108,14 +111,7 @@ def test_api_series_reads_packed_history_exactly(served: Served) -> None:
 
 
 def test_a_late_reading_in_a_packed_day_is_read_once_before_and_after_repacking(served: Served) -> None:
-    post(
-        served,
-        [f"telemetry,device_id=pump-1 temperature={(i % 400) / 4} {DAY0 + 60 * i}" for i in range(3 * 1440)],
-    )
-    post(
-        served, [f"telemetry,device_id=pump-1 pressure={i / 4} {DAY0 + 86400 + 600 * i}" for i in range(144)]
-    )
-    assert served.client.post("/api/v1/ingest", json=CHANNEL_86945).json()["stored"] == 5
+    post_history(served)
     served.app.run_jobs("compact")
     packed = packed_readings(served)
     # Late: a temperature between two packed minutes, a pressure after its packed day's
