@@ -11,6 +11,7 @@ CORS is closed unless `[api] cors_origins` lists origins.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Any
 
@@ -29,6 +30,8 @@ from iotpipe.app.access import AccessDenied
 from iotpipe.app.http_ingest import UnsupportedContent
 from iotpipe.errors import Conflict, IotpipeError, NotFound, StoreError
 from iotpipe.redact import redact
+
+_CONVERTER = re.compile(r"\{(\w+):\w+\}")
 
 log = logging.getLogger(__name__)
 
@@ -139,5 +142,7 @@ class RequestMetrics:
             await self.asgi(scope, receive, sending)
         finally:
             route: Any = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
+            # The route's template, without converters ("{device_id:path}" -> "{device_id}"):
+            # a bounded label set that reads like the API's documentation.
+            template = _CONVERTER.sub(r"{\1}", getattr(route, "path", None) or "unmatched")
             self.app.observe_request(template, scope["method"], status, time.perf_counter() - started)
