@@ -1,4 +1,10 @@
-"""Import benchmark (issue "Core"): V1 JSON lines through iotpipe vs. each engine's bulk-insert ceiling."""
+"""Import benchmark: V1 JSON lines through iotpipe vs. each engine's bulk-insert ceiling and vs.
+InfluxDB 1.6 taking the same readings as line protocol over HTTP /write, in the same run.
+
+Two iotpipe imports per engine: *hot* (recent readings, into the hot table) against the
+raw COPY / executemany ceiling, and *historical* (the same readings ten days older,
+straight into the packed tier) against InfluxDB.
+"""
 
 from __future__ import annotations
 
@@ -90,10 +96,13 @@ class EngineResult:
     import_counters: dict[str, int]
     reimport_counters: dict[str, int]
     failures: list[str] = field(default_factory=list)
+    historical_seconds: float = 0.0
+    historical_rate: float = 0.0
+    historical_packed: int = 0
 
 
 # -- the data --------------------------------------------------------------------------
-def generate(path: Path, readings: int, devices: int = 1000, seed: int = 7) -> Dataset:
+def generate(path: Path, readings: int, devices: int = 1000, seed: int = 7, days_ago: int = 0) -> Dataset:
     """Write `readings` V1 readings (5 per line, round-robin over devices, one report a
     minute each, ms timestamps) and return the same readings as store rows."""
     rng = random.Random(seed)
@@ -103,6 +112,7 @@ def generate(path: Path, readings: int, devices: int = 1000, seed: int = 7) -> D
     now_ms = int(time.time() * 1000)
     rounds = math.ceil(lines / devices)
     start_ms = (now_ms // 3_600_000) * 3_600_000 - rounds * REPORT_INTERVAL_MS - 86_400_000
+    start_ms -= days_ago * 86_400_000
     temp_base = [rng.uniform(15.0, 24.0) for _ in range(devices)]
     pressure = [rng.uniform(1005.0, 1020.0) for _ in range(devices)]
     battery = [rng.uniform(60.0, 100.0) for _ in range(devices)]
@@ -142,6 +152,36 @@ def batches(rows: list[Row], size: int) -> Iterator[list[Row]]:
 
 
 # -- the iotpipe path ------------------------------------------------------------------
+def line_protocol(data: Dataset, batch_lines: int = 5_000) -> list[bytes]:
+    """The dataset as InfluxDB line protocol, one body per `batch_lines` lines."""
+    lines = []
+    with open(data.path, "rb") as source:
+        for line in source:
+            record = orjson.loads(line)
+            fields = ",".join(f"{k}={v}" for k, v in record.items() if k not in ("device_id", "timestamp"))
+            lines.append(f"telemetry,device_id={record['device_id']} {fields} {record['timestamp'] * 1000}")
+    return ["\n".join(lines[i : i + batch_lines]).encode() for i in range(0, len(lines), batch_lines)]
+
+
+def bench_influx(data: Dataset, repeat: int, say: TextIO) -> float:
+    """Best seconds InfluxDB 1.x takes for the dataset over /write, one client, fresh database each run."""
+    from benchmarks.influx import InfluxServer
+
+    bodies = line_protocol(data)
+    best = math.inf
+    with InfluxServer() as influx:
+        for run in range(1, repeat + 1):
+            database = f"bench{run}"
+            influx.create_database(database)
+            seconds = influx.write(database, bodies)
+            stored = influx.count(database, "telemetry")
+            if stored != len(data.rows):
+                raise RuntimeError(f"InfluxDB stored {stored:,} values, expected {len(data.rows):,}")
+            best = min(best, seconds)
+            print(f"  InfluxDB  {len(data.rows) / seconds:>12,.0f} readings/s  ({seconds:.2f} s)", file=say)
+    return best
+
+
 def iotpipe_import(url: str, path: Path, profile: Path | None = None) -> ImportRun:
     """`iotpipe import path` as the CLI runs it, default pipeline settings; the store is
     opened and migrated before the clock starts (a one-off, not a per-reading cost)."""
@@ -271,7 +311,13 @@ def database_factory(engine: str, workdir: Path) -> Iterator[Callable[[str], Any
 
 
 def bench_engine(
-    engine: str, data: Dataset, workdir: Path, repeat: int, profile_dir: Path | None, say: TextIO
+    engine: str,
+    data: Dataset,
+    history: Dataset,
+    workdir: Path,
+    repeat: int,
+    profile_dir: Path | None,
+    say: TextIO,
 ) -> EngineResult:
     """Ceiling, import and re-import `repeat` times on fresh databases; best of each."""
     batch_size = PipelineConfig().batch_size
@@ -280,6 +326,7 @@ def bench_engine(
     ceilings: list[float] = []
     imports: list[ImportRun] = []
     reimports: list[ImportRun] = []
+    historicals: list[ImportRun] = []
     with database_factory(engine, workdir) as fresh:
         for run in range(1, repeat + 1):
             ceiling_db, pipe_db = fresh(f"bench_ceiling_{run}"), fresh(f"bench_import_{run}")
@@ -326,6 +373,21 @@ def bench_engine(
                 f"{second.cpu_seconds:.2f} s CPU in this process)",
                 file=say,
             )
+            history_db = fresh(f"bench_history_{run}")
+            history_url = f"sqlite:///{history_db}" if engine == "sqlite" else history_db
+            past = iotpipe_import(history_url, history.path)
+            historicals.append(past)
+            store = open_store(history_url, migrate=False)
+            packed = store.stats()["tiers"]["packed"]["readings"]
+            store.close()
+            if packed != expected or past.counters["readings_stored"] != expected:
+                failures.append(
+                    f"historical import stored {past.counters['readings_stored']:,}, packed {packed:,}"
+                )
+            print(
+                f"  history   {past.rate:>12,.0f} readings/s  ({past.seconds:.2f} s, straight into the packed tier)",
+                file=say,
+            )
             r = second.counters
             in_db = stored_readings(url)
             if not (r["readings_stored"] == 0 and r["readings_duplicate"] == expected and in_db == expected):
@@ -364,6 +426,8 @@ def bench_engine(
         import_counters=c,
         reimport_counters=best_again.counters,
         failures=failures,
+        historical_seconds=min(h.seconds for h in historicals),
+        historical_rate=max(h.rate for h in historicals),
     )
 
 
@@ -393,6 +457,7 @@ def main(argv: list[str] | None = None) -> int:
         help="run each phase N times on fresh databases and keep the best "
         "(steadier figures on a busy or virtual machine)",
     )
+    parser.add_argument("--no-influx", action="store_true", help="skip the InfluxDB peer run")
     args = parser.parse_args(argv)
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     unknown = sorted(set(engines) - set(ENGINES))
@@ -409,6 +474,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         started = time.perf_counter()
         data = generate(workdir / "readings.jsonl", args.readings)
+        history = generate(workdir / "history.jsonl", args.readings, days_ago=10)
         generated = time.perf_counter() - started
         print(
             f"import: {len(data.rows):,} readings, {data.lines:,} V1 JSON lines, {data.devices:,} devices, "
@@ -424,15 +490,25 @@ def main(argv: list[str] | None = None) -> int:
                 "figures will be low and noisy",
                 file=say,
             )
+        influx_seconds = math.nan
+        if not args.no_influx:
+            print("influxdb (line protocol over HTTP /write, batches of 5,000 lines, one client):", file=say)
+            influx_seconds = bench_influx(data, args.repeat, say)
+        influx_rate = len(data.rows) / influx_seconds
         for engine in engines:
             print(f"{engine}:", file=say)
-            result = bench_engine(engine, data, workdir, args.repeat, args.profile, say)
+            result = bench_engine(engine, data, history, workdir, args.repeat, args.profile, say)
             results.append(result)
             print(
                 f"  ratio     {result.ratio:>12.2f} of the ceiling; "
                 f"{result.bytes_per_reading:.1f} B/reading "
                 f"(ceiling table {result.ceiling_bytes_per_reading:.1f}); "
                 f"{result.batches} batches of {result.mean_batch:,.0f}",
+                file=say,
+            )
+            print(
+                f"  vs InfluxDB: hot import {result.import_rate / influx_rate:.2f}, "
+                f"historical import {result.historical_rate / influx_rate:.2f}",
                 file=say,
             )
             for failure in result.failures:
@@ -456,13 +532,14 @@ def main(argv: list[str] | None = None) -> int:
                     "repeat": args.repeat,
                     "load_average_before": load,
                     "profiled": bool(args.profile),
+                    "influxdb_rate": influx_rate,
                     "results": [asdict(r) for r in results],
                 },
                 indent=2,
             )
         )
     else:
-        _print_table(results, say)
+        _print_table(results, influx_rate, say)
     return 1 if any(r.failures for r in results) else 0
 
 
@@ -484,17 +561,20 @@ def revision() -> str:
     return head + ("+dirty" if dirty else "")
 
 
-def _print_table(results: list[EngineResult], say: TextIO) -> None:
+def _print_table(results: list[EngineResult], influx_rate: float, say: TextIO) -> None:
     print(
-        f"\n{'engine':<11}{'iotpipe/s':>12}{'ceiling/s':>12}{'ratio':>7}{'B/reading':>11}{'re-import/s':>13}",
+        f"\n{'engine':<11}{'iotpipe/s':>12}{'ceiling/s':>12}{'ratio':>7}{'/influx':>8}{'B/reading':>11}"
+        f"{'re-import/s':>13}{'history/s':>12}{'/influx':>8}",
         file=say,
     )
     for r in results:
         print(
             f"{r.engine:<11}{r.import_rate:>12,.0f}{r.ceiling_rate:>12,.0f}{r.ratio:>7.2f}"
-            f"{r.bytes_per_reading:>11.1f}{r.reimport_rate:>13,.0f}",
+            f"{r.import_rate / influx_rate:>8.2f}{r.bytes_per_reading:>11.1f}{r.reimport_rate:>13,.0f}"
+            f"{r.historical_rate:>12,.0f}{r.historical_rate / influx_rate:>8.2f}",
             file=say,
         )
+    print(f"{'InfluxDB':<11}{influx_rate:>12,.0f}", file=say)
 
 
 if __name__ == "__main__":

@@ -2,4 +2,5 @@
 
 from iotpipe.cli import main
 
-main()
+if __name__ == "__main__":  # not when a worker process of an import re-imports it
+    main()

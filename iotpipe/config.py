@@ -268,6 +268,46 @@ class MqttSettings(BaseModel):
     key_file: Path | None = None
 
 
+class StorageSettings(BaseModel):
+    """`[storage]`: the packed tier (compaction) and the continuous Parquet lake."""
+
+    hot_days: int = Field(
+        2, ge=1, description="readings stay in the hot table this many days, then are packed per series-day"
+    )
+    compact_every: float = Field(600.0, gt=0, description="seconds between two compaction runs")
+    compact_step_readings: int = Field(
+        50_000, ge=1, description="readings packed per transaction (at least one series-day)"
+    )
+    compact_seconds: float = Field(120.0, gt=0, description="a compaction run stops after this long")
+    lake_dir: Path | None = Field(
+        None, description="write each closed UTC day as Parquet here (off if unset)"
+    )
+    lake_close_seconds: float = Field(
+        3600.0, ge=0, description="a day is closed (written to the lake) this long after it ended"
+    )
+    lake_every: float = Field(300.0, gt=0, description="seconds between two lake runs")
+    columnar_import: bool = Field(
+        True, description="import V1 JSON and line protocol files through the columnar fast path"
+    )
+    import_packed: bool = Field(
+        True, description="imported readings older than the hot window go straight into the packed tier"
+    )
+    import_workers: int = Field(
+        0, ge=0, description="decoding processes for large imports (0: one per core, at most 4)"
+    )
+
+
+class RetentionSettings(BaseModel):
+    """`[retention]`: how many days each tier keeps (unset: forever), purged in small chunks."""
+
+    raw_days: int | None = Field(None, ge=1, description="raw readings, hot and packed")
+    hourly_days: int | None = Field(None, ge=1, description="1h rollups")
+    daily_days: int | None = Field(None, ge=1, description="1d rollups")
+    weekly_days: int | None = Field(None, ge=1, description="1w rollups")
+    every: float = Field(3600.0, gt=0, description="seconds between two retention runs")
+    chunk_rows: int = Field(10_000, ge=1, description="rows deleted per transaction")
+
+
 _NATS_NAME = r"^[A-Za-z0-9_-]+$"  # stream and consumer names: one subject token
 
 
@@ -377,6 +417,8 @@ class Settings(BaseSettings):
     analytics: AnalyticsSettings = AnalyticsSettings()  # type: ignore[call-arg]
     anomalies: AnomalySettings = AnomalySettings()  # type: ignore[call-arg]
     mqtt: MqttSettings = MqttSettings()  # type: ignore[call-arg]
+    storage: StorageSettings = StorageSettings()  # type: ignore[call-arg]
+    retention: RetentionSettings = RetentionSettings()  # type: ignore[call-arg]
     api: ApiSettings = ApiSettings()  # type: ignore[call-arg]
     nats: NatsSettings = NatsSettings()  # type: ignore[call-arg]
     # Last: from here on in this class body, `limits` is this field, not the module.

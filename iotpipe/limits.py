@@ -30,6 +30,7 @@ MAX_PAYLOAD_BYTES = 256 * 1024  # one message: an MQTT payload, one line or CSV 
 # network-facing payload limit would only reject legitimate exports.
 FILE_MAX_PAYLOAD_BYTES = 1 << 30
 FUTURE_TOLERANCE_SECONDS = 86_400.0  # readings may be up to a day ahead of receipt
+BULK_BATCH_SIZE = 2_000_000  # readings per transaction of history imported into the packed tier (~60 MB)
 
 # -- what one message may hold ([limits]) ---------------------------------------------------
 EARLIEST_TIME = datetime(1970, 1, 1, tzinfo=UTC)  # older readings are rejected

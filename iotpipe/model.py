@@ -142,10 +142,25 @@ class WriteBatch:
     # The readings as columns, built by the store ahead of the write (see
     # Store.prepare_columns); opaque to every other layer.
     columns: Any = None
+    # Readings older than this (Unix µs, a UTC day boundary) go straight into the packed
+    # tier: a historical import, whose days are past the hot window.
+    pack_before: int | None = None
+    # Readings a bulk decoder put in columns (formats/columnar.py Blocks: device, metric,
+    # time and value arrays), beside the grouped ones; opaque to the pipeline.
+    blocks: list[Any] = field(default_factory=list)
+    # Where each block came in among the groups (len(groups) then): the store keeps the
+    # fed order, so that of two readings of one (series, time) the first fed is stored.
+    block_positions: list[int] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(
-            self.groups or self.dead_letters or self.replayed or self.watermarks or self.invalid or self.infos
+            self.groups
+            or self.blocks
+            or self.dead_letters
+            or self.replayed
+            or self.watermarks
+            or self.invalid
+            or self.infos
         )
 
 

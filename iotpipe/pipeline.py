@@ -65,6 +65,9 @@ class PipelineConfig:
     # many unacknowledged messages be in flight to one client (Mosquitto: 20 by
     # default); waiting for a full batch beyond that window would stall the stream.
     max_unacked: int | None = None
+    # Readings older than this (a UTC day start, Unix µs) are written straight into the
+    # packed tier: an import of history past the hot window.
+    pack_before: int | None = None
     limits: Limits = DEFAULT_LIMITS
 
     def __post_init__(self) -> None:
@@ -217,6 +220,26 @@ class Pipeline:
         elif late:
             self.flush()
 
+    def feed_block(self, block: Any) -> None:
+        """Add readings a bulk decoder decoded exactly (formats/columnar.py: a Block of
+        `block.messages`, validated as the pipeline would) to the open batch."""
+        if not self._block_within_series_limit(block):
+            for raw in block.messages:  # message by message: the limit refuses the same ones
+                self.feed(raw)
+            return
+        with self._lock:
+            job = self._open
+            if not job.messages:
+                self._batch_started = time.monotonic()
+            job.messages += len(block.messages)
+            job.blocks.append(block)
+            job.batch.blocks.append(block)
+            job.batch.block_positions.append(len(job.batch.groups))
+            job.batch.reading_count += len(block)
+            full = job.batch.reading_count >= self.config.batch_size
+        if full:
+            self._flush_full_batch()
+
     def set_watermark(self, source: str, key: str, value: str) -> None:
         """Commit a source's resume point together with the readings fed before it."""
         with self._lock:
@@ -235,6 +258,21 @@ class Pipeline:
         for message in decoded:
             self._check_series_limit(message)
         return decoded
+
+    def _block_within_series_limit(self, block: Any) -> bool:
+        """Whether no device of the block goes over max_series_per_device with it (then
+        the exact path, message by message, would refuse none of its messages either)."""
+        limit = self.config.limits.max_series_per_device
+        found = block.series()
+        for device_id, metrics in found.items():
+            known = self._series.get(device_id)
+            if known is None:
+                known = self._series[device_id] = set(self.sink.known_metrics(device_id))
+            if len(known | metrics) > limit:
+                return False
+        for device_id, metrics in found.items():
+            self._series[device_id].update(metrics)
+        return True
 
     def _check_series_limit(self, message: DecodedMessage) -> None:
         """Refuse a message that would give its device more series than the limit allows:
@@ -343,9 +381,15 @@ class Pipeline:
     def _commit(self, job: _PendingBatch) -> None:
         """Commit a batch; if the store refuses what it holds, split it until the message
         at fault is alone, dead-letter that one and commit the rest."""
+        job.batch.pack_before = self.config.pack_before
         try:
             result = self.sink.write(job.batch)
         except BatchRejected as exc:
+            if job.blocks:
+                # Find the message at fault the usual way: decode the blocks' messages
+                # one by one, as if the bulk decoder had not taken them.
+                self._commit(job.without_blocks(self._decode))
+                return
             if len(job.accepted) > 1:
                 log.info("the store refused a batch of %d messages; splitting it", len(job.accepted))
                 for part in job.split():
@@ -378,7 +422,7 @@ class Pipeline:
         counters = self.counters
         with self._lock:
             counters.messages_received += job.messages
-            counters.messages_accepted += len(job.accepted)
+            counters.messages_accepted += len(job.accepted) + sum(len(b.messages) for b in job.blocks)
             counters.messages_dead_lettered += job.dead
             counters.values_invalid += len(job.batch.invalid)
             counters.readings_received += job.batch.reading_count
@@ -457,6 +501,7 @@ class _PendingBatch:
     acks: list[tuple[Acknowledger, Any]] = field(default_factory=list)
     messages: int = 0  # received: accepted + dead-lettered
     dead: int = 0
+    blocks: list[Any] = field(default_factory=list)  # bulk-decoded, also in batch.blocks
 
     def accept(self, raw: RawMessage, decoded: list[DecodedMessage]) -> None:
         _add_readings(self.batch, raw, decoded)
@@ -487,6 +532,19 @@ class _PendingBatch:
             rest.batch.dead_letters.append(DeadLetter(raw, reason))
             rest.dead += 1
             rest.messages += 1
+        return rest
+
+    def without_blocks(self, decode: Any) -> _PendingBatch:
+        """This batch with its blocks' messages decoded one by one (`decode(raw)`)."""
+        rest = _PendingBatch.of(self.accepted)
+        rest.take_extras(self)
+        for block in self.blocks:
+            for raw in block.messages:
+                rest.messages += 1
+                try:
+                    rest.accept(raw, decode(raw))
+                except DecodeError as exc:
+                    rest.dead_letter(raw, exc.reason, len(raw.payload))
         return rest
 
     def without_infos(self) -> _PendingBatch:

@@ -100,8 +100,11 @@ def test_a_range_from_year_one_is_answered(database_url: str, tmp_path: Path) ->
 
 
 def test_the_database_going_away_mid_import_is_explained_and_the_rerun_completes(tmp_path: Path) -> None:
+    # Recent readings (the last day, ms timestamps): they go to the hot table batch by
+    # batch; history past the hot window would be packed in one large batch.
+    base_ms = int(time.time() * 1000) - 86_000_000
     lines = (
-        f'{{"device_id": "d{i % 100}", "timestamp": {1_700_000_000 + i}, "t": {i}}}' for i in range(400_000)
+        f'{{"device_id": "d{i % 100}", "timestamp": {base_ms + i * 200}, "t": {i}}}' for i in range(400_000)
     )
     (tmp_path / "big.jsonl").write_text("\n".join(lines) + "\n")
     with PostgresServer() as server:

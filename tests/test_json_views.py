@@ -99,4 +99,8 @@ def test_every_json_view_prints_the_same_types_on_both_engines(
     assert on_sqlite["anomalies"] and on_sqlite["alerts"]
     for name in on_sqlite:
         assert skeleton(on_postgres[name]) == skeleton(on_sqlite[name]), name
-    assert on_postgres["stats"] == on_sqlite["stats"]  # the same data, counted the same
+
+    def counted(stats: dict) -> dict:  # bytes on disk are each engine's own; counts are not
+        return {**stats, "tiers": {tier: v["readings"] for tier, v in stats["tiers"].items()}}
+
+    assert counted(on_postgres["stats"]) == counted(on_sqlite["stats"])  # the same data, counted the same

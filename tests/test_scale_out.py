@@ -68,6 +68,10 @@ def instances(
             f"IOTPIPE_ANALYTICS__{job.upper()}_EVERY": str(EVERY)
             for job in ("rollups", "anomalies", "quality", "health", "alerts")
         },
+        # The storage jobs: compaction, retention and the lake, at the same interval.
+        "IOTPIPE_STORAGE__COMPACT_EVERY": str(EVERY),
+        "IOTPIPE_RETENTION__EVERY": str(EVERY),
+        "IOTPIPE_STORAGE__LAKE_EVERY": str(EVERY),
     }
     runs = []
     try:
@@ -160,7 +164,17 @@ def test_three_run_instances_run_each_job_once_per_interval_and_find_the_episode
     assert together == alone
 
     starts = job_starts(logs)
-    assert set(starts) == {"rollups", "anomalies", "quality", "health", "alerts", "webhooks"}
+    assert set(starts) == {
+        "rollups",
+        "anomalies",
+        "quality",
+        "health",
+        "alerts",
+        "webhooks",
+        "compact",
+        "retention",
+        "lake",
+    }
     # Every instance schedules the jobs; those that found a job run too recently skipped it.
     for log in logs:
         assert job_starts([log]).get("rollups") or "by another process" in log

@@ -41,7 +41,6 @@ from iotpipe.store.schema import (
     data_quality,
     device_health,
     devices,
-    readings,
     series,
 )
 
@@ -236,13 +235,11 @@ class _Engine:
                 )
             ).first()
             cursor, violating_since = (state[0], state[1]) if state is not None else (self.since - 1, None)
-            rows = conn.execute(
-                select(readings.c.time, readings.c.value)
-                .where(
-                    readings.c.series_id == subject.series_id, readings.c.time > max(cursor, self.since - 1)
-                )
-                .order_by(readings.c.time)
-            ).all()
+            assert subject.series_id is not None  # threshold subjects are series
+            after_times, after_values = self.store.read_series(
+                subject.series_id, max(cursor, self.since - 1) + 1, None, conn
+            )
+            rows = list(zip(after_times.tolist(), after_values.tolist(), strict=True))
             if not rows and state is not None:
                 return
             active = self._active(conn, rule, subject)

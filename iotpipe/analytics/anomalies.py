@@ -23,7 +23,7 @@ from sqlalchemy import Connection, and_, delete, func, or_, select
 from iotpipe.config import AnomalySettings, Settings
 from iotpipe.model import MICROS_PER_SECOND, Micros, format_micros, now_micros
 from iotpipe.store import Store
-from iotpipe.store.schema import anomalies, devices, readings, series
+from iotpipe.store.schema import anomalies, devices, series
 
 METHOD = "zscore"
 METHODS = ("zscore", "streaming")
@@ -93,10 +93,10 @@ def detect_zscore(
     summary = {"series": 0, "readings": 0, "anomalies": 0, "added": 0, "removed": 0}
     for series_id in _series_ids(store, device_id, metric):
         summary["series"] += 1
-        with store.engine.connect() as conn:
-            newest = conn.scalar(select(func.max(readings.c.time)).where(readings.c.series_id == series_id))
-        if newest is None:
+        span = store.series_span(series_id)
+        if span is None:
             continue
+        newest = span[1]
         stop = newest + 1 if end is None else min(end, newest + 1)
         for since in range(start, stop, CHUNK):
             counts = _detect_span(store, rule, series_id, since, min(since + CHUNK, stop))
@@ -112,10 +112,8 @@ def _detect_span(
     store: Store, rule: ZscoreRule, series_id: int, start: Micros, end: Micros
 ) -> dict[str, int]:
     with store.engine.connect() as conn:
-        window = _readings(conn, series_id, start - rule.window, end)
+        times, values = store.read_series(series_id, start - rule.window, end, conn)
         stored = _stored_times(conn, series_id, start, end)
-    times = np.array([t for t, _ in window], dtype=np.int64)
-    values = np.array([v for _, v in window], dtype=np.float64)
     flagged, scores = zscore_anomalies(times, values, rule, since=start, signed=True)
     found = {int(times[i]): (float(values[i]), float(s)) for i, s in zip(flagged, scores, strict=True)}
     added = [t for t in found if t not in stored]
@@ -138,17 +136,6 @@ def _series_ids(store: Store, device_id: str | None, metric: str | None) -> list
         query = query.where(series.c.metric == metric)
     with store.engine.connect() as conn:
         return list(conn.scalars(query))
-
-
-def _readings(conn: Connection, series_id: int, start: Micros, end: Micros | None) -> list[Any]:
-    query = (
-        select(readings.c.time, readings.c.value)
-        .where(readings.c.series_id == series_id, readings.c.time >= start)
-        .order_by(readings.c.time)
-    )
-    if end is not None:
-        query = query.where(readings.c.time < end)
-    return list(conn.execute(query))
 
 
 def _stored_times(conn: Connection, series_id: int, start: Micros, end: Micros | None) -> dict[Micros, int]:

@@ -32,7 +32,7 @@ def check_health(store: Store, settings: Settings, now: Micros) -> dict[str, Any
     with store.engine.connect() as conn:
         fleet = conn.execute(select(devices.c.id, devices.c.last_seen)).all()
         series_rows = conn.execute(select(series.c.id, series.c.device_pk, series.c.metric)).all()
-        activity = series_activity(conn, [r.id for r in series_rows], config.interval_sample)
+        activity = series_activity(store, conn, [r.id for r in series_rows], config.interval_sample)
         scores = _latest_quality(conn)
     intervals: dict[int, list[float]] = defaultdict(list)
     battery: dict[int, float] = {}

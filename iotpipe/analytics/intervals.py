@@ -11,10 +11,10 @@ import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection
 
 from iotpipe.model import MICROS_PER_SECOND, Micros
-from iotpipe.store.schema import readings
+from iotpipe.store import Store
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +25,9 @@ class SeriesActivity:
     interval_seconds: float | None  # None until the series has two readings
 
 
-def series_activity(conn: Connection, series_ids: Iterable[int], sample: int) -> dict[int, SeriesActivity]:
+def series_activity(
+    store: Store, conn: Connection, series_ids: Iterable[int], sample: int
+) -> dict[int, SeriesActivity]:
     """First and last reading and usual interval of each series with readings.
 
     Each is one index range read at the end of the series (and one lookup of its
@@ -33,21 +35,16 @@ def series_activity(conn: Connection, series_ids: Iterable[int], sample: int) ->
     """
     found: dict[int, SeriesActivity] = {}
     for series_id in series_ids:
-        recent = conn.execute(
-            select(readings.c.time, readings.c.value)
-            .where(readings.c.series_id == series_id)
-            .order_by(readings.c.time.desc())
-            .limit(sample + 1)
-        ).all()
-        if not recent:
+        recent_times, recent_values = store.last_readings(series_id, sample + 1, conn=conn)
+        if not len(recent_times):
             continue
-        first = conn.scalar(select(func.min(readings.c.time)).where(readings.c.series_id == series_id))
-        times = [t for t, _ in recent]
+        span = store.series_span(series_id, conn)
+        times = recent_times.tolist()
         gaps = [(a - b) / MICROS_PER_SECOND for a, b in itertools.pairwise(times) if a > b]
         found[series_id] = SeriesActivity(
-            first_time=first if first is not None else times[-1],
+            first_time=span[0] if span is not None else times[-1],
             last_time=times[0],
-            last_value=recent[0][1],
+            last_value=float(recent_values[0]),
             interval_seconds=statistics.median(gaps) if gaps else None,
         )
     return found

@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import select, text, update
 
 from iotpipe.analytics import alerts, anomalies, health, quality, rollups
-from iotpipe.config import AnalyticsSettings, Settings
+from iotpipe.config import Settings
 from iotpipe.errors import IotpipeError
 from iotpipe.model import MICROS_PER_SECOND, now_micros
 from iotpipe.store import Store
@@ -36,17 +36,17 @@ class Job:
     name: str
     run: JobFunction
     # Seconds between two runs inside `iotpipe run`, from the settings.
-    every: Callable[[AnalyticsSettings], float]
+    every: Callable[[Settings], float]
 
 
 # In the order `all` runs them: quality needs current rollups and anomalies; alerts read
 # health and quality.
 JOBS: tuple[Job, ...] = (
-    Job("rollups", rollups.rollups_job, lambda a: a.rollups_every),
-    Job("anomalies", anomalies.anomalies_job, lambda a: a.anomalies_every),
-    Job("quality", quality.quality_job, lambda a: a.quality_every),
-    Job("health", health.health_job, lambda a: a.health_every),
-    Job("alerts", alerts.alerts_job, lambda a: a.alerts_every),
+    Job("rollups", rollups.rollups_job, lambda s: s.analytics.rollups_every),
+    Job("anomalies", anomalies.anomalies_job, lambda s: s.analytics.anomalies_every),
+    Job("quality", quality.quality_job, lambda s: s.analytics.quality_every),
+    Job("health", health.health_job, lambda s: s.analytics.health_every),
+    Job("alerts", alerts.alerts_job, lambda s: s.analytics.alerts_every),
 )
 
 

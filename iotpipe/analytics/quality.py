@@ -18,7 +18,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, func, or_, select, text
+import numpy as np
+from sqlalchemy import Connection, and_, bindparam, func, select, text
 
 from iotpipe.analytics.common import day_micros
 from iotpipe.analytics.intervals import SeriesActivity, series_activity
@@ -32,7 +33,6 @@ from iotpipe.store.schema import (
     devices,
     invalid_readings,
     job_state,
-    readings,
     rollups,
     series,
 )
@@ -89,7 +89,7 @@ def compute_quality(store: Store, settings: Settings, now: Micros) -> dict[str, 
     with store.engine.connect() as conn:
         seen_until = _previous_cursor(conn)
         series_rows = conn.execute(select(series.c.id, series.c.device_pk, series.c.metric)).all()
-        activity = series_activity(conn, [r.id for r in series_rows], config.interval_sample)
+        activity = series_activity(store, conn, [r.id for r in series_rows], config.interval_sample)
         days: set[tuple[int, Micros]] = set()  # (series_id, day start)
         for row in series_rows:
             known = activity.get(row.id)
@@ -98,7 +98,7 @@ def compute_quality(store: Store, settings: Settings, now: Micros) -> dict[str, 
                 days.update((row.id, d) for d in range(first_day, today + 1, MICROS_PER_DAY))
         # The first run looks at every day ever rolled up (e.g. an imported history).
         days.update(_days_with_changed_rollups(conn, seen_until if seen_until is not None else 0))
-        results = _measure(conn, settings, series_rows, activity, days, now)
+        results = _measure(store, conn, settings, series_rows, activity, days, now)
     with store.write_transaction() as conn:
         for (device_pk, day), quality in results.items():
             _save(store, conn, device_pk, day, quality, now)
@@ -124,6 +124,7 @@ def _days_with_changed_rollups(conn: Connection, since: Micros) -> set[tuple[int
 
 
 def _measure(
+    store: Store,
     conn: Connection,
     settings: Settings,
     series_rows: Sequence[Any],
@@ -145,7 +146,7 @@ def _measure(
         quality.received += count
         bounds = config.bounds.get(row.metric)
         if count and bounds is not None and _outside(bounds, low, high):
-            quality.out_of_range += _count_out_of_range(conn, series_id, day, bounds)
+            quality.out_of_range += _count_out_of_range(store, conn, series_id, day, bounds)
     device_days = {key for key in results}
     for key, invalid in _invalid_counts(conn, device_days).items():
         results[key].invalid = invalid
@@ -194,24 +195,17 @@ def _outside(bounds: MetricBounds, low: float | None, high: float | None) -> boo
     )
 
 
-def _count_out_of_range(conn: Connection, series_id: int, day: Micros, bounds: MetricBounds) -> int:
+def _count_out_of_range(
+    store: Store, conn: Connection, series_id: int, day: Micros, bounds: MetricBounds
+) -> int:
     """Only for days whose rollup min or max is already outside the bounds."""
-    outside = []
+    _, values = store.read_series(series_id, day, day + MICROS_PER_DAY, conn)
+    outside = np.zeros(len(values), dtype=bool)
     if bounds.min is not None:
-        outside.append(readings.c.value < bounds.min)
+        outside |= values < bounds.min
     if bounds.max is not None:
-        outside.append(readings.c.value > bounds.max)
-    return (
-        conn.scalar(
-            select(func.count()).where(
-                readings.c.series_id == series_id,
-                readings.c.time >= day,
-                readings.c.time < day + MICROS_PER_DAY,
-                or_(*outside),
-            )
-        )
-        or 0
-    )
+        outside |= values > bounds.max
+    return int(np.count_nonzero(outside))
 
 
 def _invalid_counts(conn: Connection, device_days: set[tuple[int, str]]) -> dict[tuple[int, str], int]:

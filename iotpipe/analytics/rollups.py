@@ -28,13 +28,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, TextClause, bindparam, text
+from sqlalchemy import Connection, TextClause, bindparam, select, text
 
 from iotpipe.analytics.common import MICROS_PER_WEEK, WEEK_ORIGIN, SeriesRef
 from iotpipe.config import Settings
 from iotpipe.model import MICROS_PER_DAY, MICROS_PER_HOUR, MICROS_PER_SECOND, Micros, now_micros
 from iotpipe.store import Store
-from iotpipe.store.schema import UtcMicros
+from iotpipe.store.schema import UtcMicros, rollups
 
 BUCKETS = ("1h", "1d", "1w")
 
@@ -80,44 +80,22 @@ def _sql(dialect: str, template: str) -> TextClause:
     return clause.bindparams(*typed)
 
 
-# Hourly partial state straight from the readings of the chunk's queued hours, each hour
-# one index range scan (PostgreSQL: LATERAL, so the planner never swaps it for a scan of
-# the whole readings table; SQLite's planner walks the primary key by itself). M2 is
-# var_pop·n on PostgreSQL (its float8 aggregates use the stable Youngs–Cramer update);
-# SQLite has no variance, so a second pass over the same range subtracts the mean.
+# Hourly partial state comes from the store (Store.hour_partials: aggregated in the
+# database for hot hours, from the decoded days for packed ones) and is written here.
 _HOURLY = {
     "postgresql": """
 INSERT INTO rollups ({columns})
-SELECT q.series_id, '1h', q.hour_start, a.n, a.mean, a.m2, a.lo, a.hi,
-       a.ft, (SELECT value FROM readings WHERE series_id = q.series_id AND time = a.ft),
-       a.lt, (SELECT value FROM readings WHERE series_id = q.series_id AND time = a.lt),
-       :now
-FROM rollup_queue q
-CROSS JOIN LATERAL (
-    SELECT count(*) AS n, avg(r.value) AS mean, var_pop(r.value) * count(*) AS m2,
-           min(r.value) AS lo, max(r.value) AS hi, min(r.time) AS ft, max(r.time) AS lt
-    FROM readings r
-    WHERE r.series_id = q.series_id AND r.time >= q.hour_start AND r.time < {hour_end}
-) a
-WHERE {chunk} AND a.n > 0""",
+SELECT s, '1h', {h}, n, mean, m2, lo, hi, {ft}, fv, {lt}, lv, :now
+FROM unnest(CAST(:s AS int[]), CAST(:h AS int8[]), CAST(:n AS int8[]), CAST(:mean AS float8[]),
+            CAST(:m2 AS float8[]), CAST(:lo AS float8[]), CAST(:hi AS float8[]), CAST(:ft AS int8[]),
+            CAST(:fv AS float8[]), CAST(:lt AS int8[]), CAST(:lv AS float8[]))
+     AS u(s, h, n, mean, m2, lo, hi, ft, fv, lt, lv)""",
     "sqlite": """
 INSERT INTO rollups ({columns})
-SELECT a.series_id, '1h', a.hour_start, a.n, a.mean,
-       (SELECT sum((r.value - a.mean) * (r.value - a.mean)) FROM readings r
-        WHERE r.series_id = a.series_id AND r.time >= a.hour_start AND r.time < a.hour_start + 3600000000),
-       a.lo, a.hi,
-       a.ft, (SELECT value FROM readings WHERE series_id = a.series_id AND time = a.ft),
-       a.lt, (SELECT value FROM readings WHERE series_id = a.series_id AND time = a.lt),
-       :now
-FROM (
-    SELECT q.series_id, q.hour_start, count(*) AS n, avg(r.value) AS mean,
-           min(r.value) AS lo, max(r.value) AS hi, min(r.time) AS ft, max(r.time) AS lt
-    FROM rollup_queue q
-    JOIN readings r ON r.series_id = q.series_id AND r.time >= q.hour_start AND r.time < {hour_end}
-    WHERE {chunk}
-    GROUP BY q.series_id, q.hour_start
-) a""",
+VALUES (:s, '1h', :h, :n, :mean, :m2, :lo, :hi, :ft, :fv, :lt, :lv, :now)""",
 }
+_PARTIAL_FIELDS = ("s", "h", "n", "mean", "m2", "lo", "hi", "ft", "fv", "lt", "lv")
+_FROM_UNIX = "('1970-01-01 00:00:00+00'::timestamptz + {} * interval '1 microsecond')"
 
 # A day (week) merged from its hours (days): n = Σn, mean = Σn·mean / n,
 # M2 = Σ(M2 + n·(mean_i − mean)²); first/last from the first and last parts (parts do not
@@ -189,7 +167,9 @@ _UPSERT = (
 
 @dataclass(frozen=True)
 class _Statements:
-    steps: tuple[TextClause, ...]  # in order: hours, then days, then weeks
+    clear_hours: tuple[TextClause, ...]  # before the hours are written
+    write_hours: TextClause
+    steps: tuple[TextClause, ...]  # after: days, then weeks
     dequeue: TextClause
 
 
@@ -198,20 +178,24 @@ def _statements(dialect: str) -> _Statements:
         return _sql(dialect, _DELETE.replace("{bucket}", bucket).replace("{target_of_hour}", target_of_hour))
 
     dequeue = _sql(dialect, "DELETE FROM rollup_queue WHERE (series_id, hour_start) <= (:s, :h)")
-    hourly, daily, weekly = (
-        _HOURLY[dialect],
-        _merge_template(dialect, "1d", "1h", "{day_of_hour}", "{day_end}"),
-        _merge_template(dialect, "1w", "1d", "{week_of_hour}", "{week_end}"),
-    )
+    daily = _merge_template(dialect, "1d", "1h", "{day_of_hour}", "{day_end}")
+    weekly = _merge_template(dialect, "1w", "1d", "{week_of_hour}", "{week_end}")
     if dialect == "postgresql":
-        steps = tuple(_sql(dialect, template + _UPSERT) for template in (hourly, daily, weekly))
-        return _Statements(steps, dequeue)
+        hourly = _HOURLY[dialect].format(
+            columns=_COLUMNS,
+            h=_FROM_UNIX.format("h"),
+            ft=_FROM_UNIX.format("ft"),
+            lt=_FROM_UNIX.format("lt"),
+        )
+        write_hours = text(hourly + _UPSERT).bindparams(bindparam("now", type_=UtcMicros()))
+        steps = tuple(_sql(dialect, template + _UPSERT) for template in (daily, weekly))
+        return _Statements((), write_hours, steps, dequeue)
     # SQLite: delete and insert (its IN (...) is index lookups); a bucket whose readings
     # are gone disappears too.
     return _Statements(
+        (delete("1h", "q.hour_start"),),
+        text(_HOURLY[dialect].format(columns=_COLUMNS)),
         (
-            delete("1h", "q.hour_start"),
-            _sql(dialect, hourly),
             delete("1d", "{day_of_hour}"),
             _sql(dialect, daily),
             delete("1w", "{week_of_hour}"),
@@ -257,7 +241,9 @@ def refresh(store: Store, chunk_hours: int = 5000) -> dict[str, Any]:
     done: dict[str, Any] = {"marks_taken": taken, "hours": 0, "chunks": 0}
     done["take_seconds"] = round(time.perf_counter() - started, 4)
     while True:
-        with store.write_transaction() as conn:
+        # One snapshot per chunk: which days are packed, and what each tier holds, are
+        # read at the same moment however compaction moves readings meanwhile.
+        with store.snapshot_transaction() as conn:
             bound = _chunk_bound(conn, chunk_hours)
             if bound is None:
                 done["recompute_seconds"] = round(time.perf_counter() - started - done["take_seconds"], 4)
@@ -270,10 +256,35 @@ def refresh(store: Store, chunk_hours: int = 5000) -> dict[str, Any]:
                 # A bucket's few readings are fetched faster by a plain index scan than
                 # through a bitmap.
                 conn.execute(text("SET LOCAL enable_bitmapscan = off"))
+            for statement in statements.clear_hours:
+                conn.execute(statement, params)
+            _write_hours(store, conn, statements.write_hours, _queued(conn, bound), params["now"])
             for statement in statements.steps:
                 conn.execute(statement, params)
             done["hours"] += conn.execute(statements.dequeue, params).rowcount
             done["chunks"] += 1
+
+
+def _queued(conn: Connection, bound: tuple[int, Micros]) -> list[tuple[int, Micros]]:
+    """The queued (series, hour) pairs of the chunk ending at `bound`."""
+    query = _sql(
+        conn.dialect.name,
+        "SELECT series_id, hour_start FROM rollup_queue WHERE (series_id, hour_start) <= (:s, :h)",
+    ).columns(hour_start=UtcMicros())
+    return [(sid, hour) for sid, hour in conn.execute(query, {"s": bound[0], "h": bound[1]})]
+
+
+def _write_hours(
+    store: Store, conn: Connection, statement: TextClause, pairs: list[tuple[int, Micros]], now: Micros
+) -> None:
+    rows = store.hour_partials(conn, pairs).rows
+    if not rows:
+        return
+    if store.dialect == "postgresql":
+        columns = list(zip(*rows, strict=True))
+        conn.execute(statement, {**dict(zip(_PARTIAL_FIELDS, map(list, columns), strict=True)), "now": now})
+        return
+    conn.execute(statement, [{**dict(zip(_PARTIAL_FIELDS, row, strict=True)), "now": now} for row in rows])
 
 
 def _chunk_bound(conn: Connection, chunk_hours: int) -> tuple[int, Micros] | None:
@@ -382,3 +393,41 @@ def _bucket(row: Any) -> RollupBucket:
         last_time=row["last_time"],
         last_value=row["last_value"],
     )
+
+
+def export_rows(
+    store: Store, names: dict[int, tuple[str, str]], bucket: str, start: Micros, end: Micros
+) -> list[dict[str, Any]]:
+    """Rollups of one width of several series (id -> (device, metric)) whose bucket starts in
+    [start, end), as export rows sorted by device, metric, bucket start."""
+    rows: list[dict[str, Any]] = []
+    ids = sorted(names)
+    with store.engine.connect() as conn:
+        for first in range(0, len(ids), 500):
+            query = select(rollups).where(
+                rollups.c.series_id.in_(ids[first : first + 500]),
+                rollups.c.bucket == bucket,
+                rollups.c.bucket_start >= start,
+                rollups.c.bucket_start < end,
+            )
+            for row in conn.execute(query):
+                b = _bucket(row._mapping)
+                device_id, metric = names[row.series_id]
+                rows.append(
+                    {
+                        "device_id": device_id,
+                        "metric": metric,
+                        "bucket_start": b.bucket_start,
+                        "count": b.count,
+                        "avg": b.avg,
+                        "min": b.min,
+                        "max": b.max,
+                        "stddev": b.stddev,
+                        "first_time": b.first_time,
+                        "first_value": b.first_value,
+                        "last_time": b.last_time,
+                        "last_value": b.last_value,
+                    }
+                )
+    rows.sort(key=lambda r: (r["device_id"], r["metric"], r["bucket_start"]))
+    return rows

@@ -23,7 +23,7 @@ from iotpipe.analytics.detector import Checkpoint, Episode, History, StreamingDe
 from iotpipe.config import Settings, StreamingDetectorSettings
 from iotpipe.model import Micros, WriteBatch, WriteResult, now_micros
 from iotpipe.store import Store
-from iotpipe.store.schema import anomalies, detector_state, readings, series
+from iotpipe.store.schema import anomalies, detector_state, series
 
 __all__ = [
     "Episode",
@@ -92,7 +92,7 @@ class StreamingAnomalies:
         return store
 
     def __call__(self, batch: WriteBatch, result: WriteResult) -> None:
-        if not batch.groups:
+        if not batch.groups and not batch.blocks:
             return
         with self._lock:
             started = time.perf_counter()
@@ -233,17 +233,13 @@ class StreamingAnomalies:
                 ):
                     saved[sid] = (last_time, bytes(state))
             for sid, before in wanted.items():
-                query = select(readings.c.time, readings.c.value).where(
-                    readings.c.series_id == sid, readings.c.time < before
-                )
-                if sid in saved:
-                    query = query.where(readings.c.time > saved[sid][0])
-                rows = conn.execute(query.order_by(readings.c.time.desc()).limit(depth)).all()
-                if sid in saved and len(rows) == depth:
+                after = saved[sid][0] if sid in saved else None
+                past_times, past_values = self.store.last_readings(sid, depth, before, conn, after=after)
+                if sid in saved and len(past_times) == depth:
                     del saved[sid]  # more since the checkpoint than a replay takes: warm up on these
-                sids.extend([sid] * len(rows))
-                times.extend(t for t, _ in rows)
-                values.extend(v for _, v in rows)
+                sids.extend([sid] * len(past_times))
+                times.extend(past_times.tolist())
+                values.extend(past_values.tolist())
             for chunk in _chunks(list(wanted)):
                 for sid, first, score in conn.execute(
                     select(anomalies.c.series_id, anomalies.c.time, anomalies.c.score).where(

@@ -26,6 +26,7 @@ from iotpipe.model import (
     Micros,
     RawMessage,
     day_name,
+    day_start,
     format_micros,
     now_micros,
 )
@@ -227,17 +228,30 @@ class App:
             )
         except FileNotFoundError as exc:
             raise IotpipeError(f"{exc}; check the path") from None
-        pipeline = self.pipeline(max_payload_bytes=limits.FILE_MAX_PAYLOAD_BYTES)
-        last_report = 0.0
+        storage = self.settings.storage
+        pack_before = None
+        if storage.import_packed:
+            from iotpipe.app.maintenance import pack_before as hot_window_start
+
+            pack_before = hot_window_start(storage, now_micros())
+        pipeline = self.pipeline(max_payload_bytes=limits.FILE_MAX_PAYLOAD_BYTES, pack_before=pack_before)
         with shutdown_signals() as stop:
             try:
-                for raw in source:
-                    if stop.is_set():
-                        break
-                    pipeline.feed(raw)
-                    if progress is not None and time.monotonic() - last_report > 0.1:
-                        progress(source.bytes_read, source.bytes_total)
-                        last_report = time.monotonic()
+                if storage.columnar_import:
+                    from iotpipe.app.bulk_import import BulkImport
+
+                    BulkImport(pipeline, source.bytes_total, storage.import_workers).run(
+                        source, stop.is_set, progress
+                    )
+                else:
+                    last_report = 0.0
+                    for raw in source:
+                        if stop.is_set():
+                            break
+                        pipeline.feed(raw)
+                        if progress is not None and time.monotonic() - last_report > 0.1:
+                            progress(source.bytes_read, source.bytes_total)
+                            last_report = time.monotonic()
                 pipeline.close()
             except IotpipeError:
                 # The source refused to go on (a truncated file): what was read before the
@@ -535,6 +549,7 @@ class App:
 
     # -- what is stored ---------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
+        """Counts, and per tier (hot, packed) its readings, bytes and bytes per reading."""
         return self.store.stats()
 
     def dead_letters(self, limit: int = 50) -> list[dict[str, Any]]:
@@ -658,6 +673,91 @@ class App:
         from iotpipe.analytics.alerts import acknowledge
 
         return acknowledge(self.store, self.settings, alert_id)
+
+    def export(
+        self,
+        out: Path,
+        format: str = "parquet",
+        start: Micros | None = None,
+        end: Micros | None = None,
+        devices: list[str] | None = None,
+        metrics: list[str] | None = None,
+        tier: str = "raw",
+        progress: Callable[[int, int], None] | None = None,
+    ) -> dict[str, Any]:
+        """Write readings (or 1h/1d rollups) as Hive-partitioned files, one per UTC day:
+        `out/date=YYYY-MM-DD/part-0.parquet|csv`. Each partition is replaced atomically;
+        the same data gives the same bytes. `progress(days_done, days_total)`."""
+        from iotpipe.analytics.rollups import export_rows
+        from iotpipe.sinks import files
+
+        if format not in files.FORMATS:
+            raise IotpipeError(f"unknown format {format!r}; choose one of: {', '.join(files.FORMATS)}")
+        if tier not in files.TIERS:
+            raise IotpipeError(f"unknown tier {tier!r}; choose one of: {', '.join(files.TIERS)}")
+        if start is not None and end is not None and end <= start:
+            raise IotpipeError("--end must be after --start")
+        names = self._series_names(devices, metrics)
+        spans = [span for n in names if (span := self.store.series_span(n.series_id)) is not None]
+        if not spans:
+            return {
+                "out": str(out),
+                "format": format,
+                "tier": tier,
+                "series": len(names),
+                "partitions": 0,
+                "rows": 0,
+                "days": 0,
+            }
+        # Whole days by default, so that the first day's buckets are all in.
+        first = start if start is not None else day_start(min(s[0] for s in spans))
+        last = end if end is not None else day_start(max(s[1] for s in spans)) + MICROS_PER_DAY
+        by_id = {n.series_id: (n.device_id, n.metric) for n in names}
+        written = files.export(
+            self.store,
+            out,
+            format,
+            tier,
+            names,
+            first,
+            last,
+            lambda a, b: export_rows(self.store, by_id, tier, a, b),
+            progress,
+        )
+        return {"out": str(out), "format": format, "tier": tier, "series": len(names), **written}
+
+    def _series_names(self, devices: list[str] | None, metrics: list[str] | None) -> list[Any]:
+        """The series the --device and --metric filters select; an error names a device or
+        metric that matches nothing."""
+        from sqlalchemy import select
+
+        from iotpipe.sinks.files import SeriesName
+        from iotpipe.store.schema import devices as devices_table
+        from iotpipe.store.schema import series
+
+        query = select(series.c.id, devices_table.c.device_id, series.c.metric).join(
+            devices_table, devices_table.c.id == series.c.device_pk
+        )
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        known_devices, known_metrics = {r[1] for r in rows}, {r[2] for r in rows}
+        for given, known, what in ((devices, known_devices, "device"), (metrics, known_metrics, "metric")):
+            unknown = sorted(set(given or ()) - known)
+            if unknown:
+                raise IotpipeError(
+                    f"no {what} {', '.join(map(repr, unknown))} in the store; check the name (case matters)"
+                )
+        return [
+            SeriesName(sid, device_id, metric)
+            for sid, device_id, metric in rows
+            if (not devices or device_id in devices) and (not metrics or metric in metrics)
+        ]
+
+    def purge(self, dry_run: bool = False) -> dict[str, Any]:
+        """Delete what each tier's retention (`[retention]`) lets go; `dry_run` only counts it."""
+        from iotpipe.app.maintenance import purge
+
+        return purge(self.store, self.settings.retention, dry_run)
 
     # -- the HTTP API's views (paginated, JSON-ready) ------------------------------------------
     def devices(self, **filters: Any) -> dict[str, Any]:

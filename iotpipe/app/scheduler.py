@@ -37,7 +37,7 @@ class JobScheduler:
         self.runs: dict[str, int] = {}  # completed runs per job, for tests and logs
 
     def every(self, job: Job) -> float:
-        return job.every(self.settings.analytics)
+        return job.every(self.settings)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="iotpipe-jobs", daemon=True)

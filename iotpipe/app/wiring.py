@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from iotpipe.analytics.jobs import JOBS, Job
 from iotpipe.analytics.streaming import anomaly_observers
+from iotpipe.app import maintenance
 from iotpipe.app.scheduler import JobScheduler
 from iotpipe.brokers import Broker, parse_broker_url
 from iotpipe.config import Settings, ThingSpeakSettings
@@ -22,6 +23,7 @@ from iotpipe.errors import ConfigError
 from iotpipe.model import Micros
 from iotpipe.pipeline import PipelineConfig
 from iotpipe.sinks.base import CommitObserver
+from iotpipe.sinks.lake import lake_job, lake_observers
 from iotpipe.sinks.live import LiveHub
 from iotpipe.sinks.webhooks import webhooks_job
 from iotpipe.sources import thingspeak
@@ -36,8 +38,15 @@ if TYPE_CHECKING:
     from iotpipe.sources.nats import NatsOptions, NatsSource
 
 # Every job `iotpipe run` schedules and `iotpipe jobs all` runs, in order: the
-# analytics, then the delivery of the notifications the alerts job queued.
-ALL_JOBS: tuple[Job, ...] = (*JOBS, Job("webhooks", webhooks_job, lambda a: a.alerts_every))
+# analytics, then the delivery of the notifications the alerts job queued, then the
+# storage jobs (packing old days, retention) and the lake, which writes closed days.
+ALL_JOBS: tuple[Job, ...] = (
+    *JOBS,
+    Job("webhooks", webhooks_job, lambda s: s.analytics.alerts_every),
+    Job("compact", maintenance.compact_job, lambda s: s.storage.compact_every),
+    Job("retention", maintenance.retention_job, lambda s: s.retention.every),
+    Job("lake", lake_job, lambda s: s.storage.lake_every),
+)
 
 
 def pipeline_config(settings: Settings, **overrides: Any) -> PipelineConfig:
@@ -52,9 +61,10 @@ def pipeline_config(settings: Settings, **overrides: Any) -> PipelineConfig:
 
 
 def observers(settings: Settings, store: Store, live: LiveHub | None = None) -> list[CommitObserver]:
-    """What runs after each commit: the streaming anomaly detector (unless disabled), and
-    the live feed's hub when the API serves one (App.live)."""
-    found: list[CommitObserver] = list(anomaly_observers(store, settings))
+    """What runs after each commit: the streaming anomaly detector (unless disabled), the
+    lake's note of the days each batch touched (if a lake is configured), and the live
+    feed's hub when the API serves one (App.live)."""
+    found: list[CommitObserver] = [*anomaly_observers(store, settings), *lake_observers(store, settings)]
     if live is not None:
         found.append(live)
     return found

@@ -188,7 +188,7 @@ def import_(
 
 @app.command(rich_help_panel="Look at the data")
 def stats(ctx: typer.Context, json_output: JsonFlag = False) -> None:
-    """Counts of devices, series, readings, invalid values and dead letters in the store."""
+    """Counts of devices, series, readings, invalid values and dead letters; bytes per reading per tier."""
     application = get_app(ctx)
     counts = application.stats()
     if json_output:
@@ -198,13 +198,99 @@ def stats(ctx: typer.Context, json_output: JsonFlag = False) -> None:
 
     table = Table("what", "count", title=application.database_location())
     for key, value in counts.items():
+        if key == "tiers":
+            continue
         if isinstance(value, dict):  # dead letters per limit: only the limits that refused something
             for name, count in value.items():
                 if count:
                     table.add_row(f"dead-lettered over [limits] {name}", f"{count:,}")
         else:
             table.add_row(key.replace("_", " "), f"{value:,}")
+    for tier, sizes in counts["tiers"].items():
+        per_reading = sizes["bytes_per_reading"]
+        shown = "" if per_reading is None else f" ({per_reading:.2f} B/reading)"
+        table.add_row(f"{tier} readings", f"{sizes['readings']:,}{shown}")
     consoles.out.print(table)
+
+
+@app.command(rich_help_panel="Look at the data")
+def export(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option("--out", help="Folder to write date=YYYY-MM-DD/ partitions into.")],
+    format: Annotated[str, typer.Option("--format", help="parquet or csv.")] = "parquet",
+    start: Annotated[str | None, typer.Option("--start", help="From this time (ISO 8601 or epoch).")] = None,
+    end: Annotated[str | None, typer.Option("--end", help="Up to this time, exclusive.")] = None,
+    device: Annotated[
+        list[str] | None, typer.Option("--device", help="Only this device (repeatable).")
+    ] = None,
+    metric: Annotated[
+        list[str] | None, typer.Option("--metric", help="Only this metric (repeatable).")
+    ] = None,
+    tier: Annotated[str, typer.Option("--tier", help="raw readings, or 1h or 1d rollups.")] = "raw",
+    json_output: JsonFlag = False,
+) -> None:
+    """Export readings or rollups as Hive-partitioned Parquet or CSV, one file per UTC day.
+
+    Each partition is written to a temp file and renamed, so a reader never sees half of one; exporting the same range again replaces its partitions (the same data gives the same bytes). DuckDB: SELECT * FROM read_parquet('OUT/*/*.parquet', hive_partitioning = true).
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from iotpipe.app import parse_time
+
+    application = get_app(ctx)
+    first, last = parse_time(start, "--start"), parse_time(end, "--end")
+    with Progress(
+        TextColumn("[bold]exporting days"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=consoles.err,
+        transient=True,
+        disable=json_output or not consoles.err.is_terminal,
+    ) as bar:
+        task = bar.add_task("export", total=None)
+        result = application.export(
+            out,
+            format,
+            first,
+            last,
+            device,
+            metric,
+            tier,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    if json_output:
+        print_json(result)
+        return
+    say(
+        f"Exported {result['rows']:,} {tier} rows of {result['series']:,} series into "
+        f"{result['partitions']:,} daily {format} partitions under {out}."
+    )
+
+
+@app.command(rich_help_panel="Maintain")
+def purge(
+    ctx: typer.Context,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would go.")] = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Delete what each tier's retention lets go ([retention] raw_days, hourly_days, daily_days, weekly_days).
+
+    Deletes in small transactions, so ingest goes on meanwhile. Tiers without a retention are kept forever.
+    """
+    result = get_app(ctx).purge(dry_run)
+    if json_output:
+        print_json(result)
+        return
+    if not result["tiers"]:
+        say("No retention is configured: every tier is kept forever. Set [retention] in iotpipe.toml.")
+        return
+    verb = "would delete" if dry_run else "deleted"
+    for tier, entry in result["tiers"].items():
+        counts = ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in entry.items() if k != "before")
+        say(f"{tier}: {verb} what is older than {entry['before']}: {counts}")
+    if result["kept_forever"]:
+        say(f"kept forever: {', '.join(result['kept_forever'])}")
 
 
 @dlq_app.command("list")

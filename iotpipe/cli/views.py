@@ -260,12 +260,13 @@ def jobs(
     name: Annotated[
         str,
         typer.Argument(
-            help="rollups, anomalies, quality, health, alerts, webhooks, or all.", show_default=True
+            help="rollups, anomalies, quality, health, alerts, webhooks, compact, retention, lake, or all.",
+            show_default=True,
         ),
     ] = "all",
     json_output: JsonFlag = False,
 ) -> None:
-    """Run the analytics jobs once, now (`iotpipe run` runs them periodically)."""
+    """Run the analytics and storage jobs once, now (`iotpipe run` runs them periodically)."""
     results = get_app(ctx).run_jobs(name)
     if json_output:
         print_json(results)

@@ -140,7 +140,7 @@ class FileSource:
                 yield self._oversize(line, oversize, f"{origin}:{number}", "line", received_at)
                 continue
             body = line.strip()
-            if not body or body.startswith(b"#"):
+            if not body or body[:1] == b"#":
                 continue
             yield RawMessage(body, self.source, f"{origin}:{number}", received_at, fmt, self.device_id)
 

@@ -362,6 +362,28 @@ MIGRATIONS: tuple[Migration, ...] = (
                 revoked_at timestamptz)""",
         ),
     ),
+    # The packed tier: one row per series and UTC day holding that day's readings as two
+    # compressed columns (store/packed.py). The blobs are compressed already: EXTERNAL
+    # storage keeps PostgreSQL's TOAST from trying (and failing) to compress them again.
+    Migration(
+        "0010_packed_readings",
+        sqlite=(
+            """CREATE TABLE packed_readings (
+                series_id INTEGER NOT NULL, day_start INTEGER NOT NULL,
+                count INTEGER NOT NULL, first_time INTEGER NOT NULL, last_time INTEGER NOT NULL,
+                time_data BLOB NOT NULL, value_data BLOB NOT NULL, packed_at INTEGER NOT NULL,
+                PRIMARY KEY (series_id, day_start))""",
+        ),
+        postgresql=(
+            """CREATE TABLE packed_readings (
+                series_id integer NOT NULL, day_start timestamptz NOT NULL,
+                count integer NOT NULL, first_time timestamptz NOT NULL, last_time timestamptz NOT NULL,
+                time_data bytea NOT NULL, value_data bytea NOT NULL, packed_at timestamptz NOT NULL,
+                PRIMARY KEY (series_id, day_start))""",
+            "ALTER TABLE packed_readings ALTER COLUMN time_data SET STORAGE EXTERNAL, "
+            "ALTER COLUMN value_data SET STORAGE EXTERNAL",
+        ),
+    ),
     Migration(
         "0011_detector_state",
         sqlite=(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -45,6 +47,24 @@ class PostgresStore(Store):
         # go straight to staging instead of paying for a COPY that fails, until one
         # batch comes through with nothing already stored.
         self._expect_duplicates = False
+
+    @contextmanager
+    def snapshot_transaction(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def read_snapshot(self) -> Iterator[Connection]:
+        with self.snapshot_transaction() as conn:
+            yield conn
+
+    def _tier_bytes(self, conn: Connection) -> tuple[int | None, int | None]:
+        row = conn.exec_driver_sql(
+            "SELECT pg_total_relation_size('readings'), pg_total_relation_size('packed_readings')"
+        ).one()
+        return int(row[0]), int(row[1])
 
     def _insert_readings(self, conn: Connection, columns: ReadingColumns) -> int:
         """COPY straight into readings; when that hits an existing reading, COPY into a

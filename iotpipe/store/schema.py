@@ -353,6 +353,23 @@ api_keys = Table(
     Column("revoked_at", UtcMicros),
 )
 
+# -- the packed tier (migration 0010) ---------------------------------------------------
+
+# One series' readings of one UTC day, packed (store/packed.py): `count` readings from
+# first_time to last_time, their times and values as compressed blobs.
+packed_readings = Table(
+    "packed_readings",
+    metadata,
+    Column("series_id", Integer, primary_key=True),
+    Column("day_start", UtcMicros, primary_key=True),
+    Column("count", Integer, nullable=False),
+    Column("first_time", UtcMicros, nullable=False),
+    Column("last_time", UtcMicros, nullable=False),
+    Column("time_data", LargeBinary, nullable=False),
+    Column("value_data", LargeBinary, nullable=False),
+    Column("packed_at", UtcMicros, nullable=False),
+)
+
 # The streaming detector's state of a series, saved every half `rebuild_readings` of its
 # readings, so that a restart restores it and replays only what came after (exact).
 # `layout` says what the bytes mean; a checkpoint of another layout is ignored.

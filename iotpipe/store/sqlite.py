@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from iotpipe.model import Micros
@@ -75,6 +76,19 @@ class SqliteStore(Store):
         _driver(conn).executemany(
             "INSERT OR IGNORE INTO dirty_hours (series_id, hour_start) VALUES (?, ?)", hours
         )
+
+    def _tier_bytes(self, conn: Connection) -> tuple[int | None, int | None]:
+        try:
+            sizes: dict[str, int] = dict(
+                conn.exec_driver_sql(
+                    "SELECT name, sum(pgsize) FROM dbstat WHERE name IN "
+                    "('readings', 'packed_readings', 'sqlite_autoindex_packed_readings_1') GROUP BY name"
+                ).all()
+            )
+        except sa_exc.OperationalError:  # SQLite built without the dbstat table
+            return None, None
+        packed = sizes.get("packed_readings", 0) + sizes.get("sqlite_autoindex_packed_readings_1", 0)
+        return int(sizes.get("readings", 0)), int(packed)
 
     def _touch_devices(self, conn: Connection, spans: dict[int, tuple[Micros, Micros]]) -> None:
         _driver(conn).executemany(

@@ -46,7 +46,17 @@ def test_views_after_an_import_and_one_run_of_the_jobs(tmp_path: Path) -> None:
     assert run_json("import", "history.jsonl", cwd=tmp_path)["stored"] == 18  # type: ignore[index]
 
     jobs = run_json("jobs", "all", cwd=tmp_path)
-    assert [j["job"] for j in jobs] == ["rollups", "anomalies", "quality", "health", "alerts", "webhooks"]  # type: ignore[union-attr,index]
+    assert [j["job"] for j in jobs] == [
+        "rollups",
+        "anomalies",
+        "quality",
+        "health",
+        "alerts",
+        "webhooks",
+        "compact",
+        "retention",
+        "lake",
+    ]  # type: ignore[union-attr,index]
 
     hourly = run_json("query", "--device", "pump-7", "--metric", "pressure", "--bucket", "1h", cwd=tmp_path)
     assert hourly[0] == {  # type: ignore[index]
@@ -124,4 +134,7 @@ def test_run_also_runs_the_jobs(tmp_path: Path) -> None:
             runs = {r.name: r.last_status for r in conn.execute(select(job_state))}
     finally:
         store.close()
-    assert runs == dict.fromkeys(("rollups", "anomalies", "quality", "health", "alerts", "webhooks"), "ok")
+    assert runs == dict.fromkeys(
+        ("rollups", "anomalies", "quality", "health", "alerts", "webhooks", "compact", "retention", "lake"),
+        "ok",
+    )

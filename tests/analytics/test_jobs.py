@@ -30,6 +30,9 @@ def test_every_job_of_the_issue_is_listed_in_dependency_order() -> None:
         "health",
         "alerts",
         "webhooks",
+        "compact",
+        "retention",
+        "lake",
     ]
 
 

@@ -1,0 +1,348 @@
+"""Bulk decoding straight into columns: V1 JSON lines and InfluxDB line protocol, for imports.
+
+pyarrow's native JSON reader (and its string kernels, for line protocol) decode a chunk of
+a file's lines at once into columns of (device, metric, time, value). Only records the
+fast path can decode *exactly as the per-record decoder would* are taken; every other
+record — an unusual type, a null, a string timestamp, an escape, a name or id that is not
+plainly valid, a value that is not finite, a time outside the accepted range — is left
+to the exact decoder (`Block.fallback`), so what is stored and what is dead-lettered is
+the same as without this module, only faster.
+
+Validation seam: `plain_label` and `plain_times` are the one place this module decides
+what it may take without the pipeline's per-message validation; they accept a strict
+subset of what validation accepts (printable, trimmed, ≤ MAX_ID_LENGTH; 1970 ≤ time ≤
+receipt + tolerance). When the validation module changes its rules, only these two need
+to follow.
+
+Loaded by the App's import only (pyarrow is heavy), never by formats/__init__ or a source.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pa_json
+
+from iotpipe import limits
+from iotpipe.formats.lineproto import DEVICE_TAGS, GENERIC_MEASUREMENTS
+from iotpipe.formats.v1 import RESERVED_KEYS
+from iotpipe.formats.values import MAX_ID_LENGTH
+from iotpipe.model import MICROS_PER_SECOND, RawMessage
+
+FORMATS = ("v1", "lineproto")  # what this module decodes; None (auto) lines are tried as V1
+MIN_BISECT = 32  # a chunk pyarrow refuses is split in halves down to this many lines
+_MILLIS_FROM, _MILLIS_BELOW = 10**11, 10**14  # parse_timestamp's bands for epoch ints
+_MICROS_BELOW = 10**17
+_FLOAT_SAFE = 2**53  # ints beyond this: left to the exact decoder's float(int)
+_DECIMAL = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
+
+
+@dataclass
+class Decoded:
+    """What the fast path made of a chunk of payloads: readings in long form, and which
+    payloads it took (the others are the exact decoder's). Plain data: it crosses processes."""
+
+    devices: pa.Array  # string, one per reading
+    metrics: pa.Array  # string
+    times: pa.Array  # int64 Unix µs
+    values: pa.Array  # float64
+    taken: list[bool]
+    lines: pa.Array  # int32: which payload each reading came from
+
+
+@dataclass
+class Block:
+    """Readings decoded from a chunk of records, in long form, and the records left over."""
+
+    devices: pa.Array  # string, one per reading
+    metrics: pa.Array  # string
+    times: pa.Array  # int64 Unix µs
+    values: pa.Array  # float64
+    messages: list[RawMessage] = field(default_factory=list)  # the records decoded here
+    fallback: list[RawMessage] = field(default_factory=list)  # for the exact decoder
+    lines: pa.Array | None = None  # int32: index in the chunk of each reading's record
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+    def series(self) -> dict[str, set[str]]:
+        """Each device's metrics in this block."""
+        joined = pc.unique(pc.binary_join_element_wise(self.devices, self.metrics, "\x00"))
+        found: dict[str, set[str]] = {}
+        for pair in joined.to_pylist():
+            device_id, _, metric = pair.partition("\x00")
+            found.setdefault(device_id, set()).add(metric)
+        return found
+
+
+def _none_taken(count: int) -> Decoded:
+    return Decoded(
+        pa.array([], pa.string()),
+        pa.array([], pa.string()),
+        pa.array([], pa.int64()),
+        pa.array([], pa.float64()),
+        [False] * count,
+        pa.array([], pa.int32()),
+    )
+
+
+# -- the validation seam -----------------------------------------------------------------------
+def plain_label(text: str) -> bool:
+    """A device id or metric name the pipeline's validation surely accepts as it is."""
+    return 0 < len(text) <= MAX_ID_LENGTH and text.isprintable() and text == text.strip()
+
+
+def plain_times(times: pa.Array, received_at: int) -> pa.Array:
+    """Which times validation surely accepts: from 1970 up to the receipt's tolerance."""
+    horizon = received_at + int(limits.FUTURE_TOLERANCE_SECONDS * MICROS_PER_SECOND)
+    return pc.and_(pc.greater_equal(times, 0), pc.less_equal(times, horizon))
+
+
+# -- entry points ----------------------------------------------------------------------------
+def decode_chunk(messages: list[RawMessage], fmt: str) -> Block:
+    """Decode what can be decoded exactly of `messages` (one format, one file's lines)."""
+    return to_block(messages, decode_payloads([m.payload for m in messages], fmt, messages[0].received_at))
+
+
+def to_block(messages: list[RawMessage], decoded: Decoded) -> Block:
+    taken = decoded.taken
+    return Block(
+        decoded.devices,
+        decoded.metrics,
+        decoded.times,
+        decoded.values,
+        [m for m, ok in zip(messages, taken, strict=True) if ok],
+        [m for m, ok in zip(messages, taken, strict=True) if not ok],
+        decoded.lines,
+    )
+
+
+def in_file_order(
+    messages: list[RawMessage], decoded: Decoded, max_runs: int = 16
+) -> list[Block | RawMessage]:
+    """The chunk as the pipeline must see it for "the first stored wins" to hold as on the
+    exact path: blocks of consecutive taken records and the records left over, in file
+    order. A chunk broken into more than `max_runs` runs goes whole to the exact path."""
+    taken = decoded.taken
+    if all(taken):
+        return [to_block(messages, decoded)]
+    runs: list[tuple[int, int, bool]] = []
+    start = 0
+    for i in range(1, len(taken) + 1):
+        if i == len(taken) or taken[i] != taken[start]:
+            runs.append((start, i, taken[start]))
+            start = i
+    if len(runs) > max_runs:
+        return list(messages)
+    parts: list[Block | RawMessage] = []
+    for first, end, fast in runs:
+        if not fast:
+            parts.extend(messages[first:end])
+            continue
+        mine = pc.and_(pc.greater_equal(decoded.lines, first), pc.less(decoded.lines, end))
+        parts.append(
+            Block(
+                pc.filter(decoded.devices, mine),
+                pc.filter(decoded.metrics, mine),
+                pc.filter(decoded.times, mine),
+                pc.filter(decoded.values, mine),
+                messages[first:end],
+                [],
+            )
+        )
+    return parts
+
+
+def decode_payloads(payloads: list[bytes], fmt: str, received_at: int) -> Decoded:
+    """The fast path over raw payloads (a process pool's unit of work)."""
+    decode = _decode_lineproto if fmt == "lineproto" else _decode_v1
+    try:
+        return decode(payloads, received_at)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        # One odd line (not an object, a type that changes) spoils pyarrow's whole read:
+        # halve the chunk until the odd lines are in small parts left to the exact decoder.
+        if len(payloads) <= MIN_BISECT:
+            return _none_taken(len(payloads))
+        middle = len(payloads) // 2
+        first = decode_payloads(payloads[:middle], fmt, received_at)
+        second = decode_payloads(payloads[middle:], fmt, received_at)
+        return Decoded(
+            pa.concat_arrays([first.devices, second.devices]),
+            pa.concat_arrays([first.metrics, second.metrics]),
+            pa.concat_arrays([first.times, second.times]),
+            pa.concat_arrays([first.values, second.values]),
+            first.taken + second.taken,
+            pa.concat_arrays([first.lines, pc.add(second.lines, pa.scalar(middle, pa.int32()))]),
+        )
+
+
+def _taking(count: int, taken: pa.Array, readings: list[tuple[pa.Array, ...]]) -> Decoded:
+    """The readings of the rows `taken` marks."""
+    flags = taken.to_pylist()
+    if not readings or not any(flags):
+        return _none_taken(count)
+    return Decoded(
+        pa.concat_arrays([r[0] for r in readings]),
+        pa.concat_arrays([r[1] for r in readings]),
+        pa.concat_arrays([r[2] for r in readings]),
+        pa.concat_arrays([r[3] for r in readings]),
+        [bool(f) for f in flags],
+        pa.concat_arrays([pc.cast(r[4], pa.int32()) for r in readings]),
+    )
+
+
+# -- V1 JSON ---------------------------------------------------------------------------------
+def _epoch_micros(stamps: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """Integer epoch timestamps as µs by magnitude (parse_timestamp's bands: s, ms, µs,
+    ns floored), and which rows have one."""
+    magnitude = pc.abs(stamps)
+    seconds = pc.less(magnitude, _MILLIS_FROM)
+    millis = pc.and_(pc.greater_equal(magnitude, _MILLIS_FROM), pc.less(magnitude, _MILLIS_BELOW))
+    micros = pc.and_(pc.greater_equal(magnitude, _MILLIS_BELOW), pc.less(magnitude, _MICROS_BELOW))
+    scaled = pc.case_when(
+        pc.make_struct(seconds, millis, micros),
+        pc.multiply(stamps, 1_000_000),
+        pc.multiply(stamps, 1_000),
+        stamps,
+        _floor_div_1000(stamps),
+    )
+    return scaled, pc.is_valid(stamps)
+
+
+def _floor_div_1000(stamps: pa.Array) -> pa.Array:
+    quotient = pc.divide(stamps, 1_000)  # int division truncates toward zero
+    inexact_negative = pc.and_(pc.less(stamps, 0), pc.not_equal(pc.multiply(quotient, 1_000), stamps))
+    return pc.subtract(quotient, pc.cast(inexact_negative, pa.int64()))
+
+
+def _decode_v1(payloads: list[bytes], received_at: int) -> Decoded:
+    body = b"\n".join(payloads)
+    table = pa_json.read_json(
+        io.BytesIO(body),
+        read_options=pa_json.ReadOptions(use_threads=False, block_size=len(body) + 1),
+    )
+    if table.num_rows != len(payloads):
+        raise pa.ArrowInvalid("line count changed")  # a record spanning lines: bisect
+    names = table.column_names
+    taken = pa.array([True] * len(payloads))
+    if "device_id" not in names or table.schema.field("device_id").type != pa.string():
+        return _none_taken(len(payloads))
+    devices = table.column("device_id").combine_chunks()
+    valid_ids = {d for d in pc.unique(devices).drop_null().to_pylist() if plain_label(d)}
+    taken = pc.and_(taken, pc.fill_null(pc.is_in(devices, pa.array(sorted(valid_ids), pa.string())), False))
+    if "timestamp" not in names or not pa.types.is_integer(table.schema.field("timestamp").type):
+        return _none_taken(len(payloads))
+    times, has_time = _epoch_micros(pc.cast(table.column("timestamp").combine_chunks(), pa.int64()))
+    taken = pc.and_(taken, has_time)
+    taken = pc.and_(taken, pc.fill_null(plain_times(times, received_at), False))
+    metrics: list[tuple[str, pa.Array]] = []
+    for name in names:
+        column = table.column(name).combine_chunks()
+        if name in ("device_id", "timestamp"):
+            continue
+        kind = column.type
+        numeric = pa.types.is_floating(kind) or pa.types.is_integer(kind)
+        if name in RESERVED_KEYS or not numeric or not plain_label(name):
+            # Another time key, metadata, a string or nested value, an odd name: the
+            # exact decoder knows what each means.
+            taken = pc.and_(taken, pc.is_null(column))
+            continue
+        if pa.types.is_integer(kind):
+            small = pc.less_equal(pc.abs(column), _FLOAT_SAFE)
+            taken = pc.and_(taken, pc.fill_null(small, True))
+        values = pc.cast(column, pa.float64())
+        finite = pc.is_finite(values)
+        taken = pc.and_(taken, pc.fill_null(finite, True))
+        metrics.append((name, values))
+    if not metrics:
+        return _none_taken(len(payloads))
+    # A record with no metric at all is the exact decoder's to refuse.
+    present = pc.is_valid(metrics[0][1])
+    for _, values in metrics[1:]:
+        present = pc.or_(present, pc.is_valid(values))
+    taken = pc.and_(taken, present)
+    readings = []
+    line_index = pa.array(range(len(payloads)), pa.int32())
+    for name, values in metrics:
+        keep = pc.and_(taken, pc.is_valid(values))
+        count = pc.sum(pc.cast(keep, pa.int64())).as_py() or 0
+        if not count:
+            continue
+        readings.append(
+            (
+                pc.filter(devices, keep),
+                pa.array([name] * count, pa.string()),
+                pc.filter(times, keep),
+                pc.filter(values, keep),
+                pc.filter(line_index, keep),
+            )
+        )
+    return _taking(len(payloads), taken, readings)
+
+
+# -- line protocol -----------------------------------------------------------------------------
+_LINE = r"^(?P<measurement>[^ ,=]+),(?P<tag>[^ ,=]+)=(?P<device>[^ ,=]+) (?P<fields>[^ ]+) (?P<stamp>-?[0-9]{1,19})$"
+_FIELD = r"^(?P<key>[^=]+)=(?P<value>[^=]+)$"
+
+
+def _decode_lineproto(payloads: list[bytes], received_at: int) -> Decoded:
+    """Lines of the plain shape only: `measurement,device_id=D f=1.5,g=2i 1700000000000000000`
+    (or host=D): one tag naming the device, no escapes, no quotes, a timestamp, and decimal
+    or integer fields. Every other line is the exact decoder's."""
+    lines = pa.array(payloads, pa.binary()).cast(pa.string())
+    parsed = pc.extract_regex(lines, _LINE)
+    plain = pc.fill_null(
+        pc.and_(pc.is_valid(parsed), pc.invert(pc.match_substring_regex(lines, r'[\\"]'))), False
+    )
+    measurement = pc.struct_field(parsed, "measurement")
+    device = pc.struct_field(parsed, "device")
+    plain = pc.and_(
+        plain, pc.fill_null(pc.is_in(pc.struct_field(parsed, "tag"), pa.array(list(DEVICE_TAGS))), False)
+    )
+    ids = {d for d in pc.unique(pc.filter(device, plain)).to_pylist() if plain_label(d)}
+    plain = pc.and_(plain, pc.fill_null(pc.is_in(device, pa.array(sorted(ids), pa.string())), False))
+    names = {m for m in pc.unique(pc.filter(measurement, plain)).to_pylist() if plain_label(m)}
+    plain = pc.and_(plain, pc.fill_null(pc.is_in(measurement, pa.array(sorted(names), pa.string())), False))
+    stamps = pc.cast(pc.if_else(plain, pc.struct_field(parsed, "stamp"), pa.scalar("0")), pa.int64())
+    times = _floor_div_1000(stamps)
+    plain = pc.and_(plain, pc.fill_null(plain_times(times, received_at), False))
+    # One row per field of the plain lines.
+    pairs = pc.split_pattern(pc.if_else(plain, pc.struct_field(parsed, "fields"), pa.scalar("")), ",")
+    owner = pc.list_parent_indices(pairs)
+    field = pc.extract_regex(pc.list_flatten(pairs), _FIELD)
+    keys, raw_values = pc.struct_field(field, "key"), pc.struct_field(field, "value")
+    integer = pc.match_substring_regex(raw_values, r"^[+-]?[0-9]{1,15}i$")
+    field_ok = pc.fill_null(pc.or_(integer, pc.match_substring_regex(raw_values, _DECIMAL)), False)
+    number_text = pc.if_else(integer, pc.utf8_slice_codeunits(raw_values, 0, -1), raw_values)
+    values = pc.cast(pc.if_else(field_ok, number_text, pa.scalar("0")), pa.float64())
+    field_ok = pc.and_(field_ok, pc.is_finite(values))
+    key_names = {k for k in pc.unique(pc.filter(keys, field_ok)).to_pylist() if plain_label(k)}
+    field_ok = pc.fill_null(
+        pc.and_(field_ok, pc.is_in(keys, pa.array(sorted(key_names), pa.string()))), False
+    )
+    # A line with any field the fast path cannot take goes whole to the exact decoder, and
+    # so does one naming a field twice (the exact decoder's rule decides which value).
+    bad_lines = pc.unique(pc.filter(owner, pc.invert(field_ok)))
+    line_keys = pc.binary_join_element_wise(pc.cast(owner, pa.string()), keys, "\x00")
+    counts = pc.value_counts(line_keys)
+    repeated = pc.filter(pc.struct_field(counts, "values"), pc.greater(pc.struct_field(counts, "counts"), 1))
+    if len(repeated):
+        twice = pc.is_in(line_keys, repeated)
+        bad_lines = pc.unique(pa.concat_arrays([bad_lines, pc.filter(owner, twice)]))
+    line_index = pa.array(range(len(payloads)), pa.int64())
+    plain = pc.and_(plain, pc.invert(pc.is_in(line_index, pc.cast(bad_lines, pa.int64()))))
+    keep = pc.take(plain, owner)
+    kept_owner = pc.filter(owner, keep)
+    field_measurement = pc.take(measurement, kept_owner)
+    field_key = pc.filter(keys, keep)
+    generic = pc.is_in(field_measurement, pa.array(sorted(GENERIC_MEASUREMENTS), pa.string()))
+    metric = pc.if_else(generic, field_key, pc.binary_join_element_wise(field_measurement, field_key, "_"))
+    if not all(plain_label(m) for m in pc.unique(metric).to_pylist()):
+        return _none_taken(len(payloads))  # a measurement_field name too long: rare, the exact path says so
+    readings = [
+        (pc.take(device, kept_owner), metric, pc.take(times, kept_owner), pc.filter(values, keep), kept_owner)
+    ]
+    return _taking(len(payloads), plain, readings if len(kept_owner) else [])

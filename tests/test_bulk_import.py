@@ -1,0 +1,189 @@
+"""The columnar import path stores and dead-letters exactly what the per-record path does."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from iotpipe.app import App
+from iotpipe.config import Settings, StorageSettings
+from iotpipe.formats.columnar import decode_payloads
+from iotpipe.model import MICROS_PER_DAY, now_micros
+from iotpipe.store import Store
+
+NOW_MS = now_micros() // 1000
+OLD_MS = NOW_MS - 20 * MICROS_PER_DAY // 1000  # history past the hot window
+
+
+def _import(url: str, path: Path, **storage: Any) -> tuple[dict[str, int], App]:
+    app = App(Settings(database_url=url, storage=StorageSettings(**storage)))  # type: ignore[call-arg, arg-type]
+    return app.import_files([path]).summary(), app
+
+
+def _contents(
+    store: Store,
+) -> tuple[list[tuple[str, str, int, float]], list[tuple[str, str]], dict[str, Any]]:
+    readings = []
+    with store.engine.connect() as conn:
+        names = conn.exec_driver_sql(
+            "SELECT s.id, d.device_id, s.metric FROM series s JOIN devices d ON d.id = s.device_pk"
+        ).all()
+    for sid, device_id, metric in names:
+        times, values = store.read_series(sid)
+        readings += [(device_id, metric, t, v) for t, v in zip(times.tolist(), values.tolist(), strict=True)]
+    letters = sorted((r["origin"], r["reason"]) for r in store.dead_letter_rows())
+    stats = store.stats()
+    return (
+        sorted(readings),
+        letters,
+        {k: stats[k] for k in ("devices", "series", "readings", "invalid_values")},
+    )
+
+
+def _lines(rng: random.Random, count: int, base_ms: int) -> list[bytes]:
+    """V1 lines, mostly plain, with every kind of record the fast path must leave alone."""
+    odd = [
+        b'{"device_id": "a", "timestamp": "2026-01-01T00:00:00Z", "t": 1}',
+        b'{"device_id": "a", "timestamp": %d, "t": null, "h": 2.5}' % base_ms,
+        b'{"device_id": "a", "timestamp": %d, "t": true}' % base_ms,
+        b'{"device_id": " a", "timestamp": %d, "t": 2}' % base_ms,
+        b'{"device_id": "a\\u0007", "timestamp": %d, "t": 2}' % base_ms,
+        b'{"device_id": "a", "timestamp": %d, "t": "21.5"}' % base_ms,
+        b'{"device_id": "a", "timestamp": %d, "t": 1e400}' % base_ms,
+        b'{"device_id": "a", "timestamp": %d}' % base_ms,
+        b'{"device_id": 7, "timestamp": %d, "t": 1}' % base_ms,
+        b'{"timestamp": %d, "t": 1}' % base_ms,
+        b'{"device_id": "a", "timestamp": %d, "t": 1, "type": "pump"}' % base_ms,
+        b'{"device_id": "a", "timestamp": %d, "t": 1}' % (NOW_MS + 3 * 86_400_000),
+        b'{"device_id": "a", "timestamp": %d, "t": 12345678901234567890}' % base_ms,
+        b'{"device_id": "a", "ts": %d, "t": 1}' % base_ms,
+        b'{"schema_version": 2, "device": {"id": "v2"}, "ts": %d, "readings": {"t": 1}}' % base_ms,
+        b'[{"n": "x", "v": 1}]',
+        b"not json",
+        b'{"device_id": "a", "timestamp": %d, "t": 1' % base_ms,
+    ]
+    lines = []
+    for _ in range(count):
+        if rng.random() < 0.005:
+            lines.append(rng.choice(odd))
+            continue
+        device = f"dev-{rng.randrange(20)}"
+        t = base_ms + rng.randrange(0, 5 * 86_400_000)
+        values = {
+            m: round(rng.gauss(20, 5), rng.randrange(4))
+            for m in rng.sample(["t", "h", "p", "b"], rng.randrange(1, 4))
+        }
+        if rng.random() < 0.1:
+            values["n"] = rng.randrange(-(2**40), 2**40)
+        lines.append(orjson.dumps({"device_id": device, "timestamp": t, **values}))
+    return lines
+
+
+@settings(
+    max_examples=4,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(seed=st.integers(0, 2**32 - 1), old=st.booleans())
+def test_columnar_import_stores_and_dead_letters_what_the_exact_path_does(
+    tmp_path_factory: pytest.TempPathFactory, seed: int, old: bool
+) -> None:
+    tmp = tmp_path_factory.mktemp("bulk")
+    rng = random.Random(seed)
+    path = tmp / "data.jsonl"
+    lines = _lines(rng, 3000, OLD_MS if old else NOW_MS - 86_400_000 * 5)
+    lines += lines[:200]  # replays inside the file
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    taken = decode_payloads(lines, "v1", now_micros()).taken
+    assert sum(taken) > 0.8 * len(lines)  # the fast path does take most of the file
+    exact, exact_app = _import(
+        f"sqlite:///{tmp / 'exact.db'}", path, columnar_import=False, import_packed=False
+    )
+    fast, fast_app = _import(f"sqlite:///{tmp / 'fast.db'}", path)
+    assert fast == exact
+    assert _contents(fast_app.store) == _contents(exact_app.store)
+    again, _ = _import(f"sqlite:///{tmp / 'fast.db'}", path)
+    assert again["stored"] == 0 and again["duplicates"] == exact["stored"] + exact["duplicates"]
+    exact_app.close()
+    fast_app.close()
+
+
+def test_history_is_imported_straight_into_the_packed_tier(database_url: str, tmp_path: Path) -> None:
+    rng = random.Random(3)
+    path = tmp_path / "history.jsonl"
+    path.write_bytes(b"\n".join(_lines(rng, 2000, OLD_MS)) + b"\n")
+    summary, app = _import(database_url, path)
+    tiers = app.store.stats()["tiers"]
+    assert tiers["packed"]["readings"] == summary["stored"] > 0
+    assert tiers["hot"]["readings"] == 0
+    again, _ = _import(database_url, path)
+    assert again["stored"] == 0
+    app.close()
+
+
+def test_line_protocol_fast_path_matches_the_exact_decoder() -> None:
+    from iotpipe import formats
+    from iotpipe.model import RawMessage
+
+    now = now_micros()
+    payloads = [
+        b"telemetry,device_id=p1 t=21.5,h=40i 1700000000000000001",
+        b"weather,host=h1 temp=-3.25,rain=0 1700000000999999999",
+        b"cpu,host=h1,cpu=cpu0 usage_idle=99.1 1700000000000000000",
+        b'status,device_id=p1 state="ok",t=1 1700000000000000000',
+        b"telemetry,device_id=p1 t=1,t=2 1700000000000000000",
+        b"telemetry,device_id=p1 t=NaN 1700000000000000000",
+        b"telemetry,device_id=p1 t=1",
+        b"telemetry,device_id=p\\ 1 t=1 1700000000000000000",
+    ]
+    decoded = decode_payloads(payloads, "lineproto", now)
+    assert decoded.taken == [True, True, False, False, False, False, False, False]
+    fast = sorted(
+        zip(
+            decoded.devices.to_pylist(),
+            decoded.metrics.to_pylist(),
+            decoded.times.to_pylist(),
+            decoded.values.to_pylist(),
+            strict=True,
+        )
+    )
+    exact = sorted(
+        (m.device_id, k, t, v)
+        for p, took in zip(payloads, decoded.taken, strict=True)
+        if took
+        for m in formats.decode(RawMessage(p, "file", "f:1", now, "lineproto"))
+        for k, t, v in m.readings
+    )
+    assert (
+        fast
+        == exact
+        == [
+            ("h1", "weather_rain", 1700000000999999, 0.0),
+            ("h1", "weather_temp", 1700000000999999, -3.25),
+            ("p1", "h", 1700000000000000, 40.0),
+            ("p1", "t", 1700000000000000, 21.5),
+        ]
+    )
+
+
+def test_of_two_values_of_one_reading_the_first_in_the_file_wins_on_both_paths(tmp_path: Path) -> None:
+    """The second line is one the fast path takes, the first one it leaves to the exact
+    decoder (a device id with spaces, trimmed there): file order still decides."""
+    t = NOW_MS - 3_600_000
+    lines = [
+        b'{"device_id": " a", "timestamp": %d, "t": 1.5}' % t,
+        b'{"device_id": "a", "timestamp": %d, "t": 2.5}' % t,
+        b'{"device_id": "a", "timestamp": %d, "t": 3.5}' % (t + 1000),
+    ]
+    path = tmp_path / "twice.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    summary, app = _import(f"sqlite:///{tmp_path / 'fast.db'}", path)
+    assert (summary["stored"], summary["duplicates"]) == (2, 1)
+    assert app.store.raw_readings("a", "t") == [(t * 1000, 1.5), ((t + 1000) * 1000, 3.5)]
+    app.close()
