@@ -92,7 +92,7 @@ max = 0.5
 """
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def dashboard(tmp_path_factory: pytest.TempPathFactory, mosquitto: MosquittoServer) -> Iterator[Dashboard]:
     root = tmp_path_factory.mktemp("dashboard")
     database_url = f"sqlite:///{root / 'iotpipe.db'}"
@@ -162,7 +162,9 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory, mosquitto: MosquittoServ
                     process.kill()
 
 
-@pytest.fixture(scope="session")
+# Package scope, not session: Playwright's sync API keeps an event loop running in this
+# thread while it lives, and later tests call asyncio.run().
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Any]:
     with chromium() as found:
         yield found
