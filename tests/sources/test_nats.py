@@ -34,7 +34,9 @@ from tests.sources.nats_helpers import (
 MESSAGES = int(os.environ.get("IOTPIPE_TEST_NATS_MESSAGES", "200000"))
 MQTT_MESSAGES = int(os.environ.get("IOTPIPE_TEST_NATS_MQTT_MESSAGES", "20000"))
 # Quick hand-overs for tests: a dead worker's messages come back after ACK_WAIT seconds.
-ACK_WAIT = "5"
+# Not quicker: a worker starved of CPU for max_deliver x ACK_WAIT (5 x 10 s) would see
+# JetStream give up on messages it is still committing (docs/nats.md, "Limits").
+ACK_WAIT = "10"
 WORKER_ENV = {"IOTPIPE_NATS__REBALANCE_EVERY": "0.5", "IOTPIPE_PIPELINE__BATCH_DELAY": "0.2"}
 
 
