@@ -636,6 +636,8 @@ class _Rates:
         self.scale = 1.0 / p.scale_seconds
         self.season = p.season_bins / p.season_seconds
         self.range = 1.0 / p.range_seconds
+        # level, scale, season, range: one ufunc call for all four weights
+        self.all = np.array([[self.level], [self.scale], [self.season], [self.range]])
         self.log_chance = math.log(p.stuck_chance)
 
 
@@ -666,11 +668,16 @@ _DOWN = np.exp(-_QUANTILE_STEP * (1.0 - np.array(_QUANTILES)))[None, :, None]
 _APART = math.exp(1e-3)
 
 
+def _clip(x: np.ndarray, limit: np.ndarray) -> np.ndarray:
+    """`x` clipped to ±`limit` (np.clip's result, without its Python-level overhead)."""
+    return np.minimum(np.maximum(x, -limit), limit)
+
+
 def _track(q: np.ndarray, x: np.ndarray, use: np.ndarray) -> None:
     """One step of the quantile trackers `q` (statistic, quantile, lane) of the statistics
     `x` (statistic, lane), where `use` (and x > 0)."""
     factor = np.where(x[:, None, :] > q, _UP, _DOWN)
-    q *= np.where((use & (x > 0))[:, None, :], factor, 1.0)
+    np.multiply(q, factor, out=q, where=(use & (x > 0))[:, None, :])
     np.maximum(q[:, 1], q[:, 0] * _APART, out=q[:, 1])
 
 
@@ -703,10 +710,9 @@ def _step(
     step = np.where(interval > 0, interval, 60.0)
     # Until a series has lived one time constant, a running mean of what it has seen.
     early = 1.0 / (count + 1.0)
-    a_level = np.maximum(-np.expm1(-step * rates.level), early)
-    a_scale = np.maximum(-np.expm1(-step * rates.scale), early)
-    a_season = -np.expm1(-step * rates.season)
-    a_range = -np.expm1(-step * rates.range)
+    weights = -np.expm1(-step * rates.all)
+    a_level, a_scale = np.maximum(weights[:2], early)
+    a_season, a_range = weights[2], weights[3]
 
     level, plain, scale = s["level"], s["plain"], s["scale"]
     if first.any():
@@ -746,7 +752,7 @@ def _step(
     size = np.abs(z)
 
     # Level shifts and drifts: two-sided CUSUM of clipped residuals.
-    clipped = np.clip(z, -_SHIFT_CLIP, _SHIFT_CLIP)
+    clipped = np.minimum(np.maximum(z, -_SHIFT_CLIP), _SHIFT_CLIP)
     up = np.where(valid, np.maximum(0.0, s["up"] + clipped - p.shift_allowance), 0.0)
     down = np.where(valid, np.maximum(0.0, s["down"] - clipped - p.shift_allowance), 0.0)
     shifted = np.maximum(up, down)
@@ -754,7 +760,7 @@ def _step(
     spread_sum = np.where(valid, np.maximum(0.0, s["spread_sum"] + np.minimum(z * z, 9.0) - 2.0), 0.0)
     # Each one's rarity for this series: spikes and dips (|z|), shifts, variance changes.
     tails = st[_QUANTILE_ROWS].reshape(3, 2, -1)  # a view: (statistic, quantile, lane)
-    watched = np.stack((size, shifted, spread_sum))
+    watched = np.array((size, shifted, spread_sum))
     spike, shift, variance = _surprise(watched, tails)
     # When the level CUSUM was last within its usual range (its 99 % quantile).
     shift_since = np.where(shifted > tails[1, 0], s["shift_since"], t)
@@ -788,7 +794,7 @@ def _step(
     settled = count * step > 2 * DAY + p.season_seconds
     shift = np.where(settled, shift, 0.0)
     variance = np.where(settled, variance, 0.0)
-    parts = np.stack((spike, shift, variance, record, stuck))
+    parts = np.array((spike, shift, variance, record, stuck))
     score = np.where(valid, parts.max(axis=0), 0.0)
     # A reason matters only where an episode may open or go on: worked out there alone.
     reason = np.zeros(len(x), dtype=np.int8)
@@ -819,13 +825,13 @@ def _step(
     known = scale > 0
     to_plain = x - plain
     limit_plain = np.where(known, _CLIP * scale * _MAD_TO_SIGMA, np.abs(to_plain))
-    plain += a_level * np.clip(to_plain, -limit_plain, limit_plain)
+    plain += a_level * _clip(to_plain, limit_plain)
     to_season = x - level - offset
     limit_season = np.where(known, _CLIP * np.maximum(spread, scale) * _MAD_TO_SIGMA, np.abs(to_season))
     s["err_season"][:] += a_scale * (np.minimum(np.abs(to_season), limit_season) - s["err_season"])
     s["err_plain"][:] += a_scale * (np.minimum(np.abs(to_plain), limit_plain) - s["err_plain"])
-    level += a_level * np.clip(to_season, -limit_season, limit_season)
-    learned = a_season * np.clip(x - level - offset, -limit_season, limit_season)
+    level += a_level * _clip(to_season, limit_season)
+    learned = a_season * _clip(x - level - offset, limit_season)
     flat_offsets[i0] += (1.0 - w) * learned
     flat_offsets[i1] += w * learned
     deviation = np.where(first, 0.0, np.abs(residual))
