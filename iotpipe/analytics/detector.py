@@ -71,7 +71,7 @@ SPIKE, DIP, LEVEL_SHIFT, VARIANCE_CHANGE, STUCK, DRIFT, SEASONAL = range(1, 8)
 
 @dataclass(frozen=True, slots=True)
 class StreamingParams:
-    threshold: float = 5.0
+    threshold: float = 5.5
     hysteresis: float = 0.6
     calm: int = 24
     refractory_seconds: float = 0.0
