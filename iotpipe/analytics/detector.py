@@ -461,7 +461,8 @@ class StreamingDetector:
         seconds = times / 1e6
         score = np.zeros(total)
         reason = np.zeros(total, dtype=np.int8)
-        rows = np.arange(len(lane_slots))
+        rows = np.arange(len(lane_slots)) * p.season_bins
+        w, b0, b1 = _bins(seconds, p.season_bins)
         rates = _Rates(p)
         for j, m in enumerate(going.tolist()):
             at = lane_starts[:m] + j
@@ -477,6 +478,9 @@ class StreamingDetector:
                 last_time[:m],
                 seconds[at],
                 values[at],
+                w[at],
+                b0[at],
+                b1[at],
             )
             score[at], reason[at] = sc, rs
             count[:m] += 1
@@ -668,6 +672,16 @@ _DOWN = np.exp(-_QUANTILE_STEP * (1.0 - np.array(_QUANTILES)))[None, :, None]
 _APART = math.exp(1e-3)
 
 
+def _bins(seconds: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where each reading falls in the daily profile, which is piecewise linear between the
+    bins' centres: its two bins and its weight towards the second (computed for a whole
+    batch at once: they depend on the time alone)."""
+    position = (seconds % DAY) * (bins / DAY) - 0.5
+    lower = np.floor(position)
+    b0 = lower.astype(np.int64) % bins
+    return position - lower, b0, (b0 + 1) % bins
+
+
 def _clip(x: np.ndarray, limit: np.ndarray) -> np.ndarray:
     """`x` clipped to ±`limit` (np.clip's result, without its Python-level overhead)."""
     return np.minimum(np.maximum(x, -limit), limit)
@@ -693,20 +707,30 @@ def _step(
     last_time: np.ndarray,
     t: np.ndarray,
     x: np.ndarray,
+    w: np.ndarray,
+    b0: np.ndarray,
+    b1: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One reading of each lane: score it against the state, then learn from it."""
+    """One reading of each lane: score it against the state, then learn from it.
+
+    `rows` is each lane's first index in the flattened profiles; `b0`, `b1` and `w` are the
+    reading's two daily-profile bins and its weight between their centres (`_bins`)."""
     s = {name: st[i] for i, name in enumerate(_STATE)}
     first = count == 0
     # The usual interval: a running median of the gaps (a gap moves it by 5 %).
     dt = np.where(first, 0.0, t - last_time / 1e6)
     interval = s["interval"]
-    unknown = (interval == 0) & ~first
-    grow = ~unknown & ~first & (dt != interval)
-    interval[:] = np.where(
-        unknown,
-        dt,
-        np.where(grow, interval * np.where(dt > interval, 1.0512710963760241, 0.951229424500714), interval),
-    )
+    changing = dt != interval
+    if changing.any():  # a regular series (most steps) leaves it as it is
+        unknown = (interval == 0) & ~first
+        grow = ~unknown & ~first & changing
+        interval[:] = np.where(
+            unknown,
+            dt,
+            np.where(
+                grow, interval * np.where(dt > interval, 1.0512710963760241, 0.951229424500714), interval
+            ),
+        )
     step = np.where(interval > 0, interval, 60.0)
     # Until a series has lived one time constant, a running mean of what it has seen.
     early = 1.0 / (count + 1.0)
@@ -722,14 +746,9 @@ def _step(
     # The daily profile is piecewise linear between the bins' centres, so that a smooth
     # daily swing leaves no error within a bin (the offset of a bin's edge is the mean of
     # its two neighbours'); each reading teaches its two bins in proportion.
-    bins = p.season_bins
-    position = (t % DAY) * (bins / DAY) - 0.5
-    lower = np.floor(position)
-    w = position - lower
-    b0 = lower.astype(np.int64) % bins
     # Flat indices into the lanes' (contiguous) profile rows: cheaper than 2-D indexing.
-    i0 = rows * bins + b0
-    i1 = rows * bins + (b0 + 1) % bins
+    i0 = rows + b0
+    i1 = rows + b1
     flat_offsets, flat_spreads, flat_filled = offsets.reshape(-1), spreads.reshape(-1), filled.reshape(-1)
     o0 = flat_offsets[i0]
     offset = o0 + w * (flat_offsets[i1] - o0)
