@@ -682,6 +682,12 @@ def _bins(seconds: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray, np.nd
     return position - lower, b0, (b0 + 1) % bins
 
 
+def _where(holds: bool, mask: np.ndarray, a: np.ndarray | float, b: np.ndarray | float) -> np.ndarray:
+    """`np.where(mask, a, b)`, or `a` itself when the caller knows which side every lane
+    takes: `holds` means the full-size array `a` is the answer everywhere."""
+    return a if holds else np.where(mask, a, b)  # type: ignore[return-value]
+
+
 def _clip(x: np.ndarray, limit: np.ndarray) -> np.ndarray:
     """`x` clipped to ±`limit` (np.clip's result, without its Python-level overhead)."""
     return np.minimum(np.maximum(x, -limit), limit)
@@ -717,8 +723,11 @@ def _step(
     reading's two daily-profile bins and its weight between their centres (`_bins`)."""
     s = {name: st[i] for i, name in enumerate(_STATE)}
     first = count == 0
+    # Most steps have no lane's first reading and every lane judged: their masks are then
+    # skipped (the same values, fewer numpy calls).
+    fresh = bool(first.any())
     # The usual interval: a running median of the gaps (a gap moves it by 5 %).
-    dt = np.where(first, 0.0, t - last_time / 1e6)
+    dt = np.where(first, 0.0, t - last_time / 1e6) if fresh else t - last_time / 1e6
     interval = s["interval"]
     changing = dt != interval
     if changing.any():  # a regular series (most steps) leaves it as it is
@@ -739,7 +748,7 @@ def _step(
     a_season, a_range = weights[2], weights[3]
 
     level, plain, scale = s["level"], s["plain"], s["scale"]
-    if first.any():
+    if fresh:
         for name in ("level", "plain", "high", "low", "middle", "previous"):
             s[name][:] = np.where(first, x, s[name])
 
@@ -756,7 +765,9 @@ def _step(
     spread = np.where(flat_filled[i0] & flat_filled[i1], s0 + w * (flat_spreads[i1] - s0), scale)
     # A sensor that was stuck and moves again restarts from its first live reading: its
     # baseline was frozen (or would have followed the stuck value) meanwhile.
-    recovered = (x != s["previous"]) & (s["run"] >= s["run_limit"]) & ~first
+    recovered = (x != s["previous"]) & (s["run"] >= s["run_limit"])
+    if fresh:
+        recovered &= ~first
     if recovered.any():
         level[:] = np.where(recovered, x - offset, level)
         plain[:] = np.where(recovered, x, plain)
@@ -766,17 +777,18 @@ def _step(
     residual = x - level - np.where(seasonal, offset, 0.0)
     sigma = np.where(seasonal, spread, scale) * _MAD_TO_SIGMA
     sigma = np.maximum(sigma, 1e-9 * (np.abs(level) + 1e-9))
-    valid = ~first & (scale > 0)
-    z = np.where(valid, residual / sigma, 0.0)
+    valid = ~first & (scale > 0) if fresh else scale > 0
+    judged = bool(valid.all())
+    z = _where(judged, valid, residual / sigma, 0.0)
     size = np.abs(z)
 
     # Level shifts and drifts: two-sided CUSUM of clipped residuals.
     clipped = np.minimum(np.maximum(z, -_SHIFT_CLIP), _SHIFT_CLIP)
-    up = np.where(valid, np.maximum(0.0, s["up"] + clipped - p.shift_allowance), 0.0)
-    down = np.where(valid, np.maximum(0.0, s["down"] - clipped - p.shift_allowance), 0.0)
+    up = _where(judged, valid, np.maximum(0.0, s["up"] + clipped - p.shift_allowance), 0.0)
+    down = _where(judged, valid, np.maximum(0.0, s["down"] - clipped - p.shift_allowance), 0.0)
     shifted = np.maximum(up, down)
     # Variance changes: CUSUM of squared residuals beyond twice their normal mean.
-    spread_sum = np.where(valid, np.maximum(0.0, s["spread_sum"] + np.minimum(z * z, 9.0) - 2.0), 0.0)
+    spread_sum = _where(judged, valid, np.maximum(0.0, s["spread_sum"] + np.minimum(z * z, 9.0) - 2.0), 0.0)
     # Each one's rarity for this series: spikes and dips (|z|), shifts, variance changes.
     tails = st[_QUANTILE_ROWS].reshape(3, 2, -1)  # a view: (statistic, quantile, lane)
     watched = np.array((size, shifted, spread_sum))
@@ -790,7 +802,9 @@ def _step(
     beyond_low = (s["low"] - x) / np.maximum(s["middle"] - s["low"], floor)
     record = np.where(width > 0, np.maximum(beyond_high, beyond_low), 0.0) * (p.threshold / p.record_margin)
     # Stuck: a run of identical values longer than chance allows.
-    same = (x == s["previous"]) & ~first
+    same = x == s["previous"]
+    if fresh:
+        same &= ~first
     run = np.where(same, s["run"] + 1.0, 1.0)
     # As judged when the run began: longer than chance makes once in 1/stuck_chance
     # readings, and twice the longest run of the recent past (night-time zeros of a counter).
@@ -801,7 +815,7 @@ def _step(
             np.maximum(p.stuck_min, 1.0 + rates.log_chance / np.log(s["repeats"])), 2.0 * s["longest"]
         ),
     )
-    stuck = np.where(valid, p.threshold * run / limit, 0.0)
+    stuck = _where(judged, valid, p.threshold * run / limit, 0.0)
     # A stuck sensor's values are not the series': the baseline, the scale and the change
     # detectors learn nothing from them (else its release would look like a level shift).
     live = run < limit
@@ -814,7 +828,7 @@ def _step(
     shift = np.where(settled, shift, 0.0)
     variance = np.where(settled, variance, 0.0)
     parts = np.array((spike, shift, variance, record, stuck))
-    score = np.where(valid, parts.max(axis=0), 0.0)
+    score = _where(judged, valid, parts.max(axis=0), 0.0)
     # A reason matters only where an episode may open or go on: worked out there alone.
     reason = np.zeros(len(x), dtype=np.int8)
     f = np.flatnonzero(score >= p.hysteresis * p.threshold)
@@ -841,21 +855,24 @@ def _step(
     a_level, a_scale, a_season = a_level * live, a_scale * live, a_season * live
     s["shift_since"][:] = shift_since
 
-    known = scale > 0
+    known = scale > 0  # everywhere when every lane was judged (valid implies known)
     to_plain = x - plain
-    limit_plain = np.where(known, _CLIP * scale * _MAD_TO_SIGMA, np.abs(to_plain))
+    limit_plain = _where(judged, known, _CLIP * scale * _MAD_TO_SIGMA, np.abs(to_plain))
     plain += a_level * _clip(to_plain, limit_plain)
     to_season = x - level - offset
-    limit_season = np.where(known, _CLIP * np.maximum(spread, scale) * _MAD_TO_SIGMA, np.abs(to_season))
+    limit_season = _where(judged, known, _CLIP * np.maximum(spread, scale) * _MAD_TO_SIGMA, np.abs(to_season))
     s["err_season"][:] += a_scale * (np.minimum(np.abs(to_season), limit_season) - s["err_season"])
     s["err_plain"][:] += a_scale * (np.minimum(np.abs(to_plain), limit_plain) - s["err_plain"])
     level += a_level * _clip(to_season, limit_season)
     learned = a_season * _clip(x - level - offset, limit_season)
     flat_offsets[i0] += (1.0 - w) * learned
     flat_offsets[i1] += w * learned
-    deviation = np.where(first, 0.0, np.abs(residual))
-    scale[:] = np.where(
-        known, scale + a_scale * (np.minimum(deviation, _CLIP * scale * _MAD_TO_SIGMA) - scale), deviation
+    deviation = np.where(first, 0.0, np.abs(residual)) if fresh else np.abs(residual)
+    scale[:] = _where(
+        judged,
+        known,
+        scale + a_scale * (np.minimum(deviation, _CLIP * scale * _MAD_TO_SIGMA) - scale),
+        deviation,
     )
     error = np.minimum(np.abs(to_season), limit_season)
     for i, share in ((i0, 1.0 - w), (i1, w)):
@@ -870,19 +887,20 @@ def _step(
     low += a_range * (middle - low)
     gap = x - middle
     has_width = width > 0
-    middle += np.where(
-        has_width, a_scale * 0.5 * np.maximum(width, 1e-9 * (np.abs(middle) + 1e-9)) * np.sign(gap), gap
+    wide = bool(has_width.all())
+    middle += _where(
+        wide, has_width, a_scale * 0.5 * np.maximum(width, 1e-9 * (np.abs(middle) + 1e-9)) * np.sign(gap), gap
     )
-    width[:] = np.where(
-        has_width, width + a_scale * (np.minimum(np.abs(gap), 3.0 * width) - width), np.abs(gap)
+    width[:] = _where(
+        wide, has_width, width + a_scale * (np.minimum(np.abs(gap), 3.0 * width) - width), np.abs(gap)
     )
 
     repeats = s["repeats"]
     weight = np.maximum(a_scale, 1.0 / (count + 2.0))
-    repeats += np.where(first, 0.0, weight * (same - repeats))
+    repeats += np.where(first, 0.0, weight * (same - repeats)) if fresh else weight * (same - repeats)
     np.clip(repeats, 1e-6, 1.0 - 1e-6, out=repeats)
     s["run"][:], s["run_limit"][:], s["previous"][:] = run, limit, x
-    s["longest"][:] = np.maximum(s["longest"] * (1.0 - a_range), np.where(valid, run, 0.0))
+    s["longest"][:] = np.maximum(s["longest"] * (1.0 - a_range), _where(judged, valid, run, 0.0))
     return score, reason
 
 
