@@ -206,7 +206,7 @@ class StreamingDetectorSettings(BaseModel):
 
     enabled: bool = True
     threshold: float = Field(
-        5.0, gt=0, description="score (decades of rarity: 5 = once in 10^5 readings) that opens an episode"
+        5.5, gt=0, description="score (decades of rarity: 5 = once in 10^5 readings) that opens an episode"
     )
     hysteresis: float = Field(0.6, gt=0, le=1, description="fraction of threshold that keeps an episode open")
     calm: int = Field(24, ge=1, description="readings below the hysteresis level that close an episode")

@@ -71,7 +71,7 @@ SPIKE, DIP, LEVEL_SHIFT, VARIANCE_CHANGE, STUCK, DRIFT, SEASONAL = range(1, 8)
 
 @dataclass(frozen=True, slots=True)
 class StreamingParams:
-    threshold: float = 5.0
+    threshold: float = 5.5
     hysteresis: float = 0.6
     calm: int = 24
     refractory_seconds: float = 0.0
@@ -461,7 +461,8 @@ class StreamingDetector:
         seconds = times / 1e6
         score = np.zeros(total)
         reason = np.zeros(total, dtype=np.int8)
-        rows = np.arange(len(lane_slots))
+        rows = np.arange(len(lane_slots)) * p.season_bins
+        w, b0, b1 = _bins(seconds, p.season_bins)
         rates = _Rates(p)
         for j, m in enumerate(going.tolist()):
             at = lane_starts[:m] + j
@@ -477,6 +478,9 @@ class StreamingDetector:
                 last_time[:m],
                 seconds[at],
                 values[at],
+                w[at],
+                b0[at],
+                b1[at],
             )
             score[at], reason[at] = sc, rs
             count[:m] += 1
@@ -636,6 +640,8 @@ class _Rates:
         self.scale = 1.0 / p.scale_seconds
         self.season = p.season_bins / p.season_seconds
         self.range = 1.0 / p.range_seconds
+        # level, scale, season, range: one ufunc call for all four weights
+        self.all = np.array([[self.level], [self.scale], [self.season], [self.range]])
         self.log_chance = math.log(p.stuck_chance)
 
 
@@ -666,11 +672,32 @@ _DOWN = np.exp(-_QUANTILE_STEP * (1.0 - np.array(_QUANTILES)))[None, :, None]
 _APART = math.exp(1e-3)
 
 
+def _bins(seconds: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where each reading falls in the daily profile, which is piecewise linear between the
+    bins' centres: its two bins and its weight towards the second (computed for a whole
+    batch at once: they depend on the time alone)."""
+    position = (seconds % DAY) * (bins / DAY) - 0.5
+    lower = np.floor(position)
+    b0 = lower.astype(np.int64) % bins
+    return position - lower, b0, (b0 + 1) % bins
+
+
+def _where(holds: bool, mask: np.ndarray, a: np.ndarray | float, b: np.ndarray | float) -> np.ndarray:
+    """`np.where(mask, a, b)`, or `a` itself when the caller knows which side every lane
+    takes: `holds` means the full-size array `a` is the answer everywhere."""
+    return a if holds else np.where(mask, a, b)  # type: ignore[return-value]
+
+
+def _clip(x: np.ndarray, limit: np.ndarray) -> np.ndarray:
+    """`x` clipped to ±`limit` (np.clip's result, without its Python-level overhead)."""
+    return np.minimum(np.maximum(x, -limit), limit)
+
+
 def _track(q: np.ndarray, x: np.ndarray, use: np.ndarray) -> None:
     """One step of the quantile trackers `q` (statistic, quantile, lane) of the statistics
     `x` (statistic, lane), where `use` (and x > 0)."""
     factor = np.where(x[:, None, :] > q, _UP, _DOWN)
-    q *= np.where((use & (x > 0))[:, None, :], factor, 1.0)
+    np.multiply(q, factor, out=q, where=(use & (x > 0))[:, None, :])
     np.maximum(q[:, 1], q[:, 0] * _APART, out=q[:, 1])
 
 
@@ -686,44 +713,51 @@ def _step(
     last_time: np.ndarray,
     t: np.ndarray,
     x: np.ndarray,
+    w: np.ndarray,
+    b0: np.ndarray,
+    b1: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One reading of each lane: score it against the state, then learn from it."""
+    """One reading of each lane: score it against the state, then learn from it.
+
+    `rows` is each lane's first index in the flattened profiles; `b0`, `b1` and `w` are the
+    reading's two daily-profile bins and its weight between their centres (`_bins`)."""
     s = {name: st[i] for i, name in enumerate(_STATE)}
     first = count == 0
+    # Most steps have no lane's first reading and every lane judged: their masks are then
+    # skipped (the same values, fewer numpy calls).
+    fresh = bool(first.any())
     # The usual interval: a running median of the gaps (a gap moves it by 5 %).
-    dt = np.where(first, 0.0, t - last_time / 1e6)
+    dt = np.where(first, 0.0, t - last_time / 1e6) if fresh else t - last_time / 1e6
     interval = s["interval"]
-    unknown = (interval == 0) & ~first
-    grow = ~unknown & ~first & (dt != interval)
-    interval[:] = np.where(
-        unknown,
-        dt,
-        np.where(grow, interval * np.where(dt > interval, 1.0512710963760241, 0.951229424500714), interval),
-    )
+    changing = dt != interval
+    if changing.any():  # a regular series (most steps) leaves it as it is
+        unknown = (interval == 0) & ~first
+        grow = ~unknown & ~first & changing
+        interval[:] = np.where(
+            unknown,
+            dt,
+            np.where(
+                grow, interval * np.where(dt > interval, 1.0512710963760241, 0.951229424500714), interval
+            ),
+        )
     step = np.where(interval > 0, interval, 60.0)
     # Until a series has lived one time constant, a running mean of what it has seen.
     early = 1.0 / (count + 1.0)
-    a_level = np.maximum(-np.expm1(-step * rates.level), early)
-    a_scale = np.maximum(-np.expm1(-step * rates.scale), early)
-    a_season = -np.expm1(-step * rates.season)
-    a_range = -np.expm1(-step * rates.range)
+    weights = -np.expm1(-step * rates.all)
+    a_level, a_scale = np.maximum(weights[:2], early)
+    a_season, a_range = weights[2], weights[3]
 
     level, plain, scale = s["level"], s["plain"], s["scale"]
-    if first.any():
+    if fresh:
         for name in ("level", "plain", "high", "low", "middle", "previous"):
             s[name][:] = np.where(first, x, s[name])
 
     # The daily profile is piecewise linear between the bins' centres, so that a smooth
     # daily swing leaves no error within a bin (the offset of a bin's edge is the mean of
     # its two neighbours'); each reading teaches its two bins in proportion.
-    bins = p.season_bins
-    position = (t % DAY) * (bins / DAY) - 0.5
-    lower = np.floor(position)
-    w = position - lower
-    b0 = lower.astype(np.int64) % bins
     # Flat indices into the lanes' (contiguous) profile rows: cheaper than 2-D indexing.
-    i0 = rows * bins + b0
-    i1 = rows * bins + (b0 + 1) % bins
+    i0 = rows + b0
+    i1 = rows + b1
     flat_offsets, flat_spreads, flat_filled = offsets.reshape(-1), spreads.reshape(-1), filled.reshape(-1)
     o0 = flat_offsets[i0]
     offset = o0 + w * (flat_offsets[i1] - o0)
@@ -731,7 +765,9 @@ def _step(
     spread = np.where(flat_filled[i0] & flat_filled[i1], s0 + w * (flat_spreads[i1] - s0), scale)
     # A sensor that was stuck and moves again restarts from its first live reading: its
     # baseline was frozen (or would have followed the stuck value) meanwhile.
-    recovered = (x != s["previous"]) & (s["run"] >= s["run_limit"]) & ~first
+    recovered = (x != s["previous"]) & (s["run"] >= s["run_limit"])
+    if fresh:
+        recovered &= ~first
     if recovered.any():
         level[:] = np.where(recovered, x - offset, level)
         plain[:] = np.where(recovered, x, plain)
@@ -741,20 +777,21 @@ def _step(
     residual = x - level - np.where(seasonal, offset, 0.0)
     sigma = np.where(seasonal, spread, scale) * _MAD_TO_SIGMA
     sigma = np.maximum(sigma, 1e-9 * (np.abs(level) + 1e-9))
-    valid = ~first & (scale > 0)
-    z = np.where(valid, residual / sigma, 0.0)
+    valid = ~first & (scale > 0) if fresh else scale > 0
+    judged = bool(valid.all())
+    z = _where(judged, valid, residual / sigma, 0.0)
     size = np.abs(z)
 
     # Level shifts and drifts: two-sided CUSUM of clipped residuals.
-    clipped = np.clip(z, -_SHIFT_CLIP, _SHIFT_CLIP)
-    up = np.where(valid, np.maximum(0.0, s["up"] + clipped - p.shift_allowance), 0.0)
-    down = np.where(valid, np.maximum(0.0, s["down"] - clipped - p.shift_allowance), 0.0)
+    clipped = np.minimum(np.maximum(z, -_SHIFT_CLIP), _SHIFT_CLIP)
+    up = _where(judged, valid, np.maximum(0.0, s["up"] + clipped - p.shift_allowance), 0.0)
+    down = _where(judged, valid, np.maximum(0.0, s["down"] - clipped - p.shift_allowance), 0.0)
     shifted = np.maximum(up, down)
     # Variance changes: CUSUM of squared residuals beyond twice their normal mean.
-    spread_sum = np.where(valid, np.maximum(0.0, s["spread_sum"] + np.minimum(z * z, 9.0) - 2.0), 0.0)
+    spread_sum = _where(judged, valid, np.maximum(0.0, s["spread_sum"] + np.minimum(z * z, 9.0) - 2.0), 0.0)
     # Each one's rarity for this series: spikes and dips (|z|), shifts, variance changes.
     tails = st[_QUANTILE_ROWS].reshape(3, 2, -1)  # a view: (statistic, quantile, lane)
-    watched = np.stack((size, shifted, spread_sum))
+    watched = np.array((size, shifted, spread_sum))
     spike, shift, variance = _surprise(watched, tails)
     # When the level CUSUM was last within its usual range (its 99 % quantile).
     shift_since = np.where(shifted > tails[1, 0], s["shift_since"], t)
@@ -765,7 +802,9 @@ def _step(
     beyond_low = (s["low"] - x) / np.maximum(s["middle"] - s["low"], floor)
     record = np.where(width > 0, np.maximum(beyond_high, beyond_low), 0.0) * (p.threshold / p.record_margin)
     # Stuck: a run of identical values longer than chance allows.
-    same = (x == s["previous"]) & ~first
+    same = x == s["previous"]
+    if fresh:
+        same &= ~first
     run = np.where(same, s["run"] + 1.0, 1.0)
     # As judged when the run began: longer than chance makes once in 1/stuck_chance
     # readings, and twice the longest run of the recent past (night-time zeros of a counter).
@@ -776,7 +815,7 @@ def _step(
             np.maximum(p.stuck_min, 1.0 + rates.log_chance / np.log(s["repeats"])), 2.0 * s["longest"]
         ),
     )
-    stuck = np.where(valid, p.threshold * run / limit, 0.0)
+    stuck = _where(judged, valid, p.threshold * run / limit, 0.0)
     # A stuck sensor's values are not the series': the baseline, the scale and the change
     # detectors learn nothing from them (else its release would look like a level shift).
     live = run < limit
@@ -788,8 +827,8 @@ def _step(
     settled = count * step > 2 * DAY + p.season_seconds
     shift = np.where(settled, shift, 0.0)
     variance = np.where(settled, variance, 0.0)
-    parts = np.stack((spike, shift, variance, record, stuck))
-    score = np.where(valid, parts.max(axis=0), 0.0)
+    parts = np.array((spike, shift, variance, record, stuck))
+    score = _where(judged, valid, parts.max(axis=0), 0.0)
     # A reason matters only where an episode may open or go on: worked out there alone.
     reason = np.zeros(len(x), dtype=np.int8)
     f = np.flatnonzero(score >= p.hysteresis * p.threshold)
@@ -816,21 +855,24 @@ def _step(
     a_level, a_scale, a_season = a_level * live, a_scale * live, a_season * live
     s["shift_since"][:] = shift_since
 
-    known = scale > 0
+    known = scale > 0  # everywhere when every lane was judged (valid implies known)
     to_plain = x - plain
-    limit_plain = np.where(known, _CLIP * scale * _MAD_TO_SIGMA, np.abs(to_plain))
-    plain += a_level * np.clip(to_plain, -limit_plain, limit_plain)
+    limit_plain = _where(judged, known, _CLIP * scale * _MAD_TO_SIGMA, np.abs(to_plain))
+    plain += a_level * _clip(to_plain, limit_plain)
     to_season = x - level - offset
-    limit_season = np.where(known, _CLIP * np.maximum(spread, scale) * _MAD_TO_SIGMA, np.abs(to_season))
+    limit_season = _where(judged, known, _CLIP * np.maximum(spread, scale) * _MAD_TO_SIGMA, np.abs(to_season))
     s["err_season"][:] += a_scale * (np.minimum(np.abs(to_season), limit_season) - s["err_season"])
     s["err_plain"][:] += a_scale * (np.minimum(np.abs(to_plain), limit_plain) - s["err_plain"])
-    level += a_level * np.clip(to_season, -limit_season, limit_season)
-    learned = a_season * np.clip(x - level - offset, -limit_season, limit_season)
+    level += a_level * _clip(to_season, limit_season)
+    learned = a_season * _clip(x - level - offset, limit_season)
     flat_offsets[i0] += (1.0 - w) * learned
     flat_offsets[i1] += w * learned
-    deviation = np.where(first, 0.0, np.abs(residual))
-    scale[:] = np.where(
-        known, scale + a_scale * (np.minimum(deviation, _CLIP * scale * _MAD_TO_SIGMA) - scale), deviation
+    deviation = np.where(first, 0.0, np.abs(residual)) if fresh else np.abs(residual)
+    scale[:] = _where(
+        judged,
+        known,
+        scale + a_scale * (np.minimum(deviation, _CLIP * scale * _MAD_TO_SIGMA) - scale),
+        deviation,
     )
     error = np.minimum(np.abs(to_season), limit_season)
     for i, share in ((i0, 1.0 - w), (i1, w)):
@@ -845,19 +887,20 @@ def _step(
     low += a_range * (middle - low)
     gap = x - middle
     has_width = width > 0
-    middle += np.where(
-        has_width, a_scale * 0.5 * np.maximum(width, 1e-9 * (np.abs(middle) + 1e-9)) * np.sign(gap), gap
+    wide = bool(has_width.all())
+    middle += _where(
+        wide, has_width, a_scale * 0.5 * np.maximum(width, 1e-9 * (np.abs(middle) + 1e-9)) * np.sign(gap), gap
     )
-    width[:] = np.where(
-        has_width, width + a_scale * (np.minimum(np.abs(gap), 3.0 * width) - width), np.abs(gap)
+    width[:] = _where(
+        wide, has_width, width + a_scale * (np.minimum(np.abs(gap), 3.0 * width) - width), np.abs(gap)
     )
 
     repeats = s["repeats"]
     weight = np.maximum(a_scale, 1.0 / (count + 2.0))
-    repeats += np.where(first, 0.0, weight * (same - repeats))
+    repeats += np.where(first, 0.0, weight * (same - repeats)) if fresh else weight * (same - repeats)
     np.clip(repeats, 1e-6, 1.0 - 1e-6, out=repeats)
     s["run"][:], s["run_limit"][:], s["previous"][:] = run, limit, x
-    s["longest"][:] = np.maximum(s["longest"] * (1.0 - a_range), np.where(valid, run, 0.0))
+    s["longest"][:] = np.maximum(s["longest"] * (1.0 - a_range), _where(judged, valid, run, 0.0))
     return score, reason
 
 

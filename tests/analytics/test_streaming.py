@@ -130,8 +130,8 @@ def test_an_episode_still_going_at_the_end_of_a_batch_is_open() -> None:
 def test_batches_cut_anywhere_give_the_same_episodes(seed: int) -> None:
     rng = np.random.default_rng(seed)
     values = daily(8 * DAY, seed)
-    values[2 * DAY] += 8
-    values[6 * DAY : 6 * DAY + 300] += 3
+    values[2 * DAY] += 10
+    values[6 * DAY : 6 * DAY + 300] += 4
     values[7 * DAY : 7 * DAY + 60] = values[7 * DAY]
     values[int(7.5 * DAY) : int(7.5 * DAY) + 40] += rng.normal(0, 2, 40)
     whole = final(run(values))
@@ -178,7 +178,7 @@ def test_within_a_batch_the_first_of_two_readings_at_one_time_counts() -> None:
 def test_state_rebuilt_from_history_continues_as_if_never_stopped() -> None:
     n = 4 * DAY
     values = daily(n)
-    values[3 * DAY - 4 : 3 * DAY + 4] += 6  # an episode spanning the restart
+    values[3 * DAY - 4 : 3 * DAY + 4] += 8  # an episode spanning the restart
     t = times(n)
     uninterrupted = final(run(values))
     split = 3 * DAY
