@@ -47,8 +47,9 @@ class GroupedCommands(typer.core.TyperGroup):
 app = typer.Typer(
     name="iotpipe",
     cls=GroupedCommands,
-    help="IoT telemetry platform: ingest sensor readings (MQTT, ThingSpeak, files, a simulator), "
-    "store each once in SQLite or PostgreSQL, roll them up, find anomalies, raise alerts.",
+    help="IoT telemetry platform: ingest sensor readings (MQTT, HTTP, NATS JetStream, ThingSpeak, "
+    "files, a simulator), store each once in SQLite or PostgreSQL, roll them up, find anomalies, "
+    "raise alerts, and serve them through an HTTP API, a live feed and a web dashboard.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
