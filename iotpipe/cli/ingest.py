@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from iotpipe.cli import JsonFlag, app, consoles, get_app, ingest_app, print_json, relay_app, say, untrusted
 from iotpipe.cli.core import counters_line
-from iotpipe.model import Counters
+
+if TYPE_CHECKING:
+    from iotpipe.app import App, IngestOutcome
 
 
 @ingest_app.command("mqtt")
@@ -99,28 +102,39 @@ def ingest_mqtt(
         "cert_file": cert_file,
         "key_file": key_file,
     }
+    _run_source(application, application.ingest_mqtt, overrides, url, duration, json_output, _mqtt_line)
+
+
+def _run_source(
+    application: App,
+    ingest: Callable[..., IngestOutcome],
+    overrides: dict[str, Any],
+    url: str | None,
+    duration: float | None,
+    json_output: bool,
+    summary_line: Callable[[IngestOutcome], str],
+) -> None:
+    """One source in the foreground: progress lines (to stderr with --json), then the
+    summary as JSON or as `summary_line(outcome)`; exit status 2 if the source gave up."""
     say(f"Storing readings in {application.database_location()}", to_stderr=json_output)
-
-    def report(c: Counters) -> None:
-        say(counters_line(c), to_stderr=json_output)
-
-    outcome = application.ingest_mqtt(
+    outcome = ingest(
         overrides,
         url=url,
         duration=duration,
-        report=report,
+        report=lambda c: say(counters_line(c), to_stderr=json_output),
         announce=lambda text: say(untrusted(text), to_stderr=json_output),
     )
     if json_output:
         print_json(outcome.summary())
     else:
-        say(_mqtt_line(outcome.counters, outcome.sources["mqtt"]))
+        say(summary_line(outcome))
     if outcome.gave_up:
         raise typer.Exit(2)
 
 
-def _mqtt_line(c: Counters, stats: dict[str, Any]) -> str:
-    line = counters_line(c)
+def _mqtt_line(outcome: IngestOutcome) -> str:
+    stats = outcome.sources["mqtt"]
+    line = counters_line(outcome.counters)
     if stats["queue_full"]:
         line += (
             f"; the store was slower than the broker {stats['queue_full']:,} times: "
@@ -217,32 +231,17 @@ def ingest_nats(
         "max_deliver": max_deliver,
         "max_ack_pending": max_ack_pending,
     }
-    say(f"Storing readings in {application.database_location()}", to_stderr=json_output)
+    _run_source(application, application.ingest_nats, overrides, url, duration, json_output, _nats_line)
 
-    def report(c: Counters) -> None:
-        say(counters_line(c), to_stderr=json_output)
 
-    outcome = application.ingest_nats(
-        overrides,
-        url=url,
-        duration=duration,
-        report=report,
-        announce=lambda text: say(untrusted(text), to_stderr=json_output),
-    )
-    if json_output:
-        print_json(outcome.summary())
-    else:
-        stats = outcome.sources["nats"]
-        line = counters_line(outcome.counters)
-        if stats["redelivered"]:
-            line += (
-                f"; {stats['redelivered']:,} messages were delivered again (a worker stopped holding them)"
-            )
-        if stats["max_deliver_dead_letters"]:
-            line += f"; {stats['max_deliver_dead_letters']:,} dead-lettered after max_deliver"
-        say(line)
-    if outcome.gave_up:
-        raise typer.Exit(2)
+def _nats_line(outcome: IngestOutcome) -> str:
+    stats = outcome.sources["nats"]
+    line = counters_line(outcome.counters)
+    if stats["redelivered"]:
+        line += f"; {stats['redelivered']:,} messages were delivered again (a worker stopped holding them)"
+    if stats["max_deliver_dead_letters"]:
+        line += f"; {stats['max_deliver_dead_letters']:,} dead-lettered after max_deliver"
+    return line
 
 
 @relay_app.command("mqtt-to-nats")
