@@ -16,7 +16,6 @@ never show a reading twice.
 from __future__ import annotations
 
 import functools
-
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
