@@ -7,7 +7,8 @@ loaded by wrk (C, a process of its own: it does not take the GIL from the server
 50 connections for 30 s per endpoint: `latest`, `stats`, and `series?bucket=auto&width=1000`
 over 1 day, 30 days and 1 year, each request for a random device. Reported: requests/s,
 p50 and p99, beside the time of the same query in plain SQL measured in the same run (one
-client, sequential).
+client, sequential), and beside the stack's ceiling: /health/live, a constant answered by
+the same server, middleware and read threads, loaded the same way.
 
 Ingest. The same line-protocol lines (1,000 devices, 5 fields a line) three ways into
 fresh databases: `iotpipe import` of them as a .lp file (in-process, as the CLI runs it),
@@ -275,6 +276,9 @@ def latency(
             return f"start={format_micros(end - span)}&end={format_micros(end)}"
 
         endpoints: dict[str, list[str]] = {
+            # The stack's ceiling, measured in the same run: a route answering a constant
+            # through the same server, middleware and read threads, without the database.
+            "ceiling": ["/health/live"],
             "latest": [f"/api/v1/devices/{d}/latest" for d in ids],
             "stats": ["/api/v1/stats"],
             **{
@@ -295,7 +299,8 @@ def latency(
                     results[f"{name} answer"] = f"{body['bucket']}, {body['points']} points"
                 wrk(base, paths, 2, connections)  # warm-up
                 load = wrk(base, paths, seconds, connections)
-                results[name] = {**load.__dict__, "sql_p50_ms": sql[name][0], "sql_p99_ms": sql[name][1]}
+                plain = sql.get(name, (None, None))
+                results[name] = {**load.__dict__, "sql_p50_ms": plain[0], "sql_p99_ms": plain[1]}
         store.close()
     return {
         "engine": engine,
@@ -441,15 +446,21 @@ def report(latencies: list[dict[str, Any]], ingested: dict[str, Any] | None) -> 
             f"(loaded in {run['load_seconds']} s; jobs {run['jobs_seconds']})"
         )
         print(
-            f"{'endpoint':<10} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'SQL p50':>8} {'SQL p99':>8}  answer"
+            f"{'endpoint':<10} {'req/s':>8} {'÷ ceiling':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
+            f"{'SQL p50':>8} {'SQL p99':>8}  answer"
         )
+        ceiling = run["endpoints"]["ceiling"]["requests_per_second"]
         for name, value in run["endpoints"].items():
             if name.endswith("answer"):
                 continue
             answer = run["endpoints"].get(f"{name} answer", "")
+            sql = "".join(
+                f" {value[k]:>8.3f}" if value[k] is not None else f" {'-':>8}"
+                for k in ("sql_p50_ms", "sql_p99_ms")
+            )
             print(
-                f"{name:<10} {value['requests_per_second']:>8.0f} {value['p50_ms']:>8.2f} {value['p99_ms']:>8.2f} "
-                f"{value['errors']:>7} {value['sql_p50_ms']:>8.3f} {value['sql_p99_ms']:>8.3f}  {answer}"
+                f"{name:<10} {value['requests_per_second']:>8.0f} {value['requests_per_second'] / ceiling:>9.2f} "
+                f"{value['p50_ms']:>8.2f} {value['p99_ms']:>8.2f} {value['errors']:>7}{sql}  {answer}"
             )
     if ingested:
         print(

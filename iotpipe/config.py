@@ -383,6 +383,9 @@ class ApiSettings(BaseModel):
         limits.API_MAX_PAGE_SIZE, ge=1, description="largest page a client may ask for"
     )
     cors_origins: list[str] = Field(default_factory=list, description="origins allowed by CORS (none)")
+    threads: int = Field(
+        limits.API_THREADS, ge=1, le=256, description="threads answering read requests at once"
+    )
     live_max_pending: int = Field(
         limits.LIVE_MAX_PENDING,
         ge=10,

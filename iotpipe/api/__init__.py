@@ -22,7 +22,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from iotpipe import __version__
-from iotpipe.api import dashboard, health, ingest, live, query, thingspeak
+from iotpipe.api import dashboard, health, ingest, live, query, thingspeak, threads
 from iotpipe.api.problems import ApiProblem, problem
 from iotpipe.api.ratelimit import RateLimiter
 from iotpipe.app import App
@@ -43,6 +43,7 @@ def create_app(app: App) -> FastAPI:
         description="IoT telemetry: devices, history, analytics, alerts; HTTP, InfluxDB and ThingSpeak ingest.",
         docs_url="/docs",
         redoc_url=None,
+        lifespan=threads.lifespan(app.settings.api.threads),
     )
     api.state.iotpipe = app
     config = app.settings.api

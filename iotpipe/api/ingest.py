@@ -6,13 +6,13 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from iotpipe.api import models
 from iotpipe.api.auth import authenticate, header_token
 from iotpipe.api.body import read_body
 from iotpipe.api.problems import ApiProblem, Json
+from iotpipe.api.threads import run_write
 from iotpipe.app import App
 
 router = APIRouter()
@@ -41,14 +41,12 @@ async def _ingest(
     precision: str | None,
     fmt: str | None,
 ) -> dict[str, Any]:
-    principal = await run_in_threadpool(authenticate, request, "ingest", token)
+    principal = await run_write(authenticate, request, "ingest", token)
     app: App = request.app.state.iotpipe
     config = app.settings.api
     body = await read_body(request, config.max_body_bytes, config.max_decompressed_bytes)
     content_type = fmt or request.headers.get("content-type")
-    return await run_in_threadpool(
-        app.ingest_http, body, content_type, principal, origin, device_id, precision
-    )
+    return await run_write(app.ingest_http, body, content_type, principal, origin, device_id, precision)
 
 
 @router.post(

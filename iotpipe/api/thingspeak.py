@@ -12,12 +12,12 @@ from urllib.parse import parse_qsl
 
 import orjson
 from fastapi import APIRouter, Request
-from starlette.concurrency import run_in_threadpool
 from starlette.responses import PlainTextResponse, Response
 
 from iotpipe.api.auth import check_rate, header_token
 from iotpipe.api.body import read_body
 from iotpipe.api.problems import ApiProblem, Json
+from iotpipe.api.threads import run_write
 from iotpipe.app import App
 from iotpipe.app.access import AccessDenied, Principal
 from iotpipe.app.thingspeak_api import WriteFailed
@@ -83,9 +83,9 @@ async def _update(request: Request, as_json: bool) -> Response:
     zero = Response(b"0", status_code=200, media_type=JSON if as_json else "text/plain; charset=utf-8")
     try:
         params = await _params(request)
-        principal = await run_in_threadpool(_principal, request, _key(request, params))
+        principal = await run_write(_principal, request, _key(request, params))
         app: App = request.app.state.iotpipe
-        entry = await run_in_threadpool(app.thingspeak_update, principal, params)
+        entry = await run_write(app.thingspeak_update, principal, params)
     except AccessDenied:
         return zero
     except WriteFailed as exc:
@@ -142,8 +142,8 @@ async def bulk_update(request: Request, channel_id: int) -> Response:
         token = (doc.get("write_api_key") if isinstance(doc, dict) else None) or _key(
             request, dict(request.query_params)
         )
-        principal = await run_in_threadpool(_principal, request, token)
-        result = await run_in_threadpool(app.thingspeak_bulk_update, principal, channel_id, body)
+        principal = await run_write(_principal, request, token)
+        result = await run_write(app.thingspeak_bulk_update, principal, channel_id, body)
     except AccessDenied as exc:
         return _ts_error(401, str(exc))
     except ApiProblem as exc:

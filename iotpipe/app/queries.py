@@ -320,13 +320,15 @@ def _from_readings(
     app: App, device_id: str, metric: str, start: Micros, end: Micros, width: int | None, limit: int
 ) -> tuple[dict[str, list[Any]], Micros | None, bool]:
     store = app.store
-    if width is not None and store.reading_count(device_id, metric, start, end) > width:
+    # One read of the range's first readings, up to one past what may be sent raw, says
+    # whether they must be reduced: no count of the whole range first.
+    rows = store.raw_readings(device_id, metric, start, end, max(width or 0, limit) + 1)
+    if width is not None and len(rows) > width:
         step = math.ceil((end - start) / width)
         columns = _empty()
         for at, count, avg, low, high in store.reading_buckets(device_id, metric, start, end, step):
             _append(columns, at, count, avg, low, high)
         return columns, None, True
-    rows = store.raw_readings(device_id, metric, start, end, limit + 1)
     next_start = None
     if len(rows) > limit:
         next_start = rows[limit][0]

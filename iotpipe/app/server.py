@@ -66,7 +66,7 @@ class ApiServer:
             log_config=None,  # our logging (logs.py) already handles uvicorn's loggers
             access_log=False,
             timeout_graceful_shutdown=SHUTDOWN_GRACE,
-            lifespan="off",
+            lifespan="on",  # the app sizes its threads at start (api/threads.py)
             server_header=False,
             proxy_headers=False,
             ws=_websocket_protocol(),

@@ -15,6 +15,7 @@ never show a reading twice.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -53,7 +54,10 @@ def unix_micros(dialect: str, column: str) -> str:
     return column
 
 
+@functools.lru_cache(maxsize=512)
 def _typed(statement: str, times: Sequence[str] = (), lists: Sequence[str] = ()) -> TextClause:
+    """The statement as a typed clause, made once: parsing a text() costs more than
+    running a small indexed query (the statements are a few shapes per dialect)."""
     clause = text(statement)
     params = [bindparam(name, type_=UtcMicros()) for name in times if f":{name}" in statement]
     params += [bindparam(name, expanding=True) for name in lists if f":{name}" in statement]

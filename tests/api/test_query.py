@@ -111,6 +111,15 @@ def test_a_raw_range_past_max_points_is_truncated_with_a_cursor_to_the_rest(
     assert [v for p in pages for v in p["values"]] == [float(i) for i in range(25)]
 
 
+def test_raw_readings_are_reduced_only_when_more_than_the_width(served: Served) -> None:
+    minutely(served, "pump-1", "temperature", 13)
+    url = f"/api/v1/devices/pump-1/series/temperature?bucket=raw&width=12&start={iso(DAY0)}"
+    exactly = served.client.get(f"{url}&end={iso(DAY0 + 12 * 60)}").json()  # readings 0..11
+    assert exactly["reduced"] is False and exactly["values"] == [float(i) for i in range(12)]
+    one_more = served.client.get(f"{url}&end={iso(DAY0 + 13 * 60)}").json()  # readings 0..12
+    assert one_more["reduced"] is True and sum(one_more["count"]) == 13
+
+
 def test_raw_readings_past_the_width_are_reduced_to_min_max_per_pixel_column(served: Served) -> None:
     minutely(served, "pump-1", "temperature", 120, value=lambda i: float(i % 7))
     body = served.client.get(
