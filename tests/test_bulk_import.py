@@ -220,3 +220,34 @@ def test_the_series_limit_counts_what_the_store_already_holds_as_the_exact_path_
         found.append((readings, [(origin.rsplit(":", 1)[1], reason) for origin, reason in letters]))
     assert found[0] == found[1]
     assert found[0][1][0][0] == "3" and "over the limit of 3 series per device" in found[0][1][0][1]
+
+
+def test_a_process_pool_decodes_a_large_import_as_the_exact_path_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Large imports on machines of three or more cores decode in worker processes; the
+    file's order, the dead letters and the readings stay those of the exact path."""
+    from iotpipe.app import bulk_import
+
+    monkeypatch.setattr(bulk_import, "POOL_FROM_BYTES", 0)  # this file counts as large
+    monkeypatch.setattr(bulk_import, "CHUNK_LINES", 500)  # several chunks in flight
+    used: list[int] = []
+    real = bulk_import.BulkImport.__init__
+
+    def spy(self: Any, *args: Any, **kwargs: Any) -> None:
+        real(self, *args, **kwargs)
+        used.append(self.workers)
+
+    monkeypatch.setattr(bulk_import.BulkImport, "__init__", spy)
+    path = tmp_path / "data.jsonl"
+    lines = _lines(random.Random(11), 4000, NOW_MS - 86_400_000 * 5)
+    path.write_bytes(b"\n".join(lines + lines[:300]) + b"\n")
+    exact, exact_app = _import(
+        f"sqlite:///{tmp_path / 'exact.db'}", path, columnar_import=False, import_packed=False
+    )
+    pooled, pooled_app = _import(f"sqlite:///{tmp_path / 'pooled.db'}", path, import_workers=2)
+    assert used == [2]
+    assert pooled == exact
+    assert _contents(pooled_app.store) == _contents(exact_app.store)
+    exact_app.close()
+    pooled_app.close()

@@ -57,7 +57,9 @@ def columnar_format(raw: RawMessage) -> str | None:
 class BulkImport:
     def __init__(self, pipeline: Pipeline, total_bytes: int, workers: int = 0) -> None:
         self.pipeline = pipeline
-        count = workers or min(MAX_WORKERS, os.cpu_count() or 1)
+        # The parent keeps a core of its own (it reads, packs, scores and writes): on two
+        # cores a pool of two slowed imports by a fifth to a third (docs/performance.md).
+        count = workers or min(MAX_WORKERS, (os.cpu_count() or 1) - 1)
         self.workers = count if total_bytes >= POOL_FROM_BYTES and count > 1 else 0
         self._pending: deque[tuple[Sequence[RawMessage], Future[Any] | Any]] = deque()
         self._chunk: list[RawMessage] = []  # messages one by one, gathered for the columnar decoder
