@@ -293,7 +293,7 @@ class StorageSettings(BaseModel):
         True, description="imported readings older than the hot window go straight into the packed tier"
     )
     import_workers: int = Field(
-        0, ge=0, description="decoding processes for large imports (0: one per core, at most 4)"
+        0, ge=0, description="decoding processes for large imports (0: one per core but one, at most 4)"
     )
 
 

@@ -264,11 +264,11 @@ class Pipeline:
         the exact path, message by message, would refuse none of its messages either)."""
         limit = self.config.limits.max_series_per_device
         found = block.series()
+        unknown = [device_id for device_id in found if device_id not in self._series]
+        for device_id, metrics in self.sink.known_metrics(unknown).items() if unknown else ():
+            self._series[device_id] = set(metrics)
         for device_id, metrics in found.items():
-            known = self._series.get(device_id)
-            if known is None:
-                known = self._series[device_id] = set(self.sink.known_metrics(device_id))
-            if len(known | metrics) > limit:
+            if len(self._series[device_id] | metrics) > limit:
                 return False
         for device_id, metrics in found.items():
             self._series[device_id].update(metrics)
@@ -279,7 +279,9 @@ class Pipeline:
         one misbehaving device must not create millions of series."""
         known = self._series.get(message.device_id)
         if known is None:
-            known = self._series[message.device_id] = set(self.sink.known_metrics(message.device_id))
+            known = self._series[message.device_id] = set(
+                self.sink.known_metrics((message.device_id,))[message.device_id]
+            )
         new = {metric for metric, _, _ in message.readings if metric not in known}
         if not new:
             return

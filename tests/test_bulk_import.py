@@ -187,3 +187,67 @@ def test_of_two_values_of_one_reading_the_first_in_the_file_wins_on_both_paths(t
     assert (summary["stored"], summary["duplicates"]) == (2, 1)
     assert app.store.raw_readings("a", "t") == [(t * 1000, 1.5), ((t + 1000) * 1000, 3.5)]
     app.close()
+
+
+def test_the_series_limit_counts_what_the_store_already_holds_as_the_exact_path_does(
+    tmp_path: Path, database_url: str
+) -> None:
+    """Devices known from an earlier import (a fresh App: nothing cached) are looked up in
+    one go; one going over the limit sends its block to the exact path, which refuses the
+    very message that would go over."""
+    first = tmp_path / "first.jsonl"
+    first.write_bytes(orjson.dumps({"device_id": "a", "timestamp": NOW_MS - 60_000, "t": 1, "h": 2}) + b"\n")
+    second = tmp_path / "second.jsonl"
+    second.write_bytes(
+        b"\n".join(
+            [
+                orjson.dumps({"device_id": "b", "timestamp": NOW_MS - 1000, "t": 1, "h": 2}),
+                orjson.dumps({"device_id": "a", "timestamp": NOW_MS - 1000, "p": 3}),
+                orjson.dumps({"device_id": "a", "timestamp": NOW_MS - 500, "q": 4}),
+            ]
+        )
+    )
+    found = []
+    for columnar in (True, False):
+        url = database_url if columnar else f"sqlite:///{tmp_path / 'exact.db'}"
+        settings = Settings(database_url=url, limits={"max_series_per_device": 3})  # type: ignore[call-arg, arg-type]
+        settings.storage = StorageSettings(columnar_import=columnar)  # type: ignore[call-arg]
+        App(settings).import_files([first])
+        app = App(settings)
+        summary = app.import_files([second]).summary()
+        assert summary["stored"] == 3 and summary["dead_lettered"] == 1, summary
+        readings, letters, _ = _contents(app.store)
+        found.append((readings, [(origin.rsplit(":", 1)[1], reason) for origin, reason in letters]))
+    assert found[0] == found[1]
+    assert found[0][1][0][0] == "3" and "over the limit of 3 series per device" in found[0][1][0][1]
+
+
+def test_a_process_pool_decodes_a_large_import_as_the_exact_path_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Large imports on machines of three or more cores decode in worker processes; the
+    file's order, the dead letters and the readings stay those of the exact path."""
+    from iotpipe.app import bulk_import
+
+    monkeypatch.setattr(bulk_import, "POOL_FROM_BYTES", 0)  # this file counts as large
+    monkeypatch.setattr(bulk_import, "CHUNK_LINES", 500)  # several chunks in flight
+    used: list[int] = []
+    real = bulk_import.BulkImport.__init__
+
+    def spy(self: Any, *args: Any, **kwargs: Any) -> None:
+        real(self, *args, **kwargs)
+        used.append(self.workers)
+
+    monkeypatch.setattr(bulk_import.BulkImport, "__init__", spy)
+    path = tmp_path / "data.jsonl"
+    lines = _lines(random.Random(11), 4000, NOW_MS - 86_400_000 * 5)
+    path.write_bytes(b"\n".join(lines + lines[:300]) + b"\n")
+    exact, exact_app = _import(
+        f"sqlite:///{tmp_path / 'exact.db'}", path, columnar_import=False, import_packed=False
+    )
+    pooled, pooled_app = _import(f"sqlite:///{tmp_path / 'pooled.db'}", path, import_workers=2)
+    assert used == [2]
+    assert pooled == exact
+    assert _contents(pooled_app.store) == _contents(exact_app.store)
+    exact_app.close()
+    pooled_app.close()

@@ -7,6 +7,10 @@ documents, SenML — goes to the exact path at once, as do the lines of a chunk 
 columnar decoder leaves (`Block.fallback`). Chunks are decoded in worker processes when
 the import is large (the parent only reads lines and writes batches), at most two per
 worker in flight, and handed to the pipeline in the order they were read.
+
+A line-based file is read in large blocks (FileSource.blocks): a block whose lines all go
+to one columnar decoder is a chunk as it is, and no RawMessage is made for its lines but
+those the decoder leaves (LineBlock makes them on demand).
 """
 
 from __future__ import annotations
@@ -14,17 +18,29 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from typing import Any
 
 from iotpipe import limits
 from iotpipe.model import RawMessage
 from iotpipe.pipeline import Pipeline
+from iotpipe.sources.files import FileSource, LineBlock
 
 CHUNK_LINES = 20_000
 POOL_FROM_BYTES = 16 << 20  # smaller imports decode in this process: a pool costs ~0.3 s to start
 MAX_WORKERS = 4
+
+
+def block_format(block: LineBlock) -> str | None:
+    """The columnar decoder for every line of a block, or None when not all can go to one."""
+    if block.format == "lineproto":
+        return "lineproto"
+    # V1 when every line is a JSON object: the least and the greatest line start with "{",
+    # so all do (one byte, sorted), found at C speed.
+    if block.format in (None, "v1") and min(block.bodies)[:1] == b"{" == max(block.bodies)[:1]:
+        return "v1"
+    return None
 
 
 def columnar_format(raw: RawMessage) -> str | None:
@@ -41,62 +57,73 @@ def columnar_format(raw: RawMessage) -> str | None:
 class BulkImport:
     def __init__(self, pipeline: Pipeline, total_bytes: int, workers: int = 0) -> None:
         self.pipeline = pipeline
-        count = workers or min(MAX_WORKERS, os.cpu_count() or 1)
+        # The parent keeps a core of its own (it reads, packs, scores and writes): on two
+        # cores a pool of two slowed imports by a fifth to a third (docs/performance.md).
+        count = workers or min(MAX_WORKERS, (os.cpu_count() or 1) - 1)
         self.workers = count if total_bytes >= POOL_FROM_BYTES and count > 1 else 0
-        self._pending: deque[tuple[list[RawMessage], Future[Any] | Any]] = deque()
+        self._pending: deque[tuple[Sequence[RawMessage], Future[Any] | Any]] = deque()
+        self._chunk: list[RawMessage] = []  # messages one by one, gathered for the columnar decoder
 
     def run(
         self,
-        messages: Iterable[RawMessage],
+        source: FileSource,
         stopped: Callable[[], bool],
         progress: Callable[[int, int], None] | None,
     ) -> None:
         from iotpipe.formats import columnar
 
         pool: Executor | None = None
-        chunk_format = "v1"
         if self.workers:
             pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("forkserver"))
-        chunk: list[RawMessage] = []
-        key: tuple[str, int] | None = None
-        source: Any = messages
+        self._chunk = []
         try:
-            for number, raw in enumerate(messages):
-                if not number % 1024:
+            for number, item in enumerate(source.blocks(CHUNK_LINES)):
+                if isinstance(item, LineBlock) or not number % 1024:
                     if stopped():
                         break
                     if progress is not None:
                         progress(source.bytes_read, source.bytes_total)
-                # columnar_format(raw), inlined: this loop runs once per line.
-                fmt = None
-                if raw.header is None:
-                    if raw.format == "lineproto":
-                        fmt = "lineproto"
-                    elif raw.payload[:1] == b"{" and (raw.format is None or raw.format == "v1"):
-                        fmt = "v1"
-                if fmt is None:
-                    if chunk:
-                        self._submit(pool, chunk, chunk_format, columnar)
-                        chunk = []
-                    self._drain(columnar, keep=0)
-                    self.pipeline.feed(raw)
-                    continue
-                # A chunk shares a format and a receipt time (the time check's horizon).
-                if chunk and (key != (fmt, raw.received_at) or len(chunk) >= CHUNK_LINES):
-                    self._submit(pool, chunk, chunk_format, columnar)
-                    chunk = []
-                if not chunk:
-                    key, chunk_format = (fmt, raw.received_at), fmt
-                chunk.append(raw)
-            if chunk and not stopped():
-                self._submit(pool, chunk, chunk_format, columnar)
+                if isinstance(item, LineBlock) and (fmt := block_format(item)) is not None:
+                    self._flush_chunk(pool, columnar)
+                    self._submit(pool, item, fmt, columnar)
+                else:  # a CSV row, a JSON document, a refusal, or a block of mixed lines
+                    for raw in item if isinstance(item, LineBlock) else (item,):
+                        self._take(raw, pool, columnar)
+            if not stopped():
+                self._flush_chunk(pool, columnar)
             self._drain(columnar, keep=0)
         finally:
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
 
-    def _submit(self, pool: Executor | None, chunk: list[RawMessage], fmt: str, columnar: Any) -> None:
-        payloads = [m.payload for m in chunk]
+    def _take(self, raw: RawMessage, pool: Executor | None, columnar: Any) -> None:
+        """One message: into the open chunk if the columnar decoder can take it, else (after
+        the chunk, to keep the file's order) to the exact path."""
+        fmt = columnar_format(raw)
+        chunk = self._chunk
+        if fmt is None:
+            self._flush_chunk(pool, columnar)
+            self._drain(columnar, keep=0)
+            self.pipeline.feed(raw)
+            return
+        # A chunk shares a format and a receipt time (the time check's horizon).
+        if chunk and (
+            columnar_format(chunk[0]) != fmt
+            or chunk[0].received_at != raw.received_at
+            or len(chunk) >= CHUNK_LINES
+        ):
+            self._flush_chunk(pool, columnar)
+        self._chunk.append(raw)
+
+    def _flush_chunk(self, pool: Executor | None, columnar: Any) -> None:
+        if self._chunk:
+            chunk, self._chunk = self._chunk, []
+            fmt = columnar_format(chunk[0])
+            assert fmt is not None
+            self._submit(pool, chunk, fmt, columnar)
+
+    def _submit(self, pool: Executor | None, chunk: Sequence[RawMessage], fmt: str, columnar: Any) -> None:
+        payloads = chunk.bodies if isinstance(chunk, LineBlock) else [m.payload for m in chunk]
         if pool is None:
             self._pending.append((chunk, columnar.decode_payloads(payloads, fmt, chunk[0].received_at)))
         else:

@@ -20,6 +20,7 @@ Loaded by the App's import only (pyarrow is heavy), never by formats/__init__ or
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -61,7 +62,7 @@ class Block:
     metrics: pa.Array  # string
     times: pa.Array  # int64 Unix µs
     values: pa.Array  # float64
-    messages: list[RawMessage] = field(default_factory=list)  # the records decoded here
+    messages: Sequence[RawMessage] = field(default_factory=list)  # the records decoded here
     fallback: list[RawMessage] = field(default_factory=list)  # for the exact decoder
     lines: pa.Array | None = None  # int32: index in the chunk of each reading's record
 
@@ -107,8 +108,12 @@ def decode_chunk(messages: list[RawMessage], fmt: str) -> Block:
     return to_block(messages, decode_payloads([m.payload for m in messages], fmt, messages[0].received_at))
 
 
-def to_block(messages: list[RawMessage], decoded: Decoded) -> Block:
+def to_block(messages: Sequence[RawMessage], decoded: Decoded) -> Block:
     taken = decoded.taken
+    if all(taken):  # the usual case: the chunk itself, not a copy (its messages may be lazy)
+        return Block(
+            decoded.devices, decoded.metrics, decoded.times, decoded.values, messages, [], decoded.lines
+        )
     return Block(
         decoded.devices,
         decoded.metrics,
@@ -121,7 +126,7 @@ def to_block(messages: list[RawMessage], decoded: Decoded) -> Block:
 
 
 def in_file_order(
-    messages: list[RawMessage], decoded: Decoded, max_runs: int = 16
+    messages: Sequence[RawMessage], decoded: Decoded, max_runs: int = 16
 ) -> list[Block | RawMessage]:
     """The chunk as the pipeline must see it for "the first stored wins" to hold as on the
     exact path: blocks of consecutive taken records and the records left over, in file

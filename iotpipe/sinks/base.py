@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Protocol
 
 from iotpipe.model import WriteBatch, WriteResult
@@ -29,8 +30,8 @@ class PrimarySink(Protocol):
         """Do what can be done before the write, in the decoding thread."""
         ...
 
-    def known_metrics(self, device_id: str) -> frozenset[str]:
-        """The metrics the device already has series for (for the per-device limit)."""
+    def known_metrics(self, device_ids: Collection[str]) -> dict[str, frozenset[str]]:
+        """The metrics each device already has series for (for the per-device limit)."""
         ...
 
 

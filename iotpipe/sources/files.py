@@ -22,9 +22,9 @@ import gzip
 import io
 import json
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol, cast
+from typing import Any, BinaryIO, Protocol, cast, overload
 
 import orjson
 
@@ -49,6 +49,63 @@ TEXT_ENCODINGS = (
 )
 SNIFF_RECORDS = 20  # CSV records csv.Sniffer sees to choose the delimiter
 _SKIP_CHUNK = 1 << 16
+READ_BYTES = 1 << 20  # blocks() reads this much at a time and splits the whole lines out
+
+
+class LineBlock(Sequence[RawMessage]):
+    """Consecutive message lines of one line-based file, kept as bytes (`bodies`).
+
+    A bulk reader takes the bodies as columns; a RawMessage is made only of a line that is
+    asked for (`block[i]`, a slice, iteration): one the columnar decoder leaves to the exact
+    path, a dead letter. Making one per line, up front, cost more than decoding it.
+    `numbers[i]` is the file line of `bodies[i]` (its origin is `path:number`)."""
+
+    __slots__ = ("bodies", "device_id", "format", "numbers", "origin", "received_at", "source")
+
+    def __init__(
+        self,
+        bodies: list[bytes],
+        numbers: Sequence[int],
+        origin: str,
+        received_at: int,
+        format: str | None,
+        device_id: str | None,
+        source: str,
+    ) -> None:
+        self.bodies = bodies
+        self.numbers = numbers
+        self.origin = origin
+        self.received_at = received_at
+        self.format = format
+        self.device_id = device_id
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.bodies)
+
+    @overload
+    def __getitem__(self, index: int) -> RawMessage: ...
+    @overload
+    def __getitem__(self, index: slice) -> LineBlock: ...
+    def __getitem__(self, index: int | slice) -> RawMessage | LineBlock:
+        if isinstance(index, slice):
+            return LineBlock(
+                self.bodies[index],
+                self.numbers[index],
+                self.origin,
+                self.received_at,
+                self.format,
+                self.device_id,
+                self.source,
+            )
+        return RawMessage(
+            self.bodies[index],
+            self.source,
+            f"{self.origin}:{self.numbers[index]}",
+            self.received_at,
+            self.format,
+            self.device_id,
+        )
 
 
 class _LineReader(Protocol):
@@ -104,12 +161,22 @@ class FileSource:
         return self.bytes_done + (self._current.tell() if self._current else 0)
 
     def __iter__(self) -> Iterator[RawMessage]:
+        return self._each_file(self._messages)  # type: ignore[return-value]
+
+    def blocks(self, max_lines: int) -> Iterator[RawMessage | LineBlock]:
+        """The same messages in the same order, but the lines of a line-based file come as
+        LineBlocks of up to `max_lines` lines, read in large blocks (the bulk import's way)."""
+        return self._each_file(lambda path, stream: self._messages(path, stream, max_lines))
+
+    def _each_file(
+        self, read: Callable[[Path, _LineReader], Iterator[RawMessage | LineBlock]]
+    ) -> Iterator[RawMessage | LineBlock]:
         for path in self.paths:
             with open(path, "rb") as handle:
                 self._current = handle
                 self._lines_read = 0
                 try:
-                    yield from self._messages(path, _text_stream(path, _decompressed(path, handle)))
+                    yield from read(path, _text_stream(path, _decompressed(path, handle)))
                 except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
                     raise TruncatedFile(
                         f"{printable(str(path))} is truncated or damaged after line {self._lines_read} "
@@ -120,7 +187,9 @@ class FileSource:
             self.bytes_done += path.stat().st_size
             self.files_done += 1
 
-    def _messages(self, path: Path, stream: _LineReader) -> Iterator[RawMessage]:
+    def _messages(
+        self, path: Path, stream: _LineReader, max_lines: int | None = None
+    ) -> Iterator[RawMessage | LineBlock]:
         kind = file_kind(path)
         fmt = self.format or suffix_format(path)
         received_at = now_micros()
@@ -129,6 +198,8 @@ class FileSource:
             yield from self._csv(origin, stream, fmt, received_at)
         elif kind == "document" and fmt not in ("lineproto",):
             yield from self._document(origin, stream, fmt, received_at)
+        elif max_lines is not None:
+            yield from self._line_blocks(origin, stream, fmt, received_at, max_lines)
         else:
             yield from self._lines(origin, stream, fmt, received_at)
 
@@ -143,6 +214,77 @@ class FileSource:
             if not body or body[:1] == b"#":
                 continue
             yield RawMessage(body, self.source, f"{origin}:{number}", received_at, fmt, self.device_id)
+
+    def _line_blocks(
+        self, origin: str, stream: _LineReader, fmt: str | None, received_at: int, max_lines: int
+    ) -> Iterator[RawMessage | LineBlock]:
+        """What _lines gives, as LineBlocks (and an oversize line's refusal in its place)."""
+        for first, lines, oversize in self._read_blocks(stream, max_lines):
+            if oversize is not None:
+                yield self._oversize(lines[0], oversize, f"{origin}:{first}", "line", received_at)
+                continue
+            bodies = [line.strip() for line in lines]
+            numbers: Sequence[int] = range(first, first + len(bodies))
+            # Blank and comment lines are no messages. b"" and b"#..." sort before every
+            # usual line, so one C-speed min() says whether there is any to drop.
+            if min(bodies)[:1] <= b"#":
+                kept = [i for i, body in enumerate(bodies) if body and body[:1] != b"#"]
+                bodies = [bodies[i] for i in kept]
+                numbers = [first + i for i in kept]
+            if bodies:
+                yield LineBlock(bodies, numbers, origin, received_at, fmt, self.device_id, self.source)
+
+    def _read_blocks(
+        self, stream: _LineReader, max_lines: int
+    ) -> Iterator[tuple[int, list[bytes], int | None]]:
+        """(first line number, up to max_lines whole lines without their newline, None), in
+        order; a line over max_payload_bytes comes alone as (number, [its first
+        max_payload_bytes], its size), the rest of it skipped without being held."""
+        limit = self.limits.max_payload_bytes
+        # read1: one read of what is there, so the lines before a damaged gzip member are
+        # given before the damage is raised (a read() of a whole block would drop them).
+        read: Callable[[int], bytes] = getattr(stream, "read1", None) or cast(BinaryIO, stream).read
+        lines: list[bytes] = []  # read, not yet given; the first is line number - len + 1
+        number = 0
+        tail = b""  # the unfinished line at the end of what was read
+        while True:
+            chunk = read(READ_BYTES)
+            if chunk:
+                data = tail + chunk if tail else chunk
+                cut = data.rfind(b"\n")
+                new, tail = (data[:cut].split(b"\n"), data[cut + 1 :]) if cut >= 0 else ([], data)
+            else:  # the end: a last line without its newline is a line too
+                new, tail = ([tail] if tail else []), b""
+            if new and max(map(len, new)) > limit:  # one of them may be over the limit
+                for line in new:
+                    size = len(line.rstrip(b"\r"))
+                    number += 1
+                    if size <= limit:
+                        lines.append(line)
+                        continue
+                    yield from _whole_blocks(lines, number - len(lines), max_lines, final=True)
+                    lines = []
+                    self._lines_read = number
+                    yield number, [line[:limit]], size
+            else:
+                lines.extend(new)
+                number += len(new)
+            self._lines_read = number
+            if len(tail) > limit + 1:  # a line still unfinished, already over the limit
+                yield from _whole_blocks(lines, number - len(lines) + 1, max_lines, final=True)
+                lines = []
+                number += 1
+                head = tail[:limit]
+                size, tail = _skip_rest(read, len(tail), tail, READ_BYTES)
+                self._lines_read = number
+                yield number, [head], size
+            given = 0
+            for block in _whole_blocks(lines, number - len(lines) + 1, max_lines, final=not chunk):
+                given += len(block[1])
+                yield block
+            del lines[:given]
+            if not chunk:
+                return
 
     def _csv(
         self, origin: str, stream: _LineReader, fmt: str | None, received_at: int
@@ -227,7 +369,8 @@ class FileSource:
         limit = self.limits.max_payload_bytes
         number = 0
         while True:
-            line = stream.readline(limit + 1)
+            # limit + 2: a line of `limit` bytes ends in "\r\n" whole, not split at its "\r".
+            line = stream.readline(limit + 2)
             if not line:
                 return
             number += 1
@@ -237,7 +380,7 @@ class FileSource:
                 yield number, line, None
                 continue
             if not line.endswith(b"\n"):
-                size += _skip_line(stream)
+                size, _ = _skip_rest(stream.readline, len(line), line, _SKIP_CHUNK)
             yield number, line[:limit], size
 
     def _read_records(self, stream: _LineReader) -> Iterator[tuple[int, bytes, int | None]]:
@@ -289,16 +432,34 @@ def read_body(
     return reader._lines(origin, stream, fmt, received_at)
 
 
-def _skip_line(stream: _LineReader) -> int:
-    """Read past the rest of a line without keeping it; its length in bytes."""
-    skipped = 0
+def _whole_blocks(
+    lines: list[bytes], first: int, max_lines: int, final: bool
+) -> Iterator[tuple[int, list[bytes], None]]:
+    """`lines` (the first is line `first`) in blocks of max_lines; the short last one too
+    when `final`."""
+    for at in range(0, len(lines), max_lines):
+        block = lines[at : at + max_lines]
+        if len(block) < max_lines and not final:
+            return
+        yield first + at, block, None
+
+
+def _skip_rest(read: Callable[[int], bytes], length: int, tail: bytes, chunk_size: int) -> tuple[int, bytes]:
+    """Read past the rest of a line of which `length` bytes were read (ending in `tail`),
+    without keeping it: (its size, as for any line without its "\n" and the "\r"s before;
+    what follows its newline in the last read)."""
+    crs = len(tail) - len(tail.rstrip(b"\r"))  # the "\r"s the line ends with so far
     while True:
-        chunk = stream.readline(_SKIP_CHUNK)
+        chunk = read(chunk_size)
         if not chunk:
-            return skipped
-        if chunk.endswith(b"\n"):
-            return skipped + len(chunk.rstrip(b"\r\n"))
-        skipped += len(chunk)
+            return length - crs, b""
+        cut = chunk.find(b"\n")
+        part = chunk if cut < 0 else chunk[:cut]
+        kept = len(part.rstrip(b"\r"))
+        crs = crs + len(part) if not kept else len(part) - kept
+        length += len(part)
+        if cut >= 0:
+            return length - crs, chunk[cut + 1 :]
 
 
 def _decompressed(path: Path, handle: BinaryIO) -> BinaryIO:

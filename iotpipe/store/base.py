@@ -11,7 +11,7 @@ import hashlib
 import sqlite3
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -58,7 +58,7 @@ from iotpipe.store.schema import (
     readings,
     series,
 )
-from iotpipe.store.tiers import HourPartials, SeriesReadings
+from iotpipe.store.tiers import IN_CHUNK, HourPartials, SeriesReadings
 
 # What a database raises for the data it was given rather than for being unreachable:
 # the pipeline answers these by finding the message at fault (see Store.write).
@@ -381,22 +381,23 @@ class Store(ABC):
         """Record (series, hour) pairs, in engine time, for the rollup job (idempotent).
         Through the driver: this runs on every batch."""
 
-    def known_metrics(self, device_id: str) -> frozenset[str]:
-        """The metrics the device has series for: from the cache, else from the database
-        (then cached, ids included, as after a commit)."""
-        known = self._series_ids.get(device_id)
-        if known is None:
+    def known_metrics(self, device_ids: Collection[str]) -> dict[str, frozenset[str]]:
+        """The metrics each device has series for (a new device: none): from the cache,
+        else from the database, one query per IN_CHUNK devices (then cached, ids included,
+        as after a commit). An import of a new fleet asks once, not once per device."""
+        missing = [d for d in device_ids if d not in self._series_ids]
+        for first in range(0, len(missing), IN_CHUNK):
             with self.engine.connect() as conn:
                 rows = conn.execute(
-                    select(devices.c.id, series.c.metric, series.c.id)
+                    select(devices.c.device_id, devices.c.id, series.c.metric, series.c.id)
                     .join(series, series.c.device_pk == devices.c.id)
-                    .where(devices.c.device_id == device_id)
+                    .where(devices.c.device_id.in_(missing[first : first + IN_CHUNK]))
                 ).all()
-            if not rows:
-                return frozenset()
-            known = self._series_ids.setdefault(device_id, (rows[0][0], {}))
-            known[1].update({metric: sid for _, metric, sid in rows})
-        return frozenset(known[1])
+            for device_id, device_pk, metric, series_id in rows:
+                self._series_ids.setdefault(device_id, (device_pk, {}))[1][metric] = series_id
+        return {
+            d: frozenset(self._series_ids[d][1]) if d in self._series_ids else frozenset() for d in device_ids
+        }
 
     def cached_series_id(self, device_id: str, metric: str) -> int | None:
         """The series id of a (device, metric) this store has written, without a query."""
