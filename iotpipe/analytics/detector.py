@@ -1,4 +1,4 @@
-"""The streaming anomaly detector's core: per-series online state, scoring, episodes (numpy only).
+"""The streaming anomaly detector's core: per-series online state, scoring, episodes.
 
 Each series is followed by a few recursive statistics, updated reading by reading in
 time order — O(1) time and memory per reading, whatever the series' history:
@@ -34,9 +34,13 @@ opens an episode (not during the first `warmup` readings, nor within
 threshold keep it going; `calm` readings below that close it. Each episode keeps the
 reason of its first reading.
 
+The per-reading update is compiled (`detector_kernel`, numba): a batch is one call,
+whatever its number of series. This module keeps the state as numpy arrays (a row per
+statistic, a column per series), the batches' bookkeeping and the episodes.
+
 Determinism: every reading goes through the same floating-point operations in the same
-order whatever the batches (series are processed as lanes, one step per reading of
-each), so an import finds exactly what a live stream finds; a series' whole state is
+order whatever the batches (each series' readings in time order, one at a time), so an
+import finds exactly what a live stream finds; a series' whole state is
 checkpointed every `rebuild_readings`/2 readings (`checkpoints`), so that a restart
 restores it and replays the few readings since, and continues exactly.
 """
