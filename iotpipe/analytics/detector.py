@@ -447,8 +447,6 @@ class StreamingDetector:
         # Fixed types and layouts: each other combination would be compiled anew.
         slots, counts = np.ascontiguousarray(slots, np.int64), np.ascontiguousarray(counts, np.int64)
         times, values = np.ascontiguousarray(times, np.int64), np.ascontiguousarray(values, np.float64)
-        seconds = times / 1e6
-        w, b0, b1 = _bins(seconds, self.params.season_bins)
         score = np.zeros(len(values))
         reason = np.zeros(len(values), dtype=np.int8)
         detector_kernel.score_batch(
@@ -462,11 +460,7 @@ class StreamingDetector:
             starts,
             counts,
             times,
-            seconds,
             values,
-            w,
-            b0,
-            b1,
             self._constants,
             score,
             reason,
@@ -610,16 +604,6 @@ class StreamingDetector:
             opened=opened,
             reason=REASONS[int(self.episode_reason[slot])],
         )
-
-
-def _bins(seconds: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Where each reading falls in the daily profile, which is piecewise linear between the
-    bins' centres: its two bins and its weight towards the second (computed for a whole
-    batch at once: they depend on the time alone)."""
-    position = (seconds % DAY) * (bins / DAY) - 0.5
-    lower = np.floor(position)
-    b0 = lower.astype(np.int64) % bins
-    return position - lower, b0, (b0 + 1) % bins
 
 
 def _by_series_and_time(

@@ -84,6 +84,8 @@ def compiled(function: F) -> F:
 class Constants(NamedTuple):
     """The parameters as the compiled update uses them (numba takes a named tuple)."""
 
+    bins: int  # of the daily profile
+    bins_per_day: float  # bins / DAY: bins per second
     threshold: float
     keep_open: float  # hysteresis × threshold: the score that keeps an episode open
     shift_allowance: float
@@ -100,6 +102,8 @@ class Constants(NamedTuple):
 
 def constants(p: StreamingParams) -> Constants:
     return Constants(
+        bins=p.season_bins,
+        bins_per_day=p.season_bins / DAY,
         threshold=p.threshold,
         keep_open=p.hysteresis * p.threshold,
         shift_allowance=p.shift_allowance,
@@ -195,11 +199,7 @@ def score_batch(
     starts: np.ndarray,
     counts: np.ndarray,
     times: np.ndarray,
-    seconds: np.ndarray,
     values: np.ndarray,
-    weights: np.ndarray,
-    bin0: np.ndarray,
-    bin1: np.ndarray,
     c: Constants,
     score: np.ndarray,
     reason: np.ndarray,
@@ -207,13 +207,18 @@ def score_batch(
     """Run the readings `starts[i]`…`starts[i]+counts[i]` (in time order) through the state
     of the series in row `slots[i]`, for every i; write each one's score and reason.
 
-    `weights`, `bin0`, `bin1`: each reading's two daily-profile bins and its weight
-    towards the second (`detector._bins`). Division by zero gives inf or nan, as in numpy
-    (`error_model="numpy"`), rather than raising."""
+    Division by zero gives inf or nan, as in numpy (`error_model="numpy"`), rather than
+    raising."""
     for i in range(len(slots)):
         slot = slots[i]
         own_offsets, own_spreads, own_filled = offsets[slot], spreads[slot], filled[slot]
         for at in range(starts[i], starts[i] + counts[i]):
+            t = times[at] / 1e6
+            # Where the reading falls in the daily profile, which is piecewise linear
+            # between the bins' centres: its two bins and its weight towards the second.
+            position = (t % DAY) * c.bins_per_day - 0.5
+            lower = np.floor(position)
+            b0 = int(lower) % c.bins
             score[at], reason[at] = update(
                 state,
                 own_offsets,
@@ -222,11 +227,11 @@ def score_batch(
                 slot,
                 float(count[slot]),
                 last_time[slot],
-                seconds[at],
+                t,
                 values[at],
-                weights[at],
-                bin0[at],
-                bin1[at],
+                position - lower,
+                b0,
+                (b0 + 1) % c.bins,
                 c,
             )
             count[slot] += 1
