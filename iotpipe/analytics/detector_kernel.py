@@ -71,14 +71,20 @@ def compiled(function: F) -> F:
     """`function` compiled by numba with its machine code cached on disk; when neither this
     package's folder nor the user's cache folder can be written (a read-only install, a
     service without a home), in `private_cache_dir()`. It releases the GIL: it touches
-    only the arrays it is given, and the pipeline's other thread can decode meanwhile."""
+    only the arrays it is given, and the pipeline's other thread can decode meanwhile.
+    Inlined into its callers by LLVM (`forceinline`): the calls per reading cost ~10 % of
+    the update's time (IR-level `inline="always"` did as well and compiled 2 s slower)."""
+
+    def jit() -> F:
+        return cast(F, numba.njit(cache=True, nogil=True, error_model="numpy", forceinline=True)(function))
+
     try:
-        return cast(F, numba.njit(cache=True, nogil=True, error_model="numpy")(function))
+        return jit()
     except RuntimeError:  # numba found no writable place for its cache
         cache = str(private_cache_dir())
         numba_config.CACHE_DIR = cache  # type: ignore[attr-defined]  # set from the environment
         log.info("caching the detector's compiled code in %s", cache)
-        return cast(F, numba.njit(cache=True, nogil=True, error_model="numpy")(function))
+        return jit()
 
 
 class Constants(NamedTuple):
