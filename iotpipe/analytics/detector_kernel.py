@@ -179,13 +179,13 @@ def surprise(x: float, q1: float, q2: float) -> float:
 
 
 @compiled
-def track(state: np.ndarray, row: int, slot: int, x: float) -> None:
+def track(state: np.ndarray, row: int, x: float) -> None:
     """One step of the quantile trackers in rows `row` and `row`+1 for the statistic `x`."""
     if x > 0:
-        q1, q2 = state[row, slot], state[row + 1, slot]
-        state[row, slot] = q1 * (UP_1 if x > q1 else DOWN_1)
-        state[row + 1, slot] = q2 * (UP_2 if x > q2 else DOWN_2)
-    state[row + 1, slot] = np.maximum(state[row + 1, slot], state[row, slot] * APART)
+        q1, q2 = state[row], state[row + 1]
+        state[row] = q1 * (UP_1 if x > q1 else DOWN_1)
+        state[row + 1] = q2 * (UP_2 if x > q2 else DOWN_2)
+    state[row + 1] = np.maximum(state[row + 1], state[row] * APART)
 
 
 @compiled
@@ -215,8 +215,12 @@ def score_batch(
 
     Division by zero gives inf or nan, as in numpy (`error_model="numpy"`), rather than
     raising."""
+    # A series' state, copied out of its (strided) column for its readings: each access
+    # is then to a fixed place, which costs less than the column's 2-D indexing.
+    own = np.empty(state.shape[0])
     for i in range(len(slots)):
         slot = slots[i]
+        own[:] = state[:, slot]
         own_offsets, own_spreads, own_filled = offsets[slot], spreads[slot], filled[slot]
         for at in range(starts[i], starts[i] + counts[i]):
             t = times[at] / 1e6
@@ -226,11 +230,10 @@ def score_batch(
             lower = np.floor(position)
             b0 = int(lower) % c.bins
             score[at], reason[at] = update(
-                state,
+                own,
                 own_offsets,
                 own_spreads,
                 own_filled,
-                slot,
                 float(count[slot]),
                 last_time[slot],
                 t,
@@ -242,6 +245,7 @@ def score_batch(
             )
             count[slot] += 1
             last_time[slot] = times[at]
+        state[:, slot] = own
 
 
 @compiled
@@ -250,7 +254,6 @@ def update(
     offsets: np.ndarray,
     spreads: np.ndarray,
     filled: np.ndarray,
-    slot: int,
     count: float,
     last_time: int,
     t: float,
@@ -261,17 +264,18 @@ def update(
     c: Constants,
 ) -> tuple[float, int]:
     """One reading of one series: score it against the state, then learn from it. Return
-    its score and reason."""
+    its score and reason. `st`: the series' state, one value per `STATE_FIELDS`;
+    `offsets`, `spreads`, `filled`: its daily profile."""
     first = count == 0
     # The usual interval: a running median of the gaps (a gap moves it by 5 %).
-    interval = st[INTERVAL, slot]
+    interval = st[INTERVAL]
     if not first:
         dt = t - last_time / 1e6
         if interval == 0:
             interval = dt
         elif dt != interval:
             interval = interval * (GROW if dt > interval else SHRINK)
-        st[INTERVAL, slot] = interval
+        st[INTERVAL] = interval
     step = interval if interval > 0 else 60.0
     # Until a series has lived one time constant, a running mean of what it has seen.
     early = 1.0 / (count + 1.0)
@@ -282,8 +286,8 @@ def update(
 
     if first:
         for row in (LEVEL, PLAIN, HIGH, LOW, MIDDLE, PREVIOUS):
-            st[row, slot] = x
-    level, plain, scale = st[LEVEL, slot], st[PLAIN, slot], st[SCALE, slot]
+            st[row] = x
+    level, plain, scale = st[LEVEL], st[PLAIN], st[SCALE]
 
     # The daily profile is piecewise linear between the bins' centres, so that a smooth
     # daily swing leaves no error within a bin (the offset of a bin's edge is the mean of
@@ -294,11 +298,11 @@ def update(
     spread = s0 + w * (spreads[b1] - s0) if filled[b0] and filled[b1] else scale
     # A sensor that was stuck and moves again restarts from its first live reading: its
     # baseline was frozen (or would have followed the stuck value) meanwhile.
-    if not first and x != st[PREVIOUS, slot] and st[RUN, slot] >= st[RUN_LIMIT, slot]:
+    if not first and x != st[PREVIOUS] and st[RUN] >= st[RUN_LIMIT]:
         level = x - offset
         plain = x
-        st[UP, slot] = st[DOWN, slot] = st[SPREAD_SUM, slot] = 0.0
-    seasonal = count * step > 2 * DAY and st[ERR_SEASON, slot] < SEASON_GAIN * st[ERR_PLAIN, slot]
+        st[UP] = st[DOWN] = st[SPREAD_SUM] = 0.0
+    seasonal = count * step > 2 * DAY and st[ERR_SEASON] < SEASON_GAIN * st[ERR_PLAIN]
     residual = x - level - (offset if seasonal else 0.0)
     sigma = (spread if seasonal else scale) * MAD_TO_SIGMA
     sigma = np.maximum(sigma, 1e-9 * (np.abs(level) + 1e-9))
@@ -308,33 +312,33 @@ def update(
 
     # Level shifts and drifts: two-sided CUSUM of clipped residuals.
     clipped = np.minimum(np.maximum(z, -SHIFT_CLIP), SHIFT_CLIP)
-    up = np.maximum(0.0, st[UP, slot] + clipped - c.shift_allowance) if valid else 0.0
-    down = np.maximum(0.0, st[DOWN, slot] - clipped - c.shift_allowance) if valid else 0.0
+    up = np.maximum(0.0, st[UP] + clipped - c.shift_allowance) if valid else 0.0
+    down = np.maximum(0.0, st[DOWN] - clipped - c.shift_allowance) if valid else 0.0
     shifted = np.maximum(up, down)
     # Variance changes: CUSUM of squared residuals beyond twice their normal mean.
-    spread_sum = np.maximum(0.0, st[SPREAD_SUM, slot] + np.minimum(z * z, 9.0) - 2.0) if valid else 0.0
+    spread_sum = np.maximum(0.0, st[SPREAD_SUM] + np.minimum(z * z, 9.0) - 2.0) if valid else 0.0
     # Each one's rarity for this series: spikes and dips (|z|), shifts, variance changes.
-    spike = surprise(size, st[SPIKE_Q1, slot], st[SPIKE_Q2, slot])
-    shift = surprise(shifted, st[SHIFT_Q1, slot], st[SHIFT_Q2, slot])
-    variance = surprise(spread_sum, st[SPREAD_Q1, slot], st[SPREAD_Q2, slot])
+    spike = surprise(size, st[SPIKE_Q1], st[SPIKE_Q2])
+    shift = surprise(shifted, st[SHIFT_Q1], st[SHIFT_Q2])
+    variance = surprise(spread_sum, st[SPREAD_Q1], st[SPREAD_Q2])
     # When the level CUSUM was last within its usual range (its 99 % quantile).
-    shift_since = st[SHIFT_SINCE, slot] if shifted > st[SHIFT_Q1, slot] else t
+    shift_since = st[SHIFT_SINCE] if shifted > st[SHIFT_Q1] else t
     # New extremes: beyond the recent range by a fraction of its width.
-    high, low, middle, width = st[HIGH, slot], st[LOW, slot], st[MIDDLE, slot], st[WIDTH, slot]
+    high, low, middle, width = st[HIGH], st[LOW], st[MIDDLE], st[WIDTH]
     floor = 6.0 * np.maximum(width, 1e-9 * (np.abs(middle) + 1e-9))
     beyond_high = (x - high) / np.maximum(high - middle, floor)
     beyond_low = (low - x) / np.maximum(middle - low, floor)
     record = (np.maximum(beyond_high, beyond_low) if width > 0 else 0.0) * c.record_factor
     # Stuck: a run of identical values longer than chance allows.
-    same = not first and x == st[PREVIOUS, slot]
-    run = st[RUN, slot] + 1.0 if same else 1.0
+    same = not first and x == st[PREVIOUS]
+    run = st[RUN] + 1.0 if same else 1.0
     # As judged when the run began: longer than chance makes once in 1/stuck_chance
     # readings, and twice the longest run of the recent past (night-time zeros of a counter).
     if same:
-        limit = st[RUN_LIMIT, slot]
+        limit = st[RUN_LIMIT]
     else:
-        chance = np.maximum(c.stuck_min, 1.0 + c.log_chance / np.log(st[REPEATS, slot]))
-        limit = np.maximum(chance, 2.0 * st[LONGEST, slot])
+        chance = np.maximum(c.stuck_min, 1.0 + c.log_chance / np.log(st[REPEATS]))
+        limit = np.maximum(chance, 2.0 * st[LONGEST])
     stuck = c.threshold * run / limit if valid else 0.0
     # A stuck sensor's values are not the series': the baseline, the scale and the change
     # detectors learn nothing from them (else its release would look like a level shift).
@@ -371,15 +375,15 @@ def update(
 
     # -- learn ----------------------------------------------------------------------------
     if valid:
-        track(st, SPIKE_Q1, slot, size)
-        track(st, SHIFT_Q1, slot, shifted)
-        track(st, SPREAD_Q1, slot, spread_sum)
+        track(st, SPIKE_Q1, size)
+        track(st, SHIFT_Q1, shifted)
+        track(st, SPREAD_Q1, spread_sum)
     else:  # the upper quantile still keeps above the lower
         for row in (SPIKE_Q1, SHIFT_Q1, SPREAD_Q1):
-            st[row + 1, slot] = np.maximum(st[row + 1, slot], st[row, slot] * APART)
-    st[UP, slot], st[DOWN, slot], st[SPREAD_SUM, slot] = up * live, down * live, spread_sum * live
+            st[row + 1] = np.maximum(st[row + 1], st[row] * APART)
+    st[UP], st[DOWN], st[SPREAD_SUM] = up * live, down * live, spread_sum * live
     a_level, a_scale, a_season = a_level * live, a_scale * live, a_season * live
-    st[SHIFT_SINCE, slot] = shift_since
+    st[SHIFT_SINCE] = shift_since
 
     known = scale > 0
     to_plain = x - plain
@@ -387,10 +391,10 @@ def update(
     plain += a_level * clip(to_plain, limit_plain)
     to_season = x - level - offset
     limit_season = CLIP * np.maximum(spread, scale) * MAD_TO_SIGMA if known else np.abs(to_season)
-    err_season = st[ERR_SEASON, slot]
-    st[ERR_SEASON, slot] = err_season + a_scale * (np.minimum(np.abs(to_season), limit_season) - err_season)
-    err_plain = st[ERR_PLAIN, slot]
-    st[ERR_PLAIN, slot] = err_plain + a_scale * (np.minimum(np.abs(to_plain), limit_plain) - err_plain)
+    err_season = st[ERR_SEASON]
+    st[ERR_SEASON] = err_season + a_scale * (np.minimum(np.abs(to_season), limit_season) - err_season)
+    err_plain = st[ERR_PLAIN]
+    st[ERR_PLAIN] = err_plain + a_scale * (np.minimum(np.abs(to_plain), limit_plain) - err_plain)
     level += a_level * clip(to_season, limit_season)
     learned = a_season * clip(x - level - offset, limit_season)
     offsets[b0] += (1.0 - w) * learned
@@ -405,7 +409,7 @@ def update(
         current = spreads[b]
         spreads[b] = current + share * a_season * (error - current) if filled[b] else scale
         filled[b] = True
-    st[LEVEL, slot], st[PLAIN, slot], st[SCALE, slot] = level, plain, scale
+    st[LEVEL], st[PLAIN], st[SCALE] = level, plain, scale
 
     high = np.maximum(high, x)
     low = np.minimum(low, x)
@@ -418,13 +422,13 @@ def update(
     else:
         middle += gap
         width = np.abs(gap)
-    st[HIGH, slot], st[LOW, slot], st[MIDDLE, slot], st[WIDTH, slot] = high, low, middle, width
+    st[HIGH], st[LOW], st[MIDDLE], st[WIDTH] = high, low, middle, width
 
-    repeats = st[REPEATS, slot]
+    repeats = st[REPEATS]
     if not first:
         weight = np.maximum(a_scale, 1.0 / (count + 2.0))
         repeats += weight * ((1.0 if same else 0.0) - repeats)
-    st[REPEATS, slot] = np.minimum(np.maximum(repeats, 1e-6), 1.0 - 1e-6)
-    st[RUN, slot], st[RUN_LIMIT, slot], st[PREVIOUS, slot] = run, limit, x
-    st[LONGEST, slot] = np.maximum(st[LONGEST, slot] * (1.0 - a_range), run if valid else 0.0)
+    st[REPEATS] = np.minimum(np.maximum(repeats, 1e-6), 1.0 - 1e-6)
+    st[RUN], st[RUN_LIMIT], st[PREVIOUS] = run, limit, x
+    st[LONGEST] = np.maximum(st[LONGEST] * (1.0 - a_range), run if valid else 0.0)
     return result, why
