@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-HEAVY = ("sqlalchemy", "numpy", "pydantic", "paho", "httpx", "psycopg", "rich")
+HEAVY = ("sqlalchemy", "numpy", "pydantic", "paho", "httpx", "psycopg", "rich", "numba")
 
 
 def lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
@@ -74,3 +74,14 @@ def test_help_loads_nothing_heavy(command: list[str]) -> None:
         "try:\n    app(prog_name='iotpipe')\nexcept SystemExit:\n    pass"
     )
     assert loaded_after(code) == []
+
+
+def test_numba_loads_only_when_the_detector_scores() -> None:
+    # The pipeline's observer is built by every ingest command; numba (~1 s to import) is
+    # for the process that scores readings.
+    assert "numba" not in loaded_after("import iotpipe.app.wiring, iotpipe.analytics.streaming")
+    scoring = (
+        "from iotpipe.analytics.detector import StreamingDetector\n"
+        "StreamingDetector().process([1], [1_000_000], [1.0])"
+    )
+    assert "numba" in loaded_after(scoring)

@@ -1,4 +1,4 @@
-"""The streaming anomaly detector's core: per-series online state, scoring, episodes (numpy only).
+"""The streaming anomaly detector's core: per-series online state, scoring, episodes.
 
 Each series is followed by a few recursive statistics, updated reading by reading in
 time order — O(1) time and memory per reading, whatever the series' history:
@@ -34,9 +34,13 @@ opens an episode (not during the first `warmup` readings, nor within
 threshold keep it going; `calm` readings below that close it. Each episode keeps the
 reason of its first reading.
 
+The per-reading update is compiled (`detector_kernel`, numba): a batch is one call,
+whatever its number of series. This module keeps the state as numpy arrays (a row per
+statistic, a column per series), the batches' bookkeeping and the episodes.
+
 Determinism: every reading goes through the same floating-point operations in the same
-order whatever the batches (series are processed as lanes, one step per reading of
-each), so an import finds exactly what a live stream finds; a series' whole state is
+order whatever the batches (each series' readings in time order, one at a time), so an
+import finds exactly what a live stream finds; a series' whole state is
 checkpointed every `rebuild_readings`/2 readings (`checkpoints`), so that a restart
 restores it and replays the few readings since, and continues exactly.
 """
@@ -47,7 +51,7 @@ import math
 import zlib
 from collections.abc import Callable
 from dataclasses import astuple, dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -55,15 +59,6 @@ from iotpipe.model import Micros
 
 DAY = 86_400.0
 _NO_TIME = np.iinfo(np.int64).min
-_MAD_TO_SIGMA = 1.2533  # mean absolute deviation -> standard deviation, for normal noise
-_CLIP = 3.0  # updates see residuals clipped at this many scales
-_QUANTILES = (0.99, 0.999)  # tracked for the surprise: 2 and 3 decades
-_QUANTILE_STEP = 0.05  # log-space step of the quantile trackers (a factor of e^±0.05·…)
-_SEASON_GAIN = 0.9  # the daily profile is used when it leaves < 90 % of the level's error
-_SHIFT_CLIP = 4.5
-# A change whose level CUSUM took longer than this many level time constants to climb
-# from its usual range to the alarm is a drift; quicker, a level shift.
-_DRIFT_LEVELS = 3.0
 
 REASONS = ("", "spike", "dip", "level_shift", "variance_change", "stuck", "drift", "seasonal_deviation")
 SPIKE, DIP, LEVEL_SHIFT, VARIANCE_CHANGE, STUCK, DRIFT, SEASONAL = range(1, 8)
@@ -128,7 +123,7 @@ class Checkpoint:
 HistoryLoader = Callable[[np.ndarray, np.ndarray], History]
 
 # The float state of a series, one row each in `StreamingDetector.state`.
-_STATE = (
+STATE_FIELDS = (
     "interval",  # the series' usual time between readings, seconds (a running median)
     "level",
     "plain",  # the level of the no-season fallback
@@ -155,8 +150,7 @@ _STATE = (
     "longest",  # the longest recent run of identical values (relaxing over range_seconds)
     "shift_since",  # when the level CUSUM was last in its usual range (seconds): a drift builds slowly
 )
-_S = {name: i for i, name in enumerate(_STATE)}
-_QUANTILE_ROWS = slice(_S["spike_q1"], _S["spread_q2"] + 1)  # six consecutive rows
+_S = {name: i for i, name in enumerate(STATE_FIELDS)}
 # The integer columns a checkpoint keeps (the floats: the episode's value and peak, the
 # state, the daily profile).
 _SAVED_INTS = (
@@ -230,6 +224,7 @@ class StreamingDetector:
         self._free: list[int] = []
         self._clock = 0
         self._capacity = 0
+        self._constants: Any = None  # the parameters as the compiled update takes them
         self._allocate(min(1024, self.params.max_series))
 
     # -- state rows -----------------------------------------------------------------------
@@ -241,7 +236,7 @@ class StreamingDetector:
                 column[:old] = getattr(self, name)
             setattr(self, name, column)
         bins = self.params.season_bins
-        state = np.zeros((len(_STATE), capacity))
+        state = np.zeros((len(STATE_FIELDS), capacity))
         offsets, spreads = np.zeros((capacity, bins)), np.zeros((capacity, bins))
         filled = np.zeros((capacity, bins), dtype=bool)
         if old:
@@ -385,7 +380,7 @@ class StreamingDetector:
         them. A checkpoint of another layout is not restored (its series is replayed)."""
         p = self.params
         shaping = astuple(p)[:-2]  # all but max_series and rebuild_readings
-        text = f"{_STATE}|{tuple(self._COLUMNS)}|{shaping}"
+        text = f"{STATE_FIELDS}|{tuple(self._COLUMNS)}|{shaping}"
         return zlib.crc32(text.encode())
 
     def checkpoints(self) -> list[Checkpoint]:
@@ -420,7 +415,7 @@ class StreamingDetector:
             getattr(self, name)[slot] = value
         self.saved_count[slot] = self.count[slot]
         self.episode_value[slot], self.episode_peak[slot] = floats[0], floats[1]
-        bins, fields = self.params.season_bins, len(_STATE)
+        bins, fields = self.params.season_bins, len(STATE_FIELDS)
         self.state[:, slot] = floats[2 : 2 + fields]
         rest = floats[2 + fields :]
         self.offsets[slot], self.spreads[slot] = rest[:bins], rest[bins : 2 * bins]
@@ -440,57 +435,36 @@ class StreamingDetector:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Run every reading through its series' state; return each reading's score and reason.
 
-        Series are lanes, ordered by how many readings they have in the batch (most
-        first), so that the lanes still going at step j are a prefix of the arrays.
-        """
-        p = self.params
-        total = len(values)
+        One call into compiled code (`detector_kernel`) for the whole batch: its cost is
+        per reading, whatever the number of series or readings of each."""
+        # numba takes about a second to import: only a process that scores readings pays it.
+        from iotpipe.analytics import detector_kernel
+
+        if self._constants is None:
+            self._constants = detector_kernel.constants(self.params)
         starts = np.zeros(len(slots), dtype=np.int64)
         np.cumsum(counts[:-1], out=starts[1:])
-        lanes = np.argsort(-counts, kind="stable")
-        lane_slots, lane_starts, lane_counts = slots[lanes], starts[lanes], counts[lanes]
-        # How many lanes are still going at each step.
-        going = np.searchsorted(-lane_counts, -np.arange(1, int(lane_counts[0]) + 1), side="right")
-
-        st = self.state[:, lane_slots]
-        offsets = self.offsets[lane_slots]
-        spreads = self.spreads[lane_slots]
-        filled = self.filled[lane_slots]
-        count = self.count[lane_slots].astype(np.float64)
-        last_time = self.last_time[lane_slots].copy()
-        seconds = times / 1e6
-        score = np.zeros(total)
-        reason = np.zeros(total, dtype=np.int8)
-        rows = np.arange(len(lane_slots)) * p.season_bins
-        w, b0, b1 = _bins(seconds, p.season_bins)
-        rates = _Rates(p)
-        for j, m in enumerate(going.tolist()):
-            at = lane_starts[:m] + j
-            sc, rs = _step(
-                p,
-                rates,
-                st[:, :m],
-                offsets[:m],
-                spreads[:m],
-                filled[:m],
-                rows[:m],
-                count[:m],
-                last_time[:m],
-                seconds[at],
-                values[at],
-                w[at],
-                b0[at],
-                b1[at],
-            )
-            score[at], reason[at] = sc, rs
-            count[:m] += 1
-            last_time[:m] = times[at]
-        self.state[:, lane_slots] = st
-        self.offsets[lane_slots] = offsets
-        self.spreads[lane_slots] = spreads
-        self.filled[lane_slots] = filled
-        self.count[lane_slots] = count.astype(np.int64)
-        self.last_time[lane_slots] = last_time
+        # Fixed types and layouts: each other combination would be compiled anew.
+        slots, counts = np.ascontiguousarray(slots, np.int64), np.ascontiguousarray(counts, np.int64)
+        times, values = np.ascontiguousarray(times, np.int64), np.ascontiguousarray(values, np.float64)
+        score = np.zeros(len(values))
+        reason = np.zeros(len(values), dtype=np.int8)
+        detector_kernel.score_batch(
+            self.state,
+            self.offsets,
+            self.spreads,
+            self.filled,
+            self.count,
+            self.last_time,
+            slots,
+            starts,
+            counts,
+            times,
+            values,
+            self._constants,
+            score,
+            reason,
+        )
         return score, reason
 
     # -- episodes -------------------------------------------------------------------------
@@ -630,278 +604,6 @@ class StreamingDetector:
             opened=opened,
             reason=REASONS[int(self.episode_reason[slot])],
         )
-
-
-class _Rates:
-    """Per-reading weights of the time constants, as functions of the usual interval."""
-
-    def __init__(self, p: StreamingParams) -> None:
-        self.level = 1.0 / p.level_seconds
-        self.scale = 1.0 / p.scale_seconds
-        self.season = p.season_bins / p.season_seconds
-        self.range = 1.0 / p.range_seconds
-        # level, scale, season, range: one ufunc call for all four weights
-        self.all = np.array([[self.level], [self.scale], [self.season], [self.range]])
-        self.log_chance = math.log(p.stuck_chance)
-
-
-def _surprise(x: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """Decades of rarity of `x` (statistic, lane) given its tracked 99 % and 99.9 %
-    quantiles `q` (statistic, quantile, lane): linear up to the first, then the power-law
-    (Pareto) tail through both, d = 2 + log(x/q99)/log(q99.9/q99).
-
-    A power law is the tail extreme-value theory gives heavy-tailed data (counts,
-    traffic, request volumes: the Hill/Weissman extrapolation from upper quantiles), and
-    the cautious one for light-tailed noise, which it calls less rare than a Gaussian
-    would. Only the few readings beyond q99 pay for the logarithms.
-    """
-    a1 = q[:, 0]
-    decades = 2.0 * x / a1
-    tail = np.nonzero(x > a1)
-    if len(tail[0]):
-        a1, a2 = a1[tail], q[:, 1][tail]
-        decades[tail] = 2.0 + np.log(x[tail] / a1) / np.log(a2 / a1)
-    return decades
-
-
-# A tracked quantile moves by a fixed factor: up when exceeded, down when not, so that it
-# settles where it is exceeded as often as its level says (a log-space stochastic
-# approximation of the quantile).
-_UP = np.exp(_QUANTILE_STEP * np.array(_QUANTILES))[None, :, None]
-_DOWN = np.exp(-_QUANTILE_STEP * (1.0 - np.array(_QUANTILES)))[None, :, None]
-_APART = math.exp(1e-3)
-
-
-def _bins(seconds: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Where each reading falls in the daily profile, which is piecewise linear between the
-    bins' centres: its two bins and its weight towards the second (computed for a whole
-    batch at once: they depend on the time alone)."""
-    position = (seconds % DAY) * (bins / DAY) - 0.5
-    lower = np.floor(position)
-    b0 = lower.astype(np.int64) % bins
-    return position - lower, b0, (b0 + 1) % bins
-
-
-def _where(holds: bool, mask: np.ndarray, a: np.ndarray | float, b: np.ndarray | float) -> np.ndarray:
-    """`np.where(mask, a, b)`, or `a` itself when the caller knows which side every lane
-    takes: `holds` means the full-size array `a` is the answer everywhere."""
-    return a if holds else np.where(mask, a, b)  # type: ignore[return-value]
-
-
-def _clip(x: np.ndarray, limit: np.ndarray) -> np.ndarray:
-    """`x` clipped to ±`limit` (np.clip's result, without its Python-level overhead)."""
-    return np.minimum(np.maximum(x, -limit), limit)
-
-
-def _track(q: np.ndarray, x: np.ndarray, use: np.ndarray) -> None:
-    """One step of the quantile trackers `q` (statistic, quantile, lane) of the statistics
-    `x` (statistic, lane), where `use` (and x > 0)."""
-    factor = np.where(x[:, None, :] > q, _UP, _DOWN)
-    np.multiply(q, factor, out=q, where=(use & (x > 0))[:, None, :])
-    np.maximum(q[:, 1], q[:, 0] * _APART, out=q[:, 1])
-
-
-def _step(
-    p: StreamingParams,
-    rates: _Rates,
-    st: np.ndarray,
-    offsets: np.ndarray,
-    spreads: np.ndarray,
-    filled: np.ndarray,
-    rows: np.ndarray,
-    count: np.ndarray,
-    last_time: np.ndarray,
-    t: np.ndarray,
-    x: np.ndarray,
-    w: np.ndarray,
-    b0: np.ndarray,
-    b1: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """One reading of each lane: score it against the state, then learn from it.
-
-    `rows` is each lane's first index in the flattened profiles; `b0`, `b1` and `w` are the
-    reading's two daily-profile bins and its weight between their centres (`_bins`)."""
-    s = {name: st[i] for i, name in enumerate(_STATE)}
-    first = count == 0
-    # Most steps have no lane's first reading and every lane judged: their masks are then
-    # skipped (the same values, fewer numpy calls).
-    fresh = bool(first.any())
-    # The usual interval: a running median of the gaps (a gap moves it by 5 %).
-    dt = np.where(first, 0.0, t - last_time / 1e6) if fresh else t - last_time / 1e6
-    interval = s["interval"]
-    changing = dt != interval
-    if changing.any():  # a regular series (most steps) leaves it as it is
-        unknown = (interval == 0) & ~first
-        grow = ~unknown & ~first & changing
-        interval[:] = np.where(
-            unknown,
-            dt,
-            np.where(
-                grow, interval * np.where(dt > interval, 1.0512710963760241, 0.951229424500714), interval
-            ),
-        )
-    step = np.where(interval > 0, interval, 60.0)
-    # Until a series has lived one time constant, a running mean of what it has seen.
-    early = 1.0 / (count + 1.0)
-    weights = -np.expm1(-step * rates.all)
-    a_level, a_scale = np.maximum(weights[:2], early)
-    a_season, a_range = weights[2], weights[3]
-
-    level, plain, scale = s["level"], s["plain"], s["scale"]
-    if fresh:
-        for name in ("level", "plain", "high", "low", "middle", "previous"):
-            s[name][:] = np.where(first, x, s[name])
-
-    # The daily profile is piecewise linear between the bins' centres, so that a smooth
-    # daily swing leaves no error within a bin (the offset of a bin's edge is the mean of
-    # its two neighbours'); each reading teaches its two bins in proportion.
-    # Flat indices into the lanes' (contiguous) profile rows: cheaper than 2-D indexing.
-    i0 = rows + b0
-    i1 = rows + b1
-    flat_offsets, flat_spreads, flat_filled = offsets.reshape(-1), spreads.reshape(-1), filled.reshape(-1)
-    o0 = flat_offsets[i0]
-    offset = o0 + w * (flat_offsets[i1] - o0)
-    s0 = flat_spreads[i0]
-    spread = np.where(flat_filled[i0] & flat_filled[i1], s0 + w * (flat_spreads[i1] - s0), scale)
-    # A sensor that was stuck and moves again restarts from its first live reading: its
-    # baseline was frozen (or would have followed the stuck value) meanwhile.
-    recovered = (x != s["previous"]) & (s["run"] >= s["run_limit"])
-    if fresh:
-        recovered &= ~first
-    if recovered.any():
-        level[:] = np.where(recovered, x - offset, level)
-        plain[:] = np.where(recovered, x, plain)
-        for name in ("up", "down", "spread_sum"):
-            s[name][:] = np.where(recovered, 0.0, s[name])
-    seasonal = (count * step > 2 * DAY) & (s["err_season"] < _SEASON_GAIN * s["err_plain"])
-    residual = x - level - np.where(seasonal, offset, 0.0)
-    sigma = np.where(seasonal, spread, scale) * _MAD_TO_SIGMA
-    sigma = np.maximum(sigma, 1e-9 * (np.abs(level) + 1e-9))
-    valid = ~first & (scale > 0) if fresh else scale > 0
-    judged = bool(valid.all())
-    z = _where(judged, valid, residual / sigma, 0.0)
-    size = np.abs(z)
-
-    # Level shifts and drifts: two-sided CUSUM of clipped residuals.
-    clipped = np.minimum(np.maximum(z, -_SHIFT_CLIP), _SHIFT_CLIP)
-    up = _where(judged, valid, np.maximum(0.0, s["up"] + clipped - p.shift_allowance), 0.0)
-    down = _where(judged, valid, np.maximum(0.0, s["down"] - clipped - p.shift_allowance), 0.0)
-    shifted = np.maximum(up, down)
-    # Variance changes: CUSUM of squared residuals beyond twice their normal mean.
-    spread_sum = _where(judged, valid, np.maximum(0.0, s["spread_sum"] + np.minimum(z * z, 9.0) - 2.0), 0.0)
-    # Each one's rarity for this series: spikes and dips (|z|), shifts, variance changes.
-    tails = st[_QUANTILE_ROWS].reshape(3, 2, -1)  # a view: (statistic, quantile, lane)
-    watched = np.array((size, shifted, spread_sum))
-    spike, shift, variance = _surprise(watched, tails)
-    # When the level CUSUM was last within its usual range (its 99 % quantile).
-    shift_since = np.where(shifted > tails[1, 0], s["shift_since"], t)
-    # New extremes: beyond the recent range by a fraction of its width.
-    width = s["width"]
-    floor = 6.0 * np.maximum(width, 1e-9 * (np.abs(s["middle"]) + 1e-9))
-    beyond_high = (x - s["high"]) / np.maximum(s["high"] - s["middle"], floor)
-    beyond_low = (s["low"] - x) / np.maximum(s["middle"] - s["low"], floor)
-    record = np.where(width > 0, np.maximum(beyond_high, beyond_low), 0.0) * (p.threshold / p.record_margin)
-    # Stuck: a run of identical values longer than chance allows.
-    same = x == s["previous"]
-    if fresh:
-        same &= ~first
-    run = np.where(same, s["run"] + 1.0, 1.0)
-    # As judged when the run began: longer than chance makes once in 1/stuck_chance
-    # readings, and twice the longest run of the recent past (night-time zeros of a counter).
-    limit = np.where(
-        same,
-        s["run_limit"],
-        np.maximum(
-            np.maximum(p.stuck_min, 1.0 + rates.log_chance / np.log(s["repeats"])), 2.0 * s["longest"]
-        ),
-    )
-    stuck = _where(judged, valid, p.threshold * run / limit, 0.0)
-    # A stuck sensor's values are not the series': the baseline, the scale and the change
-    # detectors learn nothing from them (else its release would look like a level shift).
-    live = run < limit
-
-    # A sustained deviation means something once the baseline is settled: the daily
-    # profile is chosen after two days, then learned over `season_seconds` (before that,
-    # the daily swing itself, or the profile still being learned, looks like a drift or a
-    # variance change: the spurious alarms of noise-free daily series).
-    settled = count * step > 2 * DAY + p.season_seconds
-    shift = np.where(settled, shift, 0.0)
-    variance = np.where(settled, variance, 0.0)
-    parts = np.array((spike, shift, variance, record, stuck))
-    score = _where(judged, valid, parts.max(axis=0), 0.0)
-    # A reason matters only where an episode may open or go on: worked out there alone.
-    reason = np.zeros(len(x), dtype=np.int8)
-    f = np.flatnonzero(score >= p.hysteresis * p.threshold)
-    if len(f):
-        which = parts[:, f].argmax(axis=0)
-        plain_size = np.abs(x[f] - plain[f]) / np.maximum(scale[f] * _MAD_TO_SIGMA, 1e-300)
-        slow = t[f] - shift_since[f] > _DRIFT_LEVELS * p.level_seconds
-        reason[f] = np.select(
-            [
-                which == 4,
-                which == 2,
-                (which == 1) & slow,
-                which == 1,
-                seasonal[f] & (plain_size < 3.0) & ((which == 0) | (which == 3)),
-                z[f] < 0,
-            ],
-            [STUCK, VARIANCE_CHANGE, DRIFT, LEVEL_SHIFT, SEASONAL, DIP],
-            SPIKE,
-        )
-
-    # -- learn ----------------------------------------------------------------------------
-    _track(tails, watched, valid)
-    s["up"][:], s["down"][:], s["spread_sum"][:] = up * live, down * live, spread_sum * live
-    a_level, a_scale, a_season = a_level * live, a_scale * live, a_season * live
-    s["shift_since"][:] = shift_since
-
-    known = scale > 0  # everywhere when every lane was judged (valid implies known)
-    to_plain = x - plain
-    limit_plain = _where(judged, known, _CLIP * scale * _MAD_TO_SIGMA, np.abs(to_plain))
-    plain += a_level * _clip(to_plain, limit_plain)
-    to_season = x - level - offset
-    limit_season = _where(judged, known, _CLIP * np.maximum(spread, scale) * _MAD_TO_SIGMA, np.abs(to_season))
-    s["err_season"][:] += a_scale * (np.minimum(np.abs(to_season), limit_season) - s["err_season"])
-    s["err_plain"][:] += a_scale * (np.minimum(np.abs(to_plain), limit_plain) - s["err_plain"])
-    level += a_level * _clip(to_season, limit_season)
-    learned = a_season * _clip(x - level - offset, limit_season)
-    flat_offsets[i0] += (1.0 - w) * learned
-    flat_offsets[i1] += w * learned
-    deviation = np.where(first, 0.0, np.abs(residual)) if fresh else np.abs(residual)
-    scale[:] = _where(
-        judged,
-        known,
-        scale + a_scale * (np.minimum(deviation, _CLIP * scale * _MAD_TO_SIGMA) - scale),
-        deviation,
-    )
-    error = np.minimum(np.abs(to_season), limit_season)
-    for i, share in ((i0, 1.0 - w), (i1, w)):
-        current = flat_spreads[i]
-        flat_spreads[i] = np.where(flat_filled[i], current + share * a_season * (error - current), scale)
-        flat_filled[i] = True
-
-    high, low, middle = s["high"], s["low"], s["middle"]
-    np.maximum(high, x, out=high)
-    np.minimum(low, x, out=low)
-    high -= a_range * (high - middle)
-    low += a_range * (middle - low)
-    gap = x - middle
-    has_width = width > 0
-    wide = bool(has_width.all())
-    middle += _where(
-        wide, has_width, a_scale * 0.5 * np.maximum(width, 1e-9 * (np.abs(middle) + 1e-9)) * np.sign(gap), gap
-    )
-    width[:] = _where(
-        wide, has_width, width + a_scale * (np.minimum(np.abs(gap), 3.0 * width) - width), np.abs(gap)
-    )
-
-    repeats = s["repeats"]
-    weight = np.maximum(a_scale, 1.0 / (count + 2.0))
-    repeats += np.where(first, 0.0, weight * (same - repeats)) if fresh else weight * (same - repeats)
-    np.clip(repeats, 1e-6, 1.0 - 1e-6, out=repeats)
-    s["run"][:], s["run_limit"][:], s["previous"][:] = run, limit, x
-    s["longest"][:] = np.maximum(s["longest"] * (1.0 - a_range), _where(judged, valid, run, 0.0))
-    return score, reason
 
 
 def _by_series_and_time(

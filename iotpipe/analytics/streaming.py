@@ -1,10 +1,10 @@
 """The streaming detector inside ingest: scores each committed batch and records its episodes.
 
-The scoring itself is `iotpipe.analytics.detector` (numpy only); this module connects it
-to a store: it flattens the committed readings, rebuilds the state of series it has not
-seen in this process from their checkpoint and stored past, and writes episode openings
-and closings (method 'streaming', with score and reason) to the anomalies table and the
-series' checkpoints to `detector_state`.
+The scoring itself is `iotpipe.analytics.detector` (its update compiled by numba); this
+module connects it to a store: it flattens the committed readings, rebuilds the state of
+series it has not seen in this process from their checkpoint and stored past, and writes
+episode openings and closings (method 'streaming', with score and reason) to the
+anomalies table and the series' checkpoints to `detector_state`.
 """
 
 from __future__ import annotations
