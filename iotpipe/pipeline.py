@@ -236,6 +236,11 @@ class Pipeline:
             job.batch.blocks.append(block)
             job.batch.block_positions.append(len(job.batch.groups))
             job.batch.reading_count += len(block)
+            # Counted by source as _add_readings counts a message (the metrics' labels).
+            if len(block.messages):
+                counts = job.batch.source_counts.setdefault(block.messages[0].source, [0, 0])
+                counts[0] += len(block.messages)
+                counts[1] += len(block)
             full = job.batch.reading_count >= self.config.batch_size
         if full:
             self._flush_full_batch()

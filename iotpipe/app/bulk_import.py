@@ -18,7 +18,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from typing import Any
 
@@ -70,19 +70,34 @@ class BulkImport:
         stopped: Callable[[], bool],
         progress: Callable[[int, int], None] | None,
     ) -> None:
+        def report() -> None:
+            if progress is not None:
+                progress(source.bytes_read, source.bytes_total)
+
+        self.feed(source.blocks(CHUNK_LINES), stopped, report)
+
+    def feed(
+        self,
+        items: Iterable[RawMessage | LineBlock],
+        stopped: Callable[[], bool] = lambda: False,
+        report: Callable[[], None] | None = None,
+    ) -> None:
+        """Feed messages and blocks of lines (in their order) to the pipeline, each block
+        that one columnar decoder can take as one chunk; `report()` now and then."""
         from iotpipe.formats import columnar
 
         pool: Executor | None = None
         if self.workers:
             pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("forkserver"))
         self._chunk = []
+        self._pending.clear()  # a feed that failed half-way leaves nothing for the next
         try:
-            for number, item in enumerate(source.blocks(CHUNK_LINES)):
+            for number, item in enumerate(items):
                 if isinstance(item, LineBlock) or not number % 1024:
                     if stopped():
                         break
-                    if progress is not None:
-                        progress(source.bytes_read, source.bytes_total)
+                    if report is not None:
+                        report()
                 if isinstance(item, LineBlock) and (fmt := block_format(item)) is not None:
                     self._flush_chunk(pool, columnar)
                     self._submit(pool, item, fmt, columnar)

@@ -19,11 +19,12 @@ from typing import Any
 
 from iotpipe import formats
 from iotpipe.app.access import AccessDenied, Principal
+from iotpipe.app.bulk_import import CHUNK_LINES, BulkImport
 from iotpipe.errors import DecodeError, IotpipeError, StoreError
 from iotpipe.limits import DEFAULT_LIMITS, Limits
 from iotpipe.model import Counters, RawMessage, WriteBatch, WriteResult, now_micros
 from iotpipe.pipeline import Pipeline
-from iotpipe.sources.files import read_body
+from iotpipe.sources.files import LineBlock, read_body
 from iotpipe.text import printable
 
 log = logging.getLogger(__name__)
@@ -72,22 +73,24 @@ class HttpIngest:
 
     def __init__(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline
+        # Lines of line protocol go to the import's columnar decoder, a body's lines at once.
+        self._bulk = BulkImport(pipeline, 0)
         self.reasons = _DeadLetterReasons()
         pipeline.observers = (*pipeline.observers, self.reasons)
         self._lock = threading.Lock()
 
-    def ingest(self, messages: Iterable[RawMessage], principal: Principal) -> dict[str, Any]:
+    def ingest(self, messages: Iterable[RawMessage | LineBlock], principal: Principal) -> dict[str, Any]:
         """Store the messages; what was accepted, stored, duplicate and rejected, and why."""
         principal.require("ingest")
         if principal.devices is not None:
-            messages = list(messages)
-            check_devices(messages, principal)
+            expanded = _each_message(messages)
+            check_devices(expanded, principal)
+            messages = expanded
         with self._lock:
             before = Counters(**self.pipeline.counters.as_dict())
             self.reasons.found = []
             try:
-                for raw in messages:
-                    self.pipeline.feed(raw)
+                self._bulk.feed(messages)
                 self.pipeline.flush()
             except IotpipeError:
                 self.pipeline.discard_failed()
@@ -117,6 +120,16 @@ class HttpIngest:
         }
 
 
+def _each_message(items: Iterable[RawMessage | LineBlock]) -> list[RawMessage]:
+    found: list[RawMessage] = []
+    for item in items:
+        if isinstance(item, LineBlock):
+            found.extend(item)
+        else:
+            found.append(item)
+    return found
+
+
 def check_devices(messages: list[RawMessage], principal: Principal) -> None:
     """Refuse the whole request if a message holds readings of a device the key may not
     write (decoding it here; what does not decode is left for the dead-letter queue)."""
@@ -141,9 +154,10 @@ def body_messages(
     device_id: str | None = None,
     precision: str | None = None,
     limits: Limits = DEFAULT_LIMITS,
-) -> Iterator[RawMessage]:
+) -> Iterator[RawMessage | LineBlock]:
     """The messages a request body holds, by its content type (parameters ignored), read by
-    the same rules as a file of that kind (bounded lines, CSV dialects, JSON documents)."""
+    the same rules as a file of that kind (bounded lines, CSV dialects, JSON documents);
+    lines come in LineBlocks, for the columnar decoder."""
     media = (content_type or "").split(";", 1)[0].strip().lower()
     if media not in CONTENT_TYPES:
         raise UnsupportedContent(
@@ -158,5 +172,5 @@ def body_messages(
             )
         fmt = PRECISION_FORMATS[precision]
     if kind in ("lines", "csv", "document"):
-        return read_body(body, kind, SOURCE, origin, fmt, device_id, limits)
+        return read_body(body, kind, SOURCE, origin, fmt, device_id, limits, CHUNK_LINES)
     return iter([RawMessage(body, SOURCE, origin, now_micros(), fmt, device_id)])

@@ -254,7 +254,8 @@ class FileSource:
                 cut = data.rfind(b"\n")
                 new, tail = (data[:cut].split(b"\n"), data[cut + 1 :]) if cut >= 0 else ([], data)
             else:  # the end: a last line without its newline is a line too
-                new, tail = ([tail] if tail else []), b""
+                # (what follows a skipped line may hold whole lines: split it as well)
+                new, tail = (tail.removesuffix(b"\n").split(b"\n") if tail else []), b""
             if new and max(map(len, new)) > limit:  # one of them may be over the limit
                 for line in new:
                     size = len(line.rstrip(b"\r"))
@@ -277,7 +278,10 @@ class FileSource:
                 head = tail[:limit]
                 size, tail = _skip_rest(read, len(tail), tail, READ_BYTES)
                 self._lines_read = number
-                yield number, [head], size
+                if size <= limit:  # only "\r"s went past the limit: a line like the others
+                    lines.append(head)
+                else:
+                    yield number, [head], size
             given = 0
             for block in _whole_blocks(lines, number - len(lines) + 1, max_lines, final=not chunk):
                 given += len(block[1])
@@ -376,11 +380,13 @@ class FileSource:
             number += 1
             self._lines_read = number
             size = len(line.rstrip(b"\r\n"))
+            if len(line) == limit + 2 and not line.endswith(b"\n"):
+                # The read stopped inside the line: read past its end (what is left may be
+                # only "\r"s, and the line then still within the limit).
+                size, _ = _skip_rest(stream.readline, len(line), line, _SKIP_CHUNK)
             if size <= limit:
                 yield number, line, None
                 continue
-            if not line.endswith(b"\n"):
-                size, _ = _skip_rest(stream.readline, len(line), line, _SKIP_CHUNK)
             yield number, line[:limit], size
 
     def _read_records(self, stream: _LineReader) -> Iterator[tuple[int, bytes, int | None]]:
@@ -419,9 +425,11 @@ def read_body(
     fmt: str | None = None,
     device_id: str | None = None,
     limits: Limits = DEFAULT_LIMITS,
-) -> Iterator[RawMessage]:
+    max_lines: int | None = None,
+) -> Iterator[RawMessage | LineBlock]:
     """The messages of a body held in memory (an HTTP request), read by the rules of a file
-    of that kind: "lines" (JSON lines, line protocol), "csv", or "document" (JSON)."""
+    of that kind: "lines" (JSON lines, line protocol), "csv", or "document" (JSON). With
+    `max_lines`, lines come as LineBlocks of up to that many, as FileSource.blocks gives."""
     reader = FileSource([], fmt, device_id, limits, source)
     stream = io.BytesIO(body)
     received_at = now_micros()
@@ -429,6 +437,8 @@ def read_body(
         return reader._csv(origin, stream, fmt, received_at)
     if kind == "document":
         return reader._document(origin, stream, fmt, received_at)
+    if max_lines is not None:
+        return reader._line_blocks(origin, stream, fmt, received_at, max_lines)
     return reader._lines(origin, stream, fmt, received_at)
 
 
