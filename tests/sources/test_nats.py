@@ -388,12 +388,16 @@ def test_the_relay_bridges_mosquitto_into_jetstream_through_a_kill_9_of_the_rela
         worker = start_nats_worker(pg_url, "--url", plain_nats.url, "--ack-wait", ACK_WAIT, env=WORKER_ENV)
         store = open_store(pg_url)
         try:
-            publishing = threading.Thread(target=_publish_plain_mqtt, args=(mosquitto.port, plan))
+            # The second half of the stream waits for the kill: the relay that takes over
+            # has something of its own to relay, however fast the first one was.
+            halfway = threading.Event()
+            publishing = threading.Thread(target=_publish_plain_mqtt, args=(mosquitto.port, plan, halfway))
             publishing.start()
             wait_until(lambda: store.stats()["readings"] > plan.readings // 4, "a quarter of the stream")
             relay.kill()  # what it had not published to JetStream stays unacknowledged at Mosquitto
             relay.wait()
             relay = start_relay(mosquitto.url, plain_nats.url)  # the same session: Mosquitto redelivers
+            halfway.set()
             publishing.join()
             wait_until(
                 lambda: store.stats()["readings"] == plan.readings, "the whole stream", state=store.stats
@@ -412,7 +416,8 @@ def test_the_relay_bridges_mosquitto_into_jetstream_through_a_kill_9_of_the_rela
             store.close()
 
 
-def _publish_plain_mqtt(port: int, plan: Telemetry) -> None:
+def _publish_plain_mqtt(port: int, plan: Telemetry, halfway: threading.Event | None = None) -> None:
+    """The plan's messages at QoS 1; with `halfway`, the second half only once it is set."""
     import paho.mqtt.client as paho
     from paho.mqtt.enums import CallbackAPIVersion
 
@@ -420,7 +425,10 @@ def _publish_plain_mqtt(port: int, plan: Telemetry) -> None:
     client.connect("127.0.0.1", port)
     client.loop_start()
     try:
-        for device, payload in plan.messages():
+        messages = list(plan.messages())
+        for index, (device, payload) in enumerate(messages):
+            if halfway is not None and index == len(messages) // 2:
+                halfway.wait(300)
             client.publish(f"telemetry/{device}", payload, qos=1).wait_for_publish(10)
     finally:
         client.disconnect()
