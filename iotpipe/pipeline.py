@@ -21,7 +21,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -124,6 +124,7 @@ class Pipeline:
         self._queue: queue.Queue[object] = queue.Queue(maxsize=self.config.queue_size)
         self._lock = threading.Lock()  # feed/flush may be called from a source thread and a timer
         self._commit_points: list[threading.Event] = []  # told at the next successful flush
+        self._held: list[_PendingBatch] | None = None  # see holding()
         # Each device's metrics seen so far, for the per-device series limit.
         self._series: dict[str, set[str]] = {}
 
@@ -217,7 +218,7 @@ class Pipeline:
             late = time.monotonic() - self._batch_started >= self.config.batch_delay
         if full:
             self._flush_full_batch()
-        elif late:
+        elif late and self._held is None:
             self.flush()
 
     def feed_block(self, block: Any) -> None:
@@ -317,6 +318,31 @@ class Pipeline:
         for point in points:
             point.set()
 
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[list[_PendingBatch]]:
+        """Feed without writing: every batch fed within the block is set aside in the list
+        (the last one when the block ends), for a caller that commits them itself with
+        `write_held()`, while it feeds the next ones (HTTP ingest decodes one request while
+        the one before commits). A block that raises drops what it fed."""
+        held: list[_PendingBatch] = []
+        self._held = held
+        try:
+            yield held
+            job = self._detach()
+            if job is not None:
+                held.append(job)
+        except BaseException:
+            self._detach()
+            held.clear()
+            raise
+        finally:
+            self._held = None
+
+    def write_held(self, job: _PendingBatch) -> None:
+        """Commit a batch set aside by `holding()`, as flush() commits one; on failure it is
+        kept like any failed batch (`discard_failed()` drops it)."""
+        self._write(job)
+
     def discard_failed(self) -> int:
         """Drop the batch whose write failed instead of retrying it at the next flush: for
         a pull caller that told its own client about the failure (an HTTP request answered
@@ -333,7 +359,13 @@ class Pipeline:
 
     def _flush_full_batch(self) -> None:
         """A full batch: written behind, while the caller decodes the next one, where the
-        engine gains from it (its server works while we decode); otherwise like flush()."""
+        engine gains from it (its server works while we decode); otherwise like flush().
+        While holding(), it is only set aside."""
+        if self._held is not None:
+            job = self._detach()
+            if job is not None:
+                self._held.append(job)
+            return
         if not self.sink.writes_behind or self._failed is not None:
             self.flush()
             return

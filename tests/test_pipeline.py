@@ -370,3 +370,30 @@ def test_the_same_bad_payload_n_times_is_one_dead_letter_received_n_times(store:
     assert (stats["dead_letters"], stats["dead_letter_messages"]) == (1, 5)
     [letter] = store.dead_letter_rows()
     assert letter["attempts"] == 5
+
+
+def test_holding_sets_full_batches_aside_until_the_caller_writes_them(store: Store) -> None:
+    pipeline = Pipeline(store, PipelineConfig(batch_size=10))
+    with pipeline.holding() as held:
+        for i in range(25):
+            pipeline.feed(raw(v1("d", T0 + i * MICROS_PER_SECOND, temperature=float(i))))
+    assert [batch.batch.reading_count for batch in held] == [10, 10, 5]
+    assert store.stats()["readings"] == 0  # nothing written while held
+    for batch in held:
+        pipeline.write_held(batch)
+    assert store.stats()["readings"] == 25
+    assert pipeline.counters.readings_stored == 25 and pipeline.counters.batches_written == 3
+
+
+def test_a_held_feed_that_raises_leaves_nothing_for_the_next_one(store: Store) -> None:
+    pipeline = Pipeline(store)
+    with pytest.raises(RuntimeError), pipeline.holding():
+        pipeline.feed(raw(v1("a", T0, temperature=1.0)))
+        raise RuntimeError("the body broke half-way")
+    with pipeline.holding() as held:
+        pipeline.feed(raw(v1("b", T0, temperature=2.0)))
+    for batch in held:
+        pipeline.write_held(batch)
+    assert pipeline.counters.messages_received == 1
+    assert store.raw_readings("a", "temperature") == []
+    assert store.raw_readings("b", "temperature") == [(T0, 2.0)]

@@ -2,11 +2,13 @@
 and the request is answered with what happened to them after the commit.
 
 Every request goes through the same decoders, validation and dead-letter queue as any
-source. HTTP ingest has its own pull-mode pipeline, fed under a lock and flushed at the
-end of each request: its counters before and after give that request's own answer, and
-an observer collects the reasons of its dead letters. Requests are thus committed one
-after another (a request is one or more transactions of its own); the decoding of one
-overlaps the network time of the others.
+source. HTTP ingest has its own pull-mode pipeline. A request is decoded into batches set
+aside (`Pipeline.holding()`) under one lock, then committed under another: the next
+request decodes while this one commits, as `iotpipe import` decodes a batch while the one
+before is written. Commits come one request after another, so the pipeline's counters
+before and after give a request its own answer, and an observer collects the reasons of
+its dead letters. At most two requests hold decoded batches at once (memory stays that of
+two bodies).
 """
 
 from __future__ import annotations
@@ -77,7 +79,9 @@ class HttpIngest:
         self._bulk = BulkImport(pipeline, 0)
         self.reasons = _DeadLetterReasons()
         pipeline.observers = (*pipeline.observers, self.reasons)
-        self._lock = threading.Lock()
+        self._decoding = threading.Lock()
+        self._committing = threading.Lock()
+        self._in_progress = threading.BoundedSemaphore(2)  # one request commits, one decodes
 
     def ingest(self, messages: Iterable[RawMessage | LineBlock], principal: Principal) -> dict[str, Any]:
         """Store the messages; what was accepted, stored, duplicate and rejected, and why."""
@@ -86,25 +90,15 @@ class HttpIngest:
             expanded = _each_message(messages)
             check_devices(expanded, principal)
             messages = expanded
-        with self._lock:
-            before = Counters(**self.pipeline.counters.as_dict())
-            self.reasons.found = []
-            try:
+        with self._in_progress:
+            with self._decoding, self.pipeline.holding() as batches:
                 self._bulk.feed(messages)
-                self.pipeline.flush()
-            except IotpipeError:
-                self.pipeline.discard_failed()
-                raise
-            except Exception as exc:
-                dropped = self.pipeline.discard_failed()
-                log.error(
-                    "an HTTP ingest request failed to commit (%d messages not stored): %s", dropped, exc
-                )
-                raise StoreError(
-                    f"the database failed ({type(exc).__name__}); nothing was stored, send again"
-                ) from exc
-            after = self.pipeline.counters
-            reasons = self.reasons.found
+            with self._committing:
+                before = Counters(**self.pipeline.counters.as_dict())
+                self.reasons.found = []
+                self._commit(batches)
+                after = Counters(**self.pipeline.counters.as_dict())  # a copy: the next request counts on
+                reasons = self.reasons.found
         delta = {k: v - getattr(before, k) for k, v in asdict(after).items()}
         return {
             "messages": delta["messages_received"],
@@ -118,6 +112,22 @@ class HttpIngest:
                 for origin, reason in reasons[:MAX_REJECTIONS_LISTED]
             ],
         }
+
+    def _commit(self, batches: list[Any]) -> None:
+        """Commit a request's batches; on a failure, drop what is left of them."""
+        try:
+            for batch in batches:
+                self.pipeline.write_held(batch)
+        except IotpipeError:
+            self.pipeline.discard_failed()
+            raise
+        except Exception as exc:
+            dropped = self.pipeline.discard_failed()
+            log.error("an HTTP ingest request failed to commit (%d messages not stored): %s", dropped, exc)
+            raise StoreError(
+                f"the database failed ({type(exc).__name__}); what this request sent was not "
+                "stored, send it again (readings already stored count as duplicates)"
+            ) from exc
 
 
 def _each_message(items: Iterable[RawMessage | LineBlock]) -> list[RawMessage]:

@@ -27,7 +27,15 @@ from sqlalchemy import Connection
 from iotpipe.model import MICROS_PER_DAY, MICROS_PER_HOUR, Micros, now_micros
 from iotpipe.store.packed import decode_times, encode_days
 from iotpipe.store.schema import packed_readings
-from iotpipe.store.tiers import IN_CHUNK, SeriesReadings, _typed, read_parts, series_time_order, unix_micros
+from iotpipe.store.tiers import (
+    SeriesReadings,
+    _typed,
+    integers_value,
+    one_of,
+    read_parts,
+    series_time_order,
+    unix_micros,
+)
 
 PACK_LOCK = 7_405_002  # PostgreSQL advisory lock key of packing (migrations use 7_405_001)
 LATE_AGE = 12 * MICROS_PER_HOUR
@@ -168,21 +176,19 @@ def already_packed(conn: Connection, series_ids: np.ndarray, times: np.ndarray) 
     PACK_LOCK held shared, so that no day is packed meanwhile."""
     held = np.zeros(len(times), dtype=bool)
     days = times - times % MICROS_PER_DAY
-    ids = sorted({int(s) for s in np.unique(series_ids)})
+    dialect = conn.dialect.name
     statement = _typed(
-        f"SELECT series_id, {unix_micros(conn.dialect.name, 'day_start')}, count, time_data "
-        "FROM packed_readings WHERE series_id IN :ids AND day_start >= :lo AND day_start <= :hi",
+        f"SELECT series_id, {unix_micros(dialect, 'day_start')}, count, time_data "
+        f"FROM packed_readings WHERE {one_of(dialect, 'series_id')} AND day_start >= :lo AND day_start <= :hi",
         times=("lo", "hi"),
-        lists=("ids",),
     )
-    lo, hi = int(days.min()), int(days.max())
-    for first in range(0, len(ids), IN_CHUNK):
-        for sid, day, count, time_data in conn.execute(
-            statement, {"ids": ids[first : first + IN_CHUNK], "lo": lo, "hi": hi}
-        ):
-            mine = (series_ids == sid) & (days == int(day))
-            if mine.any():
-                held[mine] = np.isin(times[mine], decode_times(bytes(time_data), int(count)))
+    ids = integers_value(dialect, np.unique(series_ids).tolist())
+    for sid, day, count, time_data in conn.execute(
+        statement, {"ids": ids, "lo": int(days.min()), "hi": int(days.max())}
+    ):
+        mine = (series_ids == sid) & (days == int(day))
+        if mine.any():
+            held[mine] = np.isin(times[mine], decode_times(bytes(time_data), int(count)))
     return held
 
 

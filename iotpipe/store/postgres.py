@@ -13,6 +13,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from iotpipe.model import Micros
 from iotpipe.store.base import ReadingColumns, Store
+from iotpipe.store.tiers import integers_value
 
 # timestamptz's binary wire form is int8 microseconds since 2000-01-01 UTC. Binary COPY
 # carries no per-field type, so our µs-since-1970 ints shifted by this offset go out as
@@ -110,7 +111,7 @@ class PostgresStore(Store):
             "INSERT INTO dirty_hours (series_id, hour_start) "
             f"SELECT s, {_FROM_OFFSET.format('h')} FROM unnest(%s::int[], %s::bigint[]) AS u(s, h) "
             "ON CONFLICT DO NOTHING",
-            ([sid for sid, _ in hours], [hour for _, hour in hours]),
+            (_array([sid for sid, _ in hours]), _array([hour for _, hour in hours])),
         )
 
     def _touch_devices(self, conn: Connection, spans: dict[int, tuple[Micros, Micros]]) -> None:
@@ -124,8 +125,12 @@ class PostgresStore(Store):
             f"FROM (SELECT id, {_FROM_OFFSET.format('f')} AS first, {_FROM_OFFSET.format('l')} AS last "
             "FROM unnest(%s::int[], %s::bigint[], %s::bigint[]) AS u(id, f, l)) v "
             "WHERE d.id = v.id",
-            (pks, firsts, lasts),
+            (_array(pks), _array(firsts), _array(lasts)),
         )
+
+
+def _array(values: list[int]) -> str:
+    return integers_value("postgresql", values)
 
 
 # COPY ... (FORMAT BINARY): a signature, flags and header-extension length, then per row

@@ -16,7 +16,7 @@ never show a reading twice.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +52,23 @@ def unix_micros(dialect: str, column: str) -> str:
     if dialect == "postgresql":
         return f"(extract(epoch from {column}) * 1000000)::int8"
     return column
+
+
+def one_of(dialect: str, column: str, name: str = "ids") -> str:
+    """SQL for "`column` is one of the integers in the one parameter :name" (its value made
+    by `integers_value`): one statement for any number of ids, parsed once, where an expanding
+    IN list is rendered, and parsed again by the driver, on every call."""
+    if dialect == "postgresql":
+        return f"{column} = ANY(CAST(:{name} AS integer[]))"
+    return f"{column} IN (SELECT value FROM json_each(:{name}))"
+
+
+def integers_value(dialect: str, values: Iterable[int]) -> str:
+    """Integers as one parameter (for `one_of`, or unnest on PostgreSQL): an array literal
+    (PostgreSQL) or a JSON array (SQLite), text either way, which costs a fraction of
+    binding a value per integer or of the driver's dumping of a list."""
+    listed = ",".join(map(str, values))
+    return "{" + listed + "}" if dialect == "postgresql" else "[" + listed + "]"
 
 
 @functools.lru_cache(maxsize=512)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import threading
 
 import httpx
 import orjson
@@ -199,3 +200,25 @@ def test_the_server_answers_requests_that_raced_it(served: Served) -> None:
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         assert list(pool.map(send, range(8))) == [200] * 8
     assert served.app.stats()["readings"] == 1600
+
+
+def test_concurrent_requests_each_get_their_own_counts(served: Served) -> None:
+    # Requests decode while others commit; each answer must count its own readings only.
+    sizes = [1, 50, 7, 300, 20, 2, 120, 9]
+    answers: dict[int, dict[str, int]] = {}
+
+    def post(n: int) -> None:
+        lines = "\n".join(f"load,device_id=c{n} v={i} {(T0 + i) * 10**9}" for i in range(sizes[n]))
+        with httpx.Client(base_url=served.url, timeout=30) as client:
+            answers[n] = client.post(
+                "/api/v1/ingest", content=lines.encode(), headers={"content-type": "text/plain"}
+            ).json()
+
+    threads = [threading.Thread(target=post, args=(n,)) for n in range(len(sizes))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for n, size in enumerate(sizes):
+        assert (answers[n]["messages"], answers[n]["stored"]) == (size, size), (n, answers[n])
+        assert len(stored(served, f"c{n}", "load_v")) == size
