@@ -228,6 +228,30 @@ def test_late_reading_into_a_packed_day_is_stored_once_and_corrects_its_rollups(
     assert store.write(late).stored == 0
 
 
+def test_a_fleet_of_packed_series_is_checked_and_rolled_up_whole(store: Store) -> None:
+    # More series than one IN list used to hold: their ids go to the database as one value.
+    fleet = 1200
+    rows = [(f"s{n}", "v", OLD_DAY + h * MICROS_PER_HOUR, float(n)) for n in range(fleet) for h in range(2)]
+    write_readings(store, rows)
+    store.compact(EVERYTHING, step_readings=1_000_000)
+    assert store.stats()["tiers"]["packed"]["readings"] == 2 * fleet
+
+    replay = WriteBatch()  # every packed reading again, and one new reading per series
+    replay.groups = [(device, [(metric, t, v)]) for device, metric, t, v in rows]
+    replay.groups += [(f"s{n}", [("v", OLD_DAY + 30 * MICROS_PER_SECOND, n + 0.5)]) for n in range(fleet)]
+    replay.reading_count = 3 * fleet
+    result = store.write(replay)
+    assert (result.stored, result.duplicates) == (fleet, 2 * fleet)
+
+    refresh(store)
+    for n in (0, 499, 500, fleet - 1):
+        with store.engine.connect() as conn:
+            ref = find_series(conn, f"s{n}", "v")
+        [first, second] = bucket_rows(store, ref, "1h", OLD_DAY, OLD_DAY + 2 * MICROS_PER_HOUR)
+        assert (first.count, first.avg, first.max) == (2, n + 0.25, n + 0.5)
+        assert (second.count, second.avg) == (1, float(n))
+
+
 def test_historical_readings_go_straight_into_the_packed_tier_once(store: Store) -> None:
     readings = [("m", "e", OLD_DAY + i * 90 * MICROS_PER_SECOND, math.sin(i)) for i in range(2000)]
     recent = ("m", "e", TODAY + MICROS_PER_SECOND, 1.5)

@@ -90,11 +90,15 @@ def pack(
     if hot_count:
         conn.execute(
             _typed(
-                "DELETE FROM readings WHERE series_id IN :ids AND time >= :start AND time < :end",
+                f"DELETE FROM readings WHERE {one_of(conn.dialect.name, 'series_id')} "
+                "AND time >= :start AND time < :end",
                 times=("start", "end"),
-                lists=("ids",),
             ),
-            {"ids": sorted({int(s) for s, _ in touched_hot}), "start": start, "end": end},
+            {
+                "ids": integers_value(conn.dialect.name, sorted({int(s) for s, _ in touched_hot})),
+                "start": start,
+                "end": end,
+            },
         )
     result.days = len(rows)
     result.readings = sum(r["count"] for r in rows)

@@ -72,18 +72,18 @@ def integers_value(dialect: str, values: Iterable[int]) -> str:
 
 
 @functools.lru_cache(maxsize=512)
-def _typed(statement: str, times: Sequence[str] = (), lists: Sequence[str] = ()) -> TextClause:
+def _typed(statement: str, times: Sequence[str] = ()) -> TextClause:
     """The statement as a typed clause, made once: parsing a text() costs more than
-    running a small indexed query (the statements are a few shapes per dialect)."""
+    running a small indexed query (the statements are a few shapes per dialect); lists of
+    ids are one parameter (`one_of`), so a statement's text never depends on their length."""
     clause = text(statement)
     params = [bindparam(name, type_=UtcMicros()) for name in times if f":{name}" in statement]
-    params += [bindparam(name, expanding=True) for name in lists if f":{name}" in statement]
     return clause.bindparams(*params) if params else clause
 
 
 def _range_sql(dialect: str, start: Micros | None, end: Micros | None) -> TextClause:
-    hot_where = ["r.series_id IN :ids"]
-    packed_where = ["p.series_id IN :ids"]
+    hot_where = [one_of(dialect, "r.series_id")]
+    packed_where = [one_of(dialect, "p.series_id")]
     if start is not None:
         hot_where.append("r.time >= :start")
         # day_start <= first_time: the index bounds the days, the times bound the rows.
@@ -99,7 +99,7 @@ def _range_sql(dialect: str, start: Micros | None, end: Micros | None) -> TextCl
         f"SELECT p.series_id, {unix_micros(dialect, 'p.first_time')}, NULL, p.count, p.time_data, p.value_data "
         f"FROM packed_readings p WHERE {' AND '.join(packed_where)}"
     )
-    return _typed(statement, times=("start", "start_day", "end"), lists=("ids",))
+    return _typed(statement, times=("start", "start_day", "end"))
 
 
 def read_range(
@@ -122,9 +122,8 @@ def read_parts(
         params["start"], params["start_day"] = start, start - MICROS_PER_DAY
     if end is not None:
         params["end"] = end
-    ids = sorted({int(s) for s in series_ids})
-    for first in range(0, len(ids), IN_CHUNK):
-        parts.add_rows(fetch_raw(conn, statement, {**params, "ids": ids[first : first + IN_CHUNK]}))
+    params["ids"] = integers_value(conn.dialect.name, sorted({int(s) for s in series_ids}))
+    parts.add_rows(fetch_raw(conn, statement, params))
     return parts
 
 
@@ -242,25 +241,21 @@ def packed_end(
 ) -> Micros | None:
     """The end of the newest packed day of these series overlapping [start, end), or None:
     from there on, the range's readings are all hot."""
-    where = "series_id IN :ids" + (" AND day_start > :start_day" if start is not None else "")
+    dialect = conn.dialect.name
+    where = one_of(dialect, "series_id") + (" AND day_start > :start_day" if start is not None else "")
     where += " AND day_start < :end" if end is not None else ""
     statement = _typed(
-        f"SELECT {unix_micros(conn.dialect.name, 'max(day_start)')} FROM packed_readings WHERE {where}",
+        f"SELECT {unix_micros(dialect, 'max(day_start)')} FROM packed_readings WHERE {where}",
         times=("start_day", "end"),
-        lists=("ids",),
     )
     params: dict[str, Any] = {}
     if start is not None:
         params["start_day"] = start - MICROS_PER_DAY
     if end is not None:
         params["end"] = end
-    ids = sorted({int(s) for s in series_ids})
-    newest: Micros | None = None
-    for first in range(0, len(ids), IN_CHUNK):
-        found = conn.execute(statement, {**params, "ids": ids[first : first + IN_CHUNK]}).scalar()
-        if found is not None:
-            newest = max(newest or int(found), int(found))
-    return newest + MICROS_PER_DAY if newest is not None else None
+    params["ids"] = integers_value(dialect, sorted({int(s) for s in series_ids}))
+    newest = conn.execute(statement, params).scalar()
+    return int(newest) + MICROS_PER_DAY if newest is not None else None
 
 
 WINDOW = 7 * MICROS_PER_DAY  # readings decoded at a time by the windowed reads
@@ -468,18 +463,16 @@ def _packed_days(conn: Connection, days: set[tuple[int, Micros]]) -> set[tuple[i
         return set()
     found: set[tuple[int, Micros]] = set()
     starts = [d for _, d in days]
-    ids = sorted({s for s, _ in days})
+    dialect = conn.dialect.name
     statement = _typed(
         "SELECT series_id, day_start FROM packed_readings "
-        "WHERE series_id IN :ids AND day_start >= :lo AND day_start <= :hi",
+        f"WHERE {one_of(dialect, 'series_id')} AND day_start >= :lo AND day_start <= :hi",
         times=("lo", "hi"),
-        lists=("ids",),
     ).columns(day_start=UtcMicros())
-    for first in range(0, len(ids), IN_CHUNK):
-        chunk = ids[first : first + IN_CHUNK]
-        for sid, day in conn.execute(statement, {"ids": chunk, "lo": min(starts), "hi": max(starts)}):
-            if (sid, day) in days:
-                found.add((sid, day))
+    ids = integers_value(dialect, sorted({s for s, _ in days}))
+    for sid, day in conn.execute(statement, {"ids": ids, "lo": min(starts), "hi": max(starts)}):
+        if (sid, day) in days:
+            found.add((sid, day))
     return found
 
 
@@ -502,15 +495,19 @@ def _hot_hour_rows(conn: Connection, dialect: str, pairs: list[tuple[int, Micros
 
 
 def _cold_hour_rows(conn: Connection, pairs: list[tuple[int, Micros]]) -> list[Any]:
-    """Hours of packed days, from both tiers (a packed day may have late hot readings);
-    one read per series, over the span of its queued hours."""
+    """Hours of packed days, from both tiers (a packed day may have late hot readings):
+    one read per span of queued hours, for all the series queued over that same span
+    (after a bulk import, every series of a chunk), never wider than a series' own span."""
     by_series: dict[int, list[Micros]] = {}
     for sid, hour in pairs:
         by_series.setdefault(sid, []).append(hour)
-    rows: list[Any] = []
+    by_span: dict[tuple[Micros, Micros], list[int]] = {}
     for sid, hours in sorted(by_series.items()):
-        found = read_range(conn, [sid], min(hours), max(hours) + MICROS_PER_HOUR)
-        rows += hourly_state(found, {(sid, h) for h in hours})
+        by_span.setdefault((min(hours), max(hours) + MICROS_PER_HOUR), []).append(sid)
+    rows: list[Any] = []
+    for (start, end), sids in by_span.items():
+        found = read_range(conn, sids, start, end)
+        rows += hourly_state(found, {(sid, h) for sid in sids for h in by_series[sid]})
     return rows
 
 
