@@ -58,7 +58,7 @@ from iotpipe.store.schema import (
     readings,
     series,
 )
-from iotpipe.store.tiers import IN_CHUNK, HourPartials, SeriesReadings
+from iotpipe.store.tiers import IN_CHUNK, HourPartials, SeriesReadings, _typed, integers_value, one_of
 
 # What a database raises for the data it was given rather than for being unreachable:
 # the pipeline answers these by finding the message at fault (see Store.write).
@@ -435,13 +435,13 @@ class Store(ABC):
             for m in sorted(metrics)
         ]
         if wanted:
-            conn.execute(self._insert_ignore(series, ["device_pk", "metric"]), wanted)
+            self._insert_series(conn, wanted)
         resolved: dict[str, tuple[int, dict[str, int]]] = {}
         by_pk = {pk: d for d, pk in device_pks.items()}
+        dialect = conn.dialect.name
         rows = conn.execute(
-            select(series.c.id, series.c.device_pk, series.c.metric).where(
-                series.c.device_pk.in_(list(by_pk))
-            )
+            _typed(f"SELECT id, device_pk, metric FROM series WHERE {one_of(dialect, 'device_pk')}"),
+            {"ids": integers_value(dialect, list(by_pk))},
         )
         for series_id, device_pk, metric in rows:
             device_id = by_pk[device_pk]
@@ -449,6 +449,10 @@ class Store(ABC):
         for device_id in missing:
             resolved.setdefault(device_id, (device_pks[device_id], {}))
         return resolved
+
+    def _insert_series(self, conn: Connection, wanted: list[dict[str, Any]]) -> None:
+        """Create these series (device_pk, metric, unit, created_at), skipping existing ones."""
+        conn.execute(self._insert_ignore(series, ["device_pk", "metric"]), wanted)
 
     def _ensure_devices(
         self, conn: Connection, device_ids: Any, infos: dict[str, DeviceInfo]

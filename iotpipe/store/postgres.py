@@ -114,6 +114,21 @@ class PostgresStore(Store):
             (_array([sid for sid, _ in hours]), _array([hour for _, hour in hours])),
         )
 
+    def _insert_series(self, conn: Connection, wanted: list[dict[str, Any]]) -> None:
+        # One statement over arrays: a new fleet's thousands of series cost one round
+        # trip, not one executemany row each (0.5 s of a 1M-reading import of 5,000 series).
+        _driver(conn).execute(
+            "INSERT INTO series (device_pk, metric, unit, created_at) "
+            f"SELECT d, m, u, {_FROM_OFFSET.format('%s::bigint')} "
+            "FROM unnest(%s::int[], %s::text[], %s::text[]) AS w(d, m, u) ON CONFLICT DO NOTHING",
+            (
+                wanted[0]["created_at"] + self.time_offset,
+                _array([row["device_pk"] for row in wanted]),
+                [row["metric"] for row in wanted],
+                [row["unit"] for row in wanted],
+            ),
+        )
+
     def _touch_devices(self, conn: Connection, spans: dict[int, tuple[Micros, Micros]]) -> None:
         raw = _driver(conn)
         pks = list(spans)
