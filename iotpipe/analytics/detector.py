@@ -7,7 +7,9 @@ time order — O(1) time and memory per reading, whatever the series' history:
   daily profile of `season_bins` time-of-day offsets (each learned over
   `season_seconds`), used only once the series has two days of history *and* the profile
   explains it better than the level alone (else the fallback: the level alone — sparse,
-  irregular or non-seasonal series);
+  irregular or non-seasonal series); a shift too large for the level to follow (readings
+  beyond the clip, on one side, for three `level_seconds`, on a settled baseline)
+  restarts it, the change detectors and the recent range at the new level;
 - **robust scale**: the mean absolute residual (over `scale_seconds`), per time-of-day bin
   when the profile is in use; every update is clipped at 3 scales (Huber), so one wild
   reading moves nothing much;
@@ -149,6 +151,8 @@ STATE_FIELDS = (
     "run_limit",
     "longest",  # the longest recent run of identical values (relaxing over range_seconds)
     "shift_since",  # when the level CUSUM was last in its usual range (seconds): a drift builds slowly
+    "side",  # +1 / -1 while readings in a row are beyond the clip above / below the baseline, else 0
+    "side_since",  # when that run began (seconds)
 )
 _S = {name: i for i, name in enumerate(STATE_FIELDS)}
 # The integer columns a checkpoint keeps (the floats: the episode's value and peak, the

@@ -152,6 +152,8 @@ def constants(p: StreamingParams) -> Constants:
     RUN_LIMIT,
     LONGEST,
     SHIFT_SINCE,
+    SIDE,
+    SIDE_SINCE,
 ) = range(len(STATE_FIELDS))
 
 # A tracked quantile moves by a fixed factor: up when exceeded, down when not, so that it
@@ -374,6 +376,18 @@ def update(
             why = SPIKE
 
     # -- learn ----------------------------------------------------------------------------
+    # A new level the baseline cannot follow: its steps are clipped at CLIP scales, so a
+    # large shift keeps the readings beyond the clip, on one side, for as long as the
+    # level takes to climb there (hours), and meanwhile the scale, the range and the
+    # tails learn the gap. Once the run has lasted `drift_seconds` (three level time
+    # constants: an unclipped level would have followed by then) on a settled baseline,
+    # the baseline, the change detectors and the range restart from this reading, as
+    # when a stuck sensor moves again.
+    side = np.sign(z) if valid and np.abs(z) > CLIP else 0.0
+    side_since = st[SIDE_SINCE] if side != 0 and side == st[SIDE] else t
+    restart = side != 0 and t - side_since + step >= c.drift_seconds and count * step > c.settled_seconds
+    st[SIDE] = 0.0 if restart else side
+    st[SIDE_SINCE] = side_since
     if valid:
         track(st, SPIKE_Q1, size)
         track(st, SHIFT_Q1, shifted)
@@ -382,6 +396,10 @@ def update(
         for row in (SPIKE_Q1, SHIFT_Q1, SPREAD_Q1):
             st[row + 1] = np.maximum(st[row + 1], st[row] * APART)
     st[UP], st[DOWN], st[SPREAD_SUM] = up * live, down * live, spread_sum * live
+    if restart:
+        st[UP] = st[DOWN] = st[SPREAD_SUM] = 0.0
+        level, plain = x - offset, x
+        high = low = middle = x
     a_level, a_scale, a_season = a_level * live, a_scale * live, a_season * live
     st[SHIFT_SINCE] = shift_since
 

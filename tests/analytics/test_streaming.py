@@ -90,6 +90,20 @@ def test_a_level_shift_is_one_episode_with_reason_level_shift() -> None:
     assert end is not None  # closed: the shifted level is normal again
 
 
+def test_after_a_shift_too_large_to_follow_the_baseline_restarts_at_the_new_level() -> None:
+    # +40 (130 sigma): the level, whose steps are clipped, would take hours to climb
+    # there, and its scale, range and tails would keep the gap for days; a spike of 27
+    # sigma two days later would then go unseen.
+    values = daily(10 * DAY)
+    values[6 * DAY :] += 40
+    values[8 * DAY] += 8
+    (shift, spike) = final(run(values))
+    assert index(shift[0]) == 6 * DAY
+    # closed once the readings are normal again: the restart, 3 hours (36 readings) in
+    assert shift[1] is not None and index(shift[1]) < 6 * DAY + 36
+    assert (index(spike[0]), spike[4]) == (8 * DAY, "spike")
+
+
 def test_a_variance_change_is_one_episode_with_reason_variance_change() -> None:
     rng = np.random.default_rng(5)
     values = daily(7 * DAY)
