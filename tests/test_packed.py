@@ -7,6 +7,7 @@ import math
 import struct
 
 import numpy as np
+import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -25,7 +26,9 @@ from iotpipe.model import (
 )
 from iotpipe.store import Store
 from iotpipe.store.packed import decode_times, decode_values, encode_times, encode_values
+from iotpipe.store.tiers import pg_array
 from tests.analytics.support import write_readings
+from tests.servers import PostgresServer
 
 TODAY = day_start(now_micros())
 OLD_DAY = TODAY - 10 * MICROS_PER_DAY  # well past the default hot window
@@ -279,3 +282,22 @@ def test_packed_blob_header_names_its_codec() -> None:
     blob = encode_values(np.array([1.5, 2.5]))
     codec, _width, places = struct.unpack_from("<BBq", blob)
     assert (codec, places) == (2, 1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    floats=st.lists(st.one_of(st.none(), finite), max_size=40),
+    ints=st.lists(st.integers(-(2**63), 2**63 - 1), max_size=40),
+)
+def test_numbers_sent_as_one_array_literal_come_back_bit_for_bit(
+    postgres: PostgresServer, floats: list[float | None], ints: list[int]
+) -> None:
+    # The rollup job and the write path pass their columns to PostgreSQL this way.
+    with psycopg.connect(postgres.url()) as conn:
+        got_floats, got_ints = conn.execute(
+            "SELECT %s::float8[], %s::int8[]", (pg_array(floats), pg_array(ints))
+        ).fetchone()
+    assert [None if v is None else struct.pack("<d", v) for v in got_floats] == [
+        None if v is None else struct.pack("<d", v) for v in floats
+    ]
+    assert got_ints == ints

@@ -35,6 +35,7 @@ from iotpipe.config import Settings
 from iotpipe.model import MICROS_PER_DAY, MICROS_PER_HOUR, MICROS_PER_SECOND, Micros, now_micros
 from iotpipe.store import Store
 from iotpipe.store.schema import UtcMicros, rollups
+from iotpipe.store.tiers import pg_array
 
 BUCKETS = ("1h", "1d", "1w")
 
@@ -282,7 +283,9 @@ def _write_hours(
         return
     if store.dialect == "postgresql":
         columns = list(zip(*rows, strict=True))
-        conn.execute(statement, {**dict(zip(_PARTIAL_FIELDS, map(list, columns), strict=True)), "now": now})
+        conn.execute(
+            statement, {**dict(zip(_PARTIAL_FIELDS, map(pg_array, columns), strict=True)), "now": now}
+        )
         return
     conn.execute(statement, [{**dict(zip(_PARTIAL_FIELDS, row, strict=True)), "now": now} for row in rows])
 

@@ -13,7 +13,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from iotpipe.model import Micros
 from iotpipe.store.base import ReadingColumns, Store
-from iotpipe.store.tiers import integers_value
+from iotpipe.store.tiers import pg_array
 
 # timestamptz's binary wire form is int8 microseconds since 2000-01-01 UTC. Binary COPY
 # carries no per-field type, so our µs-since-1970 ints shifted by this offset go out as
@@ -111,7 +111,7 @@ class PostgresStore(Store):
             "INSERT INTO dirty_hours (series_id, hour_start) "
             f"SELECT s, {_FROM_OFFSET.format('h')} FROM unnest(%s::int[], %s::bigint[]) AS u(s, h) "
             "ON CONFLICT DO NOTHING",
-            (_array([sid for sid, _ in hours]), _array([hour for _, hour in hours])),
+            (pg_array([sid for sid, _ in hours]), pg_array([hour for _, hour in hours])),
         )
 
     def _insert_series(self, conn: Connection, wanted: list[dict[str, Any]]) -> None:
@@ -123,7 +123,7 @@ class PostgresStore(Store):
             "FROM unnest(%s::int[], %s::text[], %s::text[]) AS w(d, m, u) ON CONFLICT DO NOTHING",
             (
                 wanted[0]["created_at"] + self.time_offset,
-                _array([row["device_pk"] for row in wanted]),
+                pg_array([row["device_pk"] for row in wanted]),
                 [row["metric"] for row in wanted],
                 [row["unit"] for row in wanted],
             ),
@@ -140,12 +140,8 @@ class PostgresStore(Store):
             f"FROM (SELECT id, {_FROM_OFFSET.format('f')} AS first, {_FROM_OFFSET.format('l')} AS last "
             "FROM unnest(%s::int[], %s::bigint[], %s::bigint[]) AS u(id, f, l)) v "
             "WHERE d.id = v.id",
-            (_array(pks), _array(firsts), _array(lasts)),
+            (pg_array(pks), pg_array(firsts), pg_array(lasts)),
         )
-
-
-def _array(values: list[int]) -> str:
-    return integers_value("postgresql", values)
 
 
 # COPY ... (FORMAT BINARY): a signature, flags and header-extension length, then per row

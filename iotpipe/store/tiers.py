@@ -64,11 +64,19 @@ def one_of(dialect: str, column: str, name: str = "ids") -> str:
 
 
 def integers_value(dialect: str, values: Iterable[int]) -> str:
-    """Integers as one parameter (for `one_of`, or unnest on PostgreSQL): an array literal
-    (PostgreSQL) or a JSON array (SQLite), text either way, which costs a fraction of
-    binding a value per integer or of the driver's dumping of a list."""
-    listed = ",".join(map(str, values))
-    return "{" + listed + "}" if dialect == "postgresql" else "[" + listed + "]"
+    """Integers as one parameter (for `one_of`): an array literal (PostgreSQL) or a JSON
+    array (SQLite), text either way, which costs a fraction of binding a value per integer."""
+    if dialect == "postgresql":
+        return pg_array(values)
+    return "[" + ",".join(map(str, values)) + "]"
+
+
+def pg_array(values: Iterable[float | None]) -> str:
+    """Numbers as one PostgreSQL array literal (None as NULL), for a `CAST(:x AS int8[])` or
+    `%s::float8[]` parameter: psycopg dumps a Python list element by element (~4 µs
+    each), which made the rollup job spend 40 % of its time passing its own columns.
+    str() of a float is its shortest exact form, which PostgreSQL reads back exactly."""
+    return "{" + ",".join("NULL" if v is None else str(v) for v in values) + "}"
 
 
 @functools.lru_cache(maxsize=512)
@@ -481,7 +489,7 @@ def _hot_hour_rows(conn: Connection, dialect: str, pairs: list[tuple[int, Micros
         statement = text(
             _HOT_HOURS["postgresql"].format(ft=unix_micros(dialect, "a.ft"), lt=unix_micros(dialect, "a.lt"))
         )
-        params = {"sids": [s for s, _ in pairs], "hours": [h for _, h in pairs]}
+        params = {"sids": pg_array([s for s, _ in pairs]), "hours": pg_array([h for _, h in pairs])}
         return list(conn.execute(statement, params).all())
     conn.exec_driver_sql(
         "CREATE TEMP TABLE IF NOT EXISTS hour_keys "
