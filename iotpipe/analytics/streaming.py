@@ -77,6 +77,15 @@ class StreamingAnomalies:
         self._lock = threading.Lock()
         self.seconds = 0.0  # spent on the batches' writer thread, writes included
         self.readings = 0  # scored or seen as late
+        # Not a daemon: a process that exits at once waits for it rather than leaving
+        # LLVM half-way through loading code at interpreter shutdown.
+        threading.Thread(target=self._warm, name="iotpipe-detector-warm").start()
+
+    def _warm(self) -> None:
+        try:
+            self.detector.warm()
+        except Exception:  # the first batch meets the same failure, and reports it
+            log.debug("could not load the detector's compiled code ahead of the first batch", exc_info=True)
 
     def forget(self) -> None:
         """Rebuild every series from the store when next seen: called when this process

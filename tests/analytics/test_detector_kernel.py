@@ -72,3 +72,24 @@ def test_the_private_cache_folder_is_kept_across_processes(
     first = private_cache_dir()
     assert first == tmp_path / f"iotpipe-numba-{os.getuid()}"
     assert private_cache_dir() == first
+
+
+WARM = """
+import numpy as np
+from iotpipe.analytics import detector_kernel
+from iotpipe.analytics.detector import StreamingDetector
+detector = StreamingDetector()
+assert not detector_kernel.score_batch.signatures, "compiled before anything asked for it"
+detector.warm()
+print("signatures:", len(detector_kernel.score_batch.signatures))
+print("series:", int((detector.count > 0).sum()))
+"""
+
+
+def test_warming_a_detector_loads_its_compiled_code_and_scores_nothing() -> None:
+    # In a process of its own: in this one, earlier tests have loaded the code already.
+    result = subprocess.run(
+        [sys.executable, "-c", WARM], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["signatures:", "1", "series:", "0"]
