@@ -10,6 +10,9 @@ readings' own transaction, late and replayed readings included. The job:
    existing one (ON CONFLICT DO NOTHING leaves no trace) has committed its readings
    before the marks are taken, and any batch after the hand-over adds a fresh mark that
    the next run sees. SQLite gets the same from its single writer lock (IMMEDIATE).
+   The take also bumps `rollup_epoch`: a batch takes its side of that lock before it
+   reads the epoch, so a writer that committed marks under the epoch it reads knows
+   they are still in place and does not write them again (store/marks.py).
 2. recomputes queued hours in chunks, each one transaction: hourly state from the raw
    readings (aggregated in the database, one primary-key range scan per hour), then the
    touched days merged from their hours
@@ -214,11 +217,13 @@ def _merge_template(dialect: str, bucket: str, part: str, target_of_hour: str, t
 _TAKE_DIRTY = {
     "postgresql": (
         "LOCK TABLE dirty_hours IN SHARE ROW EXCLUSIVE MODE",
+        "UPDATE rollup_epoch SET epoch = epoch + 1",
         "WITH taken AS (DELETE FROM dirty_hours RETURNING series_id, hour_start) "
         "INSERT INTO rollup_queue (series_id, hour_start) SELECT series_id, hour_start FROM taken "
         "ON CONFLICT DO NOTHING",
     ),
     "sqlite": (
+        "UPDATE rollup_epoch SET epoch = epoch + 1",
         "INSERT OR IGNORE INTO rollup_queue (series_id, hour_start) SELECT series_id, hour_start FROM dirty_hours",
         "DELETE FROM dirty_hours",
     ),

@@ -39,7 +39,6 @@ from iotpipe.errors import BatchRejected
 from iotpipe.limits import Limits
 from iotpipe.model import (
     MICROS_PER_DAY,
-    MICROS_PER_HOUR,
     DeviceInfo,
     Micros,
     RawMessage,
@@ -48,6 +47,7 @@ from iotpipe.model import (
     now_micros,
 )
 from iotpipe.store import compaction, migrations, tiers
+from iotpipe.store.marks import KnownMarks, mark_keys, mark_rows
 from iotpipe.store.schema import (
     UtcMicros,
     dead_letters,
@@ -93,17 +93,11 @@ class ReadingColumns:
     def rows(self) -> Iterator[tuple[int, Micros, float]]:
         return zip(self.series_ids.tolist(), self.times.tolist(), self.values.tolist(), strict=True)
 
-    def dirty_hours(self) -> list[tuple[int, Micros]]:
-        """Each (series, hour) the readings touch, so rollups recompute only those — late
-        and replayed readings included (a replay re-marks; recomputing is idempotent)."""
-        # One int64 key per reading, series in the high bits and hour number (floored, for
-        # times before 2000 too) in the low 32: a one-dimensional unique, ~20x cheaper
-        # than a unique of (series, hour) rows.
-        numbers = self.times // MICROS_PER_HOUR + (1 << 31)
-        keys = np.unique((self.series_ids.astype(np.int64) << 32) | numbers)
-        series_ids = (keys >> 32).tolist()
-        hours = (((keys & 0xFFFFFFFF) - (1 << 31)) * MICROS_PER_HOUR).tolist()
-        return list(zip(series_ids, hours, strict=True))
+    def mark_keys(self) -> np.ndarray:
+        """Each (series, hour) the readings touch, as keys (store/marks.py), so rollups
+        recompute only those — late and replayed readings included (a replay re-marks;
+        recomputing is idempotent)."""
+        return mark_keys(self.series_ids, self.times)
 
     def subset(self, keep: np.ndarray) -> ReadingColumns:
         """Only the readings `keep` marks (the device runs stay those of the whole batch)."""
@@ -145,6 +139,7 @@ class Store(ABC):
         # device_id -> (device pk, {metric: series id}); filled only after commits succeed.
         self._series_ids: dict[str, tuple[int, dict[str, int]]] = {}
         self._device_infos: dict[str, DeviceInfo] = {}
+        self._known_marks = KnownMarks()  # rollup marks in place, not written again
 
     # -- lifecycle --------------------------------------------------------------------
     def migrate(self, upto: str | None = None) -> list[str]:
@@ -211,12 +206,14 @@ class Store(ABC):
             columns = batch.columns if batch.columns is not None else self._reading_columns(batch, new_ids)
             stored = self._store_readings(conn, columns, batch.pack_before) if len(columns) else 0
             if len(columns):
-                self._insert_dirty_hours(conn, columns.dirty_hours())
+                marked = self._mark_dirty_hours(conn, columns.mark_keys())
                 self._touch_devices(conn, columns.device_spans())
             self._update_device_infos(conn, batch.infos)
             self._write_invalid(conn, batch.invalid, new_ids)
             self._write_dead_letters(conn, batch)
             self._write_watermarks(conn, batch.watermarks)
+        if len(columns):
+            self._known_marks.remember(*marked)  # committed: they are in place
         self._remember(new_ids, batch.infos)
         if not len(columns):
             return WriteResult(stored=stored, duplicates=batch.reading_count - stored)
@@ -375,6 +372,20 @@ class Store(ABC):
     def _insert_readings(self, conn: Connection, columns: ReadingColumns) -> int:
         """Insert rows (engine time), skipping (series_id, time) already stored; return how
         many were new. Each engine has its own bulk path."""
+
+    def _mark_dirty_hours(self, conn: Connection, keys: np.ndarray) -> tuple[int, np.ndarray]:
+        """Mark the hours for the rollup job, but those this store knows are marked
+        (store/marks.py); return the epoch and the marks written, to remember on commit."""
+        epoch = self._rollup_epoch(conn)
+        fresh = self._known_marks.unknown(epoch, keys)
+        if len(fresh):
+            self._insert_dirty_hours(conn, mark_rows(fresh))
+        return epoch, fresh
+
+    def _rollup_epoch(self, conn: Connection) -> int:
+        """How many times the rollup job has taken the marks over, read where no take can
+        run before this transaction commits: SQLite's writer lock is already held."""
+        return int(conn.exec_driver_sql("SELECT epoch FROM rollup_epoch").scalar_one())
 
     @abstractmethod
     def _insert_dirty_hours(self, conn: Connection, hours: list[tuple[int, Micros]]) -> None:

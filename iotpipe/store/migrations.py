@@ -397,6 +397,17 @@ MIGRATIONS: tuple[Migration, ...] = (
                 last_time timestamptz NOT NULL, state bytea NOT NULL)""",
         ),
     ),
+    Migration(
+        "0012_rollup_epoch",
+        sqlite=(
+            "CREATE TABLE rollup_epoch (id INTEGER PRIMARY KEY CHECK (id = 1), epoch INTEGER NOT NULL)",
+            "INSERT INTO rollup_epoch (id, epoch) VALUES (1, 0)",
+        ),
+        postgresql=(
+            "CREATE TABLE rollup_epoch (id integer PRIMARY KEY CHECK (id = 1), epoch bigint NOT NULL)",
+            "INSERT INTO rollup_epoch (id, epoch) VALUES (1, 0)",
+        ),
+    ),
 )
 
 _CREATE_LEDGER = {

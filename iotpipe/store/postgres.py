@@ -106,6 +106,17 @@ class PostgresStore(Store):
         self._expect_duplicates = stored < len(columns)
         return stored
 
+    def _rollup_epoch(self, conn: Connection) -> int:
+        # ROW EXCLUSIVE is what the marks' INSERT takes anyway; taken first, it makes the
+        # rollup job's take (SHARE ROW EXCLUSIVE) wait for this transaction, and the epoch
+        # read after it is the one this transaction commits under, whether it writes
+        # marks or finds them all in place.
+        raw = _driver(conn)
+        raw.execute("LOCK TABLE dirty_hours IN ROW EXCLUSIVE MODE")
+        row = raw.execute("SELECT epoch FROM rollup_epoch").fetchone()
+        assert row is not None  # migration 0012 inserts the one row
+        return int(row[0])
+
     def _insert_dirty_hours(self, conn: Connection, hours: list[tuple[int, Micros]]) -> None:
         _driver(conn).execute(
             "INSERT INTO dirty_hours (series_id, hour_start) "

@@ -184,6 +184,15 @@ rollups = Table(
     Column("updated_at", UtcMicros, nullable=False),
 )
 
+# How many times the rollup job has taken dirty_hours over (one row): a writer that
+# committed marks under the epoch it reads knows they are in place (store/marks.py).
+rollup_epoch = Table(
+    "rollup_epoch",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("epoch", BigInteger, nullable=False),
+)
+
 # Hours taken over from dirty_hours by the rollup job and not yet recomputed: the hand-
 # over is short and locked, the recomputation long and unlocked (see analytics/rollups.py).
 rollup_queue = Table(

@@ -14,7 +14,7 @@ from sqlalchemy import Connection, select
 from iotpipe.analytics.common import MICROS_PER_WEEK, WEEK_ORIGIN, find_series
 from iotpipe.analytics.rollups import bucket_rows, refresh
 from iotpipe.model import MICROS_PER_DAY, MICROS_PER_HOUR, MICROS_PER_SECOND, WriteBatch, datetime_to_micros
-from iotpipe.store import Store
+from iotpipe.store import Store, open_store
 from iotpipe.store.schema import dirty_hours, rollup_queue, rollups
 from tests.analytics.support import write_readings
 
@@ -200,3 +200,103 @@ def test_a_batch_committing_during_the_hand_over_is_rolled_up(store: Store) -> N
         assert conn.scalar(select(dirty_hours.c.series_id).limit(1)) is None
     (hour,) = bucket_rows(store, ref, "1h")
     assert (hour.count, hour.avg) == (2, 2.0)
+
+
+def test_a_batch_writes_only_the_marks_not_already_in_place(store: Store) -> None:
+    written: list[list[tuple[int, int]]] = []
+    insert_marks = store._insert_dirty_hours
+
+    def spy(conn: Any, hours: list[tuple[int, int]]) -> None:
+        written.append(hours)
+        insert_marks(conn, hours)
+
+    store._insert_dirty_hours = spy  # type: ignore[method-assign]
+    minute = 60 * MICROS_PER_SECOND
+    write_readings(store, [("pump-1", "pressure", START + i * minute, 1.0) for i in range(3)])
+    write_readings(store, [("pump-1", "pressure", START + (3 + i) * minute, 2.0) for i in range(3)])
+    # The same hour again, and the next one: only the next one's mark is new.
+    write_readings(store, [("pump-1", "pressure", START + i * 20 * minute, 3.0) for i in range(1, 5)])
+    assert [len(hours) for hours in written] == [1, 1]
+    assert refresh(store)["marks_taken"] == 2
+    # Taken by the rollup job: the next batch of the same hour marks it again.
+    write_readings(store, [("pump-1", "pressure", START + 7 * minute, 4.0)])
+    assert [len(hours) for hours in written] == [1, 1, 1]
+    refresh(store)
+    with store.engine.connect() as conn:
+        ref = find_series(conn, "pump-1", "pressure")
+    first, second = bucket_rows(store, ref, "1h")
+    assert (first.count, second.count) == (9, 2)
+
+
+def test_marks_known_to_one_store_are_not_trusted_after_another_process_takes_them(
+    store: Store,
+) -> None:
+    """Two processes on one database: the job that takes the marks may run in the other."""
+    other = open_store(store.url)
+    try:
+        minute = 60 * MICROS_PER_SECOND
+        write_readings(store, [("pump-1", "pressure", START, 1.0)])
+        refresh(other)
+        write_readings(store, [("pump-1", "pressure", START + minute, 3.0)])
+        refresh(other)
+        with store.engine.connect() as conn:
+            ref = find_series(conn, "pump-1", "pressure")
+        (hour,) = bucket_rows(other, ref, "1h")
+        assert (hour.count, hour.avg) == (2, 2.0)
+    finally:
+        other.close()
+
+
+def test_rollups_stay_exact_while_the_job_takes_marks_during_ingest(store: Store) -> None:
+    """Batches into the same few hours, the job taking their marks as they commit."""
+    rng = random.Random(11)
+    readings = [
+        (d, m, START + rng.randrange(3 * MICROS_PER_HOUR) + i, rng.uniform(0, 100))
+        for i in range(4000)
+        for d, m in [SERIES[i % len(SERIES)]]
+    ]
+    done = threading.Event()
+    runs = [0]
+    ran = threading.Condition()
+
+    def job() -> None:
+        while not done.is_set():
+            refresh(store, chunk_hours=2)
+            with ran:
+                runs[0] += 1
+                ran.notify_all()
+
+    worker = threading.Thread(target=job)
+    worker.start()
+    try:
+        for first in range(0, len(readings), 97):
+            write_readings(store, readings[first : first + 97])
+            if first // 97 % 8 == 7:  # now and then, let the job finish a run between batches
+                with ran:
+                    seen = runs[0]
+                    assert ran.wait_for(lambda seen=seen: runs[0] > seen, timeout=60)
+    finally:
+        done.set()
+        worker.join(60)
+    refresh(store)
+    assert runs[0] >= 5
+    assert assert_rollups_match_readings(store) > 3
+
+
+def test_known_marks_are_forgotten_at_a_new_epoch_and_past_their_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from iotpipe.store import marks
+
+    known = marks.KnownMarks()
+    keys = np.arange(5, dtype=np.int64)
+    assert known.unknown(1, keys).tolist() == [0, 1, 2, 3, 4]
+    known.remember(1, keys[:3])
+    assert known.unknown(1, keys).tolist() == [3, 4]
+    known.remember(0, keys)  # committed under an epoch a later batch has seen pass
+    assert known.unknown(1, keys).tolist() == [3, 4]
+    assert known.unknown(2, keys).tolist() == [0, 1, 2, 3, 4]
+    monkeypatch.setattr(marks, "MAX_KNOWN", 4)
+    known.remember(2, keys[:3])
+    known.remember(2, keys[3:])  # 5 > 4: everything forgotten, then these two kept
+    assert known.unknown(2, keys).tolist() == [0, 1, 2]
