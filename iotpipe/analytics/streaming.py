@@ -77,6 +77,12 @@ class StreamingAnomalies:
         self._lock = threading.Lock()
         self.seconds = 0.0  # spent on the batches' writer thread, writes included
         self.readings = 0  # scored or seen as late
+
+    def warm_in_background(self) -> None:
+        """Load the detector's compiled code on a thread of its own, for a process that
+        serves (`run`, `serve`): its first batch, an HTTP request waiting for its answer,
+        would otherwise wait for it (~0.5 s). Not for an import: one busy thread, which a
+        second one only slows (docs/performance.md)."""
         # Not a daemon: a process that exits at once waits for it rather than leaving
         # LLVM half-way through loading code at interpreter shutdown.
         threading.Thread(target=self._warm, name="iotpipe-detector-warm").start()

@@ -528,6 +528,7 @@ class App:
         from iotpipe.app.runner import Runner
 
         pipeline = self.pipeline(max_unacked=wiring.ack_window(sources))
+        wiring.warm_detectors(self.settings, self.store)
         self.running_pipeline, self.running_sources = pipeline, list(sources)
         try:
             outcome: RunOutcome = Runner(pipeline, sources, services).run(

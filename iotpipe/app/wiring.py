@@ -70,6 +70,12 @@ def observers(settings: Settings, store: Store, live: LiveHub | None = None) -> 
     return found
 
 
+def warm_detectors(settings: Settings, store: Store) -> None:
+    """Have the store's streaming detector load its compiled code now, in the background."""
+    for detector in anomaly_observers(store, settings):
+        detector.warm_in_background()
+
+
 def ack_window(sources: list[Source]) -> int | None:
     """The smallest in-flight window among the sources: the pipeline commits by then."""
     windows = [s.ack_window for s in sources if s.ack_window is not None]

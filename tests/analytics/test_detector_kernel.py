@@ -93,3 +93,34 @@ def test_warming_a_detector_loads_its_compiled_code_and_scores_nothing() -> None
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["signatures:", "1", "series:", "0"]
+
+
+SERVE = """
+import sys, threading
+from iotpipe.cli import main
+sys.argv = ["iotpipe", "-d", sys.argv[1], "serve", "--port", "0", "--duration", "1"]
+try:
+    main()
+except SystemExit as stop:
+    assert not stop.code, stop.code
+for thread in threading.enumerate():
+    if thread.name == "iotpipe-detector-warm":
+        thread.join(120)
+from iotpipe.analytics import detector_kernel
+print("signatures:", len(detector_kernel.score_batch.signatures))
+"""
+
+
+def test_a_server_loads_the_detector_before_its_first_batch(tmp_path: Path) -> None:
+    # No source and no request: only the warm-up at start can have compiled the update.
+    env = {**os.environ, "IOTPIPE_ANALYTICS__JOBS": "false"}
+    result = subprocess.run(
+        [sys.executable, "-c", SERVE, f"sqlite:///{tmp_path}/serve.db"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-2:] == ["signatures:", "1"], result.stdout
