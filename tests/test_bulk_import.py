@@ -172,6 +172,22 @@ def test_line_protocol_fast_path_matches_the_exact_decoder() -> None:
     )
 
 
+def test_a_line_naming_a_field_twice_is_left_to_the_exact_decoder_wherever_the_repeat_is() -> None:
+    narrow = [
+        b"telemetry,device_id=p1 a=1 1700000000000000000",
+        b"telemetry,device_id=p1 a=2 1700000000000000001",  # the line before's key: not a repeat
+        b"telemetry,device_id=p1 t=1,h=2,t=3 1700000000000000000",  # two fields apart
+        b"telemetry,device_id=p1 h=2,t=3 1700000000000000000",
+        b"telemetry,device_id=p1 x=1,y=2,z=3,x=4 1700000000000000000",  # the first and last
+    ]
+    assert decode_payloads(narrow, "lineproto", now_micros()).taken == [True, True, False, True, False]
+    # Lines wider than the fields compared one by one are counted instead.
+    wide = ",".join(f"f{i}={i}" for i in range(20))
+    lines = [f"telemetry,device_id=p2 {wide}{extra} 1700000000000000000" for extra in ("", ",f3=9", ",f0=1")]
+    decoded = decode_payloads([line.encode() for line in lines], "lineproto", now_micros())
+    assert decoded.taken == [True, False, False]
+
+
 def test_of_two_values_of_one_reading_the_first_in_the_file_wins_on_both_paths(tmp_path: Path) -> None:
     """The second line is one the fast path takes, the first one it leaves to the exact
     decoder (a device id with spaces, trimmed there): file order still decides."""
