@@ -11,6 +11,7 @@ from sqlalchemy import inspect
 from iotpipe.store import open_store
 from iotpipe.store.migrations import MIGRATIONS
 from iotpipe.store.schema import metadata
+from tests.servers import PostgresServer
 
 
 def test_migrations_create_every_table_the_code_queries(database_url: str) -> None:
@@ -60,3 +61,27 @@ def test_sqlite_readings_are_compact(tmp_path: Path) -> None:
         size = conn.exec_driver_sql("SELECT sum(pgsize) FROM dbstat WHERE name = 'readings'").scalar()
     assert size / 20_000 < 30
     store.close()
+
+
+def test_postgresql_updates_device_times_in_place(postgres: PostgresServer) -> None:
+    """Every batch rewrites its devices' first and last seen: room left on each page
+    (fillfactor, migration 0013) keeps those updates HOT, with no new index entries."""
+    import psycopg
+
+    from iotpipe.model import WriteBatch, now_micros
+
+    store = open_store(postgres.create_database("test_devices_hot"))
+    start = now_micros() - 3_600_000_000
+    for minute in range(20):
+        batch = WriteBatch(reading_count=200)
+        for device in range(200):
+            batch.groups.append((f"d{device}", [("t", start + minute * 60_000_000, 1.0)]))
+        store.write(batch)
+    store.close()
+    with psycopg.connect(postgres.url("test_devices_hot"), autocommit=True) as conn:
+        conn.execute("SELECT pg_stat_force_next_flush()")
+        updated, hot = conn.execute(
+            "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'devices'"
+        ).fetchone()
+    assert updated >= 19 * 200
+    assert hot >= 0.9 * updated, (hot, updated)

@@ -408,6 +408,14 @@ MIGRATIONS: tuple[Migration, ...] = (
             "INSERT INTO rollup_epoch (id, epoch) VALUES (1, 0)",
         ),
     ),
+    Migration(
+        # Every batch updates its devices' first and last seen: with room left on each
+        # page PostgreSQL updates them in place (HOT, no index entry), 2x cheaper per row.
+        # Pages written from now on; a table rewrite (VACUUM FULL) would redo the rest.
+        "0013_devices_fillfactor",
+        sqlite=(),
+        postgresql=("ALTER TABLE devices SET (fillfactor = 50)",),
+    ),
 )
 
 _CREATE_LEDGER = {
