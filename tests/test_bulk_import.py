@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from iotpipe.app import App
@@ -170,6 +170,64 @@ def test_line_protocol_fast_path_matches_the_exact_decoder() -> None:
             ("p1", "t", 1700000000000000, 21.5),
         ]
     )
+
+
+# Each part mostly plain (repeated entries weigh the draw), sometimes one of the shapes
+# the fast path must leave to the exact decoder.
+_LP_MEASUREMENTS = st.sampled_from(["telemetry"] * 20 + ["weather", "", "a b", "m,x", "m=x", "mé", "m\\ x"])
+_LP_TAGS = st.sampled_from(
+    [",device_id=p1"] * 30
+    + [",host=h1", ",device_id=", ",device_id=p1,cpu=c0", ",id=p2", "", ",device_id=p\\ 1", ",=p1"]
+    + [",device_id=a=b", ",device_id=p1,", ",device_id=p,1"]
+)
+_LP_FIELD = st.tuples(
+    st.sampled_from(["t", "h"] * 10 + ["x y", "a=b", "", "é"]),
+    st.sampled_from(["1", "1.5", "-3.25", "2i"] * 10 + ["NaN", '"ok"', "1e3", "", "inf", "t", "=1"]),
+)
+_LP_STAMPS = st.sampled_from(
+    ["1700000000000000000"] * 30 + ["-1", "", "1" * 20, "1700000000000000001 x", "17e9"]
+)
+
+
+@st.composite
+def _lp_lines(draw: st.DrawFn) -> bytes:
+    fields = ",".join(f"{k}={v}" for k, v in draw(st.lists(_LP_FIELD, min_size=0, max_size=3)))
+    gap = draw(st.sampled_from([" "] * 20 + ["  ", ""]))
+    line = f"{draw(_LP_MEASUREMENTS)}{draw(_LP_TAGS)} {fields}{gap}{draw(_LP_STAMPS)}"
+    return line.encode()
+
+
+@settings(max_examples=200, deadline=None)
+@given(payloads=st.lists(_lp_lines(), min_size=1, max_size=12))
+def test_every_line_protocol_line_the_fast_path_takes_decodes_as_the_exact_decoder_does(
+    payloads: list[bytes],
+) -> None:
+    from iotpipe import formats
+    from iotpipe.model import RawMessage
+
+    now = now_micros()
+    decoded = decode_payloads(payloads, "lineproto", now)
+    fast: dict[int, list[tuple[Any, ...]]] = {}
+    for row in zip(
+        decoded.lines.to_pylist(),
+        decoded.devices.to_pylist(),
+        decoded.metrics.to_pylist(),
+        decoded.times.to_pylist(),
+        decoded.values.to_pylist(),
+        strict=True,
+    ):
+        fast.setdefault(row[0], []).append(row[1:])
+    for index, (payload, took) in enumerate(zip(payloads, decoded.taken, strict=True)):
+        if not took:
+            assert index not in fast
+            continue
+        exact = [
+            (m.device_id, k, t, v)
+            for m in formats.decode(RawMessage(payload, "file", "f:1", now, "lineproto"))
+            for k, t, v in m.readings
+        ]
+        assert sorted(fast[index]) == sorted(exact), payload
+    event(f"lines taken: {sum(decoded.taken) > 0}")
 
 
 def test_a_line_naming_a_field_twice_is_left_to_the_exact_decoder_wherever_the_repeat_is() -> None:

@@ -289,7 +289,11 @@ def _decode_v1(payloads: list[bytes], received_at: int) -> Decoded:
 
 
 # -- line protocol -----------------------------------------------------------------------------
-_LINE = r"^(?P<measurement>[^ ,=]+),(?P<tag>[^ ,=]+)=(?P<device>[^ ,=]+) (?P<fields>[^ ]+) (?P<stamp>-?[0-9]{1,19})$"
+# measurement,tag=device fields stamp: checked whole by a regex without captures, then cut
+# at its two spaces, its comma and its equals sign (no part can hold another's separator),
+# half the time of a regex with five captures.
+_LINE = r"^[^ ,=]+,[^ ,=]+=[^ ,=]+ [^ ]+ -?[0-9]{1,19}$"
+_OTHER_SHAPE = pa.scalar("-,-=- - 0")  # cut in place of a line of another shape, never taken
 _FIELD = r"^(?P<key>[^=]+)=(?P<value>[^=]+)$"
 
 
@@ -323,29 +327,38 @@ def _lines_naming_a_key_twice(owner: pa.Array, keys: pa.Array, widest: int) -> p
     return pa.concat_arrays(found)
 
 
+def _line_parts(lines: pa.Array, shaped: pa.Array) -> tuple[pa.Array, ...]:
+    """Measurement, tag, device, fields and stamp of each line of the plain shape."""
+    parts = pc.split_pattern(pc.if_else(shaped, lines, _OTHER_SHAPE), " ")
+    head = pc.split_pattern(pc.list_element(parts, 0), ",")
+    tag_device = pc.split_pattern(pc.list_element(head, 1), "=")
+    return (
+        pc.list_element(head, 0),
+        pc.list_element(tag_device, 0),
+        pc.list_element(tag_device, 1),
+        pc.list_element(parts, 1),
+        pc.list_element(parts, 2),
+    )
+
+
 def _decode_lineproto(payloads: list[bytes], received_at: int) -> Decoded:
     """Lines of the plain shape only: `measurement,device_id=D f=1.5,g=2i 1700000000000000000`
     (or host=D): one tag naming the device, no escapes, no quotes, a timestamp, and decimal
     or integer fields. Every other line is the exact decoder's."""
     lines = pa.array(payloads, pa.binary()).cast(pa.string())
-    parsed = pc.extract_regex(lines, _LINE)
-    plain = pc.fill_null(
-        pc.and_(pc.is_valid(parsed), pc.invert(pc.match_substring_regex(lines, r'[\\"]'))), False
-    )
-    measurement = pc.struct_field(parsed, "measurement")
-    device = pc.struct_field(parsed, "device")
-    plain = pc.and_(
-        plain, pc.fill_null(pc.is_in(pc.struct_field(parsed, "tag"), pa.array(list(DEVICE_TAGS))), False)
-    )
+    shaped = pc.match_substring_regex(lines, _LINE)
+    plain = pc.fill_null(pc.and_(shaped, pc.invert(pc.match_substring_regex(lines, r'[\\"]'))), False)
+    measurement, tag, device, fields, stamp = _line_parts(lines, shaped)
+    plain = pc.and_(plain, pc.fill_null(pc.is_in(tag, pa.array(list(DEVICE_TAGS))), False))
     ids = {d for d in pc.unique(pc.filter(device, plain)).to_pylist() if plain_label(d)}
     plain = pc.and_(plain, pc.fill_null(pc.is_in(device, pa.array(sorted(ids), pa.string())), False))
     names = {m for m in pc.unique(pc.filter(measurement, plain)).to_pylist() if plain_label(m)}
     plain = pc.and_(plain, pc.fill_null(pc.is_in(measurement, pa.array(sorted(names), pa.string())), False))
-    stamps = pc.cast(pc.if_else(plain, pc.struct_field(parsed, "stamp"), pa.scalar("0")), pa.int64())
+    stamps = pc.cast(pc.if_else(plain, stamp, pa.scalar("0")), pa.int64())
     times = _floor_div_1000(stamps)
     plain = pc.and_(plain, pc.fill_null(plain_times(times, received_at), False))
     # One row per field of the plain lines.
-    pairs = pc.split_pattern(pc.if_else(plain, pc.struct_field(parsed, "fields"), pa.scalar("")), ",")
+    pairs = pc.split_pattern(pc.if_else(plain, fields, pa.scalar("")), ",")
     owner = pc.list_parent_indices(pairs)
     field = pc.extract_regex(pc.list_flatten(pairs), _FIELD)
     keys, raw_values = pc.struct_field(field, "key"), pc.struct_field(field, "value")
