@@ -19,9 +19,11 @@ import numpy as np
 
 from iotpipe.model import MICROS_PER_HOUR, Micros
 
-# Forgotten, all at once, past this many: a store that writes for years with the rollup
-# job off must not grow without bound (forgetting only costs writing marks again).
-MAX_KNOWN = 1_000_000
+# Forgotten, all at once, past this many (~15 MB of Python ints): a store that writes for
+# years with the rollup job off, or imports years of history, must not grow without
+# bound; forgetting only costs writing marks again. A live fleet needs its series × the
+# hours between two rollup runs (5,000 series: 10,000).
+MAX_KNOWN = 200_000
 
 _HOUR_BIAS = 1 << 31  # hour numbers before 1970 stay positive in the key's low 32 bits
 
