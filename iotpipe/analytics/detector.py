@@ -427,8 +427,7 @@ class StreamingDetector:
 
     def warm(self) -> None:
         """Load the compiled update now (numba: ~0.5 s from its disk cache, seconds on a
-        fresh install), not in the first batch's commit: a pipeline calls this on a thread
-        of its own while its first readings are still being read and decoded."""
+        fresh install), not in the first batch's commit (`StreamingAnomalies.warm_in_background`)."""
         nothing = np.zeros(0, dtype=np.int64)
         self._kernel(nothing, nothing, nothing, np.zeros(0))
 

@@ -6,7 +6,7 @@ writing marks that are already there (`ON CONFLICT DO NOTHING`, one index probe 
 was a fifth of HTTP ingest's time: each request of 25,000 readings re-marked its 5,000
 series. A mark this store committed stays in `dirty_hours` until the rollup job takes
 the marks over, and every take bumps `rollup_epoch` in its own transaction. A batch reads
-the epoch once it holds its side of the take's lock (docs/architecture.md), so the epoch
+the epoch once it holds its side of the take's lock (docs/analytics.md), so the epoch
 it reads cannot change before it commits: if it is the epoch its known marks were
 committed under, they are all still there and only the others are written.
 """
@@ -25,12 +25,12 @@ from iotpipe.model import MICROS_PER_HOUR, Micros
 # hours between two rollup runs (5,000 series: 10,000).
 MAX_KNOWN = 200_000
 
-_HOUR_BIAS = 1 << 31  # hour numbers before 1970 stay positive in the key's low 32 bits
+_HOUR_BIAS = 1 << 31  # hours before the engine's epoch stay positive in the key's low 32 bits
 
 
 def mark_keys(series_ids: np.ndarray, times: np.ndarray) -> np.ndarray:
     """The distinct (series, hour) pairs of readings as sorted int64 keys, the series in
-    the high bits and the hour number (floored, for times before 1970 too) in the low 32:
+    the high bits and the hour number (floored, for times before the engine's epoch too) in the low 32:
     a one-dimensional unique, ~20x cheaper than a unique of (series, hour) rows."""
     numbers = times // MICROS_PER_HOUR + _HOUR_BIAS
     return np.unique((series_ids.astype(np.int64) << 32) | numbers)

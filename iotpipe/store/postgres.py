@@ -111,11 +111,8 @@ class PostgresStore(Store):
         # rollup job's take (SHARE ROW EXCLUSIVE) wait for this transaction, and the epoch
         # read after it is the one this transaction commits under, whether it writes
         # marks or finds them all in place.
-        raw = _driver(conn)
-        raw.execute("LOCK TABLE dirty_hours IN ROW EXCLUSIVE MODE")
-        row = raw.execute("SELECT epoch FROM rollup_epoch").fetchone()
-        assert row is not None  # migration 0012 inserts the one row
-        return int(row[0])
+        _driver(conn).execute("LOCK TABLE dirty_hours IN ROW EXCLUSIVE MODE")
+        return super()._rollup_epoch(conn)
 
     def _insert_dirty_hours(self, conn: Connection, hours: list[tuple[int, Micros]]) -> None:
         _driver(conn).execute(
