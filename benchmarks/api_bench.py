@@ -17,6 +17,9 @@ process; the server is `iotpipe serve`, another process) into PostgreSQL, and In
 1.6's /write of the same batches from 4 clients; `--ingest-rounds` (3) rounds of the
 three in turn, medians (this machine's neighbours move each rate by ±15 %).
 
+Both parts run `iotpipe serve` with each `--workers` count in turn (default 1 and 2: one
+API process, and one per core of this machine).
+
     .venv/bin/python benchmarks/api_bench.py                  # everything (~15 min)
     .venv/bin/python benchmarks/api_bench.py --scale 0.1 --seconds 10 --ingest-lines 100000
 """
@@ -123,8 +126,9 @@ def database(engine: str, name: str, pg: PostgresServer | None) -> Iterator[str]
 
 
 @contextmanager
-def served(url: str) -> Iterator[str]:
-    """`iotpipe serve` in a process of its own; its base URL."""
+def served(url: str, workers: int = 1) -> Iterator[str]:
+    """`iotpipe serve --workers N` in a process of its own; its base URL, once every API
+    process listens (it says so once the workers have started)."""
     port = free_port()
     env = {
         **os.environ,
@@ -134,13 +138,18 @@ def served(url: str) -> Iterator[str]:
         "IOTPIPE_LOG_LEVEL": "WARNING",
     }
     process = subprocess.Popen(
-        [sys.executable, "-m", "iotpipe", "-d", url, "serve", "--port", str(port)],
+        [sys.executable, "-m", "iotpipe", "-d", url, "serve", "--port", str(port), "--workers", str(workers)],
         env=env,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if line.startswith("dashboard and API at"):
+                break
+        threading.Thread(target=process.stdout.read, daemon=True).start()  # keep it drained
         wait_for_port(port, timeout=60)
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -261,7 +270,12 @@ def plain_sql(store: Store, devices: int, end: int) -> dict[str, tuple[float, fl
 
 
 def latency(
-    engine: str, scale: float, seconds: int, connections: int, pg: PostgresServer | None
+    engine: str,
+    scale: float,
+    seconds: int,
+    connections: int,
+    pg: PostgresServer | None,
+    workers: list[int],
 ) -> dict[str, Any]:
     devices = max(1, round(1000 * scale))
     end = now_micros() // MICROS_PER_HOUR * MICROS_PER_HOUR
@@ -297,18 +311,20 @@ def latency(
                 for label, span in RANGES.items()
             },
         }
-        results: dict[str, Any] = {}
-        with served(url) as base:
-            for name, paths in endpoints.items():
-                check = httpx.get(base + paths[0], timeout=30)
-                assert check.status_code == 200, (name, check.text)
-                if name.startswith("auto"):
-                    body = check.json()
-                    results[f"{name} answer"] = f"{body['bucket']}, {body['points']} points"
-                wrk(base, paths, 2, connections)  # warm-up
-                load = wrk(base, paths, seconds, connections)
-                plain = sql.get(name, (None, None))
-                results[name] = {**load.__dict__, "sql_p50_ms": plain[0], "sql_p99_ms": plain[1]}
+        by_workers: dict[int, dict[str, Any]] = {}
+        for count in workers:
+            results = by_workers[count] = {}
+            with served(url, count) as base:
+                for name, paths in endpoints.items():
+                    check = httpx.get(base + paths[0], timeout=30)
+                    assert check.status_code == 200, (name, check.text)
+                    if name.startswith("auto"):
+                        body = check.json()
+                        results[f"{name} answer"] = f"{body['bucket']}, {body['points']} points"
+                    wrk(base, paths, 2, connections)  # warm-up
+                    load = wrk(base, paths, seconds, connections)
+                    plain = sql.get(name, (None, None))
+                    results[name] = {**load.__dict__, "sql_p50_ms": plain[0], "sql_p99_ms": plain[1]}
         store.close()
     return {
         "engine": engine,
@@ -316,7 +332,7 @@ def latency(
         "readings": readings,
         "load_seconds": round(load_seconds, 1),
         "jobs_seconds": jobs,
-        "endpoints": results,
+        "endpoints": by_workers,
     }
 
 
@@ -408,11 +424,17 @@ def influxdb() -> Iterator[str]:
 
 
 def ingest(
-    lines: int, pg: PostgresServer, clients: int = 4, batch: int = 5000, rounds: int = 3
+    lines: int,
+    pg: PostgresServer,
+    clients: int = 4,
+    batch: int = 5000,
+    rounds: int = 3,
+    workers: tuple[int, ...] = (1,),
 ) -> dict[str, Any]:
-    """`rounds` rounds of import, HTTP ingest and InfluxDB in turn (each into a fresh
-    database), so that a neighbour's load falls on all three; medians, and each round's
-    ratio (the HTTP rate over the import's of the same round)."""
+    """`rounds` rounds of import, HTTP ingest (into `iotpipe serve --workers N` for each N)
+    and InfluxDB in turn (each into a fresh database), so that a neighbour's load falls on
+    all of them; medians, and each round's ratio (the HTTP rate over the import's of the
+    same round)."""
     batches = line_batches(lines, batch)
     readings = lines * len(METRICS)
     runs: list[dict[str, float]] = []
@@ -421,22 +443,22 @@ def ingest(
         path.write_bytes(b"".join(batches))
         with influxdb() as influx:
             for round_ in range(rounds):
-                imported = import_rate(path, readings, pg.create_database(f"bench_import_{round_}"))
-                http = http_rate(batches, readings, clients, pg.create_database(f"bench_http_{round_}"))
-                influx_rate = influxdb_rate(batches, readings, clients, influx, f"bench{round_}")
-                runs.append({"import": imported, "http": http, "influxdb": influx_rate})
-    median = {key: statistics.median(run[key] for run in runs) for key in ("import", "http", "influxdb")}
+                run = {"import": import_rate(path, readings, pg.create_database(f"bench_import_{round_}"))}
+                for count in workers:
+                    url = pg.create_database(f"bench_http_{round_}_{count}")
+                    run[f"http x{count}"] = http_rate(batches, readings, clients, url, count)
+                run["influxdb"] = influxdb_rate(batches, readings, clients, influx, f"bench{round_}")
+                runs.append(run)
+    https = [f"http x{count}" for count in workers]
     return {
         "lines": lines,
         "readings": readings,
         "batch_lines": batch,
         "clients": clients,
         "rounds": runs,
-        "import_readings_per_second": median["import"],
-        "http_readings_per_second": median["http"],
-        "influxdb_readings_per_second": median["influxdb"],
-        "http_to_import": statistics.median(run["http"] / run["import"] for run in runs),
-        "http_to_influxdb": statistics.median(run["http"] / run["influxdb"] for run in runs),
+        "medians": {key: statistics.median(run[key] for run in runs) for key in runs[0]},
+        "to_import": {key: statistics.median(run[key] / run["import"] for run in runs) for key in https},
+        "to_influxdb": {key: statistics.median(run[key] / run["influxdb"] for run in runs) for key in https},
     }
 
 
@@ -451,14 +473,14 @@ def import_rate(path: Path, readings: int, url: str) -> float:
     return readings / seconds
 
 
-def http_rate(batches: list[bytes], readings: int, clients: int, url: str) -> float:
+def http_rate(batches: list[bytes], readings: int, clients: int, url: str, workers: int = 1) -> float:
     stored = [0]
 
     def accepted(answer: httpx.Response) -> None:
         assert answer.status_code == 200, answer.text[:300]
         stored[0] += answer.json()["stored"]
 
-    with served(url) as base:
+    with served(url, workers) as base:
         seconds = post_all(
             batches, f"{base}/api/v1/ingest", clients, {"content-type": "text/plain"}, accepted
         )
@@ -479,47 +501,55 @@ def influxdb_rate(batches: list[bytes], readings: int, clients: int, base: str, 
 # -- report ----------------------------------------------------------------------------------
 def report(latencies: list[dict[str, Any]], ingested: dict[str, Any] | None) -> None:
     for run in latencies:
-        print(
-            f"\n{run['engine']}: {run['devices']:,} devices, {run['readings']:,} readings "
-            f"(loaded in {run['load_seconds']} s; jobs {run['jobs_seconds']})"
-        )
-        print(
-            f"{'endpoint':<10} {'req/s':>8} {'÷ ceiling':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
-            f"{'SQL p50':>8} {'SQL p99':>8}  answer"
-        )
-        ceiling = run["endpoints"]["ceiling"]["requests_per_second"]
-        for name, value in run["endpoints"].items():
-            if name.endswith("answer"):
-                continue
-            answer = run["endpoints"].get(f"{name} answer", "")
-            sql = "".join(
-                f" {value[k]:>8.3f}" if value[k] is not None else f" {'-':>8}"
-                for k in ("sql_p50_ms", "sql_p99_ms")
+        for workers, endpoints in run["endpoints"].items():
+            print(
+                f"\n{run['engine']}, {workers} API process(es): {run['devices']:,} devices, "
+                f"{run['readings']:,} readings (loaded in {run['load_seconds']} s; jobs {run['jobs_seconds']})"
             )
             print(
-                f"{name:<10} {value['requests_per_second']:>8.0f} {value['requests_per_second'] / ceiling:>9.2f} "
-                f"{value['p50_ms']:>8.2f} {value['p99_ms']:>8.2f} {value['errors']:>7}{sql}  {answer}"
+                f"{'endpoint':<10} {'req/s':>8} {'÷ ceiling':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
+                f"{'SQL p50':>8} {'SQL p99':>8}  answer"
             )
+            ceiling = endpoints["ceiling"]["requests_per_second"]
+            for name, value in endpoints.items():
+                if name.endswith("answer"):
+                    continue
+                answer = endpoints.get(f"{name} answer", "")
+                sql = "".join(
+                    f" {value[k]:>8.3f}" if value[k] is not None else f" {'-':>8}"
+                    for k in ("sql_p50_ms", "sql_p99_ms")
+                )
+                print(
+                    f"{name:<10} {value['requests_per_second']:>8.0f} "
+                    f"{value['requests_per_second'] / ceiling:>9.2f} {value['p50_ms']:>8.2f} "
+                    f"{value['p99_ms']:>8.2f} {value['errors']:>7}{sql}  {answer}"
+                )
     if ingested:
         print(
             f"\ningest into PostgreSQL: {ingested['lines']:,} lines = {ingested['readings']:,} readings, "
             f"batches of {ingested['batch_lines']:,} lines, {ingested['clients']} clients"
         )
         for number, run in enumerate(ingested["rounds"], 1):
-            print(
-                f"  round {number}: import {run['import']:,.0f}, HTTP {run['http']:,.0f} "
-                f"({run['http'] / run['import']:.2f} of import), InfluxDB {run['influxdb']:,.0f} readings/s"
+            https = ", ".join(
+                f"{key.upper()} {value:,.0f} ({value / run['import']:.2f} of import)"
+                for key, value in run.items()
+                if key.startswith("http")
             )
+            print(
+                f"  round {number}: import {run['import']:,.0f}, {https}, "
+                f"InfluxDB {run['influxdb']:,.0f} readings/s"
+            )
+        medians = ingested["medians"]
         print(f"  medians of {len(ingested['rounds'])} rounds:")
-        print(f"  iotpipe import          {ingested['import_readings_per_second']:>10,.0f} readings/s")
-        print(
-            f"  POST /api/v1/ingest     {ingested['http_readings_per_second']:>10,.0f} readings/s"
-            f"  = {ingested['http_to_import']:.2f} of import (median of the rounds' ratios; goal ≥ 0.8)"
-        )
-        print(
-            f"  InfluxDB 1.6 /write     {ingested['influxdb_readings_per_second']:>10,.0f} readings/s"
-            f"  (iotpipe HTTP = {ingested['http_to_influxdb']:.2f} of InfluxDB)"
-        )
+        print(f"  iotpipe import                 {medians['import']:>10,.0f} readings/s")
+        for key, ratio in ingested["to_import"].items():
+            processes = key.removeprefix("http x")
+            print(
+                f"  POST /api/v1/ingest, {processes} process(es) {medians[key]:>10,.0f} readings/s"
+                f"  = {ratio:.2f} of import (median of the rounds' ratios; goal ≥ 0.8), "
+                f"{ingested['to_influxdb'][key]:.2f} of InfluxDB"
+            )
+        print(f"  InfluxDB 1.6 /write            {medians['influxdb']:>10,.0f} readings/s")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -536,6 +566,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--ingest-rounds", type=int, default=3, help="rounds of import, HTTP and InfluxDB in turn (medians)"
     )
+    parser.add_argument(
+        "--workers",
+        default="1,2",
+        help="API processes to measure with, each in turn (`iotpipe serve --workers N`)",
+    )
     parser.add_argument("--parts", default="latency,ingest")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -544,14 +579,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{tool} is missing: run `make install` (it installs wrk and influxdb)", file=sys.stderr)
             return 2
     parts = set(args.parts.split(","))
+    workers = [int(n) for n in args.workers.split(",")]
     latencies: list[dict[str, Any]] = []
     ingested = None
     with PostgresServer() as pg:
         if "latency" in parts:
             for engine in args.engines.split(","):
-                latencies.append(latency(engine, args.scale, args.seconds, args.connections, pg))
+                latencies.append(latency(engine, args.scale, args.seconds, args.connections, pg, workers))
         if "ingest" in parts:
-            ingested = ingest(args.ingest_lines, pg, rounds=args.ingest_rounds)
+            ingested = ingest(args.ingest_lines, pg, rounds=args.ingest_rounds, workers=tuple(workers))
     if args.json:
         print(json.dumps({"latency": latencies, "ingest": ingested}, indent=2))
     else:

@@ -386,6 +386,13 @@ class ApiSettings(BaseModel):
     threads: int = Field(
         limits.API_THREADS, ge=1, le=256, description="threads answering read requests at once"
     )
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="processes answering HTTP on the one port (one Python process uses about one "
+        "core; see docs/api.md#more-cores)",
+    )
     live_max_pending: int = Field(
         limits.LIVE_MAX_PENDING,
         ge=10,

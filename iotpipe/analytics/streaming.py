@@ -109,10 +109,15 @@ class StreamingAnomalies:
     def __call__(self, batch: WriteBatch, result: WriteResult) -> None:
         if not batch.groups and not batch.blocks:
             return
+        self.score(*self._readings(batch, result))
+
+    def score(self, series_ids: np.ndarray, times: np.ndarray, values: np.ndarray) -> None:
+        """Score committed readings (series ids, µs, values), in the order they committed:
+        a batch's, or one another API process committed (app/workers.py)."""
         with self._lock:
             started = time.perf_counter()
             try:
-                episodes = self.detector.process(*self._readings(batch, result))
+                episodes = self.detector.process(series_ids, times, values)
             except Exception:  # anomaly detection must never stop ingest
                 log.exception("streaming anomaly detection failed on a batch; its readings are stored")
                 return
@@ -122,7 +127,7 @@ class StreamingAnomalies:
             if self._unwritten or self._unsaved:
                 self._write()
             self.seconds += time.perf_counter() - started
-            self.readings += batch.reading_count
+            self.readings += len(series_ids)
 
     def _readings(self, batch: WriteBatch, result: WriteResult) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The batch's readings as columns: the store hands them over resolved to series

@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # the heavy parts load on first use, so `iotpipe --help` stay
     from iotpipe.app.access import KeyRing, Principal
     from iotpipe.app.http_ingest import HttpIngest
     from iotpipe.app.runner import RunOutcome
+    from iotpipe.app.workers import PrimaryLink, Relay
     from iotpipe.config import Settings
     from iotpipe.pipeline import Pipeline
     from iotpipe.sinks.live import LiveClient, LiveHub
@@ -103,6 +104,10 @@ class App:
         # What the run loop is running, for health checks and metrics.
         self.running_pipeline: Pipeline | None = None
         self.running_sources: list[Any] = []
+        # With [api] workers > 1, the link between the API processes (app/workers.py): the
+        # primary's Relay, or a worker's PrimaryLink.
+        self.relay: Relay | PrimaryLink | None = None
+        self._serves_for_primary = False
 
     @classmethod
     def from_options(cls, config_file: str | Path | None = None, **flags: Any) -> App:
@@ -142,8 +147,18 @@ class App:
             from iotpipe.sinks.live import LiveMetrics
 
             self._live = make_hub(self.settings, self.store)
-            self.telemetry.registry.register(LiveMetrics(self._live))
+            others = self.relay.hubs if self.relay is not None else list
+            self.telemetry.registry.register(LiveMetrics(self._live, others))
+            if self.relay is not None:
+                self.relay.attach_hub(self._live)
         return self._live
+
+    def join_primary(self, link: PrimaryLink, telemetry: Telemetry) -> None:
+        """Make this App an API worker's (app/workers.py): its metrics, readiness and live
+        readings go through `link` to the primary process."""
+        self.relay = link
+        self._telemetry = telemetry
+        self._serves_for_primary = True
 
     @property
     def keys(self) -> KeyRing:
@@ -165,6 +180,7 @@ class App:
     def close(self) -> None:
         if self._live is not None:
             self._live.stop()
+
         if self._http_ingest is not None:
             self._http_ingest.pipeline.close()
             self._http_ingest = None
@@ -187,7 +203,10 @@ class App:
         from iotpipe.pipeline import Pipeline
 
         config = wiring.pipeline_config(self.settings, **overrides)
-        observers = [*wiring.observers(self.settings, self.store, self._live), self.telemetry]
+        scored_here = not self._serves_for_primary
+        observers = [*wiring.observers(self.settings, self.store, self._live, scored_here), self.telemetry]
+        if self.relay is not None:
+            observers.append(self.relay.observe)
         return Pipeline(self.store, config, observers=observers)
 
     # -- setup ------------------------------------------------------------------------------
@@ -351,7 +370,14 @@ class App:
 
         config = self.settings.api
         check_exposure(config.host, config.insecure, self.keys.any())
-        return ApiServer(web(self), config.host, config.port)
+        if config.workers == 1:
+            return ApiServer(web(self), config.host, config.port)
+        from iotpipe.app.workers import Relay, WorkerPool
+
+        self.relay = Relay(self)  # first: the API made next hooks the live feed to it
+        server = ApiServer(web(self), config.host, config.port)
+        server.workers = WorkerPool(self.relay, self.settings, web, server.socket, config.workers - 1)
+        return server
 
     def ingest_mqtt(
         self,
@@ -995,6 +1021,9 @@ class App:
     def readiness(self) -> dict[str, Any]:
         from iotpipe.app.observability import readiness
 
+        if self._serves_for_primary:  # the sources run in the primary: it knows their state
+            answer: dict[str, Any] = self.relay.call("readiness")  # type: ignore[union-attr]
+            return answer
         return readiness(self)
 
     # -- the live feed -----------------------------------------------------------------------

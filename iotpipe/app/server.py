@@ -18,10 +18,13 @@ import logging
 import socket
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from iotpipe import limits
 from iotpipe.errors import ConfigError
+
+if TYPE_CHECKING:
+    from iotpipe.app.workers import WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -59,20 +62,11 @@ class ApiServer:
         self.host = host
         self.port = port
         self.asgi = asgi
-        self._socket = _bind(host, port)
-        self.port = self._socket.getsockname()[1]
-        config = uvicorn.Config(
-            self.asgi,
-            log_config=None,  # our logging (logs.py) already handles uvicorn's loggers
-            access_log=False,
-            timeout_graceful_shutdown=SHUTDOWN_GRACE,
-            lifespan="on",  # the app sizes its threads at start (api/threads.py)
-            server_header=False,
-            proxy_headers=False,
-            ws=_websocket_protocol(),
-        )
-        self.server = uvicorn.Server(config)
+        self.socket = _bind(host, port)
+        self.port = self.socket.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn_config(asgi))
         self._thread: threading.Thread | None = None
+        self.workers: WorkerPool | None = None  # more processes on this socket (app/workers.py)
 
     @property
     def url(self) -> str:
@@ -81,7 +75,7 @@ class ApiServer:
 
     def start(self) -> None:
         self._thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [self._socket]}, name="iotpipe-api", daemon=True
+            target=self.server.run, kwargs={"sockets": [self.socket]}, name="iotpipe-api", daemon=True
         )
         self._thread.start()
         deadline = time.monotonic() + 10
@@ -89,15 +83,36 @@ class ApiServer:
             time.sleep(0.01)
         if not self.server.started:
             raise ConfigError(f"the API server did not start on {self.url}; see the log above")
+        if self.workers is not None:
+            self.workers.start()
 
     def stop(self) -> None:
+        if self.workers is not None:
+            self.workers.stop(SHUTDOWN_GRACE + 5)
         self.server.should_exit = True
         if self._thread is not None:
             self._thread.join(SHUTDOWN_GRACE + 5)
-        self._socket.close()
+        self.socket.close()
 
     def describe(self) -> str:
-        return f"dashboard and API at {self.url} (OpenAPI docs at {self.url}/docs)"
+        more = f"; {self.workers.describe()}" if self.workers is not None else ""
+        return f"dashboard and API at {self.url} (OpenAPI docs at {self.url}/docs{more})"
+
+
+def uvicorn_config(asgi: Any) -> Any:
+    """How every API process runs uvicorn (this one's thread, and app/workers.py's)."""
+    import uvicorn
+
+    return uvicorn.Config(
+        asgi,
+        log_config=None,  # our logging (logs.py) already handles uvicorn's loggers
+        access_log=False,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE,
+        lifespan="on",  # the app sizes its threads at start (api/threads.py)
+        server_header=False,
+        proxy_headers=False,
+        ws=_websocket_protocol(),
+    )
 
 
 def _bind(host: str, port: int) -> Any:

@@ -60,11 +60,15 @@ def pipeline_config(settings: Settings, **overrides: Any) -> PipelineConfig:
     return replace(base, **overrides)
 
 
-def observers(settings: Settings, store: Store, live: LiveHub | None = None) -> list[CommitObserver]:
-    """What runs after each commit: the streaming anomaly detector (unless disabled), the
-    lake's note of the days each batch touched (if a lake is configured), and the live
-    feed's hub when the API serves one (App.live)."""
-    found: list[CommitObserver] = [*anomaly_observers(store, settings), *lake_observers(store, settings)]
+def observers(
+    settings: Settings, store: Store, live: LiveHub | None = None, score: bool = True
+) -> list[CommitObserver]:
+    """What runs after each commit: the streaming anomaly detector (unless disabled, or
+    `score` is False: an API worker's readings are scored by the first process, see
+    app/workers.py), the lake's note of the days each batch touched (if a lake is
+    configured), and the live feed's hub when the API serves one (App.live)."""
+    detectors = anomaly_observers(store, settings) if score else []
+    found: list[CommitObserver] = [*detectors, *lake_observers(store, settings)]
     if live is not None:
         found.append(live)
     return found

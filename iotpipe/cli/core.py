@@ -24,6 +24,12 @@ def counters_line(c: Counters) -> str:
     )
 
 
+WORKERS_HELP = (
+    "Processes answering HTTP on the port (default 1; env IOTPIPE_API__WORKERS): one per core "
+    "answers more requests, sooner."
+)
+
+
 @app.command(rich_help_panel="Run")
 def run(
     ctx: typer.Context,
@@ -42,12 +48,13 @@ def run(
     insecure: Annotated[
         bool, typer.Option("--insecure", help="Serve a non-loopback address without API keys.")
     ] = False,
+    workers: Annotated[int | None, typer.Option(min=1, max=64, help=WORKERS_HELP)] = None,
 ) -> None:
     """Run the main job: ingest from the configured sources, run the analytics jobs, serve the API.
 
     With no source configured it starts the built-in simulator, so this works with zero setup on the embedded SQLite default. The HTTP API (and dashboard) is served on 127.0.0.1:8080 unless `[api] enabled = false`. Stops cleanly on Ctrl-C or SIGTERM: what was received is stored (or left unacknowledged at the broker).
     """
-    application = _with_api_options(get_app(ctx), host, port, insecure)
+    application = _with_api_options(get_app(ctx), host, port, insecure, workers)
     sim = application.settings.simulator
     given = {"devices": devices, "interval": interval, "seed": seed}
     application.settings.simulator = sim.model_copy(update={k: v for k, v in given.items() if v is not None})
@@ -82,6 +89,7 @@ def serve(
             help="Serve a non-loopback address without API keys (anyone reaching it may read and write).",
         ),
     ] = False,
+    workers: Annotated[int | None, typer.Option(min=1, max=64, help=WORKERS_HELP)] = None,
     duration: Annotated[
         float | None, typer.Option(help="Stop after this many seconds (default: until Ctrl-C or SIGTERM).")
     ] = None,
@@ -90,7 +98,7 @@ def serve(
 
     Ingests from MQTT and ThingSpeak too when they are configured, never from the simulator; devices can also write over HTTP. Listens on 127.0.0.1:8080 unless told otherwise, and refuses a non-loopback address while no API key exists, unless --insecure.
     """
-    application = _with_api_options(get_app(ctx), host, port, insecure)
+    application = _with_api_options(get_app(ctx), host, port, insecure, workers)
     say(f"iotpipe {__version__}: storing readings in {application.database_location()}")
     say("Press Ctrl-C to stop.")
     from iotpipe.api import create_app
@@ -106,8 +114,10 @@ def serve(
         raise typer.Exit(2)
 
 
-def _with_api_options(application: App, host: str | None, port: int | None, insecure: bool) -> App:
-    given = {"host": host, "port": port, "insecure": insecure or None}
+def _with_api_options(
+    application: App, host: str | None, port: int | None, insecure: bool, workers: int | None
+) -> App:
+    given = {"host": host, "port": port, "insecure": insecure or None, "workers": workers}
     config = application.settings.api
     application.settings.api = config.model_copy(update={k: v for k, v in given.items() if v is not None})
     return application

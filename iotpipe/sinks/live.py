@@ -329,6 +329,30 @@ class LiveClient:
         self.wake()
 
 
+# One device's readings: (device_id, [(metric, time µs, value), ...]), as WriteBatch.groups.
+Group = tuple[str, list[tuple[str, Micros, float]]]
+# Readings in columns: (devices, metrics, times µs, values), each a sequence with to_pylist()
+# (the pyarrow arrays of a bulk decoder's blocks; this module does not need to know).
+Columns = tuple[Any, Any, Any, Any]
+
+
+def committed_columns(batch: WriteBatch) -> list[Columns]:
+    """The readings a bulk decoder left in columns (WriteBatch.blocks), as plain columns."""
+    return [(b.devices, b.metrics, b.times, b.values) for b in batch.blocks]
+
+
+def column_groups(columns: list[Columns]) -> list[Group]:
+    """Columns as groups, by device in order of first appearance."""
+    found: dict[str, list[tuple[str, Micros, float]]] = {}
+    for devices, metrics, times, values in columns:
+        rows = zip(
+            devices.to_pylist(), metrics.to_pylist(), times.to_pylist(), values.to_pylist(), strict=True
+        )
+        for device_id, metric, at, value in rows:
+            found.setdefault(device_id, []).append((metric, at, value))
+    return list(found.items())
+
+
 class LiveHub:
     """The after-commit observer and the fan-out thread. `start()` before use, `stop()` after."""
 
@@ -349,7 +373,7 @@ class LiveHub:
         self.poll_interval = poll_interval
         self._clients: set[LiveClient] = set()
         self._clients_lock = threading.Lock()
-        self._backlog: deque[list[tuple[str, list[tuple[str, Micros, float]]]]] = deque()
+        self._backlog: deque[tuple[list[Group], list[Columns], int]] = deque()
         self._backlog_readings = 0
         self._backlog_lock = threading.Lock()
         self._work = threading.Event()
@@ -362,16 +386,26 @@ class LiveHub:
         self.dropped: dict[str, int] = {"slow": 0, "overload": 0}
         self.updates_dropped = 0
         self.readings_published = 0
+        # Told the number of clients whenever it changes (app/workers.py: whether the other
+        # API processes should relay their readings here).
+        self.on_clients: Callable[[int], None] | None = None
 
     # -- the pipeline's side ----------------------------------------------------------------
     def __call__(self, batch: WriteBatch, result: WriteResult) -> None:
         """After a commit: hand the batch's readings over, in O(1). Never blocks."""
-        if not self._clients or not batch.groups:
+        self.hand_over(batch.groups, committed_columns(batch), batch.reading_count)
+
+    def hand_over(self, groups: list[Group], columns: list[Columns], count: int) -> None:
+        """Committed readings for the clients (from this process's pipelines, or relayed
+        from another API process): those decoded one by one, grouped by device, and those
+        a bulk decoder left in columns (HTTP line protocol, CSV). Queued in O(1); the hub's
+        thread makes the columns rows, and only while someone listens."""
+        if not self._clients or not (groups or columns):
             return
         overloaded = False
         with self._backlog_lock:
-            self._backlog.append(batch.groups)
-            self._backlog_readings += batch.reading_count
+            self._backlog.append((groups, columns, count))
+            self._backlog_readings += count
             if self._backlog_readings > self.max_backlog:
                 self._backlog.clear()
                 self._backlog_readings = 0
@@ -395,6 +429,7 @@ class LiveHub:
         client = LiveClient(subscription, wake, holding=subscription.backfill_seconds > 0)
         with self._clients_lock:
             self._clients = self._clients | {client}  # copy on write: the observer reads it unlocked
+        self._tell_clients()
         with self._poll_lock:
             for source in self.sources:
                 if source.kind in subscription.kinds and not self._polled.get(source.kind):
@@ -405,6 +440,11 @@ class LiveHub:
     def unsubscribe(self, client: LiveClient) -> None:
         with self._clients_lock:
             self._clients = self._clients - {client}
+        self._tell_clients()
+
+    def _tell_clients(self) -> None:
+        if self.on_clients is not None:
+            self.on_clients(len(self._clients))
 
     @property
     def clients(self) -> int:
@@ -461,13 +501,12 @@ class LiveHub:
             with self._backlog_lock:
                 if not self._backlog:
                     return handed
-                groups = self._backlog.popleft()
-                count = sum(len(readings) for _, readings in groups)
+                groups, columns, count = self._backlog.popleft()
                 self._backlog_readings -= count
             self.readings_published += count
-            handed += self._fan_out(groups)
+            handed += self._fan_out([*groups, *column_groups(columns)])
 
-    def _fan_out(self, groups: list[tuple[str, list[tuple[str, Micros, float]]]]) -> int:
+    def _fan_out(self, groups: list[Group]) -> int:
         handed = 0
         for client in list(self._clients):
             if READINGS not in client.subscription.kinds:
@@ -522,12 +561,24 @@ class LiveHub:
                 self._drop(client, Closed(CLOSE_SLOW, reason), "slow")
 
 
+def hub_figures(hub: LiveHub) -> dict[str, Any]:
+    """What LiveMetrics shows of one hub, as plain data (another API process sends its own)."""
+    return {
+        "clients": hub.clients,
+        "dropped": dict(hub.dropped),
+        "updates_dropped": hub.updates_dropped,
+        "readings_published": hub.readings_published,
+    }
+
+
 class LiveMetrics:
     """The hub's figures for /metrics (a prometheus_client collector): clients now,
-    clients dropped by reason and the updates they still had waiting."""
+    clients dropped by reason and the updates they still had waiting; summed with the
+    figures `others()` gives, those of the other API processes (app/workers.py)."""
 
-    def __init__(self, hub: LiveHub) -> None:
+    def __init__(self, hub: LiveHub, others: Callable[[], list[dict[str, Any]]] = list) -> None:
         self.hub = hub
+        self.others = others
 
     def describe(self) -> list[Any]:
         return []
@@ -535,8 +586,15 @@ class LiveMetrics:
     def collect(self) -> Iterable[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+        hubs = [hub_figures(self.hub), *self.others()]
+        dropped_by: dict[str, int] = {}
+        for figures in hubs:
+            for reason, count in figures["dropped"].items():
+                dropped_by[reason] = dropped_by.get(reason, 0) + count
         yield GaugeMetricFamily(
-            "iotpipe_live_clients", "Clients subscribed to the live feed.", value=self.hub.clients
+            "iotpipe_live_clients",
+            "Clients subscribed to the live feed.",
+            value=sum(f["clients"] for f in hubs),
         )
         dropped = CounterMetricFamily(
             "iotpipe_live_clients_dropped",
@@ -544,16 +602,16 @@ class LiveMetrics:
             "4429) or overload (the hub fell behind ingest, 1013).",
             labels=["reason"],
         )
-        for reason, count in sorted(self.hub.dropped.items()):
+        for reason, count in sorted(dropped_by.items()):
             dropped.add_metric([reason], count)
         yield dropped
         yield CounterMetricFamily(
             "iotpipe_live_updates_dropped",
             "Updates that were waiting for the live-feed clients dropped.",
-            value=self.hub.updates_dropped,
+            value=sum(f["updates_dropped"] for f in hubs),
         )
         yield CounterMetricFamily(
             "iotpipe_live_readings",
             "Committed readings the live feed fanned out to its clients.",
-            value=self.hub.readings_published,
+            value=sum(f["readings_published"] for f in hubs),
         )

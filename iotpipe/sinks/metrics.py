@@ -13,6 +13,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
@@ -85,28 +86,26 @@ class Telemetry:
 
     # -- the pipeline's after-commit observer ------------------------------------------------
     def observe_commit(self, batch: WriteBatch, result: WriteResult) -> None:
-        sources = batch.source_counts
-        for source, (messages, _readings) in sources.items():
+        self.record(CommitFigures.of(batch, result))
+
+    def record(self, figures: CommitFigures) -> None:
+        """Count one commit (of this process, or of another API process: app/workers.py)."""
+        for source, messages in figures.accepted.items():
             self.messages.labels(source, "accepted").inc(messages)
-        dead: dict[str, int] = {}
-        for letter in batch.dead_letters:
-            dead[letter.raw.source] = dead.get(letter.raw.source, 0) + 1
-        for source, count in dead.items():
+        for source, count in figures.dead_lettered.items():
             self.messages.labels(source, "dead_lettered").inc(count)
-        if result.stored or result.duplicates:
-            source = next(iter(sources)) if len(sources) == 1 else "mixed"
-            self.readings.labels(source, "stored").inc(result.stored)
-            self.readings.labels(source, "duplicate").inc(result.duplicates)
-        if batch.invalid:
-            self.invalid.inc(len(batch.invalid))
-        self.batch_seconds.observe(result.seconds)
-        if result.times is not None and len(result.times):
-            newest = int(result.times.max())
-            self.lag.observe(max(0.0, (now_micros() - newest) / MICROS_PER_SECOND))
-        if result.stored:
+        if figures.stored or figures.duplicates:
+            self.readings.labels(figures.source, "stored").inc(figures.stored)
+            self.readings.labels(figures.source, "duplicate").inc(figures.duplicates)
+        if figures.invalid:
+            self.invalid.inc(figures.invalid)
+        self.batch_seconds.observe(figures.seconds)
+        if figures.newest is not None:
+            self.lag.observe(max(0.0, (now_micros() - figures.newest) / MICROS_PER_SECOND))
+        if figures.stored:
             now = time.monotonic()
             with self._lock:
-                self._recent.append((now, result.stored))
+                self._recent.append((now, figures.stored))
                 self._forget(now)
 
     __call__ = observe_commit  # a CommitObserver
@@ -134,6 +133,40 @@ class Telemetry:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+@dataclass(frozen=True)
+class CommitFigures:
+    """What the metrics count of one commit, as plain data another process can be sent."""
+
+    accepted: dict[str, int]  # messages by source
+    dead_lettered: dict[str, int]  # messages by source
+    source: str  # of the readings: the batch's one source, or "mixed"
+    stored: int
+    duplicates: int
+    invalid: int
+    seconds: float
+    newest: int | None  # the newest reading's time, µs
+
+    @classmethod
+    def of(cls, batch: WriteBatch, result: WriteResult) -> CommitFigures:
+        sources = batch.source_counts
+        dead: dict[str, int] = {}
+        for letter in batch.dead_letters:
+            dead[letter.raw.source] = dead.get(letter.raw.source, 0) + 1
+        newest = None
+        if result.times is not None and len(result.times):
+            newest = int(result.times.max())
+        return cls(
+            accepted={source: messages for source, (messages, _readings) in sources.items()},
+            dead_lettered=dead,
+            source=next(iter(sources)) if len(sources) == 1 else "mixed",
+            stored=result.stored,
+            duplicates=result.duplicates,
+            invalid=len(batch.invalid),
+            seconds=result.seconds,
+            newest=newest,
+        )
 
 
 class _ScrapeTimeGauges:

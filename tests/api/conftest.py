@@ -41,7 +41,7 @@ def serve(database_url: str, **api: Any) -> Iterator[Served]:
     settings.analytics = settings.analytics.model_copy(update={"jobs": False})
     app = App(settings)
     app.init()
-    server = ApiServer(create_app(app), settings.api.host, settings.api.port)
+    server: ApiServer = app.api_server(create_app)  # with [api] workers > 1, their processes too
     server.start()
     client = httpx.Client(base_url=server.url, timeout=30)
     try:

@@ -82,6 +82,28 @@ def test_committed_readings_arrive_as_series_of_the_subscribed_devices_and_metri
     ]
 
 
+def test_line_protocol_and_csv_ingested_over_http_arrive_too(served: Served) -> None:
+    """A bulk decoder hands the pipeline columns, not per-device groups: they reach the
+    live feed all the same (they did not, before the hub took columns)."""
+    with subscribe(served, devices=["lp-*", "csv-*"], events=["readings"]) as ws:
+        assert frame(ws)["type"] == "subscribed"
+        at = now_micros() // 1000 * 1000
+        answer = served.post_lines(f"weather,device_id=lp-1 temp=20.5,hum=41 {at * 1000}")
+        assert answer.json()["stored"] == 2, answer.text
+        csv = f"device_id,timestamp,temperature\ncsv-1,{format_micros(at)},7.25\n"
+        answer = served.client.post("/api/v1/ingest", content=csv, headers={"content-type": "text/csv"})
+        assert answer.json()["stored"] == 1, answer.text
+        seen: dict[tuple[str, str], list[float]] = {}
+        while len(seen) < 3:
+            for series in next_update(ws, "readings")["readings"]:
+                seen[(series["device_id"], series["metric"])] = series["values"]
+    assert seen == {
+        ("lp-1", "weather_temp"): [20.5],
+        ("lp-1", "weather_hum"): [41.0],
+        ("csv-1", "temperature"): [7.25],
+    }
+
+
 def test_backfill_comes_first_then_live_readings_each_once(served: Served) -> None:
     now = now_micros() // 1000 * 1000
     ingest(served, "pump-1", now - 20 * MINUTE, temperature=1.0)  # before the window
