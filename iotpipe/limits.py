@@ -92,7 +92,7 @@ API_PAGE_SIZE = 100  # entries per page of a list, by default
 API_MAX_PAGE_SIZE = 1000
 # Threads answering reads at once. A read holds the GIL most of its time: more threads only
 # queue on it and stretch every answer's tail (docs/performance.md, "API threads").
-API_THREADS = 4
+API_THREADS = 2
 API_WRITE_THREADS = 40  # HTTP ingest mostly waits for its commit: a limiter of its own
 
 # -- the live feed (sinks/live.py, /api/v1/live) -----------------------------------------

@@ -85,3 +85,35 @@ def test_postgresql_updates_device_times_in_place(postgres: PostgresServer) -> N
         ).fetchone()
     assert updated >= 19 * 200
     assert hot >= 0.9 * updated, (hot, updated)
+
+
+def test_a_series_id_found_once_is_answered_without_a_query_and_an_unknown_one_is_not_kept(
+    database_url: str,
+) -> None:
+    """A history request looks its series up first; series are never deleted nor
+    renumbered, so the store answers an id it found before from memory."""
+    from sqlalchemy import event
+
+    from iotpipe.model import WriteBatch
+
+    writer = open_store(database_url)
+    writer.write(WriteBatch(groups=[("pump-1", [("flow", 1_000_000, 2.5)])], reading_count=1))
+    reader = open_store(database_url)  # another process's store: it never wrote the series
+    statements: list[str] = []
+    event.listen(
+        reader.engine,
+        "before_cursor_execute",
+        lambda *args: statements.append(args[2]) if args[2].startswith("SELECT") else None,
+    )
+    try:
+        first = reader.series_id("pump-1", "flow")
+        assert first == writer.cached_series_id("pump-1", "flow") and first is not None
+        assert len(statements) == 1
+        assert reader.series_id("pump-1", "flow") == first
+        assert len(statements) == 1  # answered from memory
+        assert reader.series_id("pump-1", "level") is None
+        assert reader.series_id("pump-1", "level") is None
+        assert len(statements) == 3  # a series not found is asked again: it may be created
+    finally:
+        writer.close()
+        reader.close()

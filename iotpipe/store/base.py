@@ -125,6 +125,9 @@ class ReadingColumns:
         return spans
 
 
+MAX_READ_IDS = 50_000  # series ids remembered from queries (~15 MB at most)
+
+
 class Store(ABC):
     """A database holding iotpipe's schema. Create with `iotpipe.store.open_store(url)`."""
 
@@ -138,6 +141,10 @@ class Store(ABC):
         self.url = url
         # device_id -> (device pk, {metric: series id}); filled only after commits succeed.
         self._series_ids: dict[str, tuple[int, dict[str, int]]] = {}
+        # (device_id, metric) -> series id, as queries found them: a series is never
+        # deleted nor renumbered, so an id found once holds (a round trip less per history
+        # request); at most MAX_READ_IDS, then forgotten at once.
+        self._read_ids: dict[tuple[str, str], int] = {}
         self._device_infos: dict[str, DeviceInfo] = {}
         self._known_marks = KnownMarks()  # rollup marks in place, not written again
 
@@ -843,8 +850,18 @@ class Store(ABC):
         return found
 
     def series_id(self, device_id: str, metric: str) -> int | None:
+        found = self.cached_series_id(device_id, metric)
+        if found is None:
+            found = self._read_ids.get((device_id, metric))
+        if found is not None:
+            return found
         with self.engine.connect() as conn:
-            return _series_id(conn, device_id, metric)
+            found = _series_id(conn, device_id, metric)
+        if found is not None:
+            if len(self._read_ids) >= MAX_READ_IDS:
+                self._read_ids = {}
+            self._read_ids[(device_id, metric)] = found
+        return found
 
     def device_entries(
         self,
