@@ -178,7 +178,7 @@ class Relay:
             try:
                 conn = self._listener.accept()
                 kind, index = conn.recv()
-            except (OSError, EOFError, ValueError):
+            except (OSError, EOFError, ValueError, multiprocessing.AuthenticationError):
                 continue  # closed (we are stopping), or a peer without the key
             if kind != "hello":
                 conn.close()

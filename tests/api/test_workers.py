@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import multiprocessing
 import os
 import random
 import signal
@@ -13,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from multiprocessing.connection import Client
 from pathlib import Path
 from typing import Any
 
@@ -199,6 +201,9 @@ def test_a_worker_that_dies_is_replaced_and_all_stop_with_the_primary(two: Serve
     assert pool is not None
     first = pool.processes[1]
     until(lambda: relay(two).peers())
+    # A process without the relay's key is turned away, and the relay goes on accepting.
+    with pytest.raises(multiprocessing.AuthenticationError):
+        Client(relay(two).address, "AF_UNIX", authkey=b"not the key")
     os.kill(first.pid, signal.SIGKILL)
     replaced = until(lambda: pool.processes[1] is not first and _started(relay(two), 1))
     assert replaced and pool.processes[1].is_alive()
