@@ -180,7 +180,6 @@ class App:
     def close(self) -> None:
         if self._live is not None:
             self._live.stop()
-
         if self._http_ingest is not None:
             self._http_ingest.pipeline.close()
             self._http_ingest = None

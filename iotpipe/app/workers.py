@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any
 
 from iotpipe.analytics.streaming import anomaly_observers
 from iotpipe.errors import StoreError
-from iotpipe.sinks.live import Columns, Group, committed_columns, hub_figures
+from iotpipe.sinks.live import Readings, committed_readings, hub_figures
 from iotpipe.sinks.metrics import CommitFigures, Telemetry
 
 if TYPE_CHECKING:
@@ -69,7 +69,6 @@ CALL_TIMEOUT = 10.0  # seconds a worker waits for the primary's answer
 START_TIMEOUT = 60.0  # seconds the primary waits for its workers to listen
 OUTBOX_LIMIT = 1_000  # batches of readings waiting for one peer before new ones are dropped
 Message = tuple[Any, ...]
-Readings = tuple[list[Group], list[Columns], int]  # a commit's, as LiveHub.hand_over takes them
 
 
 class Outbox:
@@ -129,11 +128,14 @@ class Outbox:
 class _Peer:
     index: int
     outbox: Outbox
-    clients: int = 0
     listening: bool = False  # told: another process has live clients
-    hub: dict[str, Any] | None = None
+    hub: dict[str, Any] | None = None  # its live feed's figures, as it last sent them
     requests: int = 0  # answered by this worker, since it started
     stored: int = 0  # readings it stored
+
+    @property
+    def clients(self) -> int:
+        return self.hub["clients"] if self.hub is not None else 0
 
 
 class Relay:
@@ -160,7 +162,7 @@ class Relay:
         """The primary's pipelines' after-commit observer: its readings, to the workers'
         live clients (its own hub has them already)."""
         if batch.groups or batch.blocks:
-            self._fan_out((batch.groups, committed_columns(batch), batch.reading_count), sender=None)
+            self._fan_out(committed_readings(batch), sender=None)
 
     def hubs(self) -> list[dict[str, Any]]:
         """The workers' live-feed figures, for /metrics."""
@@ -196,7 +198,7 @@ class Relay:
             while True:
                 self._handle(peer, conn.recv())
         except (OSError, EOFError):
-            pass  # the worker stopped
+            log.debug("API worker %d closed its connection", peer.index)
         except Exception:  # a bug here must not take the primary down
             log.exception("API worker %d: relay failed; dropping its connection", peer.index)
         finally:
@@ -219,9 +221,8 @@ class Relay:
         elif kind == "readings":
             self._fan_out(message[1], sender=peer.index)
         elif kind == "hub":
-            peer.hub = message[1]
-            if peer.clients != peer.hub["clients"]:
-                peer.clients = peer.hub["clients"]
+            before, peer.hub = peer.clients, message[1]
+            if peer.clients != before:
                 self._update_listening()
         elif kind == "call":
             peer.outbox.put(("reply", message[1], self._answer(message[2], *message[3:])))
@@ -387,8 +388,7 @@ class PrimaryLink:
         """This worker's pipelines' after-commit observer: its readings, to the primary's
         detector, and to the other processes' live clients while there are some."""
         if self.listening and (batch.groups or batch.blocks):
-            readings = (batch.groups, committed_columns(batch), batch.reading_count)
-            self.outbox.put(("readings", readings), droppable=True)
+            self.outbox.put(("readings", committed_readings(batch)), droppable=True)
         if result.series_ids is not None and len(result.series_ids):
             self.call("score", result.series_ids, result.times, result.values)
 
@@ -436,7 +436,7 @@ class PrimaryLink:
                         waiting[1] = message[2]
                         waiting[0].set()
         except (OSError, EOFError):
-            pass
+            log.debug("the relay's connection to the primary closed")
         if not self._closed.is_set():
             log.error("API worker %d lost the primary process; stopping", self.index)
             self.on_lost()

@@ -336,9 +336,15 @@ Group = tuple[str, list[tuple[str, Micros, float]]]
 Columns = tuple[Any, Any, Any, Any]
 
 
-def committed_columns(batch: WriteBatch) -> list[Columns]:
-    """The readings a bulk decoder left in columns (WriteBatch.blocks), as plain columns."""
-    return [(b.devices, b.metrics, b.times, b.values) for b in batch.blocks]
+# A commit's readings as LiveHub.hand_over takes them: groups, columns, their count.
+Readings = tuple[list[Group], list[Columns], int]
+
+
+def committed_readings(batch: WriteBatch) -> Readings:
+    """A batch's readings for the live feed: those decoded one by one (WriteBatch.groups),
+    and those a bulk decoder left in columns (WriteBatch.blocks), as plain columns."""
+    columns = [(b.devices, b.metrics, b.times, b.values) for b in batch.blocks]
+    return batch.groups, columns, batch.reading_count
 
 
 def column_groups(columns: list[Columns]) -> list[Group]:
@@ -393,7 +399,8 @@ class LiveHub:
     # -- the pipeline's side ----------------------------------------------------------------
     def __call__(self, batch: WriteBatch, result: WriteResult) -> None:
         """After a commit: hand the batch's readings over, in O(1). Never blocks."""
-        self.hand_over(batch.groups, committed_columns(batch), batch.reading_count)
+        if self._clients:
+            self.hand_over(*committed_readings(batch))
 
     def hand_over(self, groups: list[Group], columns: list[Columns], count: int) -> None:
         """Committed readings for the clients (from this process's pipelines, or relayed

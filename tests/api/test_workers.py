@@ -128,7 +128,7 @@ def frame_of(ws: ClientConnection) -> dict[str, Any]:
 
 def live_clients(served: Served) -> int:
     """Live clients of the primary and of the workers (as they last told it)."""
-    return served.app.live.clients + sum(p.hub["clients"] for p in relay(served).peers() if p.hub)
+    return served.app.live.clients + sum(p.clients for p in relay(served).peers())
 
 
 def spiky_rounds(devices: int = 4, readings: int = 400) -> list[str]:
