@@ -25,7 +25,7 @@ from iotpipe.model import (
     now_micros,
 )
 from iotpipe.store import Store
-from iotpipe.store.packed import decode_times, decode_values, encode_times, encode_values
+from iotpipe.store.packed import decode_times, decode_values, encode_days, encode_times, encode_values
 from iotpipe.store.tiers import pg_array
 from tests.analytics.support import write_readings
 from tests.servers import PostgresServer
@@ -59,6 +59,38 @@ def test_codec_gives_back_every_time_and_value_bit_for_bit(times: list[int], val
     v = np.array(values[: len(t)], dtype=np.float64)
     assert decode_times(encode_times(t), len(t)).tolist() == t.tolist()
     assert _bits(decode_values(encode_values(v), len(v))) == _bits(v)
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.lists(st.integers(-(2**50), 2**50), min_size=1, max_size=30, unique=True),
+            st.sampled_from([1, 1_000, 60_000_000]),  # µs, ms and minute-aligned times
+            st.lists(
+                finite
+                | st.decimals(-1e6, 1e6, places=2).map(float)
+                | st.sampled_from([0.0, -0.0, 5e-324, 1e300, 0.1]),
+                min_size=30,
+                max_size=30,
+            ),
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_many_series_days_encoded_at_once_are_the_bytes_of_each_encoded_alone(
+    days: list[tuple[list[int], int, list[float]]],
+) -> None:
+    """encode_days (a historical import's thousands of series-days in one pass) writes the
+    very blobs encode_times and encode_values write for each day."""
+    times = [np.array(sorted(t), dtype=np.int64) * unit for t, unit, _ in days]
+    values = [
+        np.array(v[: len(t)], dtype=np.float64) for t, v in zip(times, (v for _, _, v in days), strict=True)
+    ]
+    starts = np.cumsum([0] + [len(t) for t in times[:-1]])
+    together = encode_days(np.concatenate(times), np.concatenate(values), starts)
+    assert together == [(encode_times(t), encode_values(v)) for t, v in zip(times, values, strict=True)]
 
 
 def test_codec_keeps_negative_zero_and_the_extremes() -> None:

@@ -117,3 +117,35 @@ def test_a_series_id_found_once_is_answered_without_a_query_and_an_unknown_one_i
     finally:
         writer.close()
         reader.close()
+
+
+def test_series_created_before_a_time_are_told_apart_in_one_query(database_url: str) -> None:
+    """The streaming detector asks which series of a batch existed before it started
+    (only those have a past to rebuild): one query, whatever the number of series."""
+    from sqlalchemy import event
+
+    from iotpipe.model import WriteBatch, now_micros
+
+    store = open_store(database_url)
+    try:
+        store.write(
+            WriteBatch(groups=[("old", [(f"m{i}", 1_000_000, 1.0) for i in range(700)])], reading_count=700)
+        )
+        cut = now_micros() + 1
+        while now_micros() <= cut:
+            pass
+        store.write(WriteBatch(groups=[("new", [("m0", 1_000_000, 1.0)])], reading_count=1))
+        old = sorted(store.cached_series_id("old", f"m{i}") or 0 for i in range(700))
+        new = store.cached_series_id("new", "m0")
+        assert new is not None and 0 not in old
+        statements: list[str] = []
+        event.listen(
+            store.engine,
+            "before_cursor_execute",
+            lambda *args: statements.append(args[2]) if args[2].startswith("SELECT") else None,
+        )
+        assert sorted(store.series_created_before([*old, new, 10**6], cut)) == old
+        assert len(statements) == 1
+        assert store.series_created_before([], cut) == []
+    finally:
+        store.close()

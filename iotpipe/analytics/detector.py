@@ -50,8 +50,10 @@ restores it and replays the few readings since, and continues exactly.
 from __future__ import annotations
 
 import math
+import os
 import zlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import astuple, dataclass, field
 from typing import Any, ClassVar
 
@@ -60,6 +62,7 @@ import numpy as np
 from iotpipe.model import Micros
 
 DAY = 86_400.0
+PARALLEL_READINGS = 50_000  # a batch this large is scored on two threads (`_kernel`)
 _NO_TIME = np.iinfo(np.int64).min
 
 REASONS = ("", "spike", "dip", "level_shift", "variance_change", "stuck", "drift", "seasonal_deviation")
@@ -459,22 +462,24 @@ class StreamingDetector:
         times, values = np.ascontiguousarray(times, np.int64), np.ascontiguousarray(values, np.float64)
         score = np.zeros(len(values))
         reason = np.zeros(len(values), dtype=np.int8)
-        detector_kernel.score_batch(
-            self.state,
-            self.offsets,
-            self.spreads,
-            self.filled,
-            self.count,
-            self.last_time,
-            slots,
-            starts,
-            counts,
-            times,
-            values,
-            self._constants,
-            score,
-            reason,
-        )
+        rows = (self.state, self.offsets, self.spreads, self.filled, self.count, self.last_time)
+
+        def run(part: slice) -> None:
+            detector_kernel.score_batch(
+                *rows, slots[part], starts[part], counts[part], times, values, self._constants, score, reason
+            )
+
+        # Series are independent and the compiled update releases the GIL: a large batch
+        # (an import's) is scored on two threads, each taking whole series, with disjoint
+        # state columns and disjoint readings: the same figures, in about half the time.
+        if len(values) >= PARALLEL_READINGS and len(slots) > 1 and (os.cpu_count() or 1) > 1:
+            half = max(1, min(len(slots) - 1, int(np.searchsorted(starts, len(values) // 2))))
+            with ThreadPoolExecutor(1, thread_name_prefix="iotpipe-detector") as pool:
+                second = pool.submit(run, slice(half, None))
+                run(slice(0, half))
+                second.result()
+        else:
+            run(slice(None))
         return score, reason
 
     # -- episodes -------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from iotpipe.analytics.detector import Checkpoint, Episode, History, StreamingDe
 from iotpipe.config import Settings, StreamingDetectorSettings
 from iotpipe.model import Micros, WriteBatch, WriteResult, now_micros
 from iotpipe.store import Store
-from iotpipe.store.schema import anomalies, detector_state, series
+from iotpipe.store.schema import anomalies, detector_state
 
 __all__ = [
     "Episode",
@@ -236,13 +236,8 @@ class StreamingAnomalies:
         saved: dict[int, tuple[Micros, bytes]] = {}
         with self.store.engine.connect() as conn:
             if not self.detector.evicted_any:
-                wanted = {
-                    sid: wanted[sid]
-                    for chunk in _chunks(list(wanted))
-                    for sid in conn.scalars(
-                        select(series.c.id).where(series.c.id.in_(chunk), series.c.created_at < self._started)
-                    )
-                }
+                older = self.store.series_created_before(list(wanted), self._started, conn)
+                wanted = {sid: wanted[sid] for sid in older}
             for chunk in _chunks(list(wanted)):
                 for sid, last_time, state in conn.execute(
                     select(

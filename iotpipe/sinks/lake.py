@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import bindparam, select, text
 
+from iotpipe.arrays import distinct
 from iotpipe.config import Settings
 from iotpipe.model import MICROS_PER_DAY, Micros, WriteBatch, WriteResult, day_name, day_start, now_micros
 from iotpipe.sinks import files
@@ -46,7 +47,7 @@ class LakeObserver:
         if result.times is None or not len(result.times):
             return
         times = np.asarray(result.times)
-        days = np.unique(times - times % MICROS_PER_DAY).tolist()
+        days = distinct(times - times % MICROS_PER_DAY).tolist()
         with self._lock:
             self._days.update(days)
 

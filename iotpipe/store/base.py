@@ -35,6 +35,7 @@ from sqlalchemy import (
 )
 from sqlalchemy import exc as sa_exc
 
+from iotpipe.arrays import distinct
 from iotpipe.errors import BatchRejected
 from iotpipe.limits import Limits
 from iotpipe.model import (
@@ -253,7 +254,7 @@ class Store(ABC):
                 first, last = int(extra.times.min()), int(extra.times.max())
                 new += compaction.pack(
                     conn,
-                    sorted({int(s) for s in np.unique(extra.series_ids)}),
+                    sorted({int(s) for s in distinct(extra.series_ids)}),
                     first - first % MICROS_PER_DAY,
                     last - last % MICROS_PER_DAY + MICROS_PER_DAY,
                     extra,
@@ -344,17 +345,18 @@ class Store(ABC):
             time_parts.append(columns.times[taken:cut])
             value_parts.append(columns.values[taken:cut])
             taken = cut
-            pairs = block_pairs(block)
+            pairs = block.pairs()
+            inverse = np.asarray(pairs.inverse)
             ids = np.array(
                 [(new_ids.get(d) or cache[d])[1][m] for d, m in pairs.names], dtype=np.int32
             )  # KeyError: a series not created yet (see prepare_columns)
             device_pks = np.array([(new_ids.get(d) or cache[d])[0] for d, _ in pairs.names], dtype=np.int64)
             times = np.asarray(block.times, dtype=np.int64)
-            series_parts.append(ids[pairs.inverse])
+            series_parts.append(ids[inverse])
             time_parts.append(times + self.time_offset)
             value_parts.append(np.asarray(block.values, dtype=np.float64))
             pks, device_of_pair = np.unique(device_pks, return_inverse=True)
-            device_of_reading = device_of_pair[pairs.inverse]
+            device_of_reading = device_of_pair[inverse]
             firsts = np.full(len(pks), np.iinfo(np.int64).max)
             lasts = np.full(len(pks), np.iinfo(np.int64).min)
             np.minimum.at(firsts, device_of_reading, times)
@@ -439,7 +441,7 @@ class Store(ABC):
             if device_id not in self._series_ids:
                 missing.setdefault(device_id, set())
         for block in batch.blocks:
-            for device_id, metric in block_pairs(block).names:
+            for device_id, metric in block.pairs().names:
                 known = self._series_ids.get(device_id)
                 if known is None or metric not in known[1]:
                     missing.setdefault(device_id, set()).add(metric)
@@ -716,6 +718,24 @@ class Store(ABC):
         with self.read_connection(conn) as c:
             return tiers.edge_readings(c, series_id, limit, start, before, newest=True)
 
+    def series_created_before(
+        self, series_ids: Sequence[int], before: Micros, conn: Connection | None = None
+    ) -> list[int]:
+        """Which of these series were created before `before`, in one query for any number."""
+        if not len(series_ids):
+            return []
+        with self.read_connection(conn) as c:
+            dialect = c.dialect.name
+            return list(
+                c.scalars(
+                    _typed(
+                        f"SELECT id FROM series WHERE {one_of(dialect, 'id')} AND created_at < :before",
+                        times=("before",),
+                    ),
+                    {"ids": integers_value(dialect, series_ids), "before": before},
+                )
+            )
+
     def series_span(self, series_id: int, conn: Connection | None = None) -> tuple[Micros, Micros] | None:
         """A series' first and last reading time, or None if it has no reading."""
         with self.read_connection(conn) as c:
@@ -985,30 +1005,6 @@ def _series_ids(conn: Connection, device_id: str, metrics: list[str]) -> dict[in
         .where(devices.c.device_id == device_id, series.c.metric.in_(metrics))
     )
     return {series_id: metric for series_id, metric in rows}
-
-
-@dataclass(slots=True)
-class BlockPairs:
-    names: list[tuple[str, str]]  # the block's distinct (device, metric) pairs
-    inverse: np.ndarray  # which pair each reading is
-
-
-def block_pairs(block: Any) -> BlockPairs:
-    """A bulk-decoded block's distinct (device, metric) pairs, computed once per block."""
-    found = getattr(block, "_store_pairs", None)
-    if found is None:
-        devices = block.devices.dictionary_encode()
-        metrics = block.metrics.dictionary_encode()
-        device_names, metric_names = devices.dictionary.to_pylist(), metrics.dictionary.to_pylist()
-        keys = np.asarray(devices.indices, dtype=np.int64) * max(1, len(metric_names)) + np.asarray(
-            metrics.indices, dtype=np.int64
-        )
-        unique, inverse = np.unique(keys, return_inverse=True)
-        width = max(1, len(metric_names))
-        names = [(device_names[k // width], metric_names[k % width]) for k in unique.tolist()]
-        found = BlockPairs(names, inverse)
-        block._store_pairs = found
-    return found
 
 
 _INFO_COLUMNS = ("type", "name", "firmware", "latitude", "longitude", "elevation", "attributes")

@@ -17,6 +17,7 @@ import threading
 
 import numpy as np
 
+from iotpipe.arrays import distinct
 from iotpipe.model import MICROS_PER_HOUR, Micros
 
 # Forgotten, all at once, past this many (~15 MB of Python ints): a store that writes for
@@ -33,7 +34,7 @@ def mark_keys(series_ids: np.ndarray, times: np.ndarray) -> np.ndarray:
     the high bits and the hour number (floored, for times before the engine's epoch too) in the low 32:
     a one-dimensional unique, ~20x cheaper than a unique of (series, hour) rows."""
     numbers = times // MICROS_PER_HOUR + _HOUR_BIAS
-    return np.unique((series_ids.astype(np.int64) << 32) | numbers)
+    return distinct((series_ids.astype(np.int64) << 32) | numbers)
 
 
 def mark_rows(keys: np.ndarray) -> list[tuple[int, Micros]]:

@@ -172,45 +172,77 @@ def encode_days(times: np.ndarray, values: np.ndarray, starts: np.ndarray) -> li
     time_ints[1:] = np.diff(quotients)
     time_ints[second] = quotients[second]
     time_ints[starts] = times[starts]
-    # Values: the fewest decimals that give each run back exactly, else the bit patterns.
+    places = _run_decimal_places(values, starts)
+    decimal = places >= 0
+    value_ints = values.view(np.int64).copy()
+    in_decimal = np.repeat(decimal, sizes)
+    with np.errstate(over="ignore", invalid="ignore"):
+        scaled = np.rint(values[in_decimal] * np.repeat(_SCALE_ARRAY[places[decimal]], sizes[decimal]))
+    value_ints[in_decimal] = scaled.astype(np.int64)
+    value_deltas = np.empty(count, dtype=np.int64)
+    value_deltas[1:] = value_ints[1:] - value_ints[:-1]
+    value_deltas[starts] = value_ints[starts]
+    time_blobs = _compress_runs(time_ints, starts, sizes, np.full(len(starts), TIMES_DOD), units)
+    value_blobs = _compress_runs(
+        value_deltas,
+        starts,
+        sizes,
+        np.where(decimal, VALUES_DECIMAL, VALUES_FLOAT_BITS),
+        np.where(decimal, places, 0),
+    )
+    return list(zip(time_blobs, value_blobs, strict=True))
+
+
+_SCALE_ARRAY = np.array(_SCALES)
+
+
+def _run_decimal_places(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Per run, the fewest decimal digits (≤ 12) that give each of its values back bit for
+    bit, as decimal_places does; -1 where there are none."""
     bits = values.view(np.int64)
     places = np.full(len(starts), -1, dtype=np.int64)
     largest = np.maximum.reduceat(np.abs(values), starts)
+    buffer = np.empty_like(values)
+    exact = np.empty(len(values), dtype=bool)
     for digits, scale in enumerate(_SCALES):
         pending = places < 0
         if not pending.any():
             break
-        with np.errstate(over="ignore", invalid="ignore"):
+        with np.errstate(over="ignore"):
             fits = largest * scale < _TWO_POW_53
-            scaled = np.rint(values * scale)
-        safe = np.where(np.abs(scaled) < _TWO_POW_53, scaled, 0.0).astype(np.int64)
-        exact = (safe / scale).view(np.int64) == bits
+        if not (pending & fits).any():
+            break  # a larger scale fits no run that this one did not
+        # Where a run fits, its scaled values are exact integers in a float, so rounding
+        # and dividing is the very division decode_values does. Its integers have no
+        # sign of zero: adding 0.0 turns -0.0 into 0.0, so a -0.0 fails the comparison.
+        with np.errstate(over="ignore", invalid="ignore"):
+            np.multiply(values, scale, out=buffer)
+            np.rint(buffer, out=buffer)
+            np.add(buffer, 0.0, out=buffer)
+            np.divide(buffer, scale, out=buffer)
+        np.equal(buffer.view(np.int64), bits, out=exact)
         places[pending & fits & np.logical_and.reduceat(exact, starts)] = digits
-    decimal = places >= 0
-    run_places = np.repeat(np.where(decimal, places, 0), sizes)
-    with np.errstate(over="ignore", invalid="ignore"):
-        scaled = np.rint(values * np.power(10.0, run_places))
-    value_ints = np.where(
-        np.repeat(decimal, sizes), np.where(np.abs(scaled) < _TWO_POW_53, scaled, 0.0).astype(np.int64), bits
-    )
-    value_deltas = np.empty(count, dtype=np.int64)
-    value_deltas[1:] = value_ints[1:] - value_ints[:-1]
-    value_deltas[starts] = value_ints[starts]
-    blobs: list[bytes | bytearray | memoryview] = []
-    headers: list[bytes] = []
-    for ints, codecs, parameters in (
-        (time_ints, np.full(len(starts), TIMES_DOD), units),
-        (value_deltas, np.where(decimal, VALUES_DECIMAL, VALUES_FLOAT_BITS), np.where(decimal, places, 0)),
-    ):
-        zigzag = ((ints << 1) ^ (ints >> 63)).view(np.uint64)
-        tops = np.maximum.reduceat(zigzag, starts)
-        widths = np.select([tops < 1 << 8, tops < 1 << 16, tops < 1 << 32], [1, 2, 4], 8)
-        for a, b, width, codec, parameter in zip(
-            starts.tolist(), ends.tolist(), widths.tolist(), codecs.tolist(), parameters.tolist(), strict=True
-        ):
-            blobs.append(zigzag[a:b].astype(_NARROW[width]).view(np.uint8).reshape(-1, width).T.tobytes())
-            headers.append(_HEADER.pack(codec, width, parameter))
-    compressed = _compressor().multi_compress_to_buffer(blobs, threads=-1)
-    packed = [header + compressed[i].tobytes() for i, header in enumerate(headers)]
-    runs = len(starts)
-    return list(zip(packed[:runs], packed[runs:], strict=True))
+    return places
+
+
+def _compress_runs(
+    ints: np.ndarray, starts: np.ndarray, sizes: np.ndarray, codecs: np.ndarray, parameters: np.ndarray
+) -> list[bytes]:
+    """_pack_ints of every run, with one zstd call (on both cores) for all of them."""
+    zigzag = ((ints << 1) ^ (ints >> 63)).view(np.uint64)
+    tops = np.maximum.reduceat(zigzag, starts)
+    widths = np.select([tops < 1 << 8, tops < 1 << 16, tops < 1 << 32], [1, 2, 4], 8)
+    # One array per width, so that a run's byte planes are a slice's transpose. (Putting
+    # every run's planes in place with fancy indexing instead took longer than this loop.)
+    narrowed = {width: zigzag.astype(_NARROW[width]) for width in set(widths.tolist())}
+    planes: list[bytes | bytearray | memoryview] = [
+        narrowed[width][a : a + size].view(np.uint8).reshape(-1, width).T.tobytes()
+        for a, size, width in zip(starts.tolist(), sizes.tolist(), widths.tolist(), strict=True)
+    ]
+    compressed = _compressor().multi_compress_to_buffer(planes, threads=-1)
+    return [
+        _HEADER.pack(codec, width, parameter) + compressed[i].tobytes()
+        for i, (codec, width, parameter) in enumerate(
+            zip(codecs.tolist(), widths.tolist(), parameters.tolist(), strict=True)
+        )
+    ]

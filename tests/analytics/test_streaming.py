@@ -231,3 +231,40 @@ def test_beyond_max_series_the_least_recent_are_forgotten_and_rebuilt() -> None:
     assert sorted(int(s) for s in detector.sid_of if s >= 0) == [4, 8, 9, 10]
     with pytest.raises(ValueError, match="more than 4 series"):
         detector.process(np.arange(10, 15), np.full(5, T0), np.ones(5))
+
+
+def test_a_batch_scored_on_two_threads_gives_what_one_thread_gives(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large batch's series are split between two threads (`_kernel`): the episodes and
+    every series' state come out as they do from one thread."""
+    from iotpipe.analytics import detector as detector_module
+
+    series, n = 40, 2 * DAY
+    rng = np.random.default_rng(5)
+    sids = np.repeat(np.arange(1, series + 1), n)
+    values = np.concatenate([daily(n, seed) for seed in range(series)])
+    for k in range(0, series, 3):  # spikes and shifts in some series, on both threads' sides
+        values[k * n + DAY + int(rng.integers(0, DAY))] += 12
+    t = np.tile(times(n), series)
+
+    def scored(parallel_from: int) -> tuple[list[tuple[int, int, bool, str]], list[bytes]]:
+        monkeypatch.setattr(detector_module, "PARALLEL_READINGS", parallel_from)
+        detector = StreamingDetector()
+        episodes = detector.process(sids, t, values)
+        return [(e.series_id, e.time, e.opened, e.reason) for e in episodes], [
+            detector._pack(int(slot)) for slot in np.flatnonzero(detector.sid_of >= 0)
+        ]
+
+    threads: list[str] = []
+    submit = detector_module.ThreadPoolExecutor.submit
+
+    def counting_submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+        threads.append(self._thread_name_prefix)
+        return submit(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(detector_module.ThreadPoolExecutor, "submit", counting_submit)
+    two = scored(parallel_from=1)
+    assert threads == ["iotpipe-detector"]  # the split happened
+    one = scored(parallel_from=10**12)
+    assert threads == ["iotpipe-detector"]
+    assert len([e for e in one[0] if e[2]]) >= series // 3
+    assert two == one
