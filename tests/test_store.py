@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from sqlalchemy import inspect
 
 from iotpipe.store import open_store
@@ -149,3 +150,59 @@ def test_series_created_before_a_time_are_told_apart_in_one_query(database_url: 
         assert store.series_created_before([], cut) == []
     finally:
         store.close()
+
+
+def test_postgresql_inserts_a_new_fleet_plainly_and_what_another_process_wrote_once(
+    postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Devices, series and rollup marks of a large batch are inserted without ON CONFLICT
+    (half the server's work); when another process wrote some already, the insert falls
+    back to ON CONFLICT in its savepoint, the batch commits whole, and nothing is doubled."""
+    import psycopg
+
+    from iotpipe.model import DeviceInfo, WriteBatch, now_micros
+    from iotpipe.store import postgres as pg
+
+    monkeypatch.setattr(pg, "PLAIN_INSERT_FROM", 100)  # this fleet's 300 devices count as many
+    url = postgres.create_database("test_plain_inserts")
+    hour = 3_600_000_000
+    start = now_micros() - now_micros() % hour - 30 * hour
+
+    def fleet(devices: range, hours: int) -> WriteBatch:
+        batch = WriteBatch(reading_count=len(devices) * 2 * hours)
+        for device in devices:
+            group = [(m, start + h * hour, float(h)) for h in range(hours) for m in ("t", "h")]
+            batch.groups.append((f"d{device}", group))
+        batch.infos = {f"d{devices[0]}": DeviceInfo(name="first", latitude=51.5, attributes={"site": "a"})}
+        return batch
+
+    def counts() -> tuple[int, ...]:
+        with psycopg.connect(postgres.url("test_plain_inserts")) as conn:
+            return tuple(
+                conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # type: ignore[index]
+                for table in ("devices", "series", "dirty_hours", "readings")
+            )
+
+    first, second = open_store(url), open_store(url)
+    try:
+        assert isinstance(first, pg.PostgresStore) and isinstance(second, pg.PostgresStore)
+        assert first.write(fleet(range(300), 5)).stored == 3_000  # 300 devices, 600 series, 3,000 marks
+        assert first._meets_existing == set()  # all new: plain inserts went through
+        assert counts() == (300, 600, 3_000, 3_000)
+        # Another process, its caches cold, writes the same fleet and 50 new devices.
+        result = second.write(fleet(range(350), 5))
+        assert (result.stored, result.duplicates) == (500, 3_000)
+        assert counts() == (350, 700, 3_500, 3_500)
+        assert {pg._INSERT_DEVICES, pg._INSERT_SERIES, pg._INSERT_MARKS} <= second._meets_existing
+        # Once a batch meets nothing existing, the plain inserts are tried again.
+        assert second.write(fleet(range(400, 1_000), 1)).stored == 1_200
+        assert second._meets_existing == set()
+        assert counts() == (950, 1_900, 4_700, 4_700)
+        with psycopg.connect(postgres.url("test_plain_inserts")) as conn:
+            name, latitude, attributes = conn.execute(
+                "SELECT name, latitude, attributes FROM devices WHERE device_id = 'd400'"
+            ).fetchone()  # type: ignore[misc]
+        assert (name, latitude, attributes) == ("first", 51.5, {"site": "a"})
+    finally:
+        first.close()
+        second.close()

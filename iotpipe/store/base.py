@@ -479,12 +479,17 @@ class Store(ABC):
     ) -> dict[str, int]:
         ids = list(device_ids)
         now = now_micros()
-        conn.execute(
-            self._insert_ignore(devices, ["device_id"]),
+        self._insert_devices(
+            conn,
             [{"device_id": d, "created_at": now, **_info_columns(infos.get(d), keep_none=True)} for d in ids],
         )
         rows = conn.execute(select(devices.c.device_id, devices.c.id).where(devices.c.device_id.in_(ids)))
         return {device_id: pk for device_id, pk in rows}
+
+    def _insert_devices(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+        """Create these devices (device_id, created_at and every info column), skipping
+        existing ones."""
+        conn.execute(self._insert_ignore(devices, ["device_id"]), rows)
 
     # The engine's INSERT construct, which knows ON CONFLICT (set by each engine).
     dialect_insert: Callable[[Table], Any]
