@@ -19,6 +19,7 @@ Loaded by the App's import only (pyarrow is heavy), never by formats/__init__ or
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -208,7 +209,7 @@ def decode_payloads(payloads: list[bytes], fmt: str, received_at: int) -> Decode
 
 def _taking(count: int, taken: pa.Array, readings: list[tuple[pa.Array, ...]]) -> Decoded:
     """The readings of the rows `taken` marks."""
-    flags = taken.to_pylist()
+    flags = pc.fill_null(taken, False).to_pylist()  # Python bools, no None
     if not readings or not any(flags):
         return _none_taken(count)
     return Decoded(
@@ -216,15 +217,25 @@ def _taking(count: int, taken: pa.Array, readings: list[tuple[pa.Array, ...]]) -
         pa.concat_arrays([r[1] for r in readings]),
         pa.concat_arrays([r[2] for r in readings]),
         pa.concat_arrays([r[3] for r in readings]),
-        [bool(f) for f in flags],
+        flags,
         pa.concat_arrays([pc.cast(r[4], pa.int32()) for r in readings]),
     )
 
 
 # -- V1 JSON ---------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=4)
+def _line_numbers(count: int) -> pa.Array:
+    """0 … count-1 as int32 (a chunk's line numbers; chunks mostly have one size)."""
+    return pa.array(range(count), pa.int32())
+
+
 def _epoch_micros(stamps: pa.Array) -> tuple[pa.Array, pa.Array]:
     """Integer epoch timestamps as µs by magnitude (parse_timestamp's bands: s, ms, µs,
     ns floored), and which rows have one."""
+    bounds = pc.min_max(stamps)
+    low, high = bounds["min"].as_py(), bounds["max"].as_py()
+    if low is not None and low >= _MILLIS_FROM and high < _MILLIS_BELOW:
+        return pc.multiply(stamps, 1_000), pc.is_valid(stamps)  # all in ms, as most files
     magnitude = pc.abs(stamps)
     seconds = pc.less(magnitude, _MILLIS_FROM)
     millis = pc.and_(pc.greater_equal(magnitude, _MILLIS_FROM), pc.less(magnitude, _MILLIS_BELOW))
@@ -256,7 +267,7 @@ def _decode_v1(payloads: list[bytes], received_at: int) -> Decoded:
     if table.num_rows != len(payloads):
         raise pa.ArrowInvalid("line count changed")  # a record spanning lines: bisect
     names = table.column_names
-    taken = pa.array([True] * len(payloads))
+    taken = pa.repeat(pa.scalar(True), len(payloads))
     if "device_id" not in names or table.schema.field("device_id").type != pa.string():
         return _none_taken(len(payloads))
     devices = table.column("device_id").combine_chunks()
@@ -294,7 +305,7 @@ def _decode_v1(payloads: list[bytes], received_at: int) -> Decoded:
         present = pc.or_(present, pc.is_valid(values))
     taken = pc.and_(taken, present)
     readings = []
-    line_index = pa.array(range(len(payloads)), pa.int32())
+    line_index = _line_numbers(len(payloads))
     for name, values in metrics:
         keep = pc.and_(taken, pc.is_valid(values))
         count = pc.sum(pc.cast(keep, pa.int64())).as_py() or 0
@@ -303,7 +314,7 @@ def _decode_v1(payloads: list[bytes], received_at: int) -> Decoded:
         readings.append(
             (
                 pc.filter(devices, keep),
-                pa.array([name] * count, pa.string()),
+                pa.repeat(pa.scalar(name, pa.string()), count),
                 pc.filter(times, keep),
                 pc.filter(values, keep),
                 pc.filter(line_index, keep),
