@@ -422,12 +422,14 @@ def bench_engine(
             "ceiling_seconds": ceilings,
             "import_seconds": [i.seconds for i in imports],
             "reimport_seconds": [i.seconds for i in reimports],
+            "historical_seconds": [h.seconds for h in historicals],
         },
         import_counters=c,
         reimport_counters=best_again.counters,
         failures=failures,
         historical_seconds=min(h.seconds for h in historicals),
         historical_rate=max(h.rate for h in historicals),
+        historical_packed=packed,  # readings in the packed tier after the last historical import
     )
 
 
