@@ -7,8 +7,9 @@ import pyarrow as pa
 from hypothesis import given
 from hypothesis import strategies as st
 
-from iotpipe.arrays import distinct
+from iotpipe.arrays import distinct, in_series_time_order, non_decreasing
 from iotpipe.formats.columnar import Block
+from iotpipe.store.base import ReadingColumns
 
 
 @given(st.lists(st.integers(-(2**63), 2**63 - 1)), st.sampled_from([np.int64, np.int32]))
@@ -32,3 +33,46 @@ def test_a_blocks_pairs_name_each_readings_device_and_metric_once(readings: list
     assert [pairs.names[i] for i in pairs.inverse.to_pylist()] == readings
     assert block.pairs() is pairs  # found once
     assert block.series() == {d: {m for e, m in readings if e == d} for d, _ in readings}
+
+
+@given(st.lists(st.tuples(st.integers(1, 4), st.integers(0, 5)), max_size=40))
+def test_order_checks_agree_with_sorting(pairs: list[tuple[int, int]]) -> None:
+    sids = np.array([s for s, _ in pairs], dtype=np.int64)
+    times = np.array([t for _, t in pairs], dtype=np.int64)
+    ordered = pairs == sorted(pairs)
+    assert in_series_time_order(sids, times) is ordered
+    assert non_decreasing(times) is (times.tolist() == sorted(times.tolist()))
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(1, 3),
+            st.lists(st.tuples(st.integers(1, 5), st.integers(0, 9)), min_size=1, max_size=6),
+        ),
+        max_size=8,
+    )
+)
+def test_a_batch_put_in_series_order_keeps_every_reading_first_fed_first_and_its_device_spans(
+    groups: list[tuple[int, list[tuple[int, int]]]],
+) -> None:
+    """Store.write sorts a batch's columns once; of two readings of a series at one time
+    the first fed must stay first (it is the one stored), and each device's first and
+    last times must survive the reordering of its runs."""
+    readings = [
+        (device * 10 + metric, t, float(n)) for n, (device, group) in enumerate(groups) for metric, t in group
+    ]
+    columns = ReadingColumns(
+        np.array([r[0] for r in readings], dtype=np.int32),
+        np.array([r[1] for r in readings], dtype=np.int64),
+        np.array([r[2] for r in readings], dtype=np.float64),
+        [device for device, _ in groups],
+        [len(group) for _, group in groups],
+    )
+    spans = columns.device_spans()
+    ordered = columns.in_series_order()
+    rows = list(
+        zip(ordered.series_ids.tolist(), ordered.times.tolist(), ordered.values.tolist(), strict=True)
+    )
+    assert rows == sorted(readings, key=lambda r: (r[0], r[1]))  # sorted() is stable too
+    assert ordered.device_spans() == spans

@@ -59,6 +59,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from iotpipe.arrays import in_series_time_order
 from iotpipe.model import Micros
 
 DAY = 86_400.0
@@ -626,6 +627,8 @@ def _by_series_and_time(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Readings grouped by series, in time order; equal readings keep their batch order
     (the first one is what the store kept)."""
+    if in_series_time_order(sids, times):  # a store's committed columns are (Store.write)
+        return sids, times, values
     order = np.argsort(sids, kind="stable")
     sids, times, values = sids[order], times[order], values[order]
     if len(times) > 1 and not np.all((times[1:] >= times[:-1]) | (sids[1:] != sids[:-1])):

@@ -35,7 +35,7 @@ from sqlalchemy import (
 )
 from sqlalchemy import exc as sa_exc
 
-from iotpipe.arrays import distinct
+from iotpipe.arrays import distinct, in_series_time_order
 from iotpipe.errors import BatchRejected
 from iotpipe.limits import Limits
 from iotpipe.model import (
@@ -59,7 +59,15 @@ from iotpipe.store.schema import (
     readings,
     series,
 )
-from iotpipe.store.tiers import IN_CHUNK, HourPartials, SeriesReadings, _typed, integers_value, one_of
+from iotpipe.store.tiers import (
+    IN_CHUNK,
+    HourPartials,
+    SeriesReadings,
+    _typed,
+    integers_value,
+    one_of,
+    series_time_order,
+)
 
 # What a database raises for the data it was given rather than for being unreachable:
 # the pipeline answers these by finding the message at fault (see Store.write).
@@ -109,6 +117,19 @@ class ReadingColumns:
             self.group_devices,
             self.group_sizes,
             self.block_spans,
+        )
+
+    def in_series_order(self) -> ReadingColumns:
+        """The readings grouped by series, each in time order (stable: of two at one time,
+        the first fed stays first), with the device spans kept from the runs they came in.
+
+        Sorted once here, the batch's later steps (rollup marks, packing, COPY, the
+        detector) find their order in place instead of sorting a million readings each."""
+        if in_series_time_order(self.series_ids, self.times):
+            return self
+        order = series_time_order(self.series_ids, self.times)
+        return ReadingColumns(
+            self.series_ids[order], self.times[order], self.values[order], [], [], self.device_spans()
         )
 
     def device_spans(self) -> dict[int, tuple[Micros, Micros]]:
@@ -212,6 +233,7 @@ class Store(ABC):
         with self.write_transaction() as conn:
             new_ids = self._resolve_series(conn, batch)
             columns = batch.columns if batch.columns is not None else self._reading_columns(batch, new_ids)
+            columns = columns.in_series_order()
             stored = self._store_readings(conn, columns, batch.pack_before) if len(columns) else 0
             if len(columns):
                 marked = self._mark_dirty_hours(conn, columns.mark_keys())

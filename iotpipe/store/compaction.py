@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import Connection
 
-from iotpipe.arrays import distinct
+from iotpipe.arrays import distinct, in_series_time_order
 from iotpipe.model import MICROS_PER_DAY, MICROS_PER_HOUR, Micros, now_micros
 from iotpipe.store.packed import decode_times, encode_days
 from iotpipe.store.schema import packed_readings
@@ -124,8 +124,9 @@ def _merge_first_wins(stored: SeriesReadings, extra: SeriesReadings) -> tuple[Se
     sids = np.concatenate((stored.series_ids, extra.series_ids))
     times = np.concatenate((stored.times, extra.times))
     values = np.concatenate((stored.values, extra.values))
-    order = series_time_order(sids, times)
-    sids, times, values = sids[order], times[order], values[order]
+    if not in_series_time_order(sids, times):  # in order: history into empty days
+        order = series_time_order(sids, times)
+        sids, times, values = sids[order], times[order], values[order]
     first = np.ones(len(times), dtype=bool)
     first[1:] = (times[1:] != times[:-1]) | (sids[1:] != sids[:-1])
     merged = SeriesReadings(sids[first], times[first], values[first])

@@ -12,6 +12,7 @@ import psycopg
 from sqlalchemy import Connection, create_engine
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from iotpipe.arrays import in_series_time_order
 from iotpipe.model import Micros
 from iotpipe.store.base import ReadingColumns, Store
 from iotpipe.store.tiers import pg_array
@@ -230,7 +231,8 @@ def binary_copy_payload(columns: ReadingColumns) -> bytes:
     rows["value"] = columns.values
     # In primary-key order, the server appends to each series' end of the btree instead
     # of jumping between a thousand leaf pages per batch.
-    rows = rows[np.lexsort((columns.times, columns.series_ids))]
+    if not in_series_time_order(columns.series_ids, columns.times):
+        rows = rows[np.lexsort((columns.times, columns.series_ids))]
     return _COPY_SIGNATURE + rows.tobytes() + _COPY_TRAILER
 
 
