@@ -631,7 +631,7 @@ def _by_series_and_time(
         return sids, times, values
     order = np.argsort(sids, kind="stable")
     sids, times, values = sids[order], times[order], values[order]
-    if len(times) > 1 and not np.all((times[1:] >= times[:-1]) | (sids[1:] != sids[:-1])):
+    if not in_series_time_order(sids, times):
         order = np.lexsort((times, sids))
         sids, times, values = sids[order], times[order], values[order]
     return sids, times, values

@@ -36,6 +36,7 @@ from iotpipe.store.tiers import (
     pg_array,
     read_parts,
     series_time_order,
+    timestamptz_from_unix_micros,
     unix_micros,
 )
 
@@ -166,13 +167,11 @@ def _packed_rows(readings: SeriesReadings, touched: set[tuple[int, Micros]]) -> 
     ]
 
 
-# Unix µs as timestamptz, exactly (integer arithmetic on an interval, no float seconds).
-_PG_TIME = "('1970-01-01 00:00:00+00'::timestamptz + {} * interval '1 microsecond')"
 _PG_UPSERT = (
     "INSERT INTO packed_readings "
     "(series_id, day_start, count, first_time, last_time, time_data, value_data, packed_at) "
-    f"SELECT s, {_PG_TIME.format('d')}, c, {_PG_TIME.format('f')}, {_PG_TIME.format('l')}, t, v, "
-    f"{_PG_TIME.format('%s::int8')} "
+    f"SELECT s, {timestamptz_from_unix_micros('d')}, c, {timestamptz_from_unix_micros('f')}, "
+    f"{timestamptz_from_unix_micros('l')}, t, v, {timestamptz_from_unix_micros('%s::int8')} "
     "FROM unnest(%s::int4[], %s::int8[], %s::int4[], %s::int8[], %s::int8[], %b::bytea[], %b::bytea[]) "
     "AS u(s, d, c, f, l, t, v) "
     "ON CONFLICT (series_id, day_start) DO UPDATE SET count = excluded.count, "

@@ -54,6 +54,12 @@ def unix_micros(dialect: str, column: str) -> str:
     return column
 
 
+def timestamptz_from_unix_micros(expression: str) -> str:
+    """PostgreSQL SQL giving Unix µs as timestamptz, exactly (integer arithmetic on an
+    interval, no float seconds): the inverse of `unix_micros`."""
+    return f"('1970-01-01 00:00:00+00'::timestamptz + {expression} * interval '1 microsecond')"
+
+
 def one_of(dialect: str, column: str, name: str = "ids") -> str:
     """SQL for "`column` is one of the integers in the one parameter :name" (its value made
     by `integers_value`): one statement for any number of ids, parsed once, where an expanding
