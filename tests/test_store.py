@@ -88,6 +88,24 @@ def test_postgresql_updates_device_times_in_place(postgres: PostgresServer) -> N
     assert hot >= 0.9 * updated, (hot, updated)
 
 
+def test_postgresql_reads_keep_their_prepared_statements(postgres: PostgresServer) -> None:
+    """An API read is a statement the server plans once per connection: reads run in
+    autocommit, as a transaction rolled back at the end of each read would make psycopg
+    drop its prepared statements (and the server plan the query again every request)."""
+    from iotpipe.model import WriteBatch, now_micros
+
+    store = open_store(postgres.create_database("test_prepared_reads"))
+    store.write(WriteBatch(groups=[("pump-1", [("flow", now_micros(), 2.5)])], reading_count=1))
+    for _ in range(8):  # psycopg prepares a statement at its fifth execution
+        assert [r[0] for r in store.latest_readings("pump-1")] == ["flow"]
+    with store.read_connection() as conn:  # one thread: the pool's one connection again
+        prepared = conn.exec_driver_sql("SELECT statement FROM pg_prepared_statements").scalars().all()
+        in_transaction = conn.exec_driver_sql("SELECT now() <> statement_timestamp()").scalar()
+    store.close()
+    assert any("LEFT JOIN LATERAL" in statement for statement in prepared), prepared
+    assert in_transaction is False  # each statement its own transaction
+
+
 def test_a_series_id_found_once_is_answered_without_a_query_and_an_unknown_one_is_not_kept(
     database_url: str,
 ) -> None:

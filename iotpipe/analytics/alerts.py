@@ -171,7 +171,7 @@ def evaluate(store: Store, settings: Settings, now: Micros) -> dict[str, Any]:
     """Evaluate every enabled rule once; return how many alerts opened and resolved."""
     sync_rules(store, settings, now)
     engine = _Engine(store, settings, now)
-    with store.engine.connect() as conn:
+    with store.read_connection() as conn:
         rules = _enabled_rules(conn)
         engine.load_fleet(conn)
     for rule in rules:
@@ -270,7 +270,7 @@ class _Engine:
 
     # -- device conditions from the health and quality jobs ------------------------------
     def evaluate_offline(self, rule: Rule) -> None:
-        with self.store.engine.connect() as conn:
+        with self.store.read_connection() as conn:
             health = {r.device_pk: r for r in conn.execute(select(device_health))}
         conditions: dict[str, Condition] = {}
         for key, subject in self.device_subjects(rule).items():
@@ -285,7 +285,7 @@ class _Engine:
         self._reconcile(rule, conditions)
 
     def evaluate_battery(self, rule: Rule) -> None:
-        with self.store.engine.connect() as conn:
+        with self.store.read_connection() as conn:
             health = {r.device_pk: r for r in conn.execute(select(device_health))}
         threshold = self.settings.analytics.battery_threshold
         conditions: dict[str, Condition] = {}
@@ -298,7 +298,7 @@ class _Engine:
 
     def evaluate_quality(self, rule: Rule) -> None:
         threshold = self.settings.analytics.quality_threshold
-        with self.store.engine.connect() as conn:
+        with self.store.read_connection() as conn:
             latest: dict[int, Any] = {}
             for day_row in conn.execute(select(data_quality).order_by(data_quality.c.day)):
                 latest[day_row.device_pk] = day_row
@@ -502,7 +502,7 @@ def alert_rows(
         conditions.append(alerts.c.severity == severity)
     if device_id is not None:
         conditions.append(devices.c.device_id == device_id)
-    with store.engine.connect() as conn:
+    with store.read_connection() as conn:
         return _alert_views(conn, and_(*conditions) if conditions else None, limit)
 
 
@@ -545,7 +545,7 @@ def _alert_views(conn: Connection, where: Any, limit: int | None = None) -> list
 
 
 def alert_history(store: Store, alert_id: int) -> list[dict[str, Any]]:
-    with store.engine.connect() as conn:
+    with store.read_connection() as conn:
         rows = conn.execute(
             select(alert_events).where(alert_events.c.alert_id == alert_id).order_by(alert_events.c.id)
         )
@@ -558,12 +558,12 @@ RULE_FIELDS = ("name", "device", "device_type", "metric", "min", "max", "for_sec
 
 def rule_views(store: Store) -> list[dict[str, Any]]:
     """Every rule (config, API and built-in), by id."""
-    with store.engine.connect() as conn:
+    with store.read_connection() as conn:
         return [_rule_view(r) for r in conn.execute(select(alert_rules).order_by(alert_rules.c.id))]
 
 
 def rule_view(store: Store, rule_id: int) -> dict[str, Any]:
-    with store.engine.connect() as conn:
+    with store.read_connection() as conn:
         row = conn.execute(select(alert_rules).where(alert_rules.c.id == rule_id)).first()
     if row is None:
         raise NotFound(f"no alert rule {rule_id}; GET /api/v1/alert-rules lists them")
@@ -651,7 +651,7 @@ def _rule_view(row: Any) -> dict[str, Any]:
 def alert_events_after(store: Store, after_id: int, limit: int) -> list[dict[str, Any]]:
     """Alert events (opened, acknowledged, resolved) recorded after the one with id
     `after_id`, oldest first, each with its alert as alert_rows shows it (the live feed)."""
-    with store.engine.connect() as conn:
+    with store.read_connection() as conn:
         events = conn.execute(
             select(alert_events.c.id, alert_events.c.alert_id, alert_events.c.event, alert_events.c.at)
             .where(alert_events.c.id > after_id)
@@ -669,5 +669,5 @@ def alert_events_after(store: Store, after_id: int, limit: int) -> list[dict[str
 
 
 def last_alert_event_id(store: Store) -> int:
-    with store.engine.connect() as conn:
+    with store.read_connection() as conn:
         return int(conn.scalar(select(func.coalesce(func.max(alert_events.c.id), 0))) or 0)

@@ -111,7 +111,7 @@ CHUNK = 86_400 * MICROS_PER_SECOND  # what detect_zscore reads of a series at on
 def _detect_span(
     store: Store, rule: ZscoreRule, series_id: int, start: Micros, end: Micros
 ) -> dict[str, int]:
-    with store.engine.connect() as conn:
+    with store.read_connection() as conn:
         times, values = store.read_series(series_id, start - rule.window, end, conn)
         stored = _stored_times(conn, series_id, start, end)
     flagged, scores = zscore_anomalies(times, values, rule, since=start, signed=True)
@@ -134,7 +134,7 @@ def _series_ids(store: Store, device_id: str | None, metric: str | None) -> list
         query = query.where(devices.c.device_id == device_id)
     if metric is not None:
         query = query.where(series.c.metric == metric)
-    with store.engine.connect() as conn:
+    with store.read_connection() as conn:
         return list(conn.scalars(query))
 
 
@@ -217,7 +217,7 @@ def anomaly_rows(
         )
     if limit is not None:
         query = query.limit(limit)
-    with store.engine.connect() as conn:
+    with store.read_connection() as conn:
         rows = [dict(row._mapping) for row in conn.execute(query)]
     rows.reverse()
     return rows
@@ -227,12 +227,12 @@ def anomalies_after(store: Store, after_id: int, limit: int) -> list[dict[str, A
     """Anomalies recorded after the one with id `after_id`, in the order they were
     recorded (the live feed's cursor), as anomaly_rows gives them."""
     query = _anomaly_select().where(anomalies.c.id > after_id).order_by(anomalies.c.id).limit(limit)
-    with store.engine.connect() as conn:
+    with store.read_connection() as conn:
         return [dict(row._mapping) for row in conn.execute(query)]
 
 
 def last_anomaly_id(store: Store) -> int:
-    with store.engine.connect() as conn:
+    with store.read_connection() as conn:
         return int(conn.scalar(select(func.coalesce(func.max(anomalies.c.id), 0))) or 0)
 
 

@@ -64,7 +64,7 @@ def device_rows(store: Store, device_id: str | None = None) -> list[dict[str, An
         metric_query = metric_query.join(devices, devices.c.id == series.c.device_pk).where(
             devices.c.device_id == device_id
         )
-    with store.engine.connect() as conn:
+    with store.read_connection() as conn:
         rows = [dict(row._mapping) for row in conn.execute(query)]
         metrics: dict[int, list[dict[str, Any]]] = {}
         for device_pk, metric, unit in conn.execute(metric_query):
@@ -91,7 +91,7 @@ def status_of(row: dict[str, Any], settings: AnalyticsSettings, now: Micros) -> 
 
 
 def open_alerts_by_severity(store: Store) -> dict[str, int]:
-    with store.engine.connect() as conn:
+    with store.read_connection() as conn:
         rows = conn.execute(
             select(alerts.c.severity, func.count())
             .where(alerts.c.status != "resolved")
@@ -110,13 +110,13 @@ _ROLLED_UP = text(
 
 def rolled_up_readings(store: Store) -> int:
     """Readings counted by the weekly rollups: every reading as of the last rollup run."""
-    with store.engine.connect() as conn:
+    with store.read_connection() as conn:
         return int(conn.execute(_ROLLED_UP).scalar() or 0)
 
 
 def rollup_backlog(store: Store) -> tuple[int, Micros | None]:
     """(series-hours waiting for the rollup job, when the job last finished)."""
-    with store.engine.connect() as conn:
+    with store.read_connection() as conn:
         dirty = conn.scalar(select(func.count()).select_from(dirty_hours)) or 0
         queued = conn.scalar(select(func.count()).select_from(rollup_queue)) or 0
         finished = conn.scalar(select(job_state.c.last_finished_at).where(job_state.c.name == "rollups"))

@@ -29,7 +29,7 @@ def health_job(store: Store, settings: Settings) -> dict[str, Any]:
 
 def check_health(store: Store, settings: Settings, now: Micros) -> dict[str, Any]:
     config = settings.analytics
-    with store.engine.connect() as conn:
+    with store.read_connection() as conn:
         fleet = conn.execute(select(devices.c.id, devices.c.last_seen)).all()
         series_rows = conn.execute(select(series.c.id, series.c.device_pk, series.c.metric)).all()
         activity = series_activity(store, conn, [r.id for r in series_rows], config.interval_sample)
@@ -102,5 +102,5 @@ def health_rows(store: Store) -> list[dict[str, Any]]:
         .join(devices, devices.c.id == device_health.c.device_pk)
         .order_by(devices.c.device_id)
     )
-    with store.engine.connect() as conn:
+    with store.read_connection() as conn:
         return [dict(row._mapping) for row in conn.execute(query)]

@@ -130,7 +130,7 @@ def run_job(job: Job, store: Store, settings: Settings, every: float | None = No
 
 
 def _last_started(store: Store, name: str) -> int | None:
-    with store.engine.connect() as conn:
+    with store.read_connection() as conn:
         return conn.scalar(select(job_state.c.last_started_at).where(job_state.c.name == name))
 
 

@@ -86,7 +86,7 @@ def compute_quality(store: Store, settings: Settings, now: Micros) -> dict[str, 
     config = settings.analytics
     today = day_start(now)
     window_start = today - (config.quality_days - 1) * MICROS_PER_DAY
-    with store.engine.connect() as conn:
+    with store.read_connection() as conn:
         seen_until = _previous_cursor(conn)
         series_rows = conn.execute(select(series.c.id, series.c.device_pk, series.c.metric)).all()
         activity = series_activity(store, conn, [r.id for r in series_rows], config.interval_sample)
@@ -266,5 +266,5 @@ def quality_rows(
         query = query.where(data_quality.c.day <= last_day)
     if device_id is not None:
         query = query.where(devices.c.device_id == device_id)
-    with store.engine.connect() as conn:
+    with store.read_connection() as conn:
         return [dict(row._mapping) for row in conn.execute(query)]

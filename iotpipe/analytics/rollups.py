@@ -354,7 +354,7 @@ def series_buckets(
 ) -> list[RollupBucket]:
     low = start if start is not None else _EVER[0]
     high = end if end is not None else _EVER[1]
-    with store.engine.connect() as conn:
+    with store.read_connection() as conn:
         rows = conn.execute(_BUCKETS, {"s": series_id, "b": bucket, "start": low, "end": high})
         return [_bucket(row._mapping) for row in rows]
 
@@ -379,7 +379,7 @@ def chart_columns(
 ) -> tuple[list[int], list[int], list[float], list[float], list[float]]:
     """(bucket starts in epoch ms, counts, means, mins, maxes) of [start, end), oldest first."""
     statement = _CHART_COLUMNS["postgresql" if store.dialect == "postgresql" else "sqlite"]
-    with store.engine.connect() as conn:
+    with store.read_connection() as conn:
         rows = conn.exec_driver_sql(statement, (series_id, bucket, start, end)).fetchall()
     if not rows:
         return [], [], [], [], []
@@ -410,7 +410,7 @@ def export_rows(
     [start, end), as export rows sorted by device, metric, bucket start."""
     rows: list[dict[str, Any]] = []
     ids = sorted(names)
-    with store.engine.connect() as conn:
+    with store.read_connection() as conn:
         for first in range(0, len(ids), 500):
             query = select(rollups).where(
                 rollups.c.series_id.in_(ids[first : first + 500]),

@@ -234,7 +234,7 @@ class StreamingAnomalies:
         values: list[float] = []
         open_episodes: dict[int, tuple[Micros, float]] = {}
         saved: dict[int, tuple[Micros, bytes]] = {}
-        with self.store.engine.connect() as conn:
+        with self.store.read_connection() as conn:
             if not self.detector.evicted_any:
                 older = self.store.series_created_before(list(wanted), self._started, conn)
                 wanted = {sid: wanted[sid] for sid in older}

@@ -598,7 +598,7 @@ class App:
 
         if bucket != "raw" and bucket not in BUCKETS:
             raise IotpipeError(f"unknown bucket {bucket!r}; choose one of: raw, {', '.join(BUCKETS)}")
-        with self.store.engine.connect() as conn:
+        with self.store.read_connection() as conn:
             ref = find_series(conn, device_id, metric)
         if bucket == "raw":
             return [
@@ -624,7 +624,7 @@ class App:
         from iotpipe.analytics.common import find_series
         from iotpipe.analytics.trends import daily_trends
 
-        with self.store.engine.connect() as conn:
+        with self.store.read_connection() as conn:
             ref = find_series(conn, device_id, metric)
         return daily_trends(self.store, ref, start, end)
 
@@ -764,7 +764,7 @@ class App:
         query = select(series.c.id, devices_table.c.device_id, series.c.metric).join(
             devices_table, devices_table.c.id == series.c.device_pk
         )
-        with self.store.engine.connect() as conn:
+        with self.store.read_connection() as conn:
             rows = conn.execute(query).all()
         known_devices, known_metrics = {r[1] for r in rows}, {r[2] for r in rows}
         for given, known, what in ((devices, known_devices, "device"), (metrics, known_metrics, "metric")):

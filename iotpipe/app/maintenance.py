@@ -49,7 +49,7 @@ def purge(
     for tier, cutoff in limits.items():
         entry: dict[str, Any] = {"before": day_name(cutoff)}
         if dry_run:
-            with store.engine.connect() as conn:
+            with store.read_connection() as conn:
                 entry.update(retention.expired(conn, tier, cutoff))
         else:
             entry.update(

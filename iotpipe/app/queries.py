@@ -200,7 +200,7 @@ def series(
         raise IotpipeError(f"start ({format_micros(start)}) must be before end ({format_micros(end)})")
     series_id = app.store.series_id(device_id, metric)
     if series_id is None:
-        with app.store.engine.connect() as conn:
+        with app.store.read_connection() as conn:
             find_series(conn, device_id, metric)  # raises NotFound, naming what is missing
         raise NotFound(f"no series {device_id!r} {metric!r}")
     limit = app.settings.api.max_points

@@ -104,7 +104,7 @@ def lake_job(store: Store, settings: Settings) -> dict[str, Any]:
 
 def write_days(store: Store, lake: Path, days: list[Micros]) -> dict[str, int]:
     """Rewrite each day's partition with all of that day's readings."""
-    with store.engine.connect() as conn:
+    with store.read_connection() as conn:
         names = [
             files.SeriesName(sid, device_id, metric)
             for sid, device_id, metric in conn.execute(
@@ -130,7 +130,7 @@ def _days_with_changed_rollups(store: Store, since: Micros) -> set[Micros]:
         .bindparams(bindparam("since", type_=UtcMicros()))
         .columns(bucket_start=UtcMicros())
     )
-    with store.engine.connect() as conn:
+    with store.read_connection() as conn:
         return {int(day) for day in conn.execute(query, {"since": since}).scalars()}
 
 

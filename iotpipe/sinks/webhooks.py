@@ -33,7 +33,7 @@ def deliver_due(
 ) -> dict[str, int]:
     """POST every notification that is due, oldest first; schedule retries of failures."""
     config = settings.analytics
-    with store.engine.connect() as conn:
+    with store.read_connection() as conn:
         due = conn.execute(
             select(
                 alert_notifications.c.id,

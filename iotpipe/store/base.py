@@ -158,8 +158,11 @@ class Store(ABC):
     # the next: worth it when the engine's server does the work in another process.
     writes_behind = False
 
-    def __init__(self, engine: Engine, url: str) -> None:
+    def __init__(self, engine: Engine, url: str, reads: Engine | None = None) -> None:
         self.engine = engine
+        # Where reads that change nothing connect: the same pool as `engine`, but on
+        # PostgreSQL in autocommit (see PostgresStore.__init__).
+        self.reads = reads if reads is not None else engine
         self.url = url
         # device_id -> (device pk, {metric: series id}); filled only after commits succeed.
         self._series_ids: dict[str, tuple[int, dict[str, int]]] = {}
@@ -175,10 +178,8 @@ class Store(ABC):
         return migrations.apply(self.engine, upto)
 
     def pending_migrations(self) -> list[str]:
-        with self.engine.connect() as conn:
-            names = [m.name for m in migrations.pending(conn)]
-            conn.commit()
-        return names
+        with self.read_connection() as conn:
+            return [m.name for m in migrations.pending(conn)]
 
     def close(self) -> None:
         self.engine.dispose()
@@ -210,11 +211,13 @@ class Store(ABC):
 
     @contextmanager
     def read_connection(self, conn: Connection | None = None) -> Iterator[Connection]:
-        """The caller's connection, or a fresh one for one read."""
+        """The caller's connection, or a fresh one for reads that change nothing (each
+        statement sees the data committed when it starts, as in READ COMMITTED; a read
+        made of several statements that must agree takes read_snapshot)."""
         if conn is not None:
             yield conn
             return
-        with self.engine.connect() as fresh:
+        with self.reads.connect() as fresh:
             yield fresh
 
     # -- the write path ---------------------------------------------------------------
@@ -429,7 +432,7 @@ class Store(ABC):
         as after a commit). An import of a new fleet asks once, not once per device."""
         missing = [d for d in device_ids if d not in self._series_ids]
         for first in range(0, len(missing), IN_CHUNK):
-            with self.engine.connect() as conn:
+            with self.read_connection() as conn:
                 rows = conn.execute(
                     select(devices.c.device_id, devices.c.id, series.c.metric, series.c.id)
                     .join(series, series.c.device_pk == devices.c.id)
@@ -618,7 +621,7 @@ class Store(ABC):
 
     # -- reads ------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
-        with self.engine.connect() as conn:
+        with self.read_connection() as conn:
             base = self._counts(conn)
             hot = base["readings"]  # rows of the hot table
             counts: dict[str, Any] = {**base, "dead_letters_over_limits": self._limit_counts(conn)}
@@ -665,11 +668,11 @@ class Store(ABC):
         }
 
     def dead_letter_count(self) -> int:
-        with self.engine.connect() as conn:
+        with self.read_connection() as conn:
             return int(conn.scalar(select(func.count()).select_from(dead_letters)) or 0)
 
     def watermark(self, source: str, key: str) -> str | None:
-        with self.engine.connect() as conn:
+        with self.read_connection() as conn:
             return conn.scalar(
                 select(ingest_watermarks.c.value).where(
                     ingest_watermarks.c.source == source, ingest_watermarks.c.key == key
@@ -680,11 +683,11 @@ class Store(ABC):
         query = select(dead_letters).where(dead_letters.c.id > after_id).order_by(dead_letters.c.id)
         if limit is not None:
             query = query.limit(limit)
-        with self.engine.connect() as conn:
+        with self.read_connection() as conn:
             return [dict(row._mapping) for row in conn.execute(query)]
 
     def device_rows(self) -> list[dict[str, Any]]:
-        with self.engine.connect() as conn:
+        with self.read_connection() as conn:
             return [dict(row._mapping) for row in conn.execute(select(devices).order_by(devices.c.device_id))]
 
     def raw_readings(
@@ -697,7 +700,7 @@ class Store(ABC):
     ) -> list[tuple[Micros, float]]:
         """One series' readings in [start, end), oldest first (the first `limit` of them),
         from both tiers."""
-        with self.engine.connect() as conn:
+        with self.read_connection() as conn:
             series_id = _series_id(conn, device_id, metric)
             if series_id is None:
                 return []
@@ -780,7 +783,7 @@ class Store(ABC):
         Stops early (to go on at the next call) once time.monotonic() passes `deadline`."""
         import time
 
-        with self.engine.connect() as conn:
+        with self.read_connection() as conn:
             queue = compaction.series_to_pack(conn, before)
         done = {"series": 0, "days": 0, "readings": 0, "steps": 0, "finished": True}
         packed_series: set[int] = set()
@@ -802,7 +805,7 @@ class Store(ABC):
         query = select(series.c.id, devices.c.device_id, series.c.metric).join(
             devices, devices.c.id == series.c.device_pk
         )
-        with self.engine.connect() as conn:
+        with self.read_connection() as conn:
             return {sid: (device_id, metric) for sid, device_id, metric in conn.execute(query)}
 
     def readings_since(
@@ -839,7 +842,7 @@ class Store(ABC):
 
     def reading_count(self, device_id: str, metric: str, start: Micros, end: Micros) -> int:
         """How many readings one series holds in [start, end), in both tiers."""
-        with self.engine.connect() as conn:
+        with self.read_connection() as conn:
             series_id = _series_id(conn, device_id, metric)
             if series_id is None:
                 return 0
@@ -887,7 +890,7 @@ class Store(ABC):
         reading (silent for longer than the hot window) is read again through both tiers."""
         statement = _LATEST.get(self.dialect, _LATEST["sqlite"])
         found: list[tuple[str, str | None, Micros, float]] = []
-        with self.engine.connect() as conn:
+        with self.read_connection() as conn:
             for sid, m, unit, at, value, packed_last in conn.execute(statement, {"device": device_id}).all():
                 if packed_last is not None and (at is None or packed_last > at):
                     times, values = tiers.last_readings(conn, sid, 1)
@@ -902,7 +905,7 @@ class Store(ABC):
             found = self._read_ids.get((device_id, metric))
         if found is not None:
             return found
-        with self.engine.connect() as conn:
+        with self.read_connection() as conn:
             found = _series_id(conn, device_id, metric)
         if found is not None:
             if len(self._read_ids) >= MAX_READ_IDS:

@@ -48,24 +48,24 @@ _ANY = text("SELECT 1 FROM api_keys LIMIT 1")
 
 
 def key_by_hash(store: Store, token_hash: str) -> dict[str, Any] | None:
-    with store.engine.connect() as conn:
+    with store.read_connection() as conn:
         row = conn.execute(_BY_HASH, {"h": token_hash}).first()
         return dict(row._mapping) if row is not None else None
 
 
 def key_rows(store: Store) -> list[dict[str, Any]]:
-    with store.engine.connect() as conn:
+    with store.read_connection() as conn:
         return [dict(row._mapping) for row in conn.execute(select(api_keys).order_by(api_keys.c.id))]
 
 
 def any_key(store: Store) -> bool:
     """Whether a key was ever created (revoked and expired ones included)."""
-    with store.engine.connect() as conn:
+    with store.read_connection() as conn:
         return conn.execute(_ANY).first() is not None
 
 
 def count_keys(store: Store) -> int:
-    with store.engine.connect() as conn:
+    with store.read_connection() as conn:
         return int(conn.scalar(select(func.count()).select_from(api_keys)) or 0)
 
 

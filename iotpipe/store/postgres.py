@@ -67,7 +67,11 @@ class PostgresStore(Store):
 
     def __init__(self, url: str) -> None:
         engine = create_engine(postgres_url(url), pool_pre_ping=True)
-        super().__init__(engine, url)
+        # Reads in autocommit: a read-only connection taken from the pool and given back
+        # otherwise opens a transaction and rolls it back, and psycopg forgets its
+        # prepared statements at every ROLLBACK (a rollback may have undone a PREPARE), so
+        # each API read was planned again: two round trips and a plan more per request.
+        super().__init__(engine, url, reads=engine.execution_options(isolation_level="AUTOCOMMIT"))
         # Set once a batch hit stored readings (a replay, a re-import): the next batches
         # go straight to staging instead of paying for a COPY that fails, until one
         # batch comes through with nothing already stored.
