@@ -106,6 +106,39 @@ def test_postgresql_reads_keep_their_prepared_statements(postgres: PostgresServe
     assert in_transaction is False  # each statement its own transaction
 
 
+def test_a_chart_of_rollups_on_postgresql_reads_the_primary_key_only(postgres: PostgresServer) -> None:
+    """A series' daily buckets are written across the fleet's, one heap page apart: the
+    columns a chart reads are carried in the primary key, so no heap page is visited."""
+    from iotpipe.analytics.jobs import find_job, run_job
+    from iotpipe.analytics.rollups import _CHART_COLUMNS
+    from iotpipe.config import Settings
+    from iotpipe.model import MICROS_PER_HOUR, WriteBatch
+
+    store = open_store(postgres.create_database("test_covering_rollups"))
+    start = 1_760_000_000_000_000 - 1_760_000_000_000_000 % (24 * MICROS_PER_HOUR)
+    readings = [("flow", start + hour * MICROS_PER_HOUR, float(hour)) for hour in range(24 * 30)]
+    store.write(WriteBatch(groups=[("pump-1", readings)], reading_count=len(readings)))
+    run_job(find_job("rollups"), store, Settings())
+    with store.engine.connect() as conn:
+        conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("VACUUM (ANALYZE) rollups")
+        conn.exec_driver_sql("SET enable_seqscan = off")  # a 30-row table: make the planner use an index
+        conn.exec_driver_sql("SET enable_bitmapscan = off")
+        series_id = store.series_id("pump-1", "flow")
+        params = (series_id, "1d", start, start + 30 * 24 * MICROS_PER_HOUR)
+        days = conn.exec_driver_sql(_CHART_COLUMNS["postgresql"], params).fetchall()
+        plan = conn.exec_driver_sql(
+            "EXPLAIN (ANALYZE, FORMAT JSON) " + _CHART_COLUMNS["postgresql"], params
+        ).scalar_one()[0]["Plan"]
+    store.close()
+    assert [row[1] for row in days] == [24] * 30
+    scan = plan if plan["Node Type"].startswith("Index") else plan["Plans"][0]
+    assert (scan["Node Type"], scan["Index Name"], scan["Heap Fetches"]) == (
+        "Index Only Scan",
+        "rollups_pkey",
+        0,
+    )
+
+
 def test_a_series_id_found_once_is_answered_without_a_query_and_an_unknown_one_is_not_kept(
     database_url: str,
 ) -> None:
