@@ -127,6 +127,9 @@ class Pipeline:
         self._held: list[_PendingBatch] | None = None  # see holding()
         # Each device's metrics seen so far, for the per-device series limit.
         self._series: dict[str, set[str]] = {}
+        # Messages taken whose check needed the store while it failed (a new device's
+        # series): in no batch, unacknowledged, added to the open batch by the next flush.
+        self._unfed: list[RawMessage] = []
 
     # -- push sources: the MessageSink they are given ----------------------------------------
     def submit(self, raw: RawMessage, timeout: float | None = None) -> None:
@@ -199,27 +202,47 @@ class Pipeline:
 
     def feed(self, raw: RawMessage) -> None:
         """Decode and validate one message into the open batch; write it when full."""
+        full, late = self._add(raw, keep=True)
+        if full:
+            self._flush_full_batch()
+        elif late and self._held is None:
+            self.flush()
+
+    def _add(self, raw: RawMessage, keep: bool) -> tuple[bool, bool]:
+        """Put one message into the open batch, whole or not at all; return whether the
+        batch is now full, and whether it is due. When its check cannot reach the store,
+        the message is kept for the next flush (if `keep`) and the error raised: counted
+        and acknowledged without its readings, it would be lost."""
         with self._lock:
+            try:
+                decoded: list[DecodedMessage] | str = self._decode(raw)
+            except DecodeError as exc:
+                decoded = exc.reason
+            except Exception:
+                if keep:
+                    self._unfed.append(raw)
+                raise
             job = self._open
             if not job.messages:
                 self._batch_started = time.monotonic()
             job.messages += 1
             if raw.acker is not None:
                 job.acks.append((raw.acker, raw.ack_token))
-            try:
-                decoded = self._decode(raw)
-            except DecodeError as exc:
-                job.dead_letter(raw, exc.reason, self.config.max_payload_bytes)
+            if isinstance(decoded, str):
+                job.dead_letter(raw, decoded, self.config.max_payload_bytes)
             else:
                 job.accept(raw, decoded)
             full = job.batch.reading_count >= self.config.batch_size or (
                 self.config.max_unacked is not None and len(job.acks) >= self.config.max_unacked
             )
             late = time.monotonic() - self._batch_started >= self.config.batch_delay
-        if full:
-            self._flush_full_batch()
-        elif late and self._held is None:
-            self.flush()
+        return full, late
+
+    def _add_unfed(self) -> None:
+        """Add the messages kept by a failed check to the open batch, in their order."""
+        while self._unfed:
+            self._add(self._unfed[0], keep=False)  # raises again while the store is down
+            self._unfed.pop(0)
 
     def feed_block(self, block: Any) -> None:
         """Add readings a bulk decoder decoded exactly (formats/columnar.py: a Block of
@@ -311,6 +334,7 @@ class Pipeline:
         if self._failed is not None:
             failed, self._failed = self._failed, None
             self._write(failed)
+        self._add_unfed()
         job = self._detach()
         if job is not None:
             self._write(job)
@@ -333,6 +357,7 @@ class Pipeline:
                 held.append(job)
         except BaseException:
             self._detach()
+            self._unfed.clear()  # the caller tells its client, who sends them again
             held.clear()
             raise
         finally:
@@ -349,7 +374,8 @@ class Pipeline:
         503 is sent again by its client). Returns how many messages it held."""
         self._wait_for_write_behind_quietly()
         failed, self._failed = self._failed, None
-        return failed.messages if failed is not None else 0
+        unfed, self._unfed = len(self._unfed), []
+        return unfed + (failed.messages if failed is not None else 0)
 
     def _wait_for_write_behind_quietly(self) -> None:
         in_flight, self._in_flight = self._in_flight, None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Collection
 
 import pytest
 
@@ -397,3 +398,30 @@ def test_a_held_feed_that_raises_leaves_nothing_for_the_next_one(store: Store) -
     assert pipeline.counters.messages_received == 1
     assert store.raw_readings("a", "temperature") == []
     assert store.raw_readings("b", "temperature") == [(T0, 2.0)]
+
+
+def test_a_message_whose_series_check_meets_a_store_outage_is_kept_not_acknowledged_and_stored_later(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A new device's series are looked up in the store before its message joins a batch;
+    # that read failing must not leave the message counted and acknowledged without readings.
+    original = store.known_metrics
+    failures = [ConnectionError("database restarting")]
+
+    def flaky(device_ids: Collection[str]) -> dict[str, frozenset[str]]:
+        if "new" in device_ids and failures:
+            raise failures.pop()
+        return original(device_ids)
+
+    monkeypatch.setattr(store, "known_metrics", flaky)
+    acked: list[int] = []
+    pipeline = Pipeline(store, PipelineConfig(batch_size=100, batch_delay=3600))
+    pipeline.feed(raw(v1("old", T0, t=1.0), ack=lambda: acked.append(0)))
+    with pytest.raises(ConnectionError, match="database restarting"):
+        pipeline.feed(raw(v1("new", T0, t=2.0), ack=lambda: acked.append(1)))
+    pipeline.flush()  # the store is back: the kept message joins the batch
+    assert acked == [0, 1]
+    assert (store.stats()["devices"], store.stats()["readings"]) == (2, 2)
+    counters = pipeline.counters
+    assert counters.messages_received == 2 == counters.messages_accepted
+    assert counters.accounted()

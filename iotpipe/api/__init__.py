@@ -25,7 +25,7 @@ from iotpipe import __version__
 from iotpipe.api import dashboard, health, ingest, live, query, thingspeak, threads
 from iotpipe.api.problems import ApiProblem, problem
 from iotpipe.api.ratelimit import RateLimiter
-from iotpipe.app import App
+from iotpipe.app import App, database_outages, explain_error
 from iotpipe.app.access import AccessDenied
 from iotpipe.app.http_ingest import UnsupportedContent
 from iotpipe.errors import Conflict, IotpipeError, NotFound, StoreError
@@ -108,12 +108,22 @@ def _add_error_handlers(api: FastAPI) -> None:
             status, headers = 503, {"Retry-After": "5"}
         return problem(status, redact(str(exc)), path(request), headers)
 
+    async def _outage(request: Request, exc: Exception) -> Response:
+        """The database is down or the disk full: not the client's doing, and not a bug
+        either, so one line in the log, not a traceback per request until it is back."""
+        message = redact(explain_error(exc)[0])
+        log.warning("answered 503 to %s %s: %s", request.method, request.url.path, message)
+        return problem(503, message, path(request), {"Retry-After": "5"})
+
+    # Registered for these types, not under Exception: Starlette's last-resort handler
+    # answers, then re-raises for the server to log the traceback.
+    for kind in (*database_outages(), OSError):
+        api.add_exception_handler(kind, _outage)
+
     @api.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> Response:
-        from iotpipe.app import explain_error
-
         message, expected = explain_error(exc)
-        if expected:  # the database is down or the disk full: not the client's doing
+        if expected:  # an environment failure no handler above names
             return problem(503, redact(message), path(request), {"Retry-After": "5"})
         log.error("internal error answering %s %s", request.method, request.url.path, exc_info=exc)
         return problem(500, "internal error; it is logged on the server", path(request))

@@ -1194,25 +1194,32 @@ def _channel_progress(reader: Any) -> dict[str, Any]:
     }
 
 
-def explain_error(exc: BaseException) -> tuple[str, bool]:
-    """What to tell a user about an exception no layer turned into an IotpipeError:
-    (one line saying what to do, whether it was an expected failure of the environment).
-    Unexpected ones are bugs: the line says how to see the traceback."""
+def database_outages() -> tuple[type[Exception], ...]:
+    """The exceptions that say the database could not be reached or could not work (it
+    is down, restarting, locked, read-only): the environment's failure, not a bug."""
     import sqlite3
 
     import psycopg
     from sqlalchemy import exc as sa_exc
 
-    first = _first_line(exc)
-    if isinstance(exc, sa_exc.ArgumentError):
-        return f"invalid database URL: {first}; use sqlite:///path.db or postgresql://user@host:port/db", True
-    outage = (
+    return (
         sa_exc.OperationalError,
         sa_exc.InterfaceError,
         sqlite3.OperationalError,
         psycopg.OperationalError,
     )
-    if isinstance(exc, outage):
+
+
+def explain_error(exc: BaseException) -> tuple[str, bool]:
+    """What to tell a user about an exception no layer turned into an IotpipeError:
+    (one line saying what to do, whether it was an expected failure of the environment).
+    Unexpected ones are bugs: the line says how to see the traceback."""
+    from sqlalchemy import exc as sa_exc
+
+    first = _first_line(exc)
+    if isinstance(exc, sa_exc.ArgumentError):
+        return f"invalid database URL: {first}; use sqlite:///path.db or postgresql://user@host:port/db", True
+    if isinstance(exc, database_outages()):
         if "readonly" in first or "read-only" in first:
             return (
                 f"the database is read-only ({first}); make the file and its folder writable, or point --database-url elsewhere",

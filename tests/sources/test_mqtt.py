@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from iotpipe.app import App
@@ -25,7 +26,7 @@ from iotpipe.model import datetime_to_micros, now_micros
 from iotpipe.sinks.mqtt import Publisher
 from iotpipe.sources.simulator import Simulator
 from iotpipe.store import Store, open_store
-from tests.servers import MosquittoServer
+from tests.servers import MosquittoServer, PostgresServer, free_port
 from tests.sources.mqtt_helpers import (
     Worker,
     expected_readings,
@@ -565,6 +566,73 @@ def test_a_failing_store_delays_readings_but_loses_and_doubles_none(
         in caplog.text
     )
     assert_exactly(store, sent)
+
+
+def test_iotpipe_run_rides_out_a_postgresql_restart_and_its_api_says_so_meanwhile(
+    broker: MosquittoServer,
+) -> None:
+    """The real outage the test above simulates: the server stops under `iotpipe run`."""
+    with PostgresServer() as postgres:
+        url = postgres.create_database("restarted")
+        port = free_port()
+        env = clean_env() | {
+            "IOTPIPE_DATABASE_URL": url,
+            "IOTPIPE_MQTT_URL": broker.url,
+            "IOTPIPE_MQTT__TEMPLATES": '["pg/{device_id}"]',
+            "IOTPIPE_MQTT__CLIENT_ID": "pg-restart-run",
+            "IOTPIPE_ANALYTICS__JOBS": "false",
+            "IOTPIPE_API__PORT": str(port),
+        }
+        run = subprocess.Popen(
+            iotpipe("run"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
+        assert run.stdout is not None
+        while not (line := run.stdout.readline()).startswith("Subscribed to"):
+            assert line, run.communicate()[1]
+        threading.Thread(target=run.stdout.read, daemon=True).start()  # never let its pipe fill
+        logged: list[str] = []
+        threading.Thread(target=lambda: logged.extend(run.stderr), daemon=True).start()  # type: ignore[arg-type]
+        api = f"http://127.0.0.1:{port}"
+        store = open_store(url)
+        try:
+            before = publish(broker.url, reports("pg-before", 300), "pg/{device_id}")
+            wait_until(
+                lambda: len(stored_readings(store)) == len(expected_readings(before)), "the first readings"
+            )
+            store.close()
+
+            postgres.stop(cleanup=False)
+            wait_until(lambda: httpx.get(f"{api}/health/ready").status_code == 503, "ready to say 503")
+            ready = httpx.get(f"{api}/health/ready").json()
+            assert ready["checks"]["database"]["ok"] is False
+            assert ready["checks"]["mqtt"]["ok"] is True
+            down = httpx.get(f"{api}/api/v1/devices")
+            assert down.status_code == 503 and down.headers["Retry-After"]
+            assert down.headers["content-type"] == "application/problem+json"
+            assert "the database failed" in down.json()["detail"]
+            assert "Check that it is running and reachable" in down.json()["detail"]
+            during = publish(broker.url, reports("pg-during", 300), "pg/{device_id}")
+            wait_until(lambda: any("writing a batch failed" in line for line in logged), "a failed write")
+
+            postgres.launch()
+            wait_until(lambda: httpx.get(f"{api}/health/ready").status_code == 200, "ready again")
+            store = open_store(url)
+            sent = before + during
+            wait_until(
+                lambda: len(stored_readings(store)) == len(expected_readings(sent)), "the held readings"
+            )
+            assert_exactly(store, sent)
+            devices = httpx.get(f"{api}/api/v1/devices", params={"limit": 100})
+            assert devices.status_code == 200
+            assert {d["device_id"] for d in devices.json()["items"]} == {r.device_id for r in sent}
+        finally:
+            store.close()
+            run.send_signal(signal.SIGTERM)
+            run.wait(timeout=60)
+        err = "".join(logged)
+        assert run.returncode == 0, err
+        assert "nothing is acknowledged until it is stored" in err
+        assert "Traceback" not in err, err
 
 
 def test_a_broker_window_smaller_than_ours_does_not_stall_the_stream(tmp_path: Path) -> None:
