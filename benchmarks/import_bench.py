@@ -373,6 +373,7 @@ def bench_engine(
                 f"{second.cpu_seconds:.2f} s CPU in this process)",
                 file=say,
             )
+            settle(engine, pipe_db)  # the re-import's staging rows and pages, off the next clock
             history_db = fresh(f"bench_history_{run}")
             history_url = f"sqlite:///{history_db}" if engine == "sqlite" else history_db
             past = iotpipe_import(history_url, history.path)
