@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from iotpipe import __version__
 from iotpipe.api import dashboard, health, ingest, live, query, thingspeak, threads
-from iotpipe.api.problems import ApiProblem, problem
+from iotpipe.api.problems import RETRY_AFTER_OUTAGE, ApiProblem, outage_detail, problem
 from iotpipe.api.ratelimit import RateLimiter
 from iotpipe.app import App, database_outages, explain_error
 from iotpipe.app.access import AccessDenied
@@ -109,11 +109,8 @@ def _add_error_handlers(api: FastAPI) -> None:
         return problem(status, redact(str(exc)), path(request), headers)
 
     async def _outage(request: Request, exc: Exception) -> Response:
-        """The database is down or the disk full: not the client's doing, and not a bug
-        either, so one line in the log, not a traceback per request until it is back."""
-        message = redact(explain_error(exc)[0])
-        log.warning("answered 503 to %s %s: %s", request.method, request.url.path, message)
-        return problem(503, message, path(request), {"Retry-After": "5"})
+        """The database is down or the disk full: not the client's doing, nor a bug."""
+        return problem(503, outage_detail(request, exc), path(request), RETRY_AFTER_OUTAGE)
 
     # Registered for these types, not under Exception: Starlette's last-resort handler
     # answers, then re-raises for the server to log the traceback.
@@ -124,7 +121,7 @@ def _add_error_handlers(api: FastAPI) -> None:
     async def _bug(request: Request, exc: Exception) -> Response:
         message, expected = explain_error(exc)
         if expected:  # an environment failure no handler above names
-            return problem(503, redact(message), path(request), {"Retry-After": "5"})
+            return problem(503, redact(message), path(request), RETRY_AFTER_OUTAGE)
         log.error("internal error answering %s %s", request.method, request.url.path, exc_info=exc)
         return problem(500, "internal error; it is logged on the server", path(request))
 

@@ -8,13 +8,29 @@ rejected readings of an ingest request, InfluxDB's `code`/`message` on its route
 
 from __future__ import annotations
 
+import logging
 from http import HTTPStatus
 from typing import Any
 
 import orjson
+from starlette.requests import Request
 from starlette.responses import Response
 
+from iotpipe.app import explain_error
+from iotpipe.redact import redact
+
 MEDIA_TYPE = "application/problem+json"
+RETRY_AFTER_OUTAGE = {"Retry-After": "5"}
+
+log = logging.getLogger("iotpipe.api")
+
+
+def outage_detail(request: Request, exc: Exception) -> str:
+    """What to tell a client whose request met a database outage (a 503 to send again);
+    logged as one line, not a traceback per request until the database is back."""
+    message = redact(explain_error(exc)[0])
+    log.warning("answered 503 to %s %s: %s", request.method, request.url.path, message)
+    return message
 
 
 class ApiProblem(Exception):

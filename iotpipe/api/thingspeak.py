@@ -16,12 +16,14 @@ from starlette.responses import PlainTextResponse, Response
 
 from iotpipe.api.auth import check_rate, header_token
 from iotpipe.api.body import read_body
-from iotpipe.api.problems import ApiProblem, Json
+from iotpipe.api.problems import RETRY_AFTER_OUTAGE, ApiProblem, Json, outage_detail
 from iotpipe.api.threads import run_write
-from iotpipe.app import App
+from iotpipe.app import App, database_outages
 from iotpipe.app.access import AccessDenied, Principal
 from iotpipe.app.thingspeak_api import WriteFailed
 from iotpipe.errors import IotpipeError, NotFound, StoreError
+
+_OUTAGES = database_outages()
 
 router = APIRouter(tags=["thingspeak"])
 JSON = "application/json; charset=utf-8"
@@ -97,6 +99,11 @@ async def _update(request: Request, as_json: bool) -> Response:
         raise
     except (IotpipeError, StoreError):
         return zero
+    except _OUTAGES as exc:  # firmware reads the body: `0`, the update failed; try again
+        outage_detail(request, exc)
+        zero.status_code = 503
+        zero.headers.update(RETRY_AFTER_OUTAGE)
+        return zero
     if as_json:
         return Json(entry)
     return PlainTextResponse(str(entry["entry_id"]))
@@ -152,6 +159,8 @@ async def bulk_update(request: Request, channel_id: int) -> Response:
         return _ts_error(503, str(exc))
     except IotpipeError as exc:
         return _ts_error(400, str(exc))
+    except _OUTAGES as exc:
+        return _ts_error(503, outage_detail(request, exc), RETRY_AFTER_OUTAGE)
     return Json(result, status_code=202)
 
 

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psycopg
 
 from tests.servers import MosquittoServer, free_port, wait_for_port
 
@@ -118,3 +119,61 @@ def test_ready_is_503_once_the_broker_is_lost(tmp_path: Path) -> None:
         finally:
             process.send_signal(signal.SIGTERM)
             process.communicate(timeout=60)
+
+
+def test_http_ingest_through_a_postgresql_restart_is_503_then_stored_once_when_sent_again(
+    tmp_path: Path,
+) -> None:
+    """A client told 503 sends again (Retry-After); what it sent is stored exactly once."""
+    from tests.servers import PostgresServer
+
+    def body(device: str) -> str:
+        return "\n".join(f"pump,device_id={device} pressure={i}.5 {1_764_000_000 + i}" for i in range(5))
+
+    with PostgresServer() as postgres:
+        url = postgres.create_database("http_restart")
+        port = free_port()
+        process = _serve(url, port, "serve")
+        api = f"http://127.0.0.1:{port}"
+        try:
+            wait_for_port(port)
+            first = httpx.post(
+                f"{api}/api/v1/ingest?precision=s",
+                content=body("p-old"),
+                headers={"Content-Type": "text/plain"},
+            )
+            assert first.status_code == 200 and first.json()["stored"] == 5, first.text
+
+            postgres.stop(cleanup=False)
+            # a new device (its series looked up) and one already known (the write alone)
+            for device in ("p-new", "p-old"):
+                down = httpx.post(
+                    f"{api}/api/v1/ingest?precision=s",
+                    content=body(device),
+                    headers={"Content-Type": "text/plain"},
+                )
+                assert down.status_code == 503, down.text
+                assert down.headers["Retry-After"] == "5"
+                assert "the database failed" in down.json()["detail"]
+            assert httpx.get(f"{api}/update?field1=1").text == "0"  # ThingSpeak's answer to a failure
+
+            postgres.launch()
+            for device in ("p-new", "p-old"):
+                again = httpx.post(
+                    f"{api}/api/v1/ingest?precision=s",
+                    content=body(device),
+                    headers={"Content-Type": "text/plain"},
+                )
+                assert again.status_code == 200, again.text
+            assert again.json()["duplicates"] == 5  # p-old's five: stored before the outage
+            with psycopg.connect(url) as conn:
+                counted = conn.execute(
+                    "SELECT d.device_id, count(*) FROM readings r JOIN series s ON s.id = r.series_id "
+                    "JOIN devices d ON d.id = s.device_pk GROUP BY d.device_id ORDER BY 1"
+                ).fetchall()
+            assert counted == [("p-new", 5), ("p-old", 5)]
+        finally:
+            process.send_signal(signal.SIGTERM)
+            _, err = process.communicate(timeout=60)
+        assert process.returncode == 0, err
+        assert "Traceback" not in err, err
