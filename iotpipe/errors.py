@@ -44,3 +44,11 @@ class BatchRejected(StoreError):
 
 class Interrupted(IotpipeError):
     """The user stopped a command (Ctrl-C, SIGTERM) before it finished."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of what the driver said (SQLAlchemy wraps it in `orig`), for a
+    message that names the cause without SQLAlchemy's background links."""
+    orig = getattr(exc, "orig", None) or exc
+    lines = str(orig).strip().splitlines()
+    return lines[0] if lines else type(orig).__name__

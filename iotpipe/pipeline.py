@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from iotpipe import formats, limits
-from iotpipe.errors import BatchRejected, DecodeError
+from iotpipe.errors import BatchRejected, DecodeError, first_line
 from iotpipe.limits import DEFAULT_LIMITS, Limits, setting_hint
 from iotpipe.model import (
     Acknowledger,
@@ -533,7 +533,9 @@ class PipelineWriter:
                 self.pipeline.run()  # returns once it has met the stop marker
                 return
             except Exception as exc:
-                log.error("writing a batch failed: %s; nothing is acknowledged until it is stored", exc)
+                log.error(
+                    "writing a batch failed: %s; nothing is acknowledged until it is stored", first_line(exc)
+                )
             if not self._retry_failed_batch():
                 return
 
@@ -552,7 +554,7 @@ class PipelineWriter:
                 return True
             except Exception as exc:
                 backoff = min(backoff * 2, self._max_backoff)
-                log.error("writing a batch failed again: %s; retrying in %.0f s", exc, backoff)
+                log.error("writing a batch failed again: %s; retrying in %.0f s", first_line(exc), backoff)
         return False
 
 

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from iotpipe.errors import ConfigError, IotpipeError, StoreError
+from iotpipe.errors import ConfigError, IotpipeError, StoreError, first_line
 from iotpipe.model import (
     MICROS_PER_DAY,
     MICROS_PER_SECOND,
@@ -1216,7 +1216,7 @@ def explain_error(exc: BaseException) -> tuple[str, bool]:
     Unexpected ones are bugs: the line says how to see the traceback."""
     from sqlalchemy import exc as sa_exc
 
-    first = _first_line(exc)
+    first = first_line(exc)
     if isinstance(exc, sa_exc.ArgumentError):
         return f"invalid database URL: {first}; use sqlite:///path.db or postgresql://user@host:port/db", True
     if isinstance(exc, database_outages()):
@@ -1238,9 +1238,3 @@ def explain_error(exc: BaseException) -> tuple[str, bool]:
         "--log-level DEBUG to see where, and report it",
         False,
     )
-
-
-def _first_line(exc: BaseException) -> str:
-    orig = getattr(exc, "orig", None) or exc
-    lines = str(orig).strip().splitlines()
-    return lines[0] if lines else type(orig).__name__

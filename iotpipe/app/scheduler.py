@@ -17,6 +17,8 @@ import time
 
 from iotpipe.analytics.jobs import Job, run_job
 from iotpipe.config import Settings
+from iotpipe.errors import first_line
+from iotpipe.redact import redact
 from iotpipe.store import Store
 
 log = logging.getLogger(__name__)
@@ -56,8 +58,8 @@ class JobScheduler:
                     log.debug("job %s: %s", job.name, result)
                     if "skipped" not in result:
                         self.runs[job.name] = self.runs.get(job.name, 0) + 1
-                except Exception:
-                    log.exception("job %s failed; it runs again in %.0f s", job.name, self.every(job))
+                except Exception as exc:
+                    _log_failure(job, exc, self.every(job))
                 due[job.name] = time.monotonic() + self.every(job)
             wait = min(due.values(), default=time.monotonic() + 1.0) - time.monotonic()
             self._stop.wait(min(5.0, max(0.1, wait)))
@@ -70,3 +72,20 @@ class JobScheduler:
     def describe(self) -> str:
         plan = ", ".join(f"{job.name} every {self.every(job):g} s" for job in self.jobs)
         return f"Analytics jobs: {plan}."
+
+
+def _log_failure(job: Job, exc: Exception, every: float) -> None:
+    """A database outage is one line a run (the job is retried at its next run, as
+    ingest is); anything else is a bug, logged with its traceback."""
+    from iotpipe.app import database_outages
+
+    if isinstance(exc, database_outages()):
+        reason = redact(first_line(exc))
+        log.error(
+            "job %s failed, the database is unreachable (%s); it runs again in %.0f s",
+            job.name,
+            reason,
+            every,
+        )
+    else:
+        log.error("job %s failed; it runs again in %.0f s", job.name, every, exc_info=exc)

@@ -36,7 +36,7 @@ from sqlalchemy import (
 from sqlalchemy import exc as sa_exc
 
 from iotpipe.arrays import distinct, in_series_time_order
-from iotpipe.errors import BatchRejected
+from iotpipe.errors import BatchRejected, first_line
 from iotpipe.limits import Limits
 from iotpipe.model import (
     MICROS_PER_DAY,
@@ -229,7 +229,7 @@ class Store(ABC):
         try:
             result = self._write(batch)
         except _DATA_ERRORS as exc:
-            raise BatchRejected(_first_line(exc)) from exc
+            raise BatchRejected(first_line(exc)) from exc
         return dataclasses.replace(result, seconds=time.perf_counter() - started)
 
     def _write(self, batch: WriteBatch) -> WriteResult:
@@ -1084,9 +1084,3 @@ def storable_text(text: str | None) -> str | None:
     if "\x00" in text:
         text = text.replace("\x00", "\\x00")
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def _first_line(exc: BaseException) -> str:
-    orig = getattr(exc, "orig", None) or exc
-    lines = str(orig).strip().splitlines()
-    return lines[0] if lines else type(orig).__name__

@@ -3,13 +3,15 @@ never run the same job at once (advisory locks)."""
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 
 import psycopg
 import pytest
 from sqlalchemy import select
 
-from iotpipe.analytics.jobs import advisory_key, find_job, run_job
+from iotpipe.analytics.jobs import Job, advisory_key, find_job, run_job
 from iotpipe.app.scheduler import JobScheduler
 from iotpipe.app.wiring import ALL_JOBS
 from iotpipe.config import AnalyticsSettings, Settings
@@ -114,3 +116,44 @@ def test_the_scheduler_runs_every_job_and_stops(store: Store) -> None:
         scheduler.stop()
     assert done.is_set(), scheduler.runs
     assert "rollups every 0.1 s" in scheduler.describe()
+
+
+def _first_failure(scheduler: JobScheduler, caplog: pytest.LogCaptureFixture) -> logging.LogRecord:
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="iotpipe.app.scheduler"):
+        scheduler.start()
+        try:
+            for _ in range(300):
+                if caplog.records:
+                    break
+                time.sleep(0.1)
+        finally:
+            scheduler.stop()
+    assert caplog.records, "no job failed"
+    return caplog.records[0]
+
+
+def test_a_job_meeting_a_database_outage_logs_one_line_and_a_bug_its_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def buggy(store: Store, settings: Settings) -> dict[str, object]:
+        raise ZeroDivisionError("division by zero")
+
+    with PostgresServer() as server:
+        store = open_store(server.create_database("outage_jobs"))
+        try:
+            server.stop(cleanup=False)
+            outage = _first_failure(JobScheduler(Settings(), store, (find_job("health"),)), caplog)
+            server.launch()
+            bug = _first_failure(
+                JobScheduler(Settings(), store, (Job("buggy", buggy, lambda s: 3600.0),)), caplog
+            )
+        finally:
+            store.close()
+    assert outage.getMessage().startswith(
+        "job health failed, the database is unreachable (connection failed:"
+    )
+    assert outage.getMessage().endswith("; it runs again in 30 s")
+    assert outage.exc_info is None and "\n" not in outage.getMessage()
+    assert bug.getMessage() == "job buggy failed; it runs again in 3600 s"
+    assert bug.exc_info is not None and bug.exc_info[0] is ZeroDivisionError
