@@ -20,11 +20,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from iotpipe.api.auth import authenticate, header_token
-from iotpipe.api.problems import ApiProblem
-from iotpipe.app import App
+from iotpipe.api.problems import ApiProblem, outage_detail
+from iotpipe.app import App, database_outages
 from iotpipe.app.live import (
     CLOSE_BAD_REQUEST,
     CLOSE_FORBIDDEN,
+    CLOSE_OVERLOAD,
     CLOSE_UNAUTHORIZED,
     LiveClient,
     SubscriptionError,
@@ -37,6 +38,8 @@ router = APIRouter()
 SUBSCRIBE_WAIT = 30.0  # seconds a client has to send its subscription
 CLOSE_WAIT = 60.0  # seconds a closed client has to read what was sent before its close frame
 MAX_REASON = 120  # bytes a close frame's reason may hold (the protocol's limit is 123)
+CLOSE_TRY_LATER = CLOSE_OVERLOAD  # 1013, "try again later": also while the database is down
+_OUTAGES = database_outages()
 
 
 @router.websocket("/api/v1/live")
@@ -52,6 +55,9 @@ async def live(websocket: WebSocket) -> None:
     except ApiProblem as problem:
         code = CLOSE_UNAUTHORIZED if problem.status == 401 else CLOSE_FORBIDDEN
         await _close(websocket, code, problem.detail)
+        return
+    except _OUTAGES as exc:  # the keys could not be read: as a 503, try again later
+        await _close(websocket, CLOSE_TRY_LATER, outage_detail(websocket, exc))
         return
     loop = asyncio.get_running_loop()
     news = asyncio.Event()
@@ -70,6 +76,9 @@ async def live(websocket: WebSocket) -> None:
         client = await run_in_threadpool(app.live_subscribe, message, wake)
     except SubscriptionError as exc:
         await _close(websocket, CLOSE_BAD_REQUEST, str(exc))
+        return
+    except _OUTAGES as exc:
+        await _close(websocket, CLOSE_TRY_LATER, outage_detail(websocket, exc))
         return
     holder.append(client)
     try:

@@ -13,7 +13,7 @@ from http import HTTPStatus
 from typing import Any
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import HTTPConnection
 from starlette.responses import Response
 
 from iotpipe.app import explain_error
@@ -25,11 +25,14 @@ RETRY_AFTER_OUTAGE = {"Retry-After": "5"}
 log = logging.getLogger("iotpipe.api")
 
 
-def outage_detail(request: Request, exc: Exception) -> str:
-    """What to tell a client whose request met a database outage (a 503 to send again);
-    logged as one line, not a traceback per request until the database is back."""
+def outage_detail(request: HTTPConnection, exc: Exception) -> str:
+    """What to tell a client whose request met a database outage (a 503, or a live feed
+    closed with 1013: try again later); logged as one line, not a traceback per request
+    until the database is back."""
     message = redact(explain_error(exc)[0])
-    log.warning("answered 503 to %s %s: %s", request.method, request.url.path, message)
+    method = request.scope.get("method")
+    answer = f"answered 503 to {method}" if method else "closed with 1013 the WebSocket of"
+    log.warning("%s %s: %s", answer, request.url.path, message)
     return message
 
 

@@ -5,6 +5,7 @@ ingested (closed with 4429, the drop in /metrics, ingest not held up)."""
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -145,6 +146,24 @@ def test_no_key_or_a_key_that_may_not_read_is_refused_with_its_code(served: Serv
     with subscribe(served, key=device_key) as ws:
         code, reason = close_of(ws)
     assert code == 4403 and "may not read data" in reason
+
+
+def test_a_subscription_while_postgresql_is_down_is_closed_try_again_later_and_works_after(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from tests.servers import PostgresServer
+
+    with PostgresServer() as postgres:
+        for served in serve(postgres.create_database("live_outage")):
+            reader = served.key("dash", "reader")
+            postgres.stop(cleanup=False)
+            with caplog.at_level(logging.WARNING, logger="iotpipe.api"), subscribe(served, key=reader) as ws:
+                code, reason = close_of(ws)
+            assert code == 1013 and reason.startswith("the database failed: connection failed")
+            assert "closed with 1013 the WebSocket of /api/v1/live: the database failed" in caplog.text
+            postgres.launch()
+            with subscribe(served, key=reader) as ws:
+                assert frame(ws)["type"] == "subscribed"
 
 
 @pytest.mark.parametrize(
