@@ -127,8 +127,12 @@ def test_http_ingest_through_a_postgresql_restart_is_503_then_stored_once_when_s
     """A client told 503 sends again (Retry-After); what it sent is stored exactly once."""
     from tests.servers import PostgresServer
 
-    def body(device: str) -> str:
-        return "\n".join(f"pump,device_id={device} pressure={i}.5 {1_764_000_000 + i}" for i in range(5))
+    def send(device: str) -> httpx.Response:
+        """Five line-protocol readings of `device`, the same each time it is sent."""
+        lines = "\n".join(f"pump,device_id={device} pressure={i}.5 {1_764_000_000 + i}" for i in range(5))
+        return httpx.post(
+            f"{api}/api/v1/ingest?precision=s", content=lines, headers={"Content-Type": "text/plain"}
+        )
 
     with PostgresServer() as postgres:
         url = postgres.create_database("http_restart")
@@ -137,21 +141,13 @@ def test_http_ingest_through_a_postgresql_restart_is_503_then_stored_once_when_s
         api = f"http://127.0.0.1:{port}"
         try:
             wait_for_port(port)
-            first = httpx.post(
-                f"{api}/api/v1/ingest?precision=s",
-                content=body("p-old"),
-                headers={"Content-Type": "text/plain"},
-            )
+            first = send("p-old")
             assert first.status_code == 200 and first.json()["stored"] == 5, first.text
 
             postgres.stop(cleanup=False)
             # a new device (its series looked up) and one already known (the write alone)
             for device in ("p-new", "p-old"):
-                down = httpx.post(
-                    f"{api}/api/v1/ingest?precision=s",
-                    content=body(device),
-                    headers={"Content-Type": "text/plain"},
-                )
+                down = send(device)
                 assert down.status_code == 503, down.text
                 assert down.headers["Retry-After"] == "5"
                 assert "the database failed" in down.json()["detail"]
@@ -159,11 +155,7 @@ def test_http_ingest_through_a_postgresql_restart_is_503_then_stored_once_when_s
 
             postgres.launch()
             for device in ("p-new", "p-old"):
-                again = httpx.post(
-                    f"{api}/api/v1/ingest?precision=s",
-                    content=body(device),
-                    headers={"Content-Type": "text/plain"},
-                )
+                again = send(device)
                 assert again.status_code == 200, again.text
             assert again.json()["duplicates"] == 5  # p-old's five: stored before the outage
             with psycopg.connect(url) as conn:
