@@ -50,6 +50,7 @@ TEXT_ENCODINGS = (
 SNIFF_RECORDS = 20  # CSV records csv.Sniffer sees to choose the delimiter
 _SKIP_CHUNK = 1 << 16
 READ_BYTES = 1 << 20  # blocks() reads this much at a time and splits the whole lines out
+BLOCK_BYTES = 16 << 20  # and gives a block once it holds this much (or its max_lines lines)
 
 
 class LineBlock(Sequence[RawMessage]):
@@ -239,7 +240,9 @@ class FileSource:
     ) -> Iterator[tuple[int, list[bytes], int | None]]:
         """(first line number, up to max_lines whole lines without their newline, None), in
         order; a line over max_payload_bytes comes alone as (number, [its first
-        max_payload_bytes], its size), the rest of it skipped without being held."""
+        max_payload_bytes], its size), the rest of it skipped without being held. A block
+        also ends once its lines reach BLOCK_BYTES, so that what is held stays under
+        BLOCK_BYTES + READ_BYTES + max_payload_bytes whatever the lengths of the lines."""
         limit = self.limits.max_payload_bytes
         # read1: one read of what is there, so the lines before a damaged gzip member are
         # given before the damage is raised (a read() of a whole block would drop them).
@@ -247,14 +250,17 @@ class FileSource:
         lines: list[bytes] = []  # read, not yet given; the first is line number - len + 1
         number = 0
         tail = b""  # the unfinished line at the end of what was read
+        held = 0  # bytes of `lines` (with their newlines)
         while True:
             chunk = read(READ_BYTES)
             if chunk:
                 data = tail + chunk if tail else chunk
                 cut = data.rfind(b"\n")
                 new, tail = (data[:cut].split(b"\n"), data[cut + 1 :]) if cut >= 0 else ([], data)
+                held += cut + 1
             else:  # the end: a last line without its newline is a line too
                 # (what follows a skipped line may hold whole lines: split it as well)
+                held += len(tail)
                 new, tail = (tail.removesuffix(b"\n").split(b"\n") if tail else []), b""
             if new and max(map(len, new)) > limit:  # one of them may be over the limit
                 for line in new:
@@ -282,11 +288,15 @@ class FileSource:
                     lines.append(head)
                 else:
                     yield number, [head], size
+                held = sum(map(len, lines)) + len(lines)  # the rare path: count again
             given = 0
-            for block in _whole_blocks(lines, number - len(lines) + 1, max_lines, final=not chunk):
+            full = not chunk or held >= BLOCK_BYTES
+            for block in _whole_blocks(lines, number - len(lines) + 1, max_lines, final=full):
                 given += len(block[1])
                 yield block
-            del lines[:given]
+            if given:
+                del lines[:given]
+                held = sum(map(len, lines)) + len(lines)  # fewer than max_lines: once per block
             if not chunk:
                 return
 

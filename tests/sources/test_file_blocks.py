@@ -57,6 +57,7 @@ line = st.one_of(
     last_newline=st.booleans(),
     read_bytes=st.integers(1, 64),
     max_lines=st.integers(1, 7),
+    block_bytes=st.integers(1, 200),
 )
 def test_blocks_give_the_messages_iteration_gives_wherever_the_reads_cut(
     tmp_path: Path,
@@ -66,13 +67,33 @@ def test_blocks_give_the_messages_iteration_gives_wherever_the_reads_cut(
     last_newline: bool,
     read_bytes: int,
     max_lines: int,
+    block_bytes: int,
 ) -> None:
     monkeypatch.setattr(files, "READ_BYTES", read_bytes)
+    monkeypatch.setattr(files, "BLOCK_BYTES", block_bytes)
     path = tmp_path / "data.jsonl"
     # The first line is plain text: random bytes could start like gzip or a byte-order mark.
     lines = [b"# generated", *lines]
     path.write_bytes(ending.join(lines) + (ending if last_newline else b""))
     _compare(path, max_lines)
+
+
+def test_a_block_of_long_lines_ends_at_block_bytes_not_at_its_line_count(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Memory stays bounded whatever the lines' lengths: max_lines lines of up to
+    max_payload_bytes each would otherwise be one block (20,000 x 256 KB = 5 GB)."""
+    monkeypatch.setattr(files, "READ_BYTES", 1000)
+    monkeypatch.setattr(files, "BLOCK_BYTES", 10_000)
+    path = tmp_path / "long.lp"
+    lines = [b"m,device_id=d v=%d %s" % (i, b"x" * 900) for i in range(200)]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    blocks = list(FileSource([path]).blocks(max_lines=1_000_000))
+    sizes = [sum(map(len, block.bodies)) for block in blocks if isinstance(block, LineBlock)]
+    assert len(sizes) == len(blocks) > 1
+    # At most BLOCK_BYTES, then one read's lines, and the line the read before left unfinished.
+    assert max(sizes) <= 10_000 + 1000 + max(map(len, lines)) and min(sizes[:-1]) >= 10_000 - 1000
+    assert [body for block in blocks for body in block.bodies] == lines  # type: ignore[union-attr]
 
 
 def test_a_line_over_the_limit_is_refused_with_its_size_and_the_lines_around_it_kept(
