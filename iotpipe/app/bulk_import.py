@@ -29,8 +29,8 @@ from iotpipe.sources.files import FileSource, LineBlock
 
 # Lines decoded as one chunk (at most files.BLOCK_BYTES of them). Each chunk costs its
 # fixed part (finding its series, checking the series limit, placing it in the batch);
-# 100,000 lines instead of 20,000 made 1M-reading imports 7-16 % faster for ~150 MB more
-# at the peak (docs/performance.md).
+# 100,000 lines instead of 20,000: hot imports 16 % faster, historical 0-22 % (three A/B
+# rounds), for ~150 MB more at the peak (docs/performance.md).
 CHUNK_LINES = 100_000
 POOL_FROM_BYTES = 16 << 20  # smaller imports decode in this process: a pool costs ~0.3 s to start
 MAX_WORKERS = 4

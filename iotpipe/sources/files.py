@@ -290,8 +290,8 @@ class FileSource:
                     yield number, [head], size
                 held = sum(map(len, lines)) + len(lines)  # the rare path: count again
             given = 0
-            full = not chunk or held >= BLOCK_BYTES
-            for block in _whole_blocks(lines, number - len(lines) + 1, max_lines, final=full):
+            give_all = not chunk or held >= BLOCK_BYTES  # the end, or enough bytes held
+            for block in _whole_blocks(lines, number - len(lines) + 1, max_lines, final=give_all):
                 given += len(block[1])
                 yield block
             if given:
