@@ -12,25 +12,27 @@ from iotpipe.model import MICROS_PER_DAY, MICROS_PER_HOUR, day_start, now_micros
 from iotpipe.store import open_store
 from tests.analytics.support import write_readings
 
-TODAY = day_start(now_micros())
-
 
 def _app(database_url: str, **retention: int) -> App:
     return App(Settings(database_url=database_url, retention=RetentionSettings(chunk_rows=7, **retention)))  # type: ignore[call-arg]
 
 
 def test_purge_deletes_each_tier_past_its_retention_and_keeps_the_rest(database_url: str) -> None:
+    # One clock for the whole test: the suite may cross a midnight between collection and here,
+    # or between the dry run and the purge, and retention counts whole days back from "now".
+    now = now_micros()
+    today = day_start(now)
     store = open_store(database_url)
-    days = [TODAY - d * MICROS_PER_DAY for d in range(12, 0, -1)]
+    days = [today - d * MICROS_PER_DAY for d in range(12, 0, -1)]
     write_readings(
         store, [("d", "t", day + h * MICROS_PER_HOUR, float(h)) for day in days for h in range(24)]
     )
     refresh(store)
-    store.compact(TODAY - 6 * MICROS_PER_DAY, step_readings=50)  # days 12..7 ago packed, 6..1 hot
+    store.compact(today - 6 * MICROS_PER_DAY, step_readings=50)  # days 12..7 ago packed, 6..1 hot
     store.close()
     app = _app(database_url, raw_days=4, hourly_days=8)
 
-    plan = app.purge(dry_run=True)
+    plan = app.purge(dry_run=True, now=now)
     assert plan["tiers"]["raw"] == {
         "before": plan["tiers"]["raw"]["before"],
         "hot_readings": 2 * 24,  # days 6 and 5 ago
@@ -41,17 +43,17 @@ def test_purge_deletes_each_tier_past_its_retention_and_keeps_the_rest(database_
     assert plan["kept_forever"] == ["1d", "1w"]
     assert app.stats()["readings"] == 12 * 24  # a dry run deletes nothing
 
-    done = app.purge()
+    done = app.purge(now=now)
     assert done["tiers"]["raw"]["rows"] == 2 * 24 + 6
     assert done["tiers"]["raw"]["transactions"] == 7 + 1  # 48 hot rows by 7, then 6 packed days
     assert app.stats()["readings"] == 4 * 24
     with app.store.engine.connect() as conn:
         ref = find_series(conn, "d", "t")
     times, _ = app.store.read_series(ref.series_id)
-    assert times.min() == TODAY - 4 * MICROS_PER_DAY
+    assert times.min() == today - 4 * MICROS_PER_DAY
     assert len(bucket_rows(app.store, ref, "1h")) == 8 * 24
     assert len(bucket_rows(app.store, ref, "1d")) == 12  # kept forever
-    assert app.purge(dry_run=True)["tiers"]["raw"]["readings"] == 0
+    assert app.purge(dry_run=True, now=now)["tiers"]["raw"]["readings"] == 0
     app.close()
 
 

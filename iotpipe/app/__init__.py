@@ -779,11 +779,14 @@ class App:
             if (not devices or device_id in devices) and (not metrics or metric in metrics)
         ]
 
-    def purge(self, dry_run: bool = False) -> dict[str, Any]:
-        """Delete what each tier's retention (`[retention]`) lets go; `dry_run` only counts it."""
+    def purge(self, dry_run: bool = False, now: Micros | None = None) -> dict[str, Any]:
+        """Delete what each tier's retention (`[retention]`) lets go; `dry_run` only counts it.
+
+        `now` (default: the clock) is the moment retention counts back from, so a dry run and
+        the purge that follows it can agree on the same cutoffs even across a midnight."""
         from iotpipe.app.maintenance import purge
 
-        return purge(self.store, self.settings.retention, dry_run)
+        return purge(self.store, self.settings.retention, dry_run, now)
 
     # -- the HTTP API's views (paginated, JSON-ready) ------------------------------------------
     def devices(self, **filters: Any) -> dict[str, Any]:
