@@ -65,7 +65,13 @@ _COLUMNS = (
     "series_id, bucket, bucket_start, count, mean, m2, min, max, "
     "first_time, first_value, last_time, last_value, updated_at"
 )
-_CHUNK = "(q.series_id, q.hour_start) <= (:s, :h)"
+# A chunk is the queued (series, hour) pairs after the previous chunk's last, up to its
+# own last. The lower bound matters: the pairs already done are deleted but their index
+# entries stay until VACUUM, and a range open at the bottom would walk them all again in
+# every chunk (on PostgreSQL a year's backfill of 10M hours slowed fourfold as it went).
+_CHUNK = "(q.series_id, q.hour_start) > (:ls, :lh) AND (q.series_id, q.hour_start) <= (:s, :h)"
+# Before the first chunk: every series id is above -1, whatever the hour.
+_START = (-1, 0)
 
 
 def _sql(dialect: str, template: str) -> TextClause:
@@ -80,7 +86,7 @@ def _sql(dialect: str, template: str) -> TextClause:
         week_end=t["plus_week"].format("d.bucket_start"),
     )
     clause = text(statement)
-    typed = [bindparam(name, type_=UtcMicros()) for name in ("h", "now") if f":{name}" in statement]
+    typed = [bindparam(name, type_=UtcMicros()) for name in ("h", "lh", "now") if f":{name}" in statement]
     return clause.bindparams(*typed)
 
 
@@ -181,7 +187,7 @@ def _statements(dialect: str) -> _Statements:
     def delete(bucket: str, target_of_hour: str) -> TextClause:
         return _sql(dialect, _DELETE.replace("{bucket}", bucket).replace("{target_of_hour}", target_of_hour))
 
-    dequeue = _sql(dialect, "DELETE FROM rollup_queue WHERE (series_id, hour_start) <= (:s, :h)")
+    dequeue = _sql(dialect, "DELETE FROM rollup_queue AS q WHERE {chunk}")
     daily = _merge_template(dialect, "1d", "1h", "{day_of_hour}", "{day_end}")
     weekly = _merge_template(dialect, "1w", "1d", "{week_of_hour}", "{week_end}")
     if dialect == "postgresql":
@@ -246,15 +252,16 @@ def refresh(store: Store, chunk_hours: int = 5000) -> dict[str, Any]:
     statements = _statements(store.dialect)
     done: dict[str, Any] = {"marks_taken": taken, "hours": 0, "chunks": 0}
     done["take_seconds"] = round(time.perf_counter() - started, 4)
+    after = _START
     while True:
         # One snapshot per chunk: which days are packed, and what each tier holds, are
         # read at the same moment however compaction moves readings meanwhile.
         with store.snapshot_transaction() as conn:
-            bound = _chunk_bound(conn, chunk_hours)
+            bound = _chunk_bound(conn, chunk_hours, after)
             if bound is None:
                 done["recompute_seconds"] = round(time.perf_counter() - started - done["take_seconds"], 4)
                 return done
-            params = {"s": bound[0], "h": bound[1], "now": now_micros()}
+            params = {"ls": after[0], "lh": after[1], "s": bound[0], "h": bound[1], "now": now_micros()}
             if store.dialect == "postgresql":
                 # The plans are index probes per bucket; their cost estimates would make
                 # PostgreSQL JIT-compile them, which costs more than running them.
@@ -264,20 +271,20 @@ def refresh(store: Store, chunk_hours: int = 5000) -> dict[str, Any]:
                 conn.execute(text("SET LOCAL enable_bitmapscan = off"))
             for statement in statements.clear_hours:
                 conn.execute(statement, params)
-            _write_hours(store, conn, statements.write_hours, _queued(conn, bound), params["now"])
+            _write_hours(store, conn, statements.write_hours, _queued(conn, params), params["now"])
             for statement in statements.steps:
                 conn.execute(statement, params)
             done["hours"] += conn.execute(statements.dequeue, params).rowcount
             done["chunks"] += 1
+        after = bound
 
 
-def _queued(conn: Connection, bound: tuple[int, Micros]) -> list[tuple[int, Micros]]:
-    """The queued (series, hour) pairs of the chunk ending at `bound`."""
+def _queued(conn: Connection, params: dict[str, Any]) -> list[tuple[int, Micros]]:
+    """The queued (series, hour) pairs of the chunk that `params` bounds."""
     query = _sql(
-        conn.dialect.name,
-        "SELECT series_id, hour_start FROM rollup_queue WHERE (series_id, hour_start) <= (:s, :h)",
+        conn.dialect.name, "SELECT q.series_id, q.hour_start FROM rollup_queue q WHERE {chunk}"
     ).columns(hour_start=UtcMicros())
-    return [(sid, hour) for sid, hour in conn.execute(query, {"s": bound[0], "h": bound[1]})]
+    return [(sid, hour) for sid, hour in conn.execute(query, params)]
 
 
 def _write_hours(
@@ -295,18 +302,25 @@ def _write_hours(
     conn.execute(statement, [{**dict(zip(_PARTIAL_FIELDS, row, strict=True)), "now": now} for row in rows])
 
 
-def _chunk_bound(conn: Connection, chunk_hours: int) -> tuple[int, Micros] | None:
-    """The last (series, hour) of the next chunk: queued pairs are taken in key order, so
-    a series' hours mostly fall in one chunk and its days and weeks are merged once."""
-    queue = text(
-        "SELECT series_id, hour_start FROM rollup_queue ORDER BY series_id, hour_start LIMIT 1 OFFSET :skip"
+def _chunk_bound(conn: Connection, chunk_hours: int, after: tuple[int, Micros]) -> tuple[int, Micros] | None:
+    """The last (series, hour) of the chunk after `after`: queued pairs are taken in key
+    order, so a series' hours mostly fall in one chunk and its days and weeks are merged
+    once. Pairs queued meanwhile below `after` (by another refresh) wait for the next one."""
+    dialect = conn.dialect.name
+    after_params = {"ls": after[0], "lh": after[1]}
+    queue = _sql(
+        dialect,
+        "SELECT series_id, hour_start FROM rollup_queue WHERE (series_id, hour_start) > (:ls, :lh) "
+        "ORDER BY series_id, hour_start LIMIT 1 OFFSET :skip",
     ).columns(hour_start=UtcMicros())
-    row = conn.execute(queue, {"skip": chunk_hours - 1}).first()
+    row = conn.execute(queue, {**after_params, "skip": chunk_hours - 1}).first()
     if row is None:
-        last = text(
-            "SELECT series_id, hour_start FROM rollup_queue ORDER BY series_id DESC, hour_start DESC LIMIT 1"
+        last = _sql(
+            dialect,
+            "SELECT series_id, hour_start FROM rollup_queue WHERE (series_id, hour_start) > (:ls, :lh) "
+            "ORDER BY series_id DESC, hour_start DESC LIMIT 1",
         ).columns(hour_start=UtcMicros())
-        row = conn.execute(last).first()
+        row = conn.execute(last, after_params).first()
     return None if row is None else (row[0], row[1])
 
 

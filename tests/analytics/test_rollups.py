@@ -247,6 +247,19 @@ def test_marks_known_to_one_store_are_not_trusted_after_another_process_takes_th
         other.close()
 
 
+def test_refresh_takes_the_queue_in_consecutive_chunks_each_hour_once(store: Store) -> None:
+    # 3 series x 100 hours in chunks of 7: each chunk starts after the last one's end, so
+    # every queued hour is rolled up exactly once and the chunks tile the queue.
+    write_readings(
+        store, [(d, m, START + h * MICROS_PER_HOUR + 5, float(h)) for d, m in SERIES for h in range(100)]
+    )
+    result = refresh(store, chunk_hours=7)
+    assert (result["marks_taken"], result["hours"], result["chunks"]) == (300, 300, 43)  # ceil(300 / 7)
+    with store.engine.connect() as conn:
+        assert conn.scalar(select(rollup_queue.c.series_id).limit(1)) is None
+    assert assert_rollups_match_readings(store) == 300 + 3 * 5 + 3 * 1  # hours, days, weeks
+
+
 def test_rollups_stay_exact_while_the_job_takes_marks_during_ingest(store: Store) -> None:
     """Batches into the same few hours, the job taking their marks as they commit."""
     rng = random.Random(11)
