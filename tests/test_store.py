@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import inspect
@@ -104,6 +106,65 @@ def test_postgresql_reads_keep_their_prepared_statements(postgres: PostgresServe
     store.close()
     assert any("LEFT JOIN LATERAL" in statement for statement in prepared), prepared
     assert in_transaction is False  # each statement its own transaction
+
+
+def _pings_counted(store: Any) -> list[int]:
+    """Count the pings the store's engine sends (the dialect's do_ping, wrapped)."""
+    dialect = store.engine.dialect
+    calls: list[int] = []
+    ping = dialect.do_ping
+
+    def counted(dbapi_connection: Any) -> bool:
+        calls.append(1)
+        return bool(ping(dbapi_connection))
+
+    dialect.do_ping = counted
+    return calls
+
+
+def test_postgresql_reads_in_a_row_send_no_ping_and_a_dead_connection_is_replaced(
+    postgres: PostgresServer,
+) -> None:
+    """A pooled connection is checked at checkout without a round trip: a connection the
+    server closed (a restart, a terminated backend) is replaced before the read uses it,
+    and a connection used a moment ago is handed out without a ping."""
+    import psycopg
+
+    from iotpipe.model import WriteBatch, now_micros
+
+    url = postgres.create_database("test_checkout_check")
+    store = open_store(url)
+    store.write(WriteBatch(groups=[("pump-1", [("flow", now_micros(), 2.5)])], reading_count=1))
+    pings = _pings_counted(store)
+    for _ in range(5):
+        assert [r[0] for r in store.latest_readings("pump-1")] == ["flow"]
+    assert pings == []
+    with store.read_connection() as conn:
+        backend = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+    with psycopg.connect(url, autocommit=True) as admin:
+        assert admin.execute("SELECT pg_terminate_backend(%s)", (backend,)).fetchone() == (True,)
+        deadline = time.monotonic() + 10
+        while admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (backend,)).fetchone():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    assert [r[0] for r in store.latest_readings("pump-1")] == ["flow"]  # no error: replaced
+    with store.read_connection() as conn:
+        assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar() != backend
+    store.close()
+
+
+def test_postgresql_pings_a_connection_idle_past_the_limit(
+    postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from iotpipe.store import postgres as pg_store
+
+    store = open_store(postgres.create_database("test_idle_ping"))
+    pings = _pings_counted(store)
+    assert store.dead_letter_count() == 0
+    monkeypatch.setattr(pg_store, "PING_AFTER_IDLE_SECONDS", 0.0)
+    assert store.dead_letter_count() == 0
+    store.close()
+    assert pings == [1]
 
 
 def test_a_chart_of_rollups_on_postgresql_reads_the_primary_key_only(postgres: PostgresServer) -> None:

@@ -11,6 +11,7 @@ Without a health check yet, the threshold is `offline_min_seconds` and there is 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import func, select, text
@@ -74,7 +75,7 @@ def device_rows(store: Store, device_id: str | None = None) -> list[dict[str, An
     return rows
 
 
-def status_of(row: dict[str, Any], settings: AnalyticsSettings, now: Micros) -> str:
+def status_of(row: Mapping[Any, Any], settings: AnalyticsSettings, now: Micros) -> str:
     last_seen = row["last_seen"]
     if last_seen is None:
         return "offline"
@@ -88,6 +89,28 @@ def status_of(row: dict[str, Any], settings: AnalyticsSettings, now: Micros) -> 
     if interval is not None and silent > STALE_INTERVALS * interval:
         return "stale"
     return "online"
+
+
+def status_counts(
+    store: Store, settings: AnalyticsSettings, now: Micros
+) -> tuple[dict[str, int], list[float]]:
+    """(devices by status, the quality scores the health job gave): what the stats view
+    needs of the fleet, read as the four columns status_of judges by, without the rest of
+    each device's row and its metrics (the stats view is asked for every few seconds)."""
+    query = select(
+        devices.c.last_seen,
+        device_health.c.offline_after_seconds,
+        device_health.c.interval_seconds,
+        device_health.c.quality_score,
+    ).outerjoin(device_health, device_health.c.device_pk == devices.c.id)
+    by_status = dict.fromkeys(STATUSES, 0)
+    scores: list[float] = []
+    with store.read_connection() as conn:
+        for row in conn.execute(query):
+            by_status[status_of(row._mapping, settings, now)] += 1
+            if row.quality_score is not None:
+                scores.append(row.quality_score)
+    return by_status, scores
 
 
 def open_alerts_by_severity(store: Store) -> dict[str, int]:

@@ -389,18 +389,19 @@ class StatsCache:
 
 
 def overview(app: App) -> dict[str, Any]:
-    from iotpipe.analytics.fleet import STATUSES, open_alerts_by_severity, rolled_up_readings, rollup_backlog
+    from iotpipe.analytics.fleet import (
+        open_alerts_by_severity,
+        rolled_up_readings,
+        rollup_backlog,
+        status_counts,
+    )
 
-    devices = fleet(app)
-    by_status = dict.fromkeys(STATUSES, 0)
-    for device in devices:
-        by_status[device["status"]] += 1
-    scores = [d["quality_score"] for d in devices if d["quality_score"] is not None]
+    by_status, scores = status_counts(app.store, app.settings.analytics, now_micros())
     severities = {s: 0 for s in ("critical", "major", "minor", "warning")}
     severities.update(open_alerts_by_severity(app.store))
     backlog, _ = rollup_backlog(app.store)
     return {
-        "devices": {"total": len(devices), **by_status},
+        "devices": {"total": sum(by_status.values()), **by_status},
         "readings": {"stored": rolled_up_readings(app.store), "hours_not_rolled_up": backlog},
         "ingest": {
             "readings_per_second": round(app.telemetry.ingest_rate(), 3),
