@@ -400,7 +400,7 @@ def chart_columns(
     """(bucket starts in epoch ms, counts, means, mins, maxes) of [start, end), oldest first."""
     statement = _CHART_COLUMNS["postgresql" if store.dialect == "postgresql" else "sqlite"]
     with store.read_connection() as conn:
-        rows = conn.exec_driver_sql(statement, (series_id, bucket, start, end)).fetchall()
+        rows = store.driver_rows(conn, statement, (series_id, bucket, start, end))
     if not rows:
         return [], [], [], [], []
     times, counts, means, lows, highs = (list(column) for column in zip(*rows, strict=True))

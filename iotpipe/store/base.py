@@ -21,9 +21,7 @@ import psycopg
 from sqlalchemy import (
     Connection,
     Engine,
-    Float,
     Table,
-    Text,
     bindparam,
     case,
     delete,
@@ -219,6 +217,19 @@ class Store(ABC):
             return
         with self.reads.connect() as fresh:
             yield fresh
+
+    @abstractmethod
+    def driver_rows(self, conn: Connection, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """The rows of `sql` (the driver's own SQL and parameter style), read through the
+        driver's cursor on a connection SQLAlchemy's pool gave out.
+
+        For the few fixed statements the API runs on every request (a device's latest
+        readings, a chart from the rollups). SQLAlchemy's execution (its context, result
+        metadata and type processors) costs ~0.2 ms of CPU a statement and ~1 µs a row on
+        top of the driver's: on PostgreSQL that was half of `latest`'s time in the store
+        and 2/3 of a year of daily rollups' (docs/performance.md, "Driver reads"). Times
+        come back as the engine returns them: SQLite's integer µs; PostgreSQL's
+        timestamptz as µs since 1970 (postgres.py)."""
 
     # -- the write path ---------------------------------------------------------------
     def write(self, batch: WriteBatch) -> WriteResult:
@@ -888,10 +899,10 @@ class Store(ABC):
         metric. One statement: an index probe at the end of each series' hot rows and of
         its packed days; a series whose newest packed day ends after its newest hot
         reading (silent for longer than the hot window) is read again through both tiers."""
-        statement = _LATEST.get(self.dialect, _LATEST["sqlite"])
+        statement = _LATEST[self.dialect if self.dialect == "postgresql" else "sqlite"]
         found: list[tuple[str, str | None, Micros, float]] = []
         with self.read_connection() as conn:
-            for sid, m, unit, at, value, packed_last in conn.execute(statement, {"device": device_id}).all():
+            for sid, m, unit, at, value, packed_last in self.driver_rows(conn, statement, (device_id,)):
                 if packed_last is not None and (at is None or packed_last > at):
                     times, values = tiers.last_readings(conn, sid, 1)
                     at, value = (int(times[0]), float(values[0])) if len(times) else (None, None)
@@ -1005,20 +1016,20 @@ _PACKED_LAST = (
 _SERIES_ID = text(
     "SELECT s.id FROM series s JOIN devices d ON d.id = s.device_pk WHERE d.device_id = :device AND s.metric = :metric"
 )
-_LATEST = {
-    "sqlite": text(
+_LATEST = {  # driver SQL (Store.driver_rows)
+    "sqlite": (
         "SELECT s.id, s.metric, s.unit, "
-        "(SELECT time FROM readings r WHERE r.series_id = s.id ORDER BY time DESC LIMIT 1) AS t, "
-        "(SELECT value FROM readings r WHERE r.series_id = s.id ORDER BY time DESC LIMIT 1) AS v, "
-        f"{_PACKED_LAST} AS pt "
-        "FROM series s JOIN devices d ON d.id = s.device_pk WHERE d.device_id = :device ORDER BY s.metric"
-    ).columns(metric=Text(), unit=Text(), t=UtcMicros(), v=Float(), pt=UtcMicros()),
-    "postgresql": text(
-        f"SELECT s.id, s.metric, s.unit, r.time, r.value, {_PACKED_LAST} AS pt "
+        "(SELECT time FROM readings r WHERE r.series_id = s.id ORDER BY time DESC LIMIT 1), "
+        "(SELECT value FROM readings r WHERE r.series_id = s.id ORDER BY time DESC LIMIT 1), "
+        f"{_PACKED_LAST} "
+        "FROM series s JOIN devices d ON d.id = s.device_pk WHERE d.device_id = ? ORDER BY s.metric"
+    ),
+    "postgresql": (
+        f"SELECT s.id, s.metric, s.unit, r.time, r.value, {_PACKED_LAST} "
         "FROM series s JOIN devices d ON d.id = s.device_pk "
         "LEFT JOIN LATERAL (SELECT time, value FROM readings WHERE series_id = s.id ORDER BY time DESC LIMIT 1) r "
-        "ON true WHERE d.device_id = :device ORDER BY s.metric"
-    ).columns(metric=Text(), unit=Text(), time=UtcMicros(), value=Float(), pt=UtcMicros()),
+        "ON true WHERE d.device_id = %s ORDER BY s.metric"
+    ),
 }
 
 
