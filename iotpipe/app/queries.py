@@ -52,6 +52,10 @@ AGGREGATES = ("avg", "min", "max", "sum", "count")
 DEVICE_SORTS = ("device_id", "last_seen", "quality", "battery", "status")
 DEFAULT_RANGE = MICROS_PER_DAY
 STATS_TTL = 2.0  # seconds the stats view is reused: many dashboards, one computation
+# Seconds the stats view's count of readings is reused: it sums every weekly rollup (a
+# scan of 265,000 rows, 73 ms of PostgreSQL at 10M readings), where the rest of the view
+# costs ~15 ms; and it moves only when the rollup job runs.
+STATS_TOTAL_TTL = 30.0
 
 
 def ms(t: Micros) -> int:
@@ -374,6 +378,7 @@ class StatsCache:
         self.value: dict[str, Any] | None = None
         self.at = 0.0
         self._lock = threading.Lock()
+        self._readings: tuple[float, int] | None = None  # (when, readings rolled up)
 
     def get(self, app: App) -> dict[str, Any]:
         fresh = self.value is not None and time.monotonic() - self.at <= STATS_TTL
@@ -381,20 +386,24 @@ class StatsCache:
             assert self.value is not None
             return self.value
         try:
-            self.value = overview(app)
+            self.value = overview(app, self._rolled_up(app))
             self.at = time.monotonic()
         finally:
             self._lock.release()
         return self.value
 
+    def _rolled_up(self, app: App) -> int:
+        from iotpipe.analytics.fleet import rolled_up_readings
 
-def overview(app: App) -> dict[str, Any]:
-    from iotpipe.analytics.fleet import (
-        open_alerts_by_severity,
-        rolled_up_readings,
-        rollup_backlog,
-        status_counts,
-    )
+        now = time.monotonic()
+        if self._readings is None or now - self._readings[0] > STATS_TOTAL_TTL:
+            self._readings = (now, rolled_up_readings(app.store))
+        return self._readings[1]
+
+
+def overview(app: App, readings: int) -> dict[str, Any]:
+    """The stats view, with `readings` counted by the rollups (StatsCache keeps it)."""
+    from iotpipe.analytics.fleet import open_alerts_by_severity, rollup_backlog, status_counts
 
     by_status, scores = status_counts(app.store, app.settings.analytics, now_micros())
     severities = {s: 0 for s in ("critical", "major", "minor", "warning")}
@@ -402,7 +411,7 @@ def overview(app: App) -> dict[str, Any]:
     backlog, _ = rollup_backlog(app.store)
     return {
         "devices": {"total": sum(by_status.values()), **by_status},
-        "readings": {"stored": rolled_up_readings(app.store), "hours_not_rolled_up": backlog},
+        "readings": {"stored": readings, "hours_not_rolled_up": backlog},
         "ingest": {
             "readings_per_second": round(app.telemetry.ingest_rate(), 3),
             "window_seconds": 60,

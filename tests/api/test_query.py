@@ -247,6 +247,27 @@ def test_stats_and_dead_letters(served: Served) -> None:
     assert letter["origin"] == "POST /api/v1/ingest:2" and "no device_id or host tag" in letter["reason"]
 
 
+def test_stats_counts_readings_from_the_rollups_anew_at_most_every_total_ttl(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The view is recomputed every STATS_TTL; its readings stored, a sum over every
+    weekly rollup, only every STATS_TOTAL_TTL."""
+    from iotpipe.analytics.rollups import refresh
+    from iotpipe.app import queries
+
+    monkeypatch.setattr(queries, "STATS_TTL", 0.0)
+    minutely(served, "pump-1", "flow", 3)
+    refresh(served.app.store)
+    assert served.client.get("/api/v1/stats").json()["readings"]["stored"] == 3
+    minutely(served, "pump-2", "flow", 4)
+    refresh(served.app.store)
+    stats = served.client.get("/api/v1/stats").json()
+    assert stats["devices"]["total"] == 2  # the view itself is new
+    assert stats["readings"]["stored"] == 3  # its count of readings is kept
+    monkeypatch.setattr(queries, "STATS_TOTAL_TTL", 0.0)
+    assert served.client.get("/api/v1/stats").json()["readings"]["stored"] == 7
+
+
 def test_anomalies_page_newest_first(served: Served) -> None:
     values = [10.0] * 60 + [10.5, 9.5] * 30
     values[100] = 500.0
