@@ -24,7 +24,10 @@ def now_micros() -> Micros:
 
 
 def micros_to_datetime(t: Micros) -> dt.datetime:
-    return dt.datetime.fromtimestamp(t / MICROS_PER_SECOND, dt.UTC)
+    """Exactly (a float of seconds would round some µs away)."""
+    return dt.datetime.fromtimestamp(t // MICROS_PER_SECOND, dt.UTC).replace(
+        microsecond=t % MICROS_PER_SECOND
+    )
 
 
 def datetime_to_micros(moment: dt.datetime) -> Micros:

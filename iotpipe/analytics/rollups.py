@@ -36,7 +36,7 @@ from sqlalchemy import Connection, TextClause, bindparam, select, text
 from iotpipe.analytics.common import MICROS_PER_WEEK, WEEK_ORIGIN, SeriesRef
 from iotpipe.config import Settings
 from iotpipe.model import MICROS_PER_DAY, MICROS_PER_HOUR, MICROS_PER_SECOND, Micros, now_micros
-from iotpipe.store import Store
+from iotpipe.store import Store, driver
 from iotpipe.store.schema import UtcMicros, rollups
 from iotpipe.store.tiers import pg_array
 
@@ -400,7 +400,7 @@ def chart_columns(
     """(bucket starts in epoch ms, counts, means, mins, maxes) of [start, end), oldest first."""
     statement = _CHART_COLUMNS["postgresql" if store.dialect == "postgresql" else "sqlite"]
     with store.read_connection() as conn:
-        rows = store.driver_rows(conn, statement, (series_id, bucket, start, end))
+        rows = driver.rows(conn, statement, (series_id, bucket, start, end))
     if not rows:
         return [], [], [], [], []
     times, counts, means, lows, highs = (list(column) for column in zip(*rows, strict=True))

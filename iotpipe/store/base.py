@@ -45,7 +45,7 @@ from iotpipe.model import (
     WriteResult,
     now_micros,
 )
-from iotpipe.store import compaction, migrations, tiers
+from iotpipe.store import compaction, driver, migrations, tiers
 from iotpipe.store.marks import KnownMarks, mark_keys, mark_rows
 from iotpipe.store.schema import (
     UtcMicros,
@@ -217,19 +217,6 @@ class Store(ABC):
             return
         with self.reads.connect() as fresh:
             yield fresh
-
-    @abstractmethod
-    def driver_rows(self, conn: Connection, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-        """The rows of `sql` (the driver's own SQL and parameter style), read through the
-        driver's cursor on a connection SQLAlchemy's pool gave out.
-
-        For the few fixed statements the API runs on every request (a device's latest
-        readings, a chart from the rollups). SQLAlchemy's execution (its context, result
-        metadata and type processors) costs ~0.2 ms of CPU a statement and ~1 µs a row on
-        top of the driver's: on PostgreSQL that was half of `latest`'s time in the store
-        and 2/3 of a year of daily rollups' (docs/performance.md, "Driver reads"). Times
-        come back as the engine returns them: SQLite's integer µs; PostgreSQL's
-        timestamptz as µs since 1970 (postgres.py)."""
 
     # -- the write path ---------------------------------------------------------------
     def write(self, batch: WriteBatch) -> WriteResult:
@@ -711,10 +698,10 @@ class Store(ABC):
     ) -> list[tuple[Micros, float]]:
         """One series' readings in [start, end), oldest first (the first `limit` of them),
         from both tiers."""
+        series_id = self.series_id(device_id, metric)
+        if series_id is None:
+            return []
         with self.read_connection() as conn:
-            series_id = _series_id(conn, device_id, metric)
-            if series_id is None:
-                return []
             if limit is None:
                 times, values = self.read_series(series_id, start, end, conn)
             else:
@@ -902,7 +889,7 @@ class Store(ABC):
         statement = _LATEST[self.dialect if self.dialect == "postgresql" else "sqlite"]
         found: list[tuple[str, str | None, Micros, float]] = []
         with self.read_connection() as conn:
-            for sid, m, unit, at, value, packed_last in self.driver_rows(conn, statement, (device_id,)):
+            for sid, m, unit, at, value, packed_last in driver.rows(conn, statement, (device_id,)):
                 if packed_last is not None and (at is None or packed_last > at):
                     times, values = tiers.last_readings(conn, sid, 1)
                     at, value = (int(times[0]), float(values[0])) if len(times) else (None, None)
@@ -1016,7 +1003,7 @@ _PACKED_LAST = (
 _SERIES_ID = text(
     "SELECT s.id FROM series s JOIN devices d ON d.id = s.device_pk WHERE d.device_id = :device AND s.metric = :metric"
 )
-_LATEST = {  # driver SQL (Store.driver_rows)
+_LATEST = {  # driver SQL (store/driver.py)
     "sqlite": (
         "SELECT s.id, s.metric, s.unit, "
         "(SELECT time FROM readings r WHERE r.series_id = s.id ORDER BY time DESC LIMIT 1), "

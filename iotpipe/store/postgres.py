@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import json
 import select
-import struct
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import psycopg
-from psycopg.abc import Buffer
-from psycopg.adapt import Loader
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DisconnectionError
@@ -21,12 +18,12 @@ from sqlalchemy.exc import DisconnectionError
 from iotpipe.arrays import in_series_time_order
 from iotpipe.model import Micros
 from iotpipe.store.base import ReadingColumns, Store
+from iotpipe.store.driver import PG_EPOCH_OFFSET_MICROS
 from iotpipe.store.tiers import pg_array
 
-# timestamptz's binary wire form is int8 microseconds since 2000-01-01 UTC. Binary COPY
-# carries no per-field type, so our µs-since-1970 ints shifted by this offset go out as
-# plain int8s and are stored as real timestamptz values, with no datetime objects.
-PG_EPOCH_OFFSET_MICROS = 946_684_800_000_000
+# Binary COPY carries no per-field type, so our µs-since-1970 ints shifted by
+# PG_EPOCH_OFFSET_MICROS (timestamptz's binary form counts from 2000) go out as plain
+# int8s and are stored as real timestamptz values, with no datetime objects.
 
 # A pooled connection idle for longer than this is pinged before use (see check_on_checkout).
 PING_AFTER_IDLE_SECONDS = 30.0
@@ -101,18 +98,6 @@ def check_on_checkout(engine: Engine) -> None:
                 raise DisconnectionError(str(exc)) from exc
 
 
-class _Micros(Loader):
-    """timestamptz in binary (int8 µs since 2000-01-01) -> int µs since 1970, our Micros."""
-
-    format = psycopg.pq.Format.BINARY
-
-    def load(self, data: Buffer) -> int:
-        return int(_INT8.unpack(data)[0]) + PG_EPOCH_OFFSET_MICROS
-
-
-_INT8 = struct.Struct("!q")
-
-
 class PostgresStore(Store):
     dialect = "postgresql"
     dialect_insert = staticmethod(pg_insert)
@@ -132,14 +117,6 @@ class PostgresStore(Store):
         # batch comes through with nothing already stored.
         self._expect_duplicates = False
         self._meets_existing: set[str] = set()  # the same for other inserts (_insert_new)
-
-    def driver_rows(self, conn: Connection, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-        # Binary results (floats and ints unpacked, not parsed from text: a third of the
-        # cost on a year of rollups), prepared at the first use on each connection.
-        with _driver(conn).cursor(binary=True) as cursor:
-            cursor.adapters.register_loader("timestamptz", _Micros)
-            rows: list[tuple[Any, ...]] = cursor.execute(sql, params, prepare=True).fetchall()
-        return rows
 
     @contextmanager
     def snapshot_transaction(self) -> Iterator[Connection]:

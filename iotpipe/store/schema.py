@@ -6,7 +6,6 @@ is upgraded step by step; tests check that the two agree.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -27,7 +26,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeEngine
 
-from iotpipe.model import Micros, datetime_to_micros
+from iotpipe.model import Micros, datetime_to_micros, micros_to_datetime
 
 
 class UtcMicros(TypeDecorator[Micros]):
@@ -44,7 +43,7 @@ class UtcMicros(TypeDecorator[Micros]):
     def process_bind_param(self, value: Micros | None, dialect: Dialect) -> Any:
         if value is None or dialect.name != "postgresql":
             return value
-        return datetime.fromtimestamp(value // 1_000_000, UTC).replace(microsecond=value % 1_000_000)
+        return micros_to_datetime(value)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> Micros | None:
         if value is None or isinstance(value, int):

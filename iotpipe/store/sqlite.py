@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -63,11 +63,6 @@ class SqliteStore(Store):
             conn = conn.execution_options(sqlite_begin="IMMEDIATE")
             with conn.begin():
                 yield conn
-
-    def driver_rows(self, conn: Connection, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-        # Outside SQLAlchemy's transaction too: no BEGIN and ROLLBACK around one SELECT.
-        rows: list[tuple[Any, ...]] = _driver(conn).execute(sql, params).fetchall()
-        return rows
 
     def _insert_readings(self, conn: Connection, columns: ReadingColumns) -> int:
         raw = _driver(conn)

@@ -25,6 +25,7 @@ from sqlalchemy import Connection, bindparam, text
 from sqlalchemy.sql.elements import TextClause
 
 from iotpipe.model import MICROS_PER_DAY, MICROS_PER_HOUR, Micros
+from iotpipe.store import driver
 from iotpipe.store.packed import decode_times, decode_values
 from iotpipe.store.schema import UtcMicros
 
@@ -191,7 +192,8 @@ def edge_readings(
     if end is not None:
         params["end"] = end
     parts = TierRows()
-    parts.add_rows(fetch_raw(conn, _typed(statement, times=("start", "start_day", "end")), params))
+    times = ("start", "start_day", "end")
+    parts.add_rows(driver.rows(conn, driver.statement(dialect, statement), params, times))
     merged = parts.merge(start, end)
     if newest:
         return merged.times[::-1][:limit].copy(), merged.values[::-1][:limit].copy()
