@@ -106,3 +106,10 @@ def test_stored_values_are_finite_whatever_was_sent(store: Store) -> None:
     )
     assert [math.isfinite(value) for _, value in store.raw_readings("d", "ok")] == [True]
     assert store.raw_readings("d", "a") == store.raw_readings("d", "c") == []
+
+
+@given(st.integers(min_value=-62_135_596_800_000_000, max_value=253_402_300_799_999_999))
+def test_a_time_in_micros_becomes_a_datetime_and_back_exactly(t: int) -> None:
+    from iotpipe.model import datetime_to_micros, micros_to_datetime
+
+    assert datetime_to_micros(micros_to_datetime(t)) == t
