@@ -50,8 +50,7 @@ def _connected(source: Any) -> bool:
 
 def gauges(app: App) -> list[Gauge]:
     """Current values for /metrics; a database outage leaves the store's gauges out."""
-    from iotpipe.analytics.fleet import STATUSES, open_alerts_by_severity, rollup_backlog
-    from iotpipe.app.queries import fleet
+    from iotpipe.analytics.fleet import open_alerts_by_severity, rollup_backlog, status_counts
 
     found: list[Gauge] = []
     pipeline = app.running_pipeline
@@ -74,9 +73,7 @@ def gauges(app: App) -> list[Gauge]:
             )
         )
     try:
-        by_status = dict.fromkeys(STATUSES, 0)
-        for device in fleet(app):
-            by_status[device["status"]] += 1
+        by_status, _ = status_counts(app.store, app.settings.analytics, now_micros())
         severities = dict.fromkeys(("critical", "major", "minor", "warning"), 0)
         severities.update(open_alerts_by_severity(app.store))
         backlog, finished = rollup_backlog(app.store)
