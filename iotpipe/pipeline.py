@@ -296,10 +296,16 @@ class Pipeline:
         unknown = [device_id for device_id in found if device_id not in self._series]
         for device_id, metrics in self.sink.known_metrics(unknown).items() if unknown else ():
             self._series[device_id] = set(metrics)
-        for device_id, metrics in found.items():
+        # Most blocks bring no new series: a subset test per device, no set built.
+        grown = [
+            (device_id, metrics)
+            for device_id, metrics in found.items()
+            if not metrics <= self._series[device_id]
+        ]
+        for device_id, metrics in grown:
             if len(self._series[device_id] | metrics) > limit:
                 return False
-        for device_id, metrics in found.items():
+        for device_id, metrics in grown:
             self._series[device_id].update(metrics)
         return True
 
