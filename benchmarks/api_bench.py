@@ -442,7 +442,7 @@ def ingest(
         path = Path(tmp) / "lines.lp"
         path.write_bytes(b"".join(batches))
         warm = Path(tmp) / "warm.lp"
-        warm.write_bytes(WARM_UP_BODY)
+        warm.write_bytes(warm_up_body(0))
         # Untimed: the first import in a process loads (after an install, compiles) the
         # detector's code, a one-off that must not fall in round 1's import alone.
         import_rate(warm, WARM_UP_READINGS, pg.create_database("bench_import_warm_up"))
@@ -467,13 +467,18 @@ def ingest(
     }
 
 
-# A few lines of a device of their own, sent before the clock starts (the same lines each
-# time: after the first, duplicates).
-WARM_UP_BODY = b"".join(
-    f"telemetry,device_id=warm-up temperature={n}.5 {(now_micros() - 3_600_000_000 + n) * 1000}\n".encode()
-    for n in range(100)
-)
 WARM_UP_READINGS = 100
+
+
+def warm_up_body(part: int) -> bytes:
+    """Lines of a device of their own, sent before the clock starts; each part new
+    readings (a duplicate would send the store's next write through its slower path for
+    replays, PostgresStore._insert_readings)."""
+    start = (now_micros() - 3_600_000_000 + part * WARM_UP_READINGS) * 1000
+    return b"".join(
+        f"telemetry,device_id=warm-up temperature={n}.5 {start + n * 1000}\n".encode()
+        for n in range(WARM_UP_READINGS)
+    )
 
 
 def import_rate(path: Path, readings: int, url: str) -> float:
@@ -497,7 +502,7 @@ def http_rate(batches: list[bytes], readings: int, clients: int, url: str, worke
     with served(url, workers) as base:
         # Untimed, as for the import: each API process's first commits (a worker's first
         # relay to the primary, the detector's code loaded in the background at start).
-        warm_up = [WARM_UP_BODY] * (2 * workers)
+        warm_up = [warm_up_body(part) for part in range(2 * workers)]
         post_all(warm_up, f"{base}/api/v1/ingest", clients, {"content-type": "text/plain"}, lambda _: None)
         seconds = post_all(
             batches, f"{base}/api/v1/ingest", clients, {"content-type": "text/plain"}, accepted
