@@ -15,7 +15,8 @@ fresh databases: `iotpipe import` of them as a .lp file (in-process, as the CLI 
 POST /api/v1/ingest in batches of 5,000 lines from 4 concurrent clients (threads of this
 process; the server is `iotpipe serve`, another process) into PostgreSQL, and InfluxDB
 1.6's /write of the same batches from 4 clients; `--ingest-rounds` (3) rounds of the
-three in turn, medians (this machine's neighbours move each rate by ±15 %).
+three in turn, medians (this machine's neighbours move each rate by ±15 %), each write
+after an untimed warm-up (the detector's code loaded, each API process's first commits).
 
 Both parts run `iotpipe serve` with each `--workers` count in turn (default 1 and 2: one
 API process, and one per core of this machine).
