@@ -14,7 +14,7 @@ Ingest. The same line-protocol lines (1,000 devices, 5 fields a line) three ways
 fresh databases: `iotpipe import` of them as a .lp file (in-process, as the CLI runs it),
 POST /api/v1/ingest in batches of 5,000 lines from 4 concurrent clients (threads of this
 process; the server is `iotpipe serve`, another process) into PostgreSQL, and InfluxDB
-1.6's /write of the same batches from 4 clients; `--ingest-rounds` (3) rounds of the
+1.6's /write of the same batches from 4 clients; `--ingest-rounds` (5) rounds of the
 three in turn, medians (this machine's neighbours move each rate by ±15 %), each write
 after an untimed warm-up (the detector's code loaded, each API process's first commits).
 
@@ -429,7 +429,7 @@ def ingest(
     pg: PostgresServer,
     clients: int = 4,
     batch: int = 5000,
-    rounds: int = 3,
+    rounds: int = 5,
     workers: tuple[int, ...] = (1,),
 ) -> dict[str, Any]:
     """`rounds` rounds of import, HTTP ingest (into `iotpipe serve --workers N` for each N)
@@ -588,7 +588,7 @@ def main(argv: list[str] | None = None) -> int:
         "--ingest-lines", type=int, default=200_000, help="line-protocol lines (5 readings each)"
     )
     parser.add_argument(
-        "--ingest-rounds", type=int, default=3, help="rounds of import, HTTP and InfluxDB in turn (medians)"
+        "--ingest-rounds", type=int, default=5, help="rounds of import, HTTP and InfluxDB in turn (medians)"
     )
     parser.add_argument(
         "--workers",
