@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +171,41 @@ def test_line_protocol_fast_path_matches_the_exact_decoder() -> None:
             ("p1", "t", 1700000000000000, 21.5),
         ]
     )
+
+
+def test_decoding_a_block_looks_for_no_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pyarrow infers an untyped Python scalar's type on every compute call, and tries to
+    import dateutil to do it: without dateutil, a search of sys.path each time. The
+    decoders pass typed scalars only, so decoding a block (an HTTP request's body) asks
+    the import system for nothing."""
+    now = now_micros()
+    lines = [
+        b"telemetry,device_id=p1 t=21.5,h=40i 1700000000000000001",
+        b"weather,host=h1 temp=-3.25,rain=0 5",
+        b"telemetry,device_id=p1 t=1,t=2 1700000000000000000",
+        b"telemetry,device_id=p1 " + b",".join(b"f%d=1" % n for n in range(40)) + b" 1700000000000000000",
+        b"not a line",
+    ]
+    records = [
+        orjson.dumps({"device_id": "p1", "timestamp": stamp, "t": 21.5})
+        for stamp in (1_700_000_000, 1_700_000_000_123, 1_700_000_000_123_456, -5, 1_700_000_000_123_456_789)
+    ]
+    blocks = (("lineproto", lines), ("v1", records))
+    for fmt, payloads in blocks:
+        decode_payloads(payloads, fmt, now)  # pyarrow's own imports, once per process
+    looked_for: list[str] = []
+
+    class Finder:
+        def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+            looked_for.append(name)
+
+    monkeypatch.setattr(sys, "meta_path", [Finder(), *sys.meta_path])
+    taken = [decode_payloads(payloads, fmt, now).taken for fmt, payloads in blocks]
+    assert taken == [
+        [True, True, False, True, False],
+        [True, True, True, False, True],
+    ]  # before 1970: exact path
+    assert looked_for == []
 
 
 # Each part mostly plain (repeated entries weigh the draw), sometimes one of the shapes

@@ -41,6 +41,20 @@ _MICROS_BELOW = 10**17
 BLOCK_BYTES = 1 << 20  # pyarrow's JSON reader: below this, a body is parsed as one block
 _FLOAT_SAFE = 2**53  # ints beyond this: left to the exact decoder's float(int)
 _DECIMAL = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
+# The scalars the compute calls take, typed and made once. pyarrow converts an untyped
+# Python scalar argument on every call, and its type inference (pyarrow 26) tries to
+# import dateutil each time: without it, a failed import that searches sys.path, which
+# cost HTTP ingest (a request is a small block, decoded with ~17 such calls) ~6 % of its
+# CPU. tests/test_bulk_import.py checks that a decode imports nothing.
+_INT = {
+    n: pa.scalar(n, pa.int64())
+    for n in (0, 1, 2, 1_000, 1_000_000, _MILLIS_FROM, _MILLIS_BELOW, _MICROS_BELOW)
+}
+_NO, _YES = pa.scalar(False, pa.bool_()), pa.scalar(True, pa.bool_())
+_ZERO_TEXT, _EMPTY_TEXT = pa.scalar("0", pa.string()), pa.scalar("", pa.string())
+_UNDERSCORE, _NUL = pa.scalar("_", pa.string()), pa.scalar("\x00", pa.string())
+_DEVICE_TAGS = pa.array(sorted(DEVICE_TAGS), pa.string())
+_GENERIC_MEASUREMENTS = pa.array(sorted(GENERIC_MEASUREMENTS), pa.string())
 
 
 @dataclass
@@ -122,7 +136,7 @@ def plain_label(text: str) -> bool:
 def plain_times(times: pa.Array, received_at: int) -> pa.Array:
     """Which times validation surely accepts: from 1970 up to the receipt's tolerance."""
     horizon = received_at + int(limits.FUTURE_TOLERANCE_SECONDS * MICROS_PER_SECOND)
-    return pc.and_(pc.greater_equal(times, 0), pc.less_equal(times, horizon))
+    return pc.and_(pc.greater_equal(times, _INT[0]), pc.less_equal(times, pa.scalar(horizon, pa.int64())))
 
 
 # -- entry points ----------------------------------------------------------------------------
@@ -209,7 +223,7 @@ def decode_payloads(payloads: list[bytes], fmt: str, received_at: int) -> Decode
 
 def _taking(count: int, taken: pa.Array, readings: list[tuple[pa.Array, ...]]) -> Decoded:
     """The readings of the rows `taken` marks."""
-    flags = pc.fill_null(taken, False).to_pylist()  # Python bools, no None
+    flags = pc.fill_null(taken, _NO).to_pylist()  # Python bools, no None
     if not readings or not any(flags):
         return _none_taken(count)
     return Decoded(
@@ -235,15 +249,17 @@ def _epoch_micros(stamps: pa.Array) -> tuple[pa.Array, pa.Array]:
     bounds = pc.min_max(stamps)
     low, high = bounds["min"].as_py(), bounds["max"].as_py()
     if low is not None and low >= _MILLIS_FROM and high < _MILLIS_BELOW:
-        return pc.multiply(stamps, 1_000), pc.is_valid(stamps)  # all in ms, as most files
+        return pc.multiply(stamps, _INT[1_000]), pc.is_valid(stamps)  # all in ms, as most files
     magnitude = pc.abs(stamps)
-    seconds = pc.less(magnitude, _MILLIS_FROM)
-    millis = pc.and_(pc.greater_equal(magnitude, _MILLIS_FROM), pc.less(magnitude, _MILLIS_BELOW))
-    micros = pc.and_(pc.greater_equal(magnitude, _MILLIS_BELOW), pc.less(magnitude, _MICROS_BELOW))
+    seconds = pc.less(magnitude, _INT[_MILLIS_FROM])
+    millis = pc.and_(pc.greater_equal(magnitude, _INT[_MILLIS_FROM]), pc.less(magnitude, _INT[_MILLIS_BELOW]))
+    micros = pc.and_(
+        pc.greater_equal(magnitude, _INT[_MILLIS_BELOW]), pc.less(magnitude, _INT[_MICROS_BELOW])
+    )
     scaled = pc.case_when(
         pc.make_struct(seconds, millis, micros),
-        pc.multiply(stamps, 1_000_000),
-        pc.multiply(stamps, 1_000),
+        pc.multiply(stamps, _INT[1_000_000]),
+        pc.multiply(stamps, _INT[1_000]),
         stamps,
         _floor_div_1000(stamps),
     )
@@ -251,8 +267,10 @@ def _epoch_micros(stamps: pa.Array) -> tuple[pa.Array, pa.Array]:
 
 
 def _floor_div_1000(stamps: pa.Array) -> pa.Array:
-    quotient = pc.divide(stamps, 1_000)  # int division truncates toward zero
-    inexact_negative = pc.and_(pc.less(stamps, 0), pc.not_equal(pc.multiply(quotient, 1_000), stamps))
+    quotient = pc.divide(stamps, _INT[1_000])  # int division truncates toward zero
+    inexact_negative = pc.and_(
+        pc.less(stamps, _INT[0]), pc.not_equal(pc.multiply(quotient, _INT[1_000]), stamps)
+    )
     return pc.subtract(quotient, pc.cast(inexact_negative, pa.int64()))
 
 
@@ -267,17 +285,17 @@ def _decode_v1(payloads: list[bytes], received_at: int) -> Decoded:
     if table.num_rows != len(payloads):
         raise pa.ArrowInvalid("line count changed")  # a record spanning lines: bisect
     names = table.column_names
-    taken = pa.repeat(pa.scalar(True), len(payloads))
+    taken = pa.repeat(_YES, len(payloads))
     if "device_id" not in names or table.schema.field("device_id").type != pa.string():
         return _none_taken(len(payloads))
     devices = table.column("device_id").combine_chunks()
     valid_ids = {d for d in pc.unique(devices).drop_null().to_pylist() if plain_label(d)}
-    taken = pc.and_(taken, pc.fill_null(pc.is_in(devices, pa.array(sorted(valid_ids), pa.string())), False))
+    taken = pc.and_(taken, pc.fill_null(pc.is_in(devices, pa.array(sorted(valid_ids), pa.string())), _NO))
     if "timestamp" not in names or not pa.types.is_integer(table.schema.field("timestamp").type):
         return _none_taken(len(payloads))
     times, has_time = _epoch_micros(pc.cast(table.column("timestamp").combine_chunks(), pa.int64()))
     taken = pc.and_(taken, has_time)
-    taken = pc.and_(taken, pc.fill_null(plain_times(times, received_at), False))
+    taken = pc.and_(taken, pc.fill_null(plain_times(times, received_at), _NO))
     metrics: list[tuple[str, pa.Array]] = []
     for name in names:
         column = table.column(name).combine_chunks()
@@ -292,10 +310,10 @@ def _decode_v1(payloads: list[bytes], received_at: int) -> Decoded:
             continue
         if pa.types.is_integer(kind):
             small = pc.less_equal(pc.abs(column), _FLOAT_SAFE)
-            taken = pc.and_(taken, pc.fill_null(small, True))
+            taken = pc.and_(taken, pc.fill_null(small, _YES))
         values = pc.cast(column, pa.float64())
         finite = pc.is_finite(values)
-        taken = pc.and_(taken, pc.fill_null(finite, True))
+        taken = pc.and_(taken, pc.fill_null(finite, _YES))
         metrics.append((name, values))
     if not metrics:
         return _none_taken(len(payloads))
@@ -328,7 +346,7 @@ def _decode_v1(payloads: list[bytes], received_at: int) -> Decoded:
 # at its two spaces, its comma and its equals sign (no part can hold another's separator),
 # half the time of a regex with five captures.
 _LINE = r"^[^ ,=]+,[^ ,=]+=[^ ,=]+ [^ ]+ -?[0-9]{1,19}$"
-_OTHER_SHAPE = pa.scalar("-,-=- - 0")  # cut in place of a line of another shape, never taken
+_OTHER_SHAPE = pa.scalar("-,-=- - 0", pa.string())  # cut in place of a line of another shape, never taken
 _FIELD = r"^(?P<key>[^=]+)=(?P<value>[^=]+)$"
 
 
@@ -344,10 +362,10 @@ def _lines_naming_a_key_twice(owner: pa.Array, keys: pa.Array, widest: int) -> p
     Comparing each key with the few before it is cheap; counting (line, key) strings, as
     the wide case still does, took a quarter of the decode."""
     if widest > _COMPARED_FIELDS:
-        line_keys = pc.binary_join_element_wise(pc.cast(owner, pa.string()), keys, "\x00")
+        line_keys = pc.binary_join_element_wise(pc.cast(owner, pa.string()), keys, _NUL)
         counts = pc.value_counts(line_keys)
         repeated = pc.filter(
-            pc.struct_field(counts, "values"), pc.greater(pc.struct_field(counts, "counts"), 1)
+            pc.struct_field(counts, "values"), pc.greater(pc.struct_field(counts, "counts"), _INT[1])
         )
         return pc.filter(owner, pc.is_in(line_keys, repeated)) if len(repeated) else owner.slice(0, 0)
     kind = pc.dictionary_encode(keys).indices
@@ -358,21 +376,21 @@ def _lines_naming_a_key_twice(owner: pa.Array, keys: pa.Array, widest: int) -> p
             pc.equal(kind.slice(step), kind.slice(0, total - step)),
             pc.equal(owner.slice(step), owner.slice(0, total - step)),
         )
-        found.append(pc.filter(owner.slice(step), pc.fill_null(same, False)))
+        found.append(pc.filter(owner.slice(step), pc.fill_null(same, _NO)))
     return pa.concat_arrays(found)
 
 
 def _line_parts(lines: pa.Array, shaped: pa.Array) -> tuple[pa.Array, ...]:
     """Measurement, tag, device, fields and stamp of each line of the plain shape."""
     parts = pc.split_pattern(pc.if_else(shaped, lines, _OTHER_SHAPE), " ")
-    head = pc.split_pattern(pc.list_element(parts, 0), ",")
-    tag_device = pc.split_pattern(pc.list_element(head, 1), "=")
+    head = pc.split_pattern(pc.list_element(parts, _INT[0]), ",")
+    tag_device = pc.split_pattern(pc.list_element(head, _INT[1]), "=")
     return (
-        pc.list_element(head, 0),
-        pc.list_element(tag_device, 0),
-        pc.list_element(tag_device, 1),
-        pc.list_element(parts, 1),
-        pc.list_element(parts, 2),
+        pc.list_element(head, _INT[0]),
+        pc.list_element(tag_device, _INT[0]),
+        pc.list_element(tag_device, _INT[1]),
+        pc.list_element(parts, _INT[1]),
+        pc.list_element(parts, _INT[2]),
     )
 
 
@@ -382,25 +400,25 @@ def _decode_lineproto(payloads: list[bytes], received_at: int) -> Decoded:
     or integer fields. Every other line is the exact decoder's."""
     lines = pa.array(payloads, pa.binary()).cast(pa.string())
     shaped = pc.match_substring_regex(lines, _LINE)
-    plain = pc.fill_null(pc.and_(shaped, pc.invert(pc.match_substring_regex(lines, r'[\\"]'))), False)
+    plain = pc.fill_null(pc.and_(shaped, pc.invert(pc.match_substring_regex(lines, r'[\\"]'))), _NO)
     measurement, tag, device, fields, stamp = _line_parts(lines, shaped)
-    plain = pc.and_(plain, pc.fill_null(pc.is_in(tag, pa.array(list(DEVICE_TAGS))), False))
+    plain = pc.and_(plain, pc.fill_null(pc.is_in(tag, _DEVICE_TAGS), _NO))
     ids = {d for d in pc.unique(pc.filter(device, plain)).to_pylist() if plain_label(d)}
-    plain = pc.and_(plain, pc.fill_null(pc.is_in(device, pa.array(sorted(ids), pa.string())), False))
+    plain = pc.and_(plain, pc.fill_null(pc.is_in(device, pa.array(sorted(ids), pa.string())), _NO))
     names = {m for m in pc.unique(pc.filter(measurement, plain)).to_pylist() if plain_label(m)}
-    plain = pc.and_(plain, pc.fill_null(pc.is_in(measurement, pa.array(sorted(names), pa.string())), False))
-    stamps = pc.cast(pc.if_else(plain, stamp, pa.scalar("0")), pa.int64())
+    plain = pc.and_(plain, pc.fill_null(pc.is_in(measurement, pa.array(sorted(names), pa.string())), _NO))
+    stamps = pc.cast(pc.if_else(plain, stamp, _ZERO_TEXT), pa.int64())
     times = _floor_div_1000(stamps)
-    plain = pc.and_(plain, pc.fill_null(plain_times(times, received_at), False))
+    plain = pc.and_(plain, pc.fill_null(plain_times(times, received_at), _NO))
     # One row per field of the plain lines.
-    pairs = pc.split_pattern(pc.if_else(plain, fields, pa.scalar("")), ",")
+    pairs = pc.split_pattern(pc.if_else(plain, fields, _EMPTY_TEXT), ",")
     owner = pc.list_parent_indices(pairs)
     field = pc.extract_regex(pc.list_flatten(pairs), _FIELD)
     keys, raw_values = pc.struct_field(field, "key"), pc.struct_field(field, "value")
     integer = pc.match_substring_regex(raw_values, r"^[+-]?[0-9]{1,15}i$")
-    field_ok = pc.fill_null(pc.or_(integer, pc.match_substring_regex(raw_values, _DECIMAL)), False)
+    field_ok = pc.fill_null(pc.or_(integer, pc.match_substring_regex(raw_values, _DECIMAL)), _NO)
     number_text = pc.if_else(integer, pc.utf8_slice_codeunits(raw_values, 0, -1), raw_values)
-    values = pc.cast(pc.if_else(field_ok, number_text, pa.scalar("0")), pa.float64())
+    values = pc.cast(pc.if_else(field_ok, number_text, _ZERO_TEXT), pa.float64())
     field_ok = pc.and_(field_ok, pc.is_finite(values))
     key_names = {k for k in pc.unique(pc.filter(keys, field_ok)).to_pylist() if plain_label(k)}
     field_ok = pc.fill_null(
@@ -419,8 +437,10 @@ def _decode_lineproto(payloads: list[bytes], received_at: int) -> Decoded:
     kept_owner = pc.filter(owner, keep)
     field_measurement = pc.take(measurement, kept_owner)
     field_key = pc.filter(keys, keep)
-    generic = pc.is_in(field_measurement, pa.array(sorted(GENERIC_MEASUREMENTS), pa.string()))
-    metric = pc.if_else(generic, field_key, pc.binary_join_element_wise(field_measurement, field_key, "_"))
+    generic = pc.is_in(field_measurement, _GENERIC_MEASUREMENTS)
+    metric = pc.if_else(
+        generic, field_key, pc.binary_join_element_wise(field_measurement, field_key, _UNDERSCORE)
+    )
     if not all(plain_label(m) for m in pc.unique(metric).to_pylist()):
         return _none_taken(len(payloads))  # a measurement_field name too long: rare, the exact path says so
     readings = [
