@@ -9,12 +9,12 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from iotpipe.app import App
 from iotpipe.config import Settings, StorageSettings
-from iotpipe.formats.columnar import decode_payloads
+from iotpipe.formats.columnar import Block, decode_payloads
 from iotpipe.model import MICROS_PER_DAY, now_micros
 from iotpipe.store import Store
 
@@ -200,12 +200,45 @@ def test_decoding_a_block_looks_for_no_module(monkeypatch: pytest.MonkeyPatch) -
             looked_for.append(name)
 
     monkeypatch.setattr(sys, "meta_path", [Finder(), *sys.meta_path])
-    taken = [decode_payloads(payloads, fmt, now).taken for fmt, payloads in blocks]
-    assert taken == [
+    decoded = [decode_payloads(payloads, fmt, now) for fmt, payloads in blocks]
+    series = [
+        Block(d.devices, d.metrics, d.times, d.values).series() for d in decoded
+    ]  # as the pipeline asks
+    assert [d.taken for d in decoded] == [
         [True, True, False, True, False],
-        [True, True, True, False, True],
-    ]  # before 1970: exact path
+        [True, True, True, False, True],  # before 1970: the exact path's
+    ]
+    assert series[1] == {"p1": {"t"}} and len(series[0]["p1"]) == 42
     assert looked_for == []
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    readings=st.lists(
+        st.tuples(st.sampled_from(["p1", "p2", "p3", "é"]), st.integers(0, 69).map(lambda n: f"m{n}")),
+        max_size=200,
+    ),
+    few=st.booleans(),
+)
+@example(readings=[("p1", f"m{n}") for n in range(70)] + [("p2", "m3")], few=False)  # over 64 metrics
+def test_a_blocks_metrics_by_device_are_its_pairs(readings: list[tuple[str, str]], few: bool) -> None:
+    """Block.series() finds each device's metrics from bit masks (up to 64 metrics in a
+    block) or set by set (more): either way, exactly the block's pairs grouped by device."""
+    import pyarrow as pa
+
+    if few:  # a few metrics, as most blocks: the bit masks
+        readings = [(device, f"m{int(metric[1:]) % 5}") for device, metric in readings]
+    block = Block(
+        pa.array([d for d, _ in readings], pa.string()),
+        pa.array([m for _, m in readings], pa.string()),
+        pa.array(range(len(readings)), pa.int64()),
+        pa.array([1.0] * len(readings), pa.float64()),
+    )
+    expected: dict[str, set[str]] = {}
+    for device, metric in readings:
+        expected.setdefault(device, set()).add(metric)
+    assert block.series() == expected
+    assert sorted(block.pairs().names) == sorted({pair for pair in readings})
 
 
 # Each part mostly plain (repeated entries weigh the draw), sometimes one of the shapes

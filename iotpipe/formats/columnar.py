@@ -55,6 +55,7 @@ _ZERO_TEXT, _EMPTY_TEXT = pa.scalar("0", pa.string()), pa.scalar("", pa.string()
 _UNDERSCORE, _NUL = pa.scalar("_", pa.string()), pa.scalar("\x00", pa.string())
 _DEVICE_TAGS = pa.array(sorted(DEVICE_TAGS), pa.string())
 _GENERIC_MEASUREMENTS = pa.array(sorted(GENERIC_MEASUREMENTS), pa.string())
+_MASK_BITS = 63  # a block's metrics as the bits of one int64 per device, up to this many
 
 
 @dataclass
@@ -74,6 +75,7 @@ class Decoded:
 class Pairs:
     names: list[tuple[str, str]]  # a block's distinct (device, metric) pairs
     inverse: pa.Array  # int32, one per reading: its pair's index in names
+    by_device: dict[str, frozenset[str]]  # each device's metrics
 
 
 @dataclass
@@ -102,18 +104,47 @@ class Block:
             # One integer per reading (device index × metric count + metric index): hashing
             # integers is far cheaper than joining and hashing the two strings.
             keys = pc.add(
-                pc.multiply(devices.indices.cast(pa.int64()), width), metrics.indices.cast(pa.int64())
+                pc.multiply(devices.indices.cast(pa.int64()), pa.scalar(width, pa.int64())),
+                metrics.indices.cast(pa.int64()),
             ).dictionary_encode()
-            names = [(device_names[k // width], metric_names[k % width]) for k in keys.dictionary.to_pylist()]
-            self._pairs = Pairs(names, keys.indices)
+            device_of = pc.divide(keys.dictionary, pa.scalar(width, pa.int64()))  # integer division
+            metric_of = pc.subtract(keys.dictionary, pc.multiply(device_of, pa.scalar(width, pa.int64())))
+            names = [
+                (device_names[d], metric_names[m])
+                for d, m in zip(device_of.to_pylist(), metric_of.to_pylist(), strict=True)
+            ]
+            by_device = _metrics_by_device(device_names, metric_names, device_of, metric_of)
+            self._pairs = Pairs(names, keys.indices, by_device)
         return self._pairs
 
-    def series(self) -> dict[str, set[str]]:
+    def series(self) -> dict[str, frozenset[str]]:
         """Each device's metrics in this block."""
+        return self.pairs().by_device
+
+
+def _metrics_by_device(
+    device_names: list[str], metric_names: list[str], device_of: pa.Array, metric_of: pa.Array
+) -> dict[str, frozenset[str]]:
+    """Each device's metrics, given each distinct pair's device and metric index. Devices
+    mostly report the same few metrics: each distinct set is made once, from a bit mask per
+    device (the sum of its pairs' bits: they are distinct), where a set per device cost
+    more than the rest of a small block's checks."""
+    if len(metric_names) > _MASK_BITS:
         found: dict[str, set[str]] = {}
-        for device_id, metric in self.pairs().names:
-            found.setdefault(device_id, set()).add(metric)
-        return found
+        for d, m in zip(device_of.to_pylist(), metric_of.to_pylist(), strict=True):
+            found.setdefault(device_names[d], set()).add(metric_names[m])
+        return {device_id: frozenset(metrics) for device_id, metrics in found.items()}
+    bits = pc.shift_left(_INT[1], metric_of)
+    per_device = pa.table({"device": device_of, "bits": bits}).group_by("device").aggregate([("bits", "sum")])
+    masks = per_device["bits_sum"].combine_chunks().dictionary_encode()
+    sets = [
+        frozenset(name for bit, name in enumerate(metric_names) if mask >> bit & 1)
+        for mask in masks.dictionary.to_pylist()
+    ]
+    return {
+        device_names[d]: sets[k]
+        for d, k in zip(per_device["device"].to_pylist(), masks.indices.to_pylist(), strict=True)
+    }
 
 
 def _none_taken(count: int) -> Decoded:

@@ -463,11 +463,13 @@ class Store(ABC):
         for device_id, _, _ in batch.invalid:
             if device_id not in self._series_ids:
                 missing.setdefault(device_id, set())
-        for block in batch.blocks:
-            for device_id, metric in block.pairs().names:
+        for block in batch.blocks:  # device by device: fewer lookups than pair by pair
+            for device_id, metrics in block.series().items():
                 known = self._series_ids.get(device_id)
-                if known is None or metric not in known[1]:
-                    missing.setdefault(device_id, set()).add(metric)
+                if known is None:
+                    missing.setdefault(device_id, set()).update(metrics)
+                elif not metrics <= known[1].keys():
+                    missing.setdefault(device_id, set()).update(m for m in metrics if m not in known[1])
         if not missing:
             return {}
         device_pks = self._ensure_devices(conn, missing.keys(), batch.infos)
