@@ -76,6 +76,8 @@ class Pairs:
     names: list[tuple[str, str]]  # a block's distinct (device, metric) pairs
     inverse: pa.Array  # int32, one per reading: its pair's index in names
     by_device: dict[str, frozenset[str]]  # each device's metrics
+    devices: list[str]  # the block's distinct devices
+    device_of: pa.Array  # int64, one per pair: its device's index in devices
 
 
 @dataclass
@@ -114,7 +116,7 @@ class Block:
                 for d, m in zip(device_of.to_pylist(), metric_of.to_pylist(), strict=True)
             ]
             by_device = _metrics_by_device(device_names, metric_names, device_of, metric_of)
-            self._pairs = Pairs(names, keys.indices, by_device)
+            self._pairs = Pairs(names, keys.indices, by_device, device_names, device_of)
         return self._pairs
 
     def series(self) -> dict[str, frozenset[str]]:

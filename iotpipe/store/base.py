@@ -370,15 +370,18 @@ class Store(ABC):
             taken = cut
             pairs = block.pairs()
             inverse = np.asarray(pairs.inverse)
+            # Each device's (pk, series ids) once, then each pair's id from its device's.
+            entries = [new_ids.get(d) or cache[d] for d in pairs.devices]
+            device_of_pair = np.asarray(pairs.device_of)
             ids = np.array(
-                [(new_ids.get(d) or cache[d])[1][m] for d, m in pairs.names], dtype=np.int32
+                [entries[d][1][m] for d, (_, m) in zip(device_of_pair.tolist(), pairs.names, strict=True)],
+                dtype=np.int32,
             )  # KeyError: a series not created yet (see prepare_columns)
-            device_pks = np.array([(new_ids.get(d) or cache[d])[0] for d, _ in pairs.names], dtype=np.int64)
+            pks = np.array([pk for pk, _ in entries], dtype=np.int64)
             times = np.asarray(block.times, dtype=np.int64)
             series_parts.append(ids[inverse])
             time_parts.append(times + self.time_offset)
             value_parts.append(np.asarray(block.values, dtype=np.float64))
-            pks, device_of_pair = np.unique(device_pks, return_inverse=True)
             device_of_reading = device_of_pair[inverse]
             firsts = np.full(len(pks), np.iinfo(np.int64).max)
             lasts = np.full(len(pks), np.iinfo(np.int64).min)
