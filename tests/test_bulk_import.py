@@ -187,12 +187,13 @@ def test_decoding_a_block_looks_for_no_module(monkeypatch: pytest.MonkeyPatch) -
         b"not a line",
     ]
     records = [
-        orjson.dumps({"device_id": "p1", "timestamp": stamp, "t": 21.5})
+        orjson.dumps({"device_id": "p1", "timestamp": stamp, "t": 21.5, "n": 7})
         for stamp in (1_700_000_000, 1_700_000_000_123, 1_700_000_000_123_456, -5, 1_700_000_000_123_456_789)
     ]
     blocks = (("lineproto", lines), ("v1", records))
-    for fmt, payloads in blocks:
-        decode_payloads(payloads, fmt, now)  # pyarrow's own imports, once per process
+    for fmt, payloads in blocks:  # pyarrow's own imports, once per process
+        warm = decode_payloads(payloads, fmt, now)
+        Block(warm.devices, warm.metrics, warm.times, warm.values).series()
     looked_for: list[str] = []
 
     class Finder:
@@ -208,7 +209,7 @@ def test_decoding_a_block_looks_for_no_module(monkeypatch: pytest.MonkeyPatch) -
         [True, True, False, True, False],
         [True, True, True, False, True],  # before 1970: the exact path's
     ]
-    assert series[1] == {"p1": {"t"}} and len(series[0]["p1"]) == 42
+    assert series[1] == {"p1": {"t", "n"}} and len(series[0]["p1"]) == 42
     assert looked_for == []
 
 

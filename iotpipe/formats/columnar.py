@@ -48,7 +48,7 @@ _DECIMAL = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
 # CPU. tests/test_bulk_import.py checks that a decode imports nothing.
 _INT = {
     n: pa.scalar(n, pa.int64())
-    for n in (0, 1, 2, 1_000, 1_000_000, _MILLIS_FROM, _MILLIS_BELOW, _MICROS_BELOW)
+    for n in (0, 1, 2, 1_000, 1_000_000, _MILLIS_FROM, _MILLIS_BELOW, _MICROS_BELOW, _FLOAT_SAFE)
 }
 _NO, _YES = pa.scalar(False, pa.bool_()), pa.scalar(True, pa.bool_())
 _ZERO_TEXT, _EMPTY_TEXT = pa.scalar("0", pa.string()), pa.scalar("", pa.string())
@@ -342,7 +342,7 @@ def _decode_v1(payloads: list[bytes], received_at: int) -> Decoded:
             taken = pc.and_(taken, pc.is_null(column))
             continue
         if pa.types.is_integer(kind):
-            small = pc.less_equal(pc.abs(column), _FLOAT_SAFE)
+            small = pc.less_equal(pc.abs(column), _INT[_FLOAT_SAFE])
             taken = pc.and_(taken, pc.fill_null(small, _YES))
         values = pc.cast(column, pa.float64())
         finite = pc.is_finite(values)
