@@ -102,15 +102,14 @@ class Block:
         if self._pairs is None:
             devices, metrics = self.devices.dictionary_encode(), self.metrics.dictionary_encode()
             device_names, metric_names = devices.dictionary.to_pylist(), metrics.dictionary.to_pylist()
-            width = max(1, len(metric_names))
+            width = pa.scalar(max(1, len(metric_names)), pa.int64())
             # One integer per reading (device index × metric count + metric index): hashing
             # integers is far cheaper than joining and hashing the two strings.
             keys = pc.add(
-                pc.multiply(devices.indices.cast(pa.int64()), pa.scalar(width, pa.int64())),
-                metrics.indices.cast(pa.int64()),
+                pc.multiply(devices.indices.cast(pa.int64()), width), metrics.indices.cast(pa.int64())
             ).dictionary_encode()
-            device_of = pc.divide(keys.dictionary, pa.scalar(width, pa.int64()))  # integer division
-            metric_of = pc.subtract(keys.dictionary, pc.multiply(device_of, pa.scalar(width, pa.int64())))
+            device_of = pc.divide(keys.dictionary, width)  # integer division
+            metric_of = pc.subtract(keys.dictionary, pc.multiply(device_of, width))
             names = [
                 (device_names[d], metric_names[m])
                 for d, m in zip(device_of.to_pylist(), metric_of.to_pylist(), strict=True)
