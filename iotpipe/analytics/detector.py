@@ -23,9 +23,10 @@ time order — O(1) time and memory per reading, whatever the series' history:
   `shift_allowance` scales) for level shifts and drifts, and a CUSUM of squared
   residuals for variance changes, each judged by its own tracked quantiles, once the
   baseline has settled (two days and `season_seconds`);
-- **records**: the series' recent range (a high and a low that relax towards its middle
-  over `range_seconds`): a reading beyond it by `record_margin` of its width is a new
-  extreme;
+- **records**: the series' recent range, the extremes of the last `range_seconds` in
+  `RANGE_BUCKETS` buckets (O(1)): the current bucket's hold, the older ones' relax towards
+  the middle and the oldest is forgotten whole; a reading beyond the range by
+  `record_margin` of its width is a new extreme;
 - **stuck**: a run of identical values longer than chance allows given how often the
   series repeats a value (as judged when the run began).
 
@@ -63,6 +64,9 @@ from iotpipe.arrays import in_series_time_order
 from iotpipe.model import Micros
 
 DAY = 86_400.0
+# The recent range is the extremes of this many buckets of `range_seconds` / this each,
+# the current one included: it remembers `range_seconds`, less a bucket at most.
+RANGE_BUCKETS = 4
 PARALLEL_READINGS = 50_000  # a batch this large is scored on two threads (`_kernel`)
 _NO_TIME = np.iinfo(np.int64).min
 
@@ -83,7 +87,7 @@ class StreamingParams:
     season_bins: int = 24
     range_seconds: float = 14 * DAY
     shift_allowance: float = 1.0
-    record_margin: float = 0.1
+    record_margin: float = 0.07
     stuck_min: int = 5
     stuck_chance: float = 1e-5
     max_series: int = 100_000
@@ -157,6 +161,10 @@ STATE_FIELDS = (
     "shift_since",  # when the level CUSUM was last in its usual range (seconds): a drift builds slowly
     "side",  # +1 / -1 while readings in a row are beyond the clip above / below the baseline, else 0
     "side_since",  # when that run began (seconds)
+    "bucket_start",  # when the recent range's current bucket began (seconds); high, low: its extremes
+    "bucket",  # which of the older buckets' rows the current one goes to when it ends
+    *(f"older_high_{k}" for k in range(RANGE_BUCKETS - 1)),
+    *(f"older_low_{k}" for k in range(RANGE_BUCKETS - 1)),
 )
 _S = {name: i for i, name in enumerate(STATE_FIELDS)}
 # The integer columns a checkpoint keeps (the floats: the episode's value and peak, the

@@ -30,6 +30,7 @@ from iotpipe.analytics.detector import (
     DIP,
     DRIFT,
     LEVEL_SHIFT,
+    RANGE_BUCKETS,
     SEASONAL,
     SPIKE,
     STATE_FIELDS,
@@ -104,6 +105,7 @@ class Constants(NamedTuple):
     scale_rate: float
     season_rate: float
     range_rate: float
+    bucket_seconds: float  # range_seconds / RANGE_BUCKETS: how long a bucket of the recent range lasts
 
 
 def constants(p: StreamingParams) -> Constants:
@@ -122,6 +124,7 @@ def constants(p: StreamingParams) -> Constants:
         scale_rate=1.0 / p.scale_seconds,
         season_rate=p.season_bins / p.season_seconds,
         range_rate=1.0 / p.range_seconds,
+        bucket_seconds=p.range_seconds / RANGE_BUCKETS,
     )
 
 
@@ -154,7 +157,12 @@ def constants(p: StreamingParams) -> Constants:
     SHIFT_SINCE,
     SIDE,
     SIDE_SINCE,
-) = range(len(STATE_FIELDS))
+    BUCKET_START,
+    BUCKET,
+) = range(STATE_FIELDS.index("older_high_0"))
+OLDER_HIGH = STATE_FIELDS.index("older_high_0")  # the older buckets' highs, then their lows
+OLDER_LOW = STATE_FIELDS.index("older_low_0")
+OLDER = RANGE_BUCKETS - 1
 
 # A tracked quantile moves by a fixed factor: up when exceeded, down when not, so that it
 # settles where it is exceeded as often as its level says (a log-space stochastic
@@ -193,6 +201,14 @@ def track(state: np.ndarray, row: int, x: float) -> None:
 @compiled
 def clip(x: float, limit: float) -> float:
     return np.minimum(np.maximum(x, -limit), limit)
+
+
+@compiled
+def restart_range(st: np.ndarray, x: float, t: float) -> None:
+    """The recent range's older buckets forget all but `x`, and its current one begins at `t`."""
+    for k in range(OLDER):
+        st[OLDER_HIGH + k] = st[OLDER_LOW + k] = x
+    st[BUCKET_START] = t
 
 
 @compiled
@@ -289,6 +305,7 @@ def update(
     if first:
         for row in (LEVEL, PLAIN, HIGH, LOW, MIDDLE, PREVIOUS):
             st[row] = x
+        restart_range(st, x, t)
     level, plain, scale = st[LEVEL], st[PLAIN], st[SCALE]
 
     # The daily profile is piecewise linear between the bins' centres, so that a smooth
@@ -327,9 +344,13 @@ def update(
     shift_since = st[SHIFT_SINCE] if shifted > st[SHIFT_Q1] else t
     # New extremes: beyond the recent range by a fraction of its width.
     high, low, middle, width = st[HIGH], st[LOW], st[MIDDLE], st[WIDTH]
+    top, bottom = high, low  # the range: the extremes of every bucket
+    for k in range(OLDER):
+        top = np.maximum(top, st[OLDER_HIGH + k])
+        bottom = np.minimum(bottom, st[OLDER_LOW + k])
     floor = 6.0 * np.maximum(width, 1e-9 * (np.abs(middle) + 1e-9))
-    beyond_high = (x - high) / np.maximum(high - middle, floor)
-    beyond_low = (low - x) / np.maximum(middle - low, floor)
+    beyond_high = (x - top) / np.maximum(top - middle, floor)
+    beyond_low = (bottom - x) / np.maximum(middle - bottom, floor)
     record = (np.maximum(beyond_high, beyond_low) if width > 0 else 0.0) * c.record_factor
     # Stuck: a run of identical values longer than chance allows.
     same = not first and x == st[PREVIOUS]
@@ -400,6 +421,7 @@ def update(
         st[UP] = st[DOWN] = st[SPREAD_SUM] = 0.0
         level, plain = x - offset, x
         high = low = middle = x
+        restart_range(st, x, t)
     a_level, a_scale, a_season = a_level * live, a_scale * live, a_season * live
     st[SHIFT_SINCE] = shift_since
 
@@ -431,8 +453,21 @@ def update(
 
     high = np.maximum(high, x)
     low = np.minimum(low, x)
-    high -= a_range * (high - middle)
-    low += a_range * (middle - low)
+    # The recent range: the current bucket's extremes hold for as long as it lasts
+    # (`range_seconds` / RANGE_BUCKETS); the older buckets' relax towards the middle over
+    # `range_seconds`, and the oldest is forgotten whole when the current one ends. An
+    # extreme seen in the last few days is remembered in full: relaxing every extreme from
+    # the moment it was seen (as before) made a daily cron job's spike, or a daily peak,
+    # a new record the next day, a few per cent above its decayed self.
+    for k in range(OLDER):
+        st[OLDER_HIGH + k] -= a_range * (st[OLDER_HIGH + k] - middle)
+        st[OLDER_LOW + k] += a_range * (middle - st[OLDER_LOW + k])
+    if t - st[BUCKET_START] >= c.bucket_seconds:
+        oldest = int(st[BUCKET])
+        st[OLDER_HIGH + oldest], st[OLDER_LOW + oldest] = high, low
+        st[BUCKET] = (oldest + 1) % OLDER
+        st[BUCKET_START] = t
+        high = low = x
     gap = x - middle
     if width > 0:
         middle += a_scale * 0.5 * np.maximum(width, 1e-9 * (np.abs(middle) + 1e-9)) * np.sign(gap)
