@@ -9,6 +9,11 @@ windowedGaussian's, computed here from NAB's own per-row results, are printed be
 
     .venv/bin/python benchmarks/anomaly_nab_bench.py                     # ../shared/datasets/nab-tune
     .venv/bin/python benchmarks/anomaly_nab_bench.py --nab-dir ~/NAB     # a full NAB checkout
+    .venv/bin/python benchmarks/anomaly_nab_bench.py --oracle            # + a hindsight bound
+
+`--oracle` adds the default detector with the best of ORACLE_THRESHOLDS for each file,
+chosen with hindsight (the labels): a bound on what any threshold rule on its scores
+could reach, not a detector.
 
 A full checkout (github.com/numenta/NAB) has the same layout: data/, labels/,
 config/profiles.json; `results/windowedGaussian/` there replaces reference-windowedGaussian/.
@@ -26,6 +31,7 @@ import argparse
 import csv
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 
@@ -57,6 +63,7 @@ DEFAULT_DIR = next(
 # Standard profile on the 45 files of nab-tune (its README); None where not published.
 PUBLISHED = {"ARTime": 77.4, "CAD OSE": 75.6, "Numenta HTM": 73.1, "windowedGaussian": 47.6}
 GOAL = 78.0
+ORACLE_THRESHOLDS = (5.5, 6, 6.5, 7, 8, 9, 10, 12, 15, 20, 30, 50, 100, 1e9)
 Detections = Callable[[list[DataFile]], list[np.ndarray]]
 
 
@@ -82,6 +89,36 @@ def streaming(params: StreamingParams, batch: int = 50_000) -> Detections:
             detected[np.searchsorted(f.times, opened)] = True
             found.append(detected)
         return found
+
+    return detect
+
+
+def at_threshold(threshold: float) -> StreamingParams:
+    """The default detector opening episodes at `threshold` on the same scores: the record
+    part's margin and the hysteresis are scaled so that the spike, change and record
+    parts score every reading as by default, and the level that keeps an episode open
+    stays (a stuck run's score is scaled with the threshold: it still opens at its limit)."""
+    default = StreamingParams()
+    ratio = threshold / default.threshold
+    return replace(
+        default,
+        threshold=threshold,
+        record_margin=default.record_margin * ratio,
+        hysteresis=default.hysteresis / ratio,
+    )
+
+
+def per_file_oracle(nab_dir: Path) -> Detections:
+    """For every file, the detections at the threshold (of ORACLE_THRESHOLDS) that score
+    it best under the standard profile: chosen with the labels, so only a bound."""
+    profile = load_profiles(nab_dir)["standard"]
+
+    def detect(corpus: list[DataFile]) -> list[np.ndarray]:
+        runs = [streaming(at_threshold(t))(corpus) for t in ORACLE_THRESHOLDS]
+        return [
+            max((run[i] for run in runs), key=lambda found: score_file(f, found, profile).raw)
+            for i, f in enumerate(corpus)
+        ]
 
     return detect
 
@@ -136,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--nab-dir", type=Path, default=DEFAULT_DIR, help=f"default: {DEFAULT_DIR}")
+    parser.add_argument(
+        "--oracle", action="store_true", help="also the best threshold per file, chosen with the labels"
+    )
     args = parser.parse_args(argv)
     nab_dir: Path = args.nab_dir
     if not (nab_dir / "labels" / "combined_windows.json").exists():
@@ -152,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         # The default hour holds fewer than min_count readings at NAB's 5-minute sampling.
         "zscore k=3, 1 day": zscore(ZscoreRule(window=86_400 * 1_000_000)),
     }
+    if args.oracle:
+        detectors["streaming, oracle threshold/file"] = per_file_oracle(nab_dir)
     published = reference(nab_dir)
     if published is not None:
         detectors["windowedGaussian (NAB's results)"] = published
