@@ -26,7 +26,8 @@ time order — O(1) time and memory per reading, whatever the series' history:
 - **records**: the series' recent range, the extremes of the last `range_seconds` in
   `RANGE_BUCKETS` buckets (O(1)): the current bucket's hold, the older ones' relax towards
   the middle and the oldest is forgotten whole; a reading beyond the range by
-  `record_margin` of its width is a new extreme;
+  `record_margin` of its width is a new extreme (on a series' first day, before it has
+  shown its daily cycle, by a margin √(1 day / its age) times wider);
 - **stuck**: a run of identical values longer than chance allows given how often the
   series repeats a value (as judged when the run began).
 

@@ -50,6 +50,9 @@ SHIFT_CLIP = 4.5  # the level CUSUM adds residuals clipped at this many sigmas
 # A change whose level CUSUM took longer than this many level time constants to climb
 # from its usual range to the alarm is a drift; quicker, a level shift.
 DRIFT_LEVELS = 3.0
+# A series seen for less than this has not yet shown its daily cycle: its range is not
+# yet a record's yardstick, and the margin a record needs widens as √(YOUNG / its age).
+YOUNG = DAY
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -352,6 +355,12 @@ def update(
     beyond_high = (x - top) / np.maximum(top - middle, floor)
     beyond_low = (bottom - x) / np.maximum(middle - bottom, floor)
     record = (np.maximum(beyond_high, beyond_low) if width > 0 else 0.0) * c.record_factor
+    # On its first day a series climbs its daily cycle: each new high of the day is beyond
+    # the range it has seen so far, as a record is (the simulator's temperatures and
+    # humidities raised 0.1 false episode per 1,000 readings that way).
+    age = count * step
+    if age < YOUNG:
+        record /= np.sqrt(YOUNG / np.maximum(age, step))
     # Stuck: a run of identical values longer than chance allows.
     same = not first and x == st[PREVIOUS]
     run = st[RUN] + 1.0 if same else 1.0

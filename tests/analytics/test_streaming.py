@@ -62,6 +62,21 @@ def test_a_daily_cycle_without_anomaly_raises_nothing() -> None:
     assert run(daily(6 * DAY)) == []
 
 
+def test_a_new_series_climbing_its_first_daily_cycle_raises_nothing_but_a_real_jump() -> None:
+    # Every 10 s (the simulator's pace) the warmup ends in minutes, while the series
+    # still climbs its first day's swing: each new high of the day is beyond the range
+    # seen so far. A range younger than a day is not a record's yardstick as a grown
+    # one is (the old rule raised three episodes here).
+    step, n = 10 * MICROS_PER_SECOND, 8640  # one day
+    rng = np.random.default_rng(0)
+    values = np.round(20 + 4 * np.sin(2 * np.pi * np.arange(n) / n) + rng.normal(0, 0.3, n), 2)
+    t = T0 + np.arange(n, dtype=np.int64) * step
+    assert StreamingDetector().process(np.full(n, 1), t, values) == []
+    values[4000] += 15  # 50 sigma, far beyond the day's swing: found on the first day
+    opened = [e for e in StreamingDetector().process(np.full(n, 1), t, values) if e.opened]
+    assert [((e.time - T0) // step, e.reason) for e in opened] == [(4000, "spike")]
+
+
 def test_a_spike_is_one_episode_with_reason_spike() -> None:
     values = daily(4 * DAY)
     values[3 * DAY] += 6  # 20 sigma
