@@ -87,6 +87,14 @@ class EngineResult:
         return self.best(True).seconds / self.best(False).seconds - 1.0
 
     @property
+    def median_cost(self) -> float:
+        """The same with the median of each: on a noisy machine one lucky run decides the
+        best of a few, not the median."""
+        with_seconds = np.median([r.seconds for r in self.with_detector])
+        without_seconds = np.median([r.seconds for r in self.without_detector])
+        return float(with_seconds / without_seconds - 1.0)
+
+    @property
     def measured_cost(self) -> float:
         """The detector's own time over the rest of the import, median of the runs:
         steadier than comparing two noisy wall times on a shared machine."""
@@ -251,15 +259,15 @@ def main(argv: list[str] | None = None) -> int:
 
     failed = False
     print(
-        f"\n{'engine':<11}{'with/s':>11}{'without/s':>11}{'wall':>8}{'cpu':>8}{'in-run':>8}{'detector/s':>12}"
-        "   cost: best wall, best cpu, detector's own time"
+        f"\n{'engine':<11}{'with/s':>11}{'without/s':>11}{'wall':>8}{'median':>8}{'cpu':>8}{'in-run':>8}"
+        f"{'detector/s':>12}   cost: best wall, median wall, best cpu, detector's own time"
     )
     for r in results:
         cost_ok = r.measured_cost < 0.10
         failed |= not cost_ok
         print(
             f"{r.engine:<11}{r.best(True).rate:>11,.0f}{r.best(False).rate:>11,.0f}{r.cost:>8.1%}"
-            f"{r.cpu_cost:>8.1%}{r.measured_cost:>8.1%}{alone:>12,.0f}"
+            f"{r.median_cost:>8.1%}{r.cpu_cost:>8.1%}{r.measured_cost:>8.1%}{alone:>12,.0f}"
             f"{'' if cost_ok else '  FAIL: goal is < 10 %'}"
         )
     if args.json:
@@ -274,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
                         {
                             **asdict(r),
                             "cost": r.cost,
+                            "median_cost": r.median_cost,
                             "cpu_cost": r.cpu_cost,
                             "measured_cost": r.measured_cost,
                         }
