@@ -298,6 +298,7 @@ def update(
             interval = interval * (GROW if dt > interval else SHRINK)
         st[INTERVAL] = interval
     step = interval if interval > 0 else 60.0
+    age = count * step  # how long the series has been seen, in its usual intervals
     # Until a series has lived one time constant, a running mean of what it has seen.
     early = 1.0 / (count + 1.0)
     a_level = np.maximum(-np.expm1(-step * c.level_rate), early)
@@ -324,7 +325,7 @@ def update(
         level = x - offset
         plain = x
         st[UP] = st[DOWN] = st[SPREAD_SUM] = 0.0
-    seasonal = count * step > 2 * DAY and st[ERR_SEASON] < SEASON_GAIN * st[ERR_PLAIN]
+    seasonal = age > 2 * DAY and st[ERR_SEASON] < SEASON_GAIN * st[ERR_PLAIN]
     residual = x - level - (offset if seasonal else 0.0)
     sigma = (spread if seasonal else scale) * MAD_TO_SIGMA
     sigma = np.maximum(sigma, 1e-9 * (np.abs(level) + 1e-9))
@@ -358,7 +359,6 @@ def update(
     # On its first day a series climbs its daily cycle: each new high of the day is beyond
     # the range it has seen so far, as a record is (the simulator's temperatures and
     # humidities raised 0.1 false episode per 1,000 readings that way).
-    age = count * step
     if age < YOUNG:
         record /= np.sqrt(YOUNG / np.maximum(age, step))
     # Stuck: a run of identical values longer than chance allows.
@@ -380,7 +380,7 @@ def update(
     # profile is chosen after two days, then learned over `season_seconds` (before that,
     # the daily swing itself, or the profile still being learned, looks like a drift or a
     # variance change: the spurious alarms of noise-free daily series).
-    if not count * step > c.settled_seconds:
+    if not age > c.settled_seconds:
         shift = variance = 0.0
     # The part that scores highest names the reason (the first of equals).
     which, best = 0, spike
@@ -415,7 +415,7 @@ def update(
     # when a stuck sensor moves again.
     side = np.sign(z) if valid and np.abs(z) > CLIP else 0.0
     side_since = st[SIDE_SINCE] if side != 0 and side == st[SIDE] else t
-    restart = side != 0 and t - side_since + step >= c.drift_seconds and count * step > c.settled_seconds
+    restart = side != 0 and t - side_since + step >= c.drift_seconds and age > c.settled_seconds
     st[SIDE] = 0.0 if restart else side
     st[SIDE_SINCE] = side_since
     if valid:
