@@ -59,7 +59,7 @@ MALFORMED_LINES = [
     (json.dumps({"device_id": "no-metric", "temperature": "abc"}), "no valid metric: temperature"),
     (json.dumps({"schema_version": 7, "device": {"id": "v7"}}), "schema_version 7 is not supported"),
     ('[{"bn":"urn:dev:x:","n":"t","vs":"hot"}]', "no valid metric"),
-    ("weather,device_id=lp-bad temperature= 1465839830100400200", "line 1"),
+    ("weather,device_id=lp-bad temperature= 1465839830100400200", "field 'temperature='"),
 ]
 CSV_TEXT = (
     "timestamp,device_id,temperature,humidity\n"

@@ -70,8 +70,8 @@ async def ingest(
     if status == 422:
         raise ApiProblem(
             422,
-            f"no message of the request could be stored ({result['rejected']} rejected); "
-            "they are in the dead-letter queue with their reasons",
+            f"no message of the request could be stored ({result['rejected']} rejected; the first: "
+            f"{_first_reason(result)}); they are in the dead-letter queue with their reasons",
             **result,
         )
     return Json(result, status_code=status)
@@ -105,10 +105,20 @@ async def influx_v1_write(
 async def _influx(request: Request, origin: str, token: str | None, precision: str | None) -> Response:
     result = await _ingest(request, origin, token, None, precision, "text/plain")
     if result["rejected"]:
-        first = result["rejections"][0]["reason"] if result["rejections"] else "see the dead-letter queue"
-        detail = f"partial write: {result['rejected']} of {result['messages']} lines rejected ({first})"
+        detail = (
+            f"partial write: {result['rejected']} of {result['messages']} lines rejected "
+            f"({_first_reason(result)})"
+        )
         raise ApiProblem(400, detail, **result)
     return Response(status_code=204)
+
+
+def _first_reason(result: dict[str, Any]) -> str:
+    """The first rejection's origin and reason, for a problem's one-line detail."""
+    if not result["rejections"]:
+        return "see the dead-letter queue"
+    first = result["rejections"][0]
+    return f"{first['origin']}: {first['reason']}"
 
 
 @router.get("/ping", status_code=204, tags=["ingest"])

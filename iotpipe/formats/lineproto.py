@@ -85,11 +85,14 @@ def decode_lineproto(raw: RawMessage) -> list[DecodedMessage]:
     end = len(text)
     pos = 0
     lineno = 0
+    # A one-line payload (an MQTT message, a line of a file or an HTTP body: its origin says
+    # which) names no line in its reasons: "line 1" would contradict the origin's number.
+    counting = 1 if "\n" in text.rstrip("\n") else 0
     while pos <= end:
         newline = text.find("\n", pos)
         if newline < 0:
             newline = end
-        lineno += 1
+        lineno += counting
         line = text[pos:newline].strip(" \t")
         if line and line[0] != "#":
             if "\\" in line or '"' in line:
@@ -111,19 +114,19 @@ def _parse_plain(line: str, lineno: int, raw: RawMessage, devices: dict[str, str
     if len(parts) > 3 or "" in parts:
         parts = [part for part in parts if part]  # runs of spaces between sections
     if len(parts) < 2:
-        raise DecodeError(f"line {lineno}: no fields; expected {_SYNTAX}")
+        raise DecodeError(f"{_at(lineno)}no fields; expected {_SYNTAX}")
     if len(parts) > 3:
-        raise DecodeError(f"line {lineno}: unexpected {parts[3]!r} after the timestamp")
+        raise DecodeError(f"{_at(lineno)}unexpected {parts[3]!r} after the timestamp")
 
     measurement, *tags = parts[0].split(",")
     if not measurement:
-        raise DecodeError(f"line {lineno}: measurement is empty")
+        raise DecodeError(f"{_at(lineno)}measurement is empty")
     device_tags: dict[str, str] = {}
     series_tags: list[tuple[str, str]] = []
     for tag in tags:
         key, equals, value = tag.partition("=")
         if not key or not equals or not value:
-            raise DecodeError(f"line {lineno}: tag {_preview(tag)} is not key=value")
+            raise DecodeError(f"{_at(lineno)}tag {_preview(tag)} is not key=value")
         if key in DEVICE_TAGS:
             device_tags[key] = value
         else:
@@ -138,7 +141,7 @@ def _parse_plain(line: str, lineno: int, raw: RawMessage, devices: dict[str, str
     for field in parts[1].split(","):
         key, equals, text = field.partition("=")
         if not key or not equals or not text:
-            raise DecodeError(f"line {lineno}: field {_preview(field)} is not key=value")
+            raise DecodeError(f"{_at(lineno)}field {_preview(field)} is not key=value")
         _add(readings, invalid, prefix + key + suffix, time, _number(text, key, lineno))
     return DecodedMessage(device_id, readings, invalid=invalid)
 
@@ -151,7 +154,7 @@ def _parse_escaped(
     i = _skip_blanks(text, pos)
     match = _MEASUREMENT.match(text, i)
     if match is None:
-        raise DecodeError(f"line {lineno}: measurement is empty")
+        raise DecodeError(f"{_at(lineno)}measurement is empty")
     measurement = _unescape(match.group(), _MEASUREMENT_ESCAPE)
     i = match.end()
 
@@ -160,21 +163,21 @@ def _parse_escaped(
     while i < end and text[i] == ",":
         match = _KEY.match(text, i + 1)
         if match is None:
-            raise DecodeError(f"line {lineno}: empty tag key after {_preview(text[pos : i + 1])}")
+            raise DecodeError(f"{_at(lineno)}empty tag key after {_preview(text[pos : i + 1])}")
         key = _unescape(match.group(), _KEY_ESCAPE)
         i = match.end()
         if i >= end or text[i] != "=":
-            raise DecodeError(f"line {lineno}: tag {key!r} is not key=value")
+            raise DecodeError(f"{_at(lineno)}tag {key!r} is not key=value")
         match = _TAG_VALUE.match(text, i + 1)
         if match is None:
-            raise DecodeError(f"line {lineno}: tag {key!r} has an empty value")
+            raise DecodeError(f"{_at(lineno)}tag {key!r} has an empty value")
         if key in DEVICE_TAGS:
             device_tags[key] = _unescape(match.group(), _KEY_ESCAPE)
         else:
             series_tags.append((key, _unescape(match.group(), _KEY_ESCAPE)))
         i = match.end()
     if i >= end or text[i] != " ":
-        raise DecodeError(f"line {lineno}: no fields; expected {_SYNTAX}")
+        raise DecodeError(f"{_at(lineno)}no fields; expected {_SYNTAX}")
     while i < end and text[i] == " ":
         i += 1
 
@@ -182,21 +185,21 @@ def _parse_escaped(
     while True:
         match = _KEY.match(text, i)
         if match is None:
-            raise DecodeError(f"line {lineno}: empty field key at {_preview(text[i : i + 20])}")
+            raise DecodeError(f"{_at(lineno)}empty field key at {_preview(text[i : i + 20])}")
         key = _unescape(match.group(), _KEY_ESCAPE)
         i = match.end()
         if i >= end or text[i] != "=":
-            raise DecodeError(f"line {lineno}: field {key!r} is not key=value")
+            raise DecodeError(f"{_at(lineno)}field {key!r} is not key=value")
         i += 1
         if i < end and text[i] == '"':
             match = _STRING.match(text, i)
             if match is None:
-                raise DecodeError(f"line {lineno}: field {key!r} has an unterminated string")
+                raise DecodeError(f"{_at(lineno)}field {key!r} has an unterminated string")
             fields.append((key, None))
         else:
             match = _BARE_VALUE.match(text, i)
             if match is None:
-                raise DecodeError(f"line {lineno}: field {key!r} has no value")
+                raise DecodeError(f"{_at(lineno)}field {key!r} has no value")
             fields.append((key, match.group()))
         i = match.end()
         if i < end and text[i] == ",":
@@ -213,9 +216,7 @@ def _parse_escaped(
         timestamp = text[blanks:stop]
         blanks = _skip_blanks(text, stop)
     if blanks < end and text[blanks] != "\n":
-        raise DecodeError(
-            f"line {lineno}: unexpected {_preview(text[blanks : blanks + 20])} after the fields"
-        )
+        raise DecodeError(f"{_at(lineno)}unexpected {_preview(text[blanks : blanks + 20])} after the fields")
 
     device_id = _device(device_tags, raw, lineno, devices)
     time = raw.received_at if timestamp is None else _timestamp(timestamp, lineno, raw.format)
@@ -260,7 +261,7 @@ def _number(text: str, key: str, lineno: int) -> float:
             integer = int(digits)
             if (-_INT64 <= integer < _INT64) if suffix == "i" else integer < _UINT64:
                 return float(integer)
-            raise DecodeError(f"line {lineno}: field {key!r} value {_preview(text)} is out of range")
+            raise DecodeError(f"{_at(lineno)}field {key!r} value {_preview(text)} is out of range")
     # float() alone would also take '1_000', ' 1' and non-ASCII digits, which are not
     # line protocol; it does take nan/inf, which _add reports as invalid values.
     elif text.isascii() and "_" not in text:
@@ -269,8 +270,13 @@ def _number(text: str, key: str, lineno: int) -> float:
         except ValueError:
             pass
     raise DecodeError(
-        f"line {lineno}: field {key!r} value {_preview(text)} is not a number, integer, boolean or string"
+        f"{_at(lineno)}field {key!r} value {_preview(text)} is not a number, integer, boolean or string"
     )
+
+
+def _at(lineno: int) -> str:
+    """Where a reason is, in a payload of several lines: "line N: " (lines count from 1)."""
+    return f"line {lineno}: " if lineno else ""
 
 
 def _timestamp(text: str, lineno: int, fmt: str | None = None) -> int:
@@ -278,9 +284,9 @@ def _timestamp(text: str, lineno: int, fmt: str | None = None) -> int:
     scale = PRECISIONS.get(fmt or "lineproto", 1)
     unit = "nanoseconds" if scale == 1 else fmt.removeprefix("lineproto_")  # type: ignore[union-attr]
     if not (digits.isascii() and digits.isdigit()):
-        raise DecodeError(f"line {lineno}: timestamp {_preview(text)} is not an integer of {unit}")
+        raise DecodeError(f"{_at(lineno)}timestamp {_preview(text)} is not an integer of {unit}")
     if len(digits) > 19 or not -_INT64 <= (nanos := int(text) * scale) < _INT64:
-        raise DecodeError(f"line {lineno}: timestamp {_preview(text)} is out of range for {unit}")
+        raise DecodeError(f"{_at(lineno)}timestamp {_preview(text)} is out of range for {unit}")
     return nanos // 1000  # floor, in exact integer arithmetic
 
 
@@ -294,10 +300,10 @@ def _device(tags: dict[str, str], raw: RawMessage, lineno: int, devices: dict[st
     else:
         value = raw.device_id
         if value is None:
-            raise DecodeError(f"line {lineno}: no device_id or host tag, and the message names no device")
+            raise DecodeError(f"{_at(lineno)}no device_id or host tag, and the message names no device")
     device_id = devices.get(value)
     if device_id is None:
-        device_id = devices[value] = check_device_id(value, f"line {lineno}: {source}")
+        device_id = devices[value] = check_device_id(value, f"{_at(lineno)}{source}")
     return device_id
 
 

@@ -124,6 +124,30 @@ def test_a_request_whose_every_message_is_rejected_is_422_with_the_reasons(serve
     assert answer.json()["rejected"] == 1 and "no metric" in answer.json()["rejections"][0]["reason"]
 
 
+def test_a_rejected_line_of_a_body_is_named_by_its_origin_alone(served: Served) -> None:
+    # Each line of a body is its own message: its origin names the body's line, and its
+    # reason must not contradict it with a "line 1" of its own.
+    body = b"m,host=a x=1\nm x=2\nm x=3\n"
+    answer = served.client.post("/api/v1/ingest", content=body, headers={"content-type": "text/plain"})
+    assert answer.status_code == 200
+    result = answer.json()
+    assert result["messages"] == 3 and result["stored"] == 1 and result["rejected"] == 2
+    reason = "no device_id or host tag, and the message names no device"
+    assert result["rejections"] == [
+        {"origin": "POST /api/v1/ingest:2", "reason": reason},
+        {"origin": "POST /api/v1/ingest:3", "reason": reason},
+    ]
+    assert served.app.store.dead_letter_count() == 2
+    every = served.client.post(
+        "/api/v1/ingest", content=b"m x=4\nm x=5", headers={"content-type": "text/plain"}
+    )
+    assert every.status_code == 422
+    detail = every.json()["detail"]
+    assert detail.startswith("no message of the request could be stored (2 rejected; the first: ")
+    assert f"POST /api/v1/ingest:1: {reason})" in detail
+    assert served.app.store.dead_letter_count() == 4
+
+
 def test_oversize_bodies_are_refused_while_streaming(database_url: str, served_with) -> None:
     served = served_with(database_url, max_body_bytes=4096, max_decompressed_bytes=8192)
 
@@ -171,7 +195,8 @@ def test_influx_v1_write_takes_precision_and_reports_a_partial_write(served: Ser
     partial = served.client.post("/write?db=telegraf", content=b"weather,host=h1 temperature=83\nbroken")
     assert partial.status_code == 400
     body = partial.json()
-    assert body["error"].startswith("partial write: 1 of 2 lines rejected") and body["code"] == "invalid"
+    assert body["error"].startswith("partial write: 1 of 2 lines rejected (POST /write:2: no fields")
+    assert body["code"] == "invalid"
     assert served.client.post("/write?precision=fortnights", content=b"w,host=h t=1").status_code == 415
     assert served.client.get("/ping").headers["x-influxdb-version"]
 
