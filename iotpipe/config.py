@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -96,6 +96,7 @@ class SimulatorSettings(BaseModel):
 
 
 Severity = Literal["critical", "major", "minor", "warning"]
+SEVERITIES: tuple[str, ...] = get_args(Severity)  # most severe first
 
 
 class AlertRuleSettings(BaseModel):

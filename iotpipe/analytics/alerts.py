@@ -28,7 +28,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, delete, func, insert, select, update
 
 from iotpipe.analytics.outbox import enqueue
-from iotpipe.config import Settings
+from iotpipe.config import SEVERITIES, Settings
 from iotpipe.errors import Conflict, IotpipeError, NotFound
 from iotpipe.model import MICROS_PER_SECOND, Micros, format_micros, now_micros
 from iotpipe.store import Store
@@ -493,6 +493,8 @@ def alert_rows(
     """Alerts, newest first, as the CLI and API show them (`before_id`: a page's end)."""
     if status is not None and status not in STATUSES:
         raise IotpipeError(f"unknown alert status {status!r}; choose one of: {', '.join(STATUSES)}")
+    if severity is not None and severity not in SEVERITIES:
+        raise IotpipeError(f"unknown severity {severity!r}; choose one of: {', '.join(SEVERITIES)}")
     conditions = []
     if status is not None:
         conditions.append(alerts.c.status == status)

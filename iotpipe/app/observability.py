@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from iotpipe.config import SEVERITIES
 from iotpipe.model import MICROS_PER_SECOND, now_micros
 from iotpipe.sinks.metrics import Gauge, gauge, labelled
 
@@ -74,7 +75,7 @@ def gauges(app: App) -> list[Gauge]:
         )
     try:
         by_status, _ = status_counts(app.store, app.settings.analytics, now_micros())
-        severities = dict.fromkeys(("critical", "major", "minor", "warning"), 0)
+        severities = dict.fromkeys(SEVERITIES, 0)
         severities.update(open_alerts_by_severity(app.store))
         backlog, finished = rollup_backlog(app.store)
     except Exception:

@@ -24,6 +24,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from iotpipe.app.paging import check_limit, decode_cursor, encode_cursor, page_sorted
+from iotpipe.config import SEVERITIES
 from iotpipe.errors import IotpipeError, NotFound
 from iotpipe.model import (
     MICROS_PER_DAY,
@@ -406,7 +407,7 @@ def overview(app: App, readings: int) -> dict[str, Any]:
     from iotpipe.analytics.fleet import open_alerts_by_severity, rollup_backlog, status_counts
 
     by_status, scores = status_counts(app.store, app.settings.analytics, now_micros())
-    severities = {s: 0 for s in ("critical", "major", "minor", "warning")}
+    severities = dict.fromkeys(SEVERITIES, 0)
     severities.update(open_alerts_by_severity(app.store))
     backlog, _ = rollup_backlog(app.store)
     return {

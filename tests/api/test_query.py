@@ -201,6 +201,13 @@ def test_alerts_list_and_acknowledge(served: Served) -> None:
     served.app.run_jobs("alerts")
     alerts = served.client.get("/api/v1/alerts?status=open&severity=major").json()["items"]
     (alert,) = [a for a in alerts if a["rule"] == "hot"]
+    # A misspelt filter is an error, not an empty list that reads as "no major alerts".
+    for query, reason in (
+        ("severity=Major", "unknown severity 'Major'; choose one of: critical, major, minor, warning"),
+        ("status=closed", "unknown alert status 'closed'; choose one of: open, acknowledged, resolved"),
+    ):
+        wrong = served.client.get(f"/api/v1/alerts?{query}")
+        assert (wrong.status_code, wrong.json()["detail"]) == (400, reason)
     acked = served.client.post(f"/api/v1/alerts/{alert['id']}/ack")
     assert acked.status_code == 200 and acked.json()["status"] == "acknowledged"
     assert served.client.post("/api/v1/alerts/999999/ack").status_code == 404
