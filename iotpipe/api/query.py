@@ -11,7 +11,7 @@ from fastapi import APIRouter, Body, Query, Request
 from iotpipe.api import models
 from iotpipe.api.auth import authenticate
 from iotpipe.api.problems import ApiProblem, Json
-from iotpipe.app import App, parse_time
+from iotpipe.app import App, parse_range
 from iotpipe.errors import IotpipeError
 
 router = APIRouter(prefix="/api/v1")
@@ -31,7 +31,7 @@ def _app(request: Request, action: str = "read") -> App:
 
 
 def _times(start: str | None, end: str | None) -> tuple[int | None, int | None]:
-    return parse_time(start, "start"), parse_time(end, "end")
+    return parse_range(start, end, ("start", "end"))
 
 
 @router.get("/devices", response_model=models.DevicePage, tags=["devices"])

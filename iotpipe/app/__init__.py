@@ -1172,6 +1172,19 @@ def parse_time(value: str | None, flag: str) -> Micros | None:
         raise IotpipeError(f"{exc}; write e.g. 2026-11-22T10:00:00Z") from None
 
 
+def parse_range(
+    start: str | None, end: str | None, flags: tuple[str, str] = ("--start", "--end")
+) -> tuple[Micros | None, Micros | None]:
+    """A --start/--end pair as µs: each parsed by `parse_time`, and an error when both are
+    given and start is not before end (else an empty answer would read as "nothing there")."""
+    first, last = parse_time(start, flags[0]), parse_time(end, flags[1])
+    if first is not None and last is not None and first >= last:
+        raise IotpipeError(
+            f"{flags[0]} ({format_micros(first)}) must be before {flags[1]} ({format_micros(last)})"
+        )
+    return first, last
+
+
 _QUALITY_COUNTS = ("expected", "missing", "invalid", "out_of_range", "anomalous")
 
 

@@ -245,10 +245,10 @@ def export(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from iotpipe.app import parse_time
+    from iotpipe.app import parse_range
 
     application = get_app(ctx)
-    first, last = parse_time(start, "--start"), parse_time(end, "--end")
+    first, last = parse_range(start, end)
     with Progress(
         TextColumn("[bold]exporting days"),
         BarColumn(),

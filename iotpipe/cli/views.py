@@ -23,9 +23,9 @@ EndOption = Annotated[str | None, typer.Option("--end", help="Up to this time, e
 
 
 def _times(start: str | None, end: str | None) -> tuple[int | None, int | None]:
-    from iotpipe.app import parse_time
+    from iotpipe.app import parse_range
 
-    return parse_time(start, "--start"), parse_time(end, "--end")
+    return parse_range(start, end)
 
 
 def _table(*columns: str, title: str | None = None) -> Any:

@@ -124,6 +124,18 @@ def test_views_explain_unknown_series_buckets_and_alerts(tmp_path: Path) -> None
     assert (ack.returncode, "no alert 41" in ack.stderr) == (2, True)
     status = iotpipe("alerts", "--status", "closed", cwd=tmp_path)
     assert "unknown alert status 'closed'" in status.stderr
+    backwards = ["--start", "2026-01-02T00:00:00Z", "--end", "2026-01-01T00:00:00Z"]
+    for command in (
+        ["anomalies"],
+        ["trends", "--device", "ghost", "--metric", "x"],
+        ["export", "--out", "x"],
+    ):
+        refused = iotpipe(*command, *backwards, cwd=tmp_path)
+        assert (refused.returncode, refused.stderr.strip()) == (
+            2,
+            "error: --start (2026-01-02T00:00:00Z) must be before --end (2026-01-01T00:00:00Z)",
+        ), command
+        assert not (tmp_path / "x").exists()
     job = iotpipe("jobs", "cleanup", cwd=tmp_path)
     assert "unknown job 'cleanup'" in job.stderr
 

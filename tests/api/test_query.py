@@ -282,6 +282,13 @@ def test_anomalies_page_newest_first(served: Served) -> None:
     served.app.detect_anomalies(start=DAY0 * 1_000_000)
     page = served.client.get("/api/v1/anomalies?device_id=pump-1&limit=1").json()
     assert page["items"][0]["time"] == iso(DAY0 + 6000) and page["items"][0]["method"] == "zscore"
+    # A range the wrong way round is an error, not an empty page that reads as "no anomalies".
+    for path in ("/api/v1/anomalies?", "/api/v1/devices/pump-1/trends?metric=temperature&"):
+        backwards = served.client.get(f"{path}start={iso(DAY0 + 60)}&end={iso(DAY0)}")
+        assert (backwards.status_code, backwards.json()["detail"]) == (
+            400,
+            f"start ({iso(DAY0 + 60)}) must be before end ({iso(DAY0)})",
+        ), path
 
 
 def test_unknown_routes_and_methods_are_problems(served: Served) -> None:
