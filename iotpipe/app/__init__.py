@@ -690,10 +690,12 @@ class App:
             )
         return {"first_day": first, "last_day": last, "devices": report}
 
-    def alerts(self, status: str | None = None) -> list[dict[str, Any]]:
+    def alerts(
+        self, status: str | None = None, severity: str | None = None, device_id: str | None = None
+    ) -> list[dict[str, Any]]:
         from iotpipe.analytics.alerts import alert_rows
 
-        return alert_rows(self.store, status)
+        return alert_rows(self.store, status, severity=severity, device_id=device_id)
 
     def acknowledge_alert(self, alert_id: int) -> dict[str, Any]:
         from iotpipe.analytics.alerts import acknowledge

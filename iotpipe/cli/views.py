@@ -211,17 +211,22 @@ def report(
 def alerts_list(
     ctx: typer.Context,
     status: Annotated[str | None, typer.Option("--status", help="open, acknowledged or resolved.")] = None,
+    severity: Annotated[
+        str | None, typer.Option("--severity", help="critical, major, minor or warning.")
+    ] = None,
+    device: Annotated[str | None, typer.Option("--device", help="Only this device's alerts.")] = None,
     json_output: JsonFlag = False,
 ) -> None:
     """List alerts, newest first (`iotpipe alerts ack ID` acknowledges one)."""
     if ctx.invoked_subcommand is not None:
         return
-    rows = get_app(ctx).alerts(status)
+    rows = get_app(ctx).alerts(status, severity, device)
     if json_output:
         print_json(rows)
         return
     if not rows:
-        say("No alerts." if status is None else f"No {status} alerts.")
+        kind = " ".join(word for word in (status, severity, "alerts") if word)
+        say(f"No {kind}{f' for {untrusted(device)}' if device else ''}.")
         return
     table = _table("id", "status", "severity", "device", "rule", "message", "opened")
     for a in rows:

@@ -111,6 +111,12 @@ def test_views_after_an_import_and_one_run_of_the_jobs(tmp_path: Path) -> None:
     [offline] = [a for a in alerts if a["rule"] == "device offline"]  # type: ignore[union-attr,index]
     assert {"id", "status", "severity", "device_id", "rule", "message"} <= set(offline)
     assert (offline["status"], offline["severity"], offline["device_id"]) == ("open", "major", "pump-7")
+    # The API's filters: severity and device pick it out, or nothing.
+    majors = run_json("alerts", "--status", "open", "--severity", "major", "--device", "pump-7", cwd=tmp_path)
+    assert offline in majors and majors == [a for a in alerts if a["severity"] == "major"]  # type: ignore[union-attr,index,operator]
+    assert run_json("alerts", "--severity", "critical", cwd=tmp_path) == []
+    none = iotpipe("alerts", "--status", "open", "--severity", "major", "--device", "ghost", cwd=tmp_path)
+    assert (none.returncode, none.stdout.strip()) == (0, "No open major alerts for ghost.")
 
 
 def test_views_explain_unknown_series_buckets_and_alerts(tmp_path: Path) -> None:
@@ -124,6 +130,11 @@ def test_views_explain_unknown_series_buckets_and_alerts(tmp_path: Path) -> None
     assert (ack.returncode, "no alert 41" in ack.stderr) == (2, True)
     status = iotpipe("alerts", "--status", "closed", cwd=tmp_path)
     assert "unknown alert status 'closed'" in status.stderr
+    severity = iotpipe("alerts", "--severity", "Major", cwd=tmp_path)
+    assert (severity.returncode, severity.stderr.strip()) == (
+        2,
+        "error: unknown severity 'Major'; choose one of: critical, major, minor, warning",
+    )
     backwards = ["--start", "2026-01-02T00:00:00Z", "--end", "2026-01-01T00:00:00Z"]
     for command in (
         ["anomalies"],
