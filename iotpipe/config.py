@@ -7,6 +7,7 @@ A `.env` file in the working directory is read as environment.
 
 from __future__ import annotations
 
+import math
 import os
 from datetime import UTC, datetime
 from pathlib import Path
@@ -158,12 +159,27 @@ class AnalyticsSettings(BaseModel):
     offline_severity: Severity = "major"
     battery_severity: Severity = "warning"
     anomaly_severity: Severity = "minor"
+    # The streaming score is in decades of rarity on every series, so one table of levels
+    # serves the whole fleet: an episode that reached `major = 10` is once in 10^10 readings.
+    anomaly_severity_scores: dict[Severity, float] = Field(
+        default_factory=dict,
+        description="an anomaly episode whose score reaches a level gets its severity "
+        "(the most severe reached), e.g. {major = 10, critical = 20}; below them, anomaly_severity",
+    )
     quality_severity: Severity = "warning"
     alert_lookback_seconds: float = Field(86_400.0, gt=0, description="how far back alerts judge readings")
     webhooks: list[str] = Field(default_factory=list, description="URLs that get each alert event as JSON")
     webhook_timeout: float = Field(5.0, gt=0)
     webhook_max_attempts: int = Field(8, ge=1)
     webhook_backoff: float = Field(2.0, gt=0, description="seconds before the first retry; doubles each time")
+
+    @field_validator("anomaly_severity_scores")
+    @classmethod
+    def _positive_levels(cls, levels: dict[str, float]) -> dict[str, float]:
+        for severity, level in levels.items():
+            if not 0 < level < math.inf:
+                raise ValueError(f"the score of {severity} must be a positive number of decades, not {level}")
+        return levels
 
 
 class ThingSpeakChannelSettings(BaseModel):

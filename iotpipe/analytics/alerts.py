@@ -9,7 +9,8 @@ device offline, low battery, streaming anomaly, data quality below a threshold.
   held for `for_seconds` of reading time, and the first value back inside resolves it;
 - offline, low battery and low quality follow the health and quality jobs' latest
   results (a device's latest day for quality);
-- each streaming anomaly episode opens one alert, resolved when the episode ends.
+- each streaming anomaly episode opens one alert, resolved when the episode ends; its
+  severity rises with the episode's score (`anomaly_severity_scores`).
 
 Only the recent past raises alerts (`alert_lookback_seconds`, a day by default), so
 importing old history does not flood the receivers. A partial unique index keeps one
@@ -21,14 +22,14 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, and_, delete, func, insert, select, update
 
 from iotpipe.analytics.outbox import enqueue
-from iotpipe.config import SEVERITIES, Settings
+from iotpipe.config import SEVERITIES, Settings, Severity
 from iotpipe.errors import Conflict, IotpipeError, NotFound
 from iotpipe.model import MICROS_PER_SECOND, Micros, format_micros, now_micros
 from iotpipe.store import Store
@@ -365,7 +366,12 @@ class _Engine:
                     f"{subject.device_id} {subject.metric} = {episode.value:g} is anomalous "
                     f"(score {episode.score:.1f}) since {format_micros(episode.time)}"
                 )
-                alert_id = self._open(conn, rule, subject, episode.value, episode.time, message, episode.id)
+                severity = episode_severity(
+                    rule.severity, episode.score, self.settings.analytics.anomaly_severity_scores
+                )
+                alert_id = self._open(
+                    conn, rule, subject, episode.value, episode.time, message, episode.id, severity
+                )
                 if episode.end_time is not None:
                     self._resolve(conn, alert_id, None)
             still_open = conn.execute(
@@ -398,6 +404,7 @@ class _Engine:
         started_at: Micros,
         message: str,
         anomaly_id: int | None = None,
+        severity: str | None = None,
     ) -> int:
         alert_id = conn.execute(
             insert(alerts).values(
@@ -407,7 +414,7 @@ class _Engine:
                 series_id=subject.series_id,
                 anomaly_id=anomaly_id,
                 status="open",
-                severity=rule.severity,
+                severity=severity or rule.severity,
                 message=message,
                 value=value,
                 started_at=started_at,
@@ -480,6 +487,13 @@ def acknowledge(store: Store, settings: Settings, alert_id: int, now: Micros | N
             record_event(conn, settings, alert_id, "acknowledged", now, None)
         (view,) = _alert_views(conn, alerts.c.id == alert_id)
     return view
+
+
+def episode_severity(base: str, score: float, levels: Mapping[Severity, float]) -> str:
+    """An anomaly alert's severity: the rule's, or the most severe level the episode's score
+    (its peak by the time the alert opens) reached, whichever is more severe."""
+    reached = [severity for severity, level in levels.items() if score >= level]
+    return min([base, *reached], key=SEVERITIES.index)
 
 
 def alert_rows(

@@ -4,6 +4,7 @@ clears, every transition notified once to a real local webhook receiver."""
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 from sqlalchemy import select, update
 
 from iotpipe.analytics import alerts as alerting
@@ -138,6 +139,37 @@ def test_each_streaming_anomaly_episode_opens_one_alert_until_it_ends(store: Sto
     # Batch z-score anomalies are not streaming episodes: no alert.
     insert_anomaly(store, series_id, START + 40 * MINUTE, 80.0, method="zscore")
     assert alerting.evaluate(store, settings, NOW)["opened"] == 0
+
+
+def test_an_anomaly_alerts_severity_rises_with_the_episodes_score(store: Store) -> None:
+    settings = settings_with(anomaly_severity_scores={"major": 10, "critical": 20})
+    write_readings(store, pressure(range(0, 60), 5.0))
+    series_id = store.cached_series_id("pump-1", "pressure")
+    assert series_id is not None
+    for minute, score in ((10, 6.0), (20, 10.0), (30, 19.9), (40, 250.0)):
+        insert_anomaly(
+            store,
+            series_id,
+            START + minute * MINUTE,
+            50.0,
+            end_time=START + (minute + 1) * MINUTE,
+            score=score,
+        )
+    assert alerting.evaluate(store, settings, NOW)["opened"] == 4
+    found = [(a["severity"], a["message"]) for a in reversed(alerting.alert_rows(store))]
+    assert [severity for severity, _ in found] == ["minor", "major", "major", "critical"]
+    assert "(score 250.0)" in found[-1][1]
+    # A level never lowers an alert below the rule's own severity.
+    settings = settings_with(anomaly_severity="major", anomaly_severity_scores={"warning": 1})
+    insert_anomaly(store, series_id, START + 50 * MINUTE, 50.0, score=7.0)
+    alerting.evaluate(store, settings, NOW)
+    assert alerting.alert_rows(store, status="open")[0]["severity"] == "major"
+
+
+@pytest.mark.parametrize("levels", [{"major": 0}, {"critical": -3}, {"major": float("inf")}, {"urgent": 10}])
+def test_anomaly_severity_scores_are_positive_decades_of_known_severities(levels: dict[str, float]) -> None:
+    with pytest.raises(ValidationError, match="anomaly_severity_scores"):
+        settings_with(anomaly_severity_scores=levels)
 
 
 def test_low_quality_day_raises_an_alert(store: Store) -> None:
