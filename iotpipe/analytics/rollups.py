@@ -394,13 +394,23 @@ _CHART_COLUMNS = {
 }
 
 
+def bucket_floor(bucket: str, at: Micros) -> Micros:
+    """The start of the `bucket` rollup that holds time `at` (weeks begin on Mondays)."""
+    if bucket == "1w":
+        return at - (at - WEEK_ORIGIN) % MICROS_PER_WEEK
+    width = MICROS_PER_DAY if bucket == "1d" else MICROS_PER_HOUR
+    return at - at % width
+
+
 def chart_columns(
     store: Store, series_id: int, bucket: str, start: Micros, end: Micros
 ) -> tuple[list[int], list[int], list[float], list[float], list[float]]:
-    """(bucket starts in epoch ms, counts, means, mins, maxes) of [start, end), oldest first."""
+    """(bucket starts in epoch ms, counts, means, mins, maxes) of the buckets that overlap
+    [start, end), oldest first. Rollups are whole buckets: the first may begin before
+    `start` (else the readings from `start` to its end would be missing from the answer)."""
     statement = _CHART_COLUMNS["postgresql" if store.dialect == "postgresql" else "sqlite"]
     with store.read_connection() as conn:
-        rows = driver.rows(conn, statement, (series_id, bucket, start, end))
+        rows = driver.rows(conn, statement, (series_id, bucket, bucket_floor(bucket, start), end))
     if not rows:
         return [], [], [], [], []
     times, counts, means, lows, highs = (list(column) for column in zip(*rows, strict=True))

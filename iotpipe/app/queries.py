@@ -285,11 +285,11 @@ def _merged(
     width: int,
 ) -> dict[str, list[Any]]:
     """Buckets merged into `width` columns over [start, end): counts add, means weigh by
-    count, min of mins, max of maxes."""
+    count, min of mins, max of maxes. A bucket that begins before `start` goes to the first."""
     step = math.ceil((end - start) / width)
     merged: dict[int, list[float]] = {}
     for at, count, mean, low, high in zip(times, counts, means, lows, highs, strict=True):
-        column = (at * 1000 - start) // step
+        column = max(0, (at * 1000 - start) // step)
         acc = merged.get(column)
         if acc is None:
             merged[column] = [float(count), mean * count, low, high]
@@ -314,7 +314,7 @@ def _from_buckets(
         next_start = origin + limit * step
         end = next_start
     columns = _empty()
-    for at, count, avg, low, high in app.store.reading_buckets(device_id, metric, origin, end, step):
+    for at, count, avg, low, high in app.store.reading_buckets(device_id, metric, start, end, step, origin):
         _append(columns, at, count, avg, low, high)
     if columns["times"] and columns["times"][0] < ms(start):
         columns["times"][0] = ms(start)  # the first bucket holds only readings from `start`

@@ -852,15 +852,25 @@ class Store(ABC):
             return tiers.count_range(conn, series_id, start, end)
 
     def reading_buckets(
-        self, device_id: str, metric: str, start: Micros, end: Micros, width: Micros
+        self,
+        device_id: str,
+        metric: str,
+        start: Micros,
+        end: Micros,
+        width: Micros,
+        origin: Micros | None = None,
     ) -> list[tuple[Micros, int, float, float, float]]:
         """One series' readings in [start, end) aggregated into buckets of `width` µs
-        starting at `start`: (bucket_start, count, avg, min, max) of each bucket that has
-        readings, oldest first. Computed by the database in one range scan of the hot
-        table; the buckets up to the end of the newest packed day in the range, from both
-        tiers' decoded readings (store/tiers.py: buckets)."""
+        counted from `origin` (default `start`; at most `start`): (bucket_start, count,
+        avg, min, max) of each bucket that has readings, oldest first. Computed by the
+        database in one range scan of the hot table; the buckets up to the end of the
+        newest packed day in the range, from both tiers' decoded readings
+        (store/tiers.py: buckets)."""
         if width < 1:
             raise ValueError("bucket width must be at least 1 µs")
+        origin = start if origin is None else origin
+        if origin > start:
+            raise ValueError("buckets are counted from a time at or before the range's start")
         with self.read_snapshot() as conn:
             series_id = _series_id(conn, device_id, metric)
             if series_id is None:
@@ -869,8 +879,8 @@ class Store(ABC):
             hot_from = start
             packed_until = tiers.packed_end(conn, [series_id], start, end)
             if packed_until is not None:
-                hot_from = min(end, start + -(-(packed_until - start) // width) * width)  # whole buckets
-                found = tiers.buckets(conn, series_id, start, start, hot_from, width)
+                hot_from = min(end, origin + -(-(packed_until - origin) // width) * width)  # whole buckets
+                found = tiers.buckets(conn, series_id, origin, start, hot_from, width)
             if hot_from >= end:
                 return found
             statement = text(_BUCKETS_SQL[self.dialect if self.dialect == "postgresql" else "sqlite"])
@@ -880,10 +890,10 @@ class Store(ABC):
                 bindparam("end", type_=UtcMicros()),
             )
             rows = conn.execute(
-                statement, {"sid": series_id, "origin": start, "start": hot_from, "end": end, "w": width}
+                statement, {"sid": series_id, "origin": origin, "start": hot_from, "end": end, "w": width}
             )
             return found + [
-                (start + int(col) * width, int(n), float(avg), lo, hi) for col, n, avg, lo, hi in rows
+                (origin + int(col) * width, int(n), float(avg), lo, hi) for col, n, avg, lo, hi in rows
             ]
 
     def latest_readings(self, device_id: str) -> list[tuple[str, str | None, Micros, float]]:

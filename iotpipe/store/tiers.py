@@ -294,10 +294,14 @@ def buckets(
 ) -> list[tuple[Micros, int, float, float, float]]:
     """(bucket_start, count, mean, min, max) of each bucket of `width` from `origin` with
     readings in [start, end), oldest first, computed from both tiers a window at a time
-    (windows are whole buckets, so no bucket spans two)."""
+    (windows end on bucket edges, so no bucket spans two)."""
     found: list[tuple[Micros, int, float, float, float]] = []
     span = max(1, WINDOW // width) * width
-    for window in read_windows(conn, [series_id], start, end, span):
+    at = start
+    while at < end:
+        upto = min(end, origin + ((at - origin) // span + 1) * span)
+        window = read_range(conn, [series_id], at, upto)
+        at = upto
         times, values = window.times, window.values
         if not len(times):
             continue

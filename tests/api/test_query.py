@@ -142,6 +142,34 @@ def test_five_minute_buckets_are_aggregated_from_the_readings(served: Served) ->
     assert body["values"] == [4.0, 9.0, 11.0]
 
 
+def test_a_start_inside_a_bucket_neither_drops_nor_adds_readings(served: Served) -> None:
+    minutely(served, "pump-1", "temperature", 3 * 24 * 60, value=lambda i: float(i))  # 3 days
+    served.app.run_jobs("rollups")
+    base = "/api/v1/devices/pump-1/series/temperature?agg=count"
+    # 5-minute buckets from the readings: the first holds only readings from `start`.
+    five = served.client.get(f"{base}&bucket=5m&start={iso(DAY0 + 150)}&end={iso(DAY0 + 900)}").json()
+    assert five["times"] == [(DAY0 + 150) * 1000, (DAY0 + 300) * 1000, (DAY0 + 600) * 1000]
+    assert five["count"] == [2, 5, 5] and five["min"][0] == 3.0  # readings 3, 4; not 0..4
+    # Rollups are whole buckets: the one holding `start` is there, from its own start.
+    hourly = served.client.get(f"{base}&bucket=1h&start={iso(DAY0 + 1800)}&end={iso(DAY0 + 3 * 3600)}").json()
+    assert hourly["times"] == [DAY0 * 1000, (DAY0 + 3600) * 1000, (DAY0 + 7200) * 1000]
+    assert hourly["values"] == [60, 60, 60]
+    daily = served.client.get(
+        f"{base}&bucket=1d&start={iso(DAY0 + 5 * 3600)}&end={iso(DAY0 + 26 * 3600)}"
+    ).json()
+    assert daily["times"] == [DAY0 * 1000, (DAY0 + 86400) * 1000] and daily["values"] == [1440, 1440]
+    weekly = served.client.get(
+        f"{base}&bucket=1w&start={iso(DAY0 + 86400)}&end={iso(DAY0 + 2 * 86400)}"
+    ).json()
+    assert weekly["times"] == [DAY0 * 1000] and weekly["values"] == [3 * 1440]  # DAY0 is a Monday
+    # Merged into pixel columns, the bucket before `start` goes to the first column.
+    merged = served.client.get(
+        f"{base}&bucket=1h&width=10&start={iso(DAY0 + 1800)}&end={iso(DAY0 + 48 * 3600)}"
+    ).json()
+    assert merged["reduced"] is True and merged["times"][0] == (DAY0 + 1800) * 1000
+    assert sum(merged["count"]) == 48 * 60
+
+
 def test_hourly_history_and_auto_answer_from_the_rollups(served: Served) -> None:
     minutely(served, "pump-1", "temperature", 3 * 24 * 60, value=lambda i: float(i // 60))  # 3 days
     served.app.run_jobs("rollups")

@@ -52,6 +52,8 @@ QUERIES = {
     "auto to now (packed and hot)": f"{SERIES}/temperature?width=500&start={iso(DAY0 - 86400)}&end={iso(NOW + HOUR)}",
     "1m across midnight": f"{SERIES}/temperature?bucket=1m&start={iso(DAY0 + 23 * HOUR)}&end={iso(DAY0 + 25 * HOUR)}",
     "5m, three days": f"{SERIES}/temperature?bucket=5m&agg=max&start={iso(DAY0)}&end={iso(DAY0 + 72 * HOUR)}",
+    "5m from inside a bucket, across days": f"{SERIES}/temperature?bucket=5m&agg=count"
+    f"&start={iso(DAY0 + 23 * HOUR + 150)}&end={iso(DAY0 + 49 * HOUR)}",
     "pressure raw": f"{SERIES}/pressure?bucket=raw&start={iso(DAY0)}&end={iso(NOW)}",
 }
 THINGSPEAK = (
