@@ -107,15 +107,23 @@ class AlertRuleSettings(BaseModel):
     device: str = Field("*", description="a device id or a glob (pump-*)")
     device_type: str | None = None
     metric: str = Field(min_length=1)
-    min: float | None = None
-    max: float | None = None
-    for_seconds: float = Field(0.0, ge=0, description="how long the value must stay out of bounds")
+    # Finite: a NaN or an overflowing bound (1e400) would be stored as no bound at all.
+    min: float | None = Field(None, allow_inf_nan=False)
+    max: float | None = Field(None, allow_inf_nan=False)
+    for_seconds: float = Field(
+        0.0, ge=0, allow_inf_nan=False, description="how long the value must stay out of bounds"
+    )
     severity: Severity = "warning"
 
     @model_validator(mode="after")
     def _has_a_bound(self) -> AlertRuleSettings:
         if self.min is None and self.max is None:
             raise ValueError(f"alert rule {self.name!r} needs min, max or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(
+                f"alert rule {self.name!r}: min ({self.min:g}) is above max ({self.max:g}), so every"
+                " value would be out of bounds; swap them"
+            )
         return self
 
 

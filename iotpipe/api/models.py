@@ -129,7 +129,7 @@ class AlertRuleIn(BaseModel):
     device: str = "*"
     device_type: str | None = None
     metric: str
-    min: float | None = None
-    max: float | None = None
-    for_seconds: float = 0.0
+    min: float | None = Field(None, allow_inf_nan=False)
+    max: float | None = Field(None, allow_inf_nan=False)
+    for_seconds: float = Field(0.0, allow_inf_nan=False)
     severity: str = "warning"

@@ -226,3 +226,13 @@ def test_rules_removed_from_the_config_file_are_disabled_not_deleted(store: Stor
 def test_a_rule_needs_a_bound() -> None:
     with pytest.raises(ValueError, match="needs min, max or both"):
         AlertRuleSettings(name="nothing", metric="pressure")
+
+
+def test_a_rule_needs_finite_bounds_the_right_way_round() -> None:
+    with pytest.raises(ValueError, match="finite number"):
+        AlertRuleSettings(name="nan", metric="pressure", max=float("nan"))
+    with pytest.raises(ValueError, match="finite number"):
+        AlertRuleSettings(name="wait", metric="pressure", max=1.0, for_seconds=float("inf"))
+    with pytest.raises(ValueError, match=r"min \(7\) is above max \(6.5\).*swap them"):
+        AlertRuleSettings(name="upside down", metric="pressure", min=7, max=6.5)
+    assert AlertRuleSettings(name="exactly", metric="pressure", min=3, max=3).max == 3.0

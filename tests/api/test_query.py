@@ -250,6 +250,20 @@ def test_alert_rules_are_validated_like_the_config_files(served: Served) -> None
         "/api/v1/alert-rules", json={"name": "r", "metric": "t", "max": 1, "severity": "apocalyptic"}
     )
     assert bad_severity.status_code == 422 and "severity" in bad_severity.json()["detail"]
+    # A bound that is not a finite number would be stored as no bound at all.
+    for bound in ("NaN", "Infinity", "1e400"):
+        body = f'{{"name": "r", "metric": "t", "max": {bound}}}'
+        not_finite = served.client.post(
+            "/api/v1/alert-rules", content=body, headers={"content-type": "application/json"}
+        )
+        assert not_finite.status_code == 422, bound
+        assert "max" in not_finite.json()["detail"] and "finite number" in not_finite.json()["detail"]
+    upside_down = served.client.post(
+        "/api/v1/alert-rules", json={"name": "r", "metric": "t", "min": 7, "max": 6.5}
+    )
+    assert upside_down.status_code == 422
+    assert "min (7) is above max (6.5)" in upside_down.json()["detail"]
+    assert served.client.get("/api/v1/alert-rules").json()["items"] == []
     created = served.client.post("/api/v1/alert-rules", json={"name": "r", "metric": "t", "max": 1}).json()
     assert (
         served.client.post("/api/v1/alert-rules", json={"name": "r", "metric": "t", "max": 1}).status_code
