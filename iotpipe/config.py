@@ -7,11 +7,14 @@ A `.env` file in the working directory is read as environment.
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
+import tomllib
+import types
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar, Literal, get_args
+from typing import Any, ClassVar, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -477,8 +480,12 @@ class Settings(BaseSettings):
 def load_settings(config_file: str | Path | None = None, **flags: Any) -> Settings:
     """Settings from every layer; flags that are None (not given) do not override."""
     path = Path(config_file or os.environ.get("IOTPIPE_CONFIG") or DEFAULT_CONFIG_FILE)
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a directory; give the path of a TOML file")
     if config_file is not None and not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
+    if path.is_file():
+        check_toml(path)
     Settings.toml_path = path if path.is_file() else None
     given = {k: v for k, v in flags.items() if v is not None}
     try:
@@ -488,3 +495,51 @@ def load_settings(config_file: str | Path | None = None, **flags: Any) -> Settin
         raise ConfigError(
             f"invalid configuration ({problems}); check flags, IOTPIPE_* variables and {path}"
         ) from None
+
+
+def check_toml(path: Path) -> None:
+    """Refuse a config file that is not TOML, or that names a setting there is not: a
+    misspelt key would otherwise leave its default in force without a word."""
+    try:
+        data = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}; fix that line") from None
+    unknown = unknown_keys(Settings, data, "")
+    if unknown:
+        raise ConfigError(
+            f"{path} names settings there are not: {', '.join(unknown)}; fix or remove them"
+            " (the settings are listed in README.md and docs/)"
+        )
+
+
+def unknown_keys(model: type[BaseModel], table: Any, where: str) -> list[str]:
+    """The keys of a TOML table, and of the tables within, that `model` has no field for."""
+    if not isinstance(table, dict):
+        return []  # not a table: the settings' own validation says what is wrong
+    found: list[str] = []
+    for key, value in table.items():
+        field = model.model_fields.get(key)
+        if field is None:
+            close = difflib.get_close_matches(key, list(model.model_fields), n=1)
+            found.append(f"{where}{key}" + (f" (did you mean {close[0]}?)" if close else ""))
+        else:
+            found += _unknown_within(field.annotation, value, f"{where}{key}")
+    return found
+
+
+def _unknown_within(annotation: Any, value: Any, where: str) -> list[str]:
+    origin = get_origin(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return unknown_keys(annotation, value, f"{where}.")
+    if origin in (Union, types.UnionType):
+        models = [a for a in get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+        return _unknown_within(models[0], value, where) if len(models) == 1 else []
+    if origin is list and isinstance(value, list):
+        (item,) = get_args(annotation)
+        return [k for i, v in enumerate(value) for k in _unknown_within(item, v, f"{where}[{i}]")]
+    if origin is dict and isinstance(value, dict):
+        item = get_args(annotation)[1]
+        return [k for name, v in value.items() for k in _unknown_within(item, v, f"{where}.{name}")]
+    return []

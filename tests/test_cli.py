@@ -61,6 +61,19 @@ def test_unsupported_database_url_is_explained(tmp_path: Path) -> None:
     assert "unsupported database URL 'mysql://x/y'" in result.stderr
 
 
+def test_a_broken_config_file_is_a_usage_error_not_a_bug(tmp_path: Path) -> None:
+    (tmp_path / "iotpipe.toml").write_text("[pipeline\n")
+    broken = iotpipe("stats", cwd=tmp_path)
+    assert broken.returncode == 2
+    assert "iotpipe.toml is not valid TOML" in broken.stderr and "line 1" in broken.stderr
+    assert "internal error" not in broken.stderr and "Traceback" not in broken.stderr
+    (tmp_path / "iotpipe.toml").write_text("[pipeline]\nbatchsize = 5\n")
+    misspelt = iotpipe("stats", cwd=tmp_path)
+    assert misspelt.returncode == 2
+    assert "pipeline.batchsize (did you mean batch_size?)" in misspelt.stderr
+    assert not (tmp_path / "iotpipe.db").exists()  # refused before anything was opened
+
+
 def test_log_format_json_prints_json_lines(tmp_path: Path) -> None:
     result = iotpipe(
         "--log-format",

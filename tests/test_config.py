@@ -68,3 +68,31 @@ def test_invalid_value_names_the_setting(tmp_path: Path) -> None:
         ConfigError, match=r"pipeline\.batch_size: Input should be greater than or equal to 1"
     ):
         load_settings()
+
+
+def test_a_misspelt_setting_is_refused_with_a_suggestion(tmp_path: Path) -> None:
+    (tmp_path / "iotpipe.toml").write_text(
+        "[pipeline]\nbatchsize = 5\n"
+        '[[analytics.alert_rules]]\nname = "hot"\nmetric = "t"\nmax = 1\ncolour = "red"\n'
+        "[analytics.bounds.temperature]\nmim = 3\n"
+    )
+    with pytest.raises(ConfigError) as refused:
+        load_settings()
+    message = str(refused.value)
+    assert "pipeline.batchsize (did you mean batch_size?)" in message
+    assert "analytics.alert_rules[0].colour" in message
+    assert "analytics.bounds.temperature.mim (did you mean min?)" in message
+
+
+def test_a_config_file_that_is_not_toml_says_where(tmp_path: Path) -> None:
+    (tmp_path / "iotpipe.toml").write_text('log_level = "INFO"\n[pipeline\n')
+    with pytest.raises(ConfigError, match=r"iotpipe\.toml is not valid TOML: .*line 2"):
+        load_settings()
+    (tmp_path / "iotpipe.toml").write_bytes(b'log_level = "\xff"\n')
+    with pytest.raises(ConfigError, match=r"iotpipe\.toml is not UTF-8 text"):
+        load_settings()
+
+
+def test_a_config_path_that_is_a_directory_is_named_as_such(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is a directory; give the path of a TOML file"):
+        load_settings(tmp_path)
