@@ -64,7 +64,7 @@ class RawMessage:
     """Bytes as a source received them, with what the source knows about them."""
 
     payload: bytes
-    source: str  # "file", "mqtt", "http", "thingspeak", "simulator", "replay"
+    source: str  # "file", "mqtt", "http", "nats", "thingspeak", "simulator"
     origin: str  # where exactly: MQTT topic, "path:line", URL
     received_at: Micros
     format: str | None = None  # a decoder name when the source knows the format
@@ -77,6 +77,12 @@ class RawMessage:
     # redelivering it): the pipeline dead-letters it with this reason, undecoded; a
     # replay decodes it as usual.
     reject: str | None = None
+
+    @property
+    def counted_as(self) -> str:
+        """The source the metrics count this message under. A dead letter was counted when
+        it arrived: its replay is a second pass, not a new arrival of its source's."""
+        return "replay" if self.dead_letter_id is not None else self.source
 
 
 @dataclass(slots=True, frozen=True)

@@ -262,7 +262,7 @@ class Pipeline:
             job.batch.reading_count += len(block)
             # Counted by source as _add_readings counts a message (the metrics' labels).
             if len(block.messages):
-                counts = job.batch.source_counts.setdefault(block.messages[0].source, [0, 0])
+                counts = job.batch.source_counts.setdefault(block.messages[0].counted_as, [0, 0])
                 counts[0] += len(block.messages)
                 counts[1] += len(block)
             full = job.batch.reading_count >= self.config.batch_size
@@ -647,9 +647,9 @@ class _PendingBatch:
 
 def _add_readings(batch: WriteBatch, raw: RawMessage, decoded: list[DecodedMessage]) -> None:
     """Add one accepted message's readings, units, metadata and invalid values."""
-    counts = batch.source_counts.get(raw.source)
+    counts = batch.source_counts.get(raw.counted_as)
     if counts is None:
-        counts = batch.source_counts[raw.source] = [0, 0]
+        counts = batch.source_counts[raw.counted_as] = [0, 0]
     counts[0] += 1
     before = batch.reading_count
     for message in decoded:

@@ -153,7 +153,7 @@ class CommitFigures:
         sources = batch.source_counts
         dead: dict[str, int] = {}
         for letter in batch.dead_letters:
-            dead[letter.raw.source] = dead.get(letter.raw.source, 0) + 1
+            dead[letter.raw.counted_as] = dead.get(letter.raw.counted_as, 0) + 1
         newest = None
         if result.times is not None and len(result.times):
             newest = int(result.times.max())

@@ -566,14 +566,12 @@ class Store(ABC):
         for letter in batch.dead_letters:
             raw = letter.raw
             if raw.dead_letter_id is not None:  # a replay that failed again: update in place
+                # `attempts` counts arrivals (what the ingest summaries add up to); a replay
+                # is not one, so it keeps its count and gets the new reason and time.
                 conn.execute(
                     update(dead_letters)
                     .where(dead_letters.c.id == raw.dead_letter_id)
-                    .values(
-                        reason=storable_text(letter.reason),
-                        attempts=dead_letters.c.attempts + 1,
-                        last_attempt_at=now,
-                    )
+                    .values(reason=storable_text(letter.reason), last_attempt_at=now)
                 )
                 continue
             fresh.append(

@@ -294,6 +294,14 @@ def test_stats_and_dead_letters(served: Served) -> None:
     letters = served.client.get("/api/v1/dead-letters").json()
     (letter,) = letters["items"]
     assert letter["origin"] == "POST /api/v1/ingest:2" and "no device_id or host tag" in letter["reason"]
+    # A replay is a second pass, not an arrival: what arrived still adds up afterwards.
+    replayed = served.client.post("/api/v1/dead-letters/replay").json()
+    assert (replayed["replayed"], replayed["still_dead"]) == (1, 1)
+    assert served.app.store.stats()["dead_letter_messages"] == 1
+    metrics = served.client.get("/metrics").text
+    assert 'iotpipe_ingest_messages_total{outcome="dead_lettered",source="http"} 1.0' in metrics
+    assert 'iotpipe_ingest_messages_total{outcome="accepted",source="http"} 1.0' in metrics
+    assert 'iotpipe_ingest_messages_total{outcome="dead_lettered",source="replay"} 1.0' in metrics
 
 
 def test_stats_counts_readings_from_the_rollups_anew_at_most_every_total_ttl(
