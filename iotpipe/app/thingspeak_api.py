@@ -46,6 +46,8 @@ BUCKET_MINUTES = {
 }
 BUCKET_PARAMS = ("timescale", "average", "median", "sum")
 ENTRY_KEYS = (*FIELD_KEYS, "created_at", "latitude", "longitude", "elevation", "status")
+SECRET_KEYS = ("api_key", "write_api_key")  # never kept in a dead letter
+UPDATE_KEYS = (*SECRET_KEYS, "channel_id", "lat", "long", "timezone")  # known, not entry values
 _CHANNEL_DEVICE = re.compile(r"^thingspeak-(\d+)$")
 
 
@@ -103,15 +105,13 @@ def update(app: App, principal: Principal, params: dict[str, str]) -> dict[str, 
         entry["latitude"] = params["lat"]
     if "long" in params:
         entry["longitude"] = params["long"]
-    fields = [key for key in FIELD_KEYS if key in entry]
-    if not fields:
-        raise WriteFailed("an update needs at least one of field1..field8")
     received = now_micros()
-    if "created_at" in entry:
-        try:
-            parse_timestamp(entry["created_at"], "created_at")
-        except DecodeError as exc:
-            raise WriteFailed(exc.reason) from None
+    problem = _unwritable(entry, params)
+    if problem is not None:
+        # Answered 0 as ThingSpeak does, and kept as a dead letter: a device that sends
+        # field9 or a bad created_at for ever must show up somewhere an operator looks.
+        _dead_letter(app, principal, device, params, problem, received)
+        raise WriteFailed(problem)
     result = _store_entries(app, principal, device, [entry], received)
     if result["stored"] == 0:
         raise WriteFailed(
@@ -137,6 +137,38 @@ def update(app: App, principal: Principal, params: dict[str, str]) -> dict[str, 
         }
     )
     return view
+
+
+def _unwritable(entry: dict[str, Any], params: dict[str, str]) -> str | None:
+    """Why a single update cannot be stored, or None."""
+    if not any(key in entry for key in FIELD_KEYS):
+        unknown = sorted(key for key in params if key not in (*ENTRY_KEYS, *UPDATE_KEYS))
+        named = f"; {', '.join(unknown)} {'is not a ThingSpeak field' if len(unknown) == 1 else 'are not ThingSpeak fields'}"
+        return "an update needs at least one of field1..field8" + (named if unknown else "")
+    if "created_at" in entry:
+        try:
+            parse_timestamp(entry["created_at"], "created_at")
+        except DecodeError as exc:
+            return exc.reason
+    return None
+
+
+def _dead_letter(
+    app: App, principal: Principal, device: str, params: dict[str, str], reason: str, received: Micros
+) -> None:
+    """Keep an update that cannot be stored in the dead-letter queue, without its key."""
+    kept = {key: value for key, value in params.items() if key not in SECRET_KEYS}
+    message = RawMessage(
+        orjson.dumps(kept),
+        SOURCE,
+        f"ThingSpeak channel {_channel_of(device)} update",
+        received,
+        "thingspeak",
+        device,
+        _labels(app, device),
+        reject=reason,
+    )
+    app.http_ingest.ingest([message], principal)
 
 
 def bulk_update(app: App, principal: Principal, channel_id: int, body: bytes) -> dict[str, Any]:

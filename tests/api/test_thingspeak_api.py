@@ -198,3 +198,26 @@ def test_thingspeak_writes_go_through_the_pipeline_to_the_dead_letter_queue(serv
         "/api/v1/dead-letters", headers={"Authorization": f"Bearer {served.key('a', 'admin')}"}
     ).json()["items"]
     assert "field1" in letter["reason"] and orjson.loads(letter["payload"]) == {"field1": "warm"}
+
+
+def test_an_update_refused_before_decoding_is_a_dead_letter_without_its_key(served: Served) -> None:
+    key = served.key("k", "writer", ["thingspeak-3"])
+    assert served.client.get(f"/update?api_key={key}&field9=1").text == "0"
+    assert served.client.get(f"/update?api_key={key}").text == "0"
+    assert (
+        served.client.post("/update", data={"api_key": key, "field1": "1", "created_at": "someday"}).text
+        == "0"
+    )
+    letters = served.client.get(
+        "/api/v1/dead-letters", headers={"Authorization": f"Bearer {served.key('a', 'admin')}"}
+    ).json()["items"]
+    reasons = sorted(letter["reason"] for letter in letters)
+    assert len(reasons) == 3
+    assert "an update needs at least one of field1..field8" in reasons
+    assert "an update needs at least one of field1..field8; field9 is not a ThingSpeak field" in reasons
+    assert any("created_at" in reason and "someday" in reason for reason in reasons)
+    payloads = [orjson.loads(letter["payload"]) for letter in letters]
+    assert {"field9": "1"} in payloads and {} in payloads
+    assert all(key not in letter["payload"] for letter in letters)  # the write key is not kept
+    stats = served.app.store.stats()
+    assert (stats["readings"], stats["dead_letter_messages"]) == (0, 3)  # nothing lost, nothing stored
