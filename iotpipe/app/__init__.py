@@ -363,6 +363,11 @@ class App:
         services = [*wiring.run_services(self.settings, self.store), api]
         return self._run(sources, services, duration, report, announce)
 
+    def ingest_totals(self) -> Counters:
+        """What this process (and its API workers) committed so far, from every source and
+        HTTP ingest alike: the figures of `run`'s and `serve`'s summary lines."""
+        return self.telemetry.committed()
+
     def api_server(self, web: WebFactory) -> Any:
         """The HTTP API `web(app)` builds, as a run-loop service, after the exposure check."""
         from iotpipe.app.server import ApiServer, check_exposure

@@ -19,7 +19,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from iotpipe.model import MICROS_PER_SECOND, WriteBatch, WriteResult, now_micros
+from iotpipe.model import MICROS_PER_SECOND, Counters, WriteBatch, WriteResult, now_micros
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 RATE_WINDOW = 60.0  # seconds the ingest rate of /api/v1/stats is measured over
@@ -109,6 +109,31 @@ class Telemetry:
                 self._forget(now)
 
     __call__ = observe_commit  # a CommitObserver
+
+    def committed(self) -> Counters:
+        """Every commit counted so far, by this process and its API workers, as the ingest
+        summaries print it: the sources' pipeline and HTTP ingest alike. Replays are left
+        out: they are not arrivals."""
+        totals: dict[tuple[str, str], float] = {}
+        for family in (*self.messages.collect(), *self.readings.collect()):
+            for sample in family.samples:
+                if sample.name.endswith("_total") and sample.labels["source"] != "replay":
+                    key = (family.name, sample.labels["outcome"])
+                    totals[key] = totals.get(key, 0.0) + sample.value
+
+        def total(family: str, outcome: str) -> int:
+            return int(totals.get((f"iotpipe_ingest_{family}", outcome), 0.0))
+
+        accepted, dead = total("messages", "accepted"), total("messages", "dead_lettered")
+        stored, duplicates = total("readings", "stored"), total("readings", "duplicate")
+        return Counters(
+            messages_received=accepted + dead,
+            messages_accepted=accepted,
+            messages_dead_lettered=dead,
+            readings_received=stored + duplicates,
+            readings_stored=stored,
+            readings_duplicate=duplicates,
+        )
 
     def ingest_rate(self) -> float:
         """Readings stored per second over the last RATE_WINDOW seconds, by this process."""

@@ -63,6 +63,8 @@ def test_serve_answers_stops_cleanly_on_sigterm_and_never_prints_a_key(tmp_path:
     assert process.returncode == 0, err
     assert f"dashboard and API at http://127.0.0.1:{port}" in out
     assert re.search(r"SIGTERM", out + err)
+    # The summary counts what came over HTTP (it counted only the sources' pipeline).
+    assert out.splitlines()[-1] == "stored 1 readings from 1 messages (0 duplicates, 0 dead letters)"
     assert token not in out + err and token[5:] not in out + err
 
 
