@@ -22,6 +22,7 @@ remembered, so the steady state costs a set lookup per device id and metric name
 from __future__ import annotations
 
 import logging
+import math
 import operator
 from collections.abc import Callable
 from typing import Any
@@ -273,8 +274,9 @@ def describe_time(time: Micros) -> str:
     """An ISO 8601 time where datetime can show it, else the year it falls in."""
     if TIME_FLOOR <= time <= TIME_CEILING:
         return format_micros(time)
-    year = 1970 + time / (365.2425 * 86_400 * MICROS_PER_SECOND)
-    return f"in the year {year:.0f}"
+    # The year it falls in: floored, as a calendar counts (Dec 31st of 9999 is not 10000).
+    year = math.floor(1970 + time / (365.2425 * 86_400 * MICROS_PER_SECOND))
+    return f"in the year {year}"
 
 
 def _duration(seconds: float) -> str:

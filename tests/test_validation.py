@@ -156,7 +156,7 @@ def test_a_lower_configured_id_length_turns_long_metric_names_into_invalid_value
         (-90_000_000_000, "is in the year -882, before the earliest accepted time 1970-01-01T00:00:00Z"),
         (-1, "is 1969-12-31T23:59:59Z, before the earliest accepted time 1970-01-01T00:00:00Z"),
         ("0001-01-01T00:00:00Z", "is in the year 1, before the earliest accepted time 1970-01-01T00:00:00Z"),
-        ("9999-12-31T23:59:59Z", "more than a day in the future"),
+        ("9999-12-31T23:59:59Z", "is in the year 9999, more than a day in the future"),
     ],
 )
 def test_times_outside_the_range_are_dead_letters_and_nothing_else_breaks(

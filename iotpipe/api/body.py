@@ -41,7 +41,7 @@ async def read_body(request: Request, max_bytes: int, max_inflated: int) -> byte
         except zlib.error as exc:
             raise ApiProblem(400, f"the body is not valid gzip ({exc})") from None
         if size + len(tail) > max_inflated:
-            raise _too_large(f"the gzip body inflates past the limit of {max_inflated:,} bytes")
+            raise _too_large(f"the gzip body inflates past the limit of {max_inflated:,} bytes", INFLATED)
         parts.append(tail)
     return b"".join(parts)
 
@@ -55,7 +55,7 @@ def _inflate(inflater: zlib._Decompress, chunk: bytes, parts: list[bytes], size:
             raise ApiProblem(400, f"the body is not valid gzip ({exc})") from None
         size += len(out)
         if size > limit:
-            raise _too_large(f"the gzip body inflates past the limit of {limit:,} bytes")
+            raise _too_large(f"the gzip body inflates past the limit of {limit:,} bytes", INFLATED)
         parts.append(out)
         data = inflater.unconsumed_tail
         if inflater.eof:
@@ -63,5 +63,8 @@ def _inflate(inflater: zlib._Decompress, chunk: bytes, parts: list[bytes], size:
     return size
 
 
-def _too_large(detail: str) -> ApiProblem:
-    return ApiProblem(413, detail + "; send smaller requests (or raise [api] max_body_bytes)")
+INFLATED = "max_decompressed_bytes"
+
+
+def _too_large(detail: str, setting: str = "max_body_bytes") -> ApiProblem:
+    return ApiProblem(413, f"{detail}; send smaller requests (or raise [api] {setting})")

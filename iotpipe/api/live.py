@@ -42,6 +42,15 @@ CLOSE_TRY_LATER = CLOSE_OVERLOAD  # 1013, "try again later": also while the data
 _OUTAGES = database_outages()
 
 
+def _refusal_code(status: int) -> int:
+    """The close code of a subscription refused with this HTTP status: a spent rate limit
+    is "try again later" (1013), not a key that may never read (4403), after which a
+    client would stop trying."""
+    if status == 401:
+        return CLOSE_UNAUTHORIZED
+    return CLOSE_TRY_LATER if status == 429 else CLOSE_FORBIDDEN
+
+
 @router.websocket("/api/v1/live")
 async def live(websocket: WebSocket) -> None:
     app: App = websocket.app.state.iotpipe
@@ -53,8 +62,7 @@ async def live(websocket: WebSocket) -> None:
     try:
         authenticate(websocket, "read", token if isinstance(token, str) else None)  # type: ignore[arg-type]
     except ApiProblem as problem:
-        code = CLOSE_UNAUTHORIZED if problem.status == 401 else CLOSE_FORBIDDEN
-        await _close(websocket, code, problem.detail)
+        await _close(websocket, _refusal_code(problem.status), problem.detail)
         return
     except _OUTAGES as exc:  # the keys could not be read: as a 503, try again later
         await _close(websocket, CLOSE_TRY_LATER, outage_detail(websocket, exc))

@@ -84,7 +84,7 @@ class Principal:
             scoped = " (a key scoped to devices may only write their readings)" if self.devices else ""
             raise AccessDenied(
                 f"key {self.name!r} ({self.role}{scoped}) may not {_ACTION_WORDS[action]}; "
-                f"this needs a {needed} key or higher"
+                f"this needs {'an' if needed[0] in 'aeiou' else 'a'} {needed} key or higher"
             )
 
     def may_write(self, device_id: str) -> bool:
@@ -95,7 +95,7 @@ _ACTION_WORDS = {
     "read": "read data",
     "ingest": "ingest readings",
     "operate": "acknowledge alerts or edit alert rules",
-    "admin": "manage API keys",
+    "admin": "manage API keys or replay dead letters",
 }
 OPEN = Principal("open access (no API key exists)", "admin")
 
@@ -156,6 +156,10 @@ class KeyRing:
             self.store, name, token[:PREFIX_SHOWN], token_hash(token), role, scope, now, expires_at
         )
         if key_id is None:
+            if self._row(name)["revoked_at"] is not None:  # kept: its name stays in the audit trail
+                raise IotpipeError(
+                    f"a key named {name!r} was revoked, and names are not reused; choose another"
+                )
             raise IotpipeError(f"a key named {name!r} exists; choose another name (or revoke that one)")
         self._exist = True
         return {**_view(self._row(name)), "token": token}

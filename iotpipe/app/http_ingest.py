@@ -56,7 +56,7 @@ PRECISION_FORMATS = {
 
 
 class UnsupportedContent(IotpipeError):
-    """The body's content type (or precision) is not one iotpipe decodes: HTTP 415/400."""
+    """The body's content type is not one iotpipe decodes: HTTP 415."""
 
 
 class _DeadLetterReasons:
@@ -176,8 +176,8 @@ def body_messages(
         )
     fmt, kind = CONTENT_TYPES[media]
     if fmt == "lineproto":
-        if precision not in PRECISION_FORMATS:
-            raise UnsupportedContent(
+        if precision not in PRECISION_FORMATS:  # a bad parameter (400), not a bad body (415)
+            raise IotpipeError(
                 f"precision {printable(str(precision))!r} is not supported; use ns, us, ms or s"
             )
         fmt = PRECISION_FORMATS[precision]

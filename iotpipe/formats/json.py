@@ -47,7 +47,11 @@ def _load_lenient_json(payload: bytes, refusal: orjson.JSONDecodeError) -> Any:
     """
     try:
         # Decoded here, as UTF-8 only: given bytes, json.loads would also take UTF-16 and UTF-32.
-        return json.loads(payload.decode("utf-8"), parse_int=_integer, parse_constant=float)
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:  # orjson says only "surrogates not allowed"
+        raise DecodeError(f"payload is not valid UTF-8 (bad byte at offset {exc.start})") from None
+    try:
+        return json.loads(text, parse_int=_integer, parse_constant=float)
     except (ValueError, RecursionError):
         raise DecodeError(f"payload is not valid JSON: {refusal}") from None
 
@@ -85,5 +89,7 @@ def decode_json(raw: RawMessage) -> list[DecodedMessage]:
         if matches(doc):
             return decode_document(doc, raw)
     if isinstance(doc, list):
+        if not doc:
+            raise DecodeError("the JSON array is empty: nothing to store")
         raise DecodeError("a JSON array must be a SenML pack (records with n/bn and v)")
     return [decode_object(doc, raw)]

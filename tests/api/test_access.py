@@ -56,6 +56,11 @@ def test_an_operator_edits_rules_and_an_admin_lists_keys(served: Served) -> None
     rule = {"name": "hot", "metric": "t", "max": 5}
     assert served.client.post("/api/v1/alert-rules", json=rule, headers=auth(operator)).status_code == 201
     assert served.client.get("/api/v1/keys", headers=auth(operator)).status_code == 403
+    replay = served.client.post("/api/v1/dead-letters/replay", headers=auth(operator))
+    assert replay.status_code == 403
+    assert (
+        "may not manage API keys or replay dead letters; this needs an admin key" in replay.json()["detail"]
+    )
     keys = served.client.get("/api/v1/keys", headers=auth(admin)).json()["items"]
     assert {k["name"] for k in keys} == {"ops", "root"}
     assert all("token" not in k for k in keys)
@@ -78,6 +83,10 @@ def test_a_revoked_key_is_refused(served: Served) -> None:
     served.app.revoke_key("old")
     refused = served.client.get("/api/v1/stats", headers=auth(token))
     assert refused.status_code == 401 and "'old' was revoked" in refused.json()["detail"]
+    from iotpipe.errors import IotpipeError
+
+    with pytest.raises(IotpipeError, match="'old' was revoked, and names are not reused; choose another"):
+        served.app.create_key("old", "reader")
 
 
 def test_an_expired_key_is_refused(served: Served) -> None:

@@ -162,6 +162,7 @@ def test_oversize_bodies_are_refused_while_streaming(database_url: str, served_w
         "/api/v1/ingest", content=bomb, headers={"content-type": "text/plain", "content-encoding": "gzip"}
     )
     assert inflated.status_code == 413 and "inflates past" in inflated.json()["detail"]
+    assert "raise [api] max_decompressed_bytes" in inflated.json()["detail"]
     assert served.app.store.dead_letter_count() == 0
 
 
@@ -197,7 +198,9 @@ def test_influx_v1_write_takes_precision_and_reports_a_partial_write(served: Ser
     body = partial.json()
     assert body["error"].startswith("partial write: 1 of 2 lines rejected (POST /write:2: no fields")
     assert body["code"] == "invalid"
-    assert served.client.post("/write?precision=fortnights", content=b"w,host=h t=1").status_code == 415
+    bad = served.client.post("/write?precision=fortnights", content=b"w,host=h t=1")
+    assert bad.status_code == 400 and "precision 'fortnights' is not supported" in bad.json()["detail"]
+    assert served.app.store.stats()["readings"] == 2  # the two above; this request stored nothing
     assert served.client.get("/ping").headers["x-influxdb-version"]
 
 

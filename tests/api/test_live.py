@@ -127,6 +127,17 @@ def test_backfill_comes_first_then_live_readings_each_once(served: Served) -> No
     assert update["readings"][0]["times"] == [now // 1000]
 
 
+def test_a_spent_rate_limit_closes_with_try_again_later(database_url: str, served_with) -> None:
+    served = served_with(database_url, rate_limit=0.01, rate_burst=2)
+    reader = served.key("dash", "reader")
+    for _ in range(2):
+        with subscribe(served, key=reader) as ws:
+            assert frame(ws)["type"] == "subscribed"
+    with subscribe(served, key=reader) as ws:
+        code, reason = close_of(ws)
+    assert code == 1013 and "too many requests" in reason  # not 4403: the key may read
+
+
 def test_a_reader_key_is_enough_in_the_message_or_a_header(served: Served) -> None:
     reader = served.key("dash", "reader")
     with subscribe(served, key=reader) as ws:

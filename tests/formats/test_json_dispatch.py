@@ -88,10 +88,20 @@ def test_json_array_of_senml_records_goes_to_senml() -> None:
     assert messages[0].device_id == "urn:dev:ow:10e2073a01080063"
 
 
-@pytest.mark.parametrize("payload", [b"[]", b"[1, 2]", b'[{"device_id": "a", "v": 1}]'])
+@pytest.mark.parametrize("payload", [b"[1, 2]", b'[{"device_id": "a", "v": 1}]'])
 def test_json_array_that_is_not_senml_is_rejected(payload: bytes) -> None:
     with pytest.raises(DecodeError, match="a JSON array must be a SenML pack"):
         decode(raw_message(payload))
+
+
+def test_an_empty_json_array_is_named_as_such() -> None:
+    with pytest.raises(DecodeError, match="the JSON array is empty: nothing to store"):
+        decode(raw_message(b"[]"))
+
+
+def test_json_that_is_not_utf8_says_where() -> None:
+    with pytest.raises(DecodeError, match=r"payload is not valid UTF-8 \(bad byte at offset 28\)"):
+        decode(raw_message(b'{"device_id": "a", "name": "\xff", "t": 1}'))
 
 
 def test_thingspeak_document_goes_to_thingspeak() -> None:
@@ -108,7 +118,7 @@ def test_thingspeak_document_goes_to_thingspeak() -> None:
     [
         (b"{not json", "payload is not valid JSON"),
         (b'{"a": NaN', "payload is not valid JSON"),  # NaN itself is an invalid value: test_files.py
-        (b"\xff\xfe{}", "payload is not valid JSON"),
+        (b"\xff\xfe{}", "payload is not valid UTF-8"),  # UTF-16
         (b'"just a string"', "expected a JSON object, got str"),
         (b"42", "expected a JSON object, got int"),
         (b"null", "expected a JSON object, got NoneType"),
