@@ -34,6 +34,15 @@ class SeriesRef:
     metric: str
 
 
+def find_device(conn: Connection, device_id: str) -> int:
+    """A device's key, or an error saying it is unknown: a filter on a misspelt device
+    would otherwise answer "nothing there"."""
+    device_pk = conn.scalar(select(devices.c.id).where(devices.c.device_id == device_id))
+    if device_pk is None:
+        raise NotFound(f"no device {device_id!r} in the store; check the device id (case matters)")
+    return int(device_pk)
+
+
 def find_series(conn: Connection, device_id: str, metric: str) -> SeriesRef:
     """The series of a device and metric, or an error saying which part is unknown."""
     row = conn.execute(
@@ -43,8 +52,6 @@ def find_series(conn: Connection, device_id: str, metric: str) -> SeriesRef:
     ).first()
     if row is not None:
         return SeriesRef(row[0], row[1], device_id, metric)
-    device_pk = conn.scalar(select(devices.c.id).where(devices.c.device_id == device_id))
-    if device_pk is None:
-        raise NotFound(f"no device {device_id!r} in the store; check the device id (case matters)")
+    device_pk = find_device(conn, device_id)
     metrics = sorted(conn.scalars(select(series.c.metric).where(series.c.device_pk == device_pk)))
     raise NotFound(f"device {device_id!r} has no metric {metric!r}; it has: {', '.join(metrics)}")

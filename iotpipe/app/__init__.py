@@ -646,6 +646,7 @@ class App:
 
         if method is not None and method not in METHODS:
             raise IotpipeError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+        self._known(device_id, metric)
         rows = anomaly_rows(self.store, device_id, metric, method, start, end, limit)
         return [{k: v for k, v in _anomaly_view(row).items() if k != "id"} for row in rows]
 
@@ -673,6 +674,7 @@ class App:
 
         if not 1 <= days <= 36_500:
             raise IotpipeError(f"--days must be between 1 and 36500, got {days}")
+        self._known(device_id)
         today = now_micros()
         first, last = day_name(today - (days - 1) * MICROS_PER_DAY), day_name(today)
         devices: dict[str, list[dict[str, Any]]] = {}
@@ -700,6 +702,7 @@ class App:
     ) -> list[dict[str, Any]]:
         from iotpipe.analytics.alerts import alert_rows
 
+        self._known(device_id)
         return alert_rows(self.store, status, severity=severity, device_id=device_id)
 
     def acknowledge_alert(self, alert_id: int) -> dict[str, Any]:
@@ -860,6 +863,7 @@ class App:
         limit = check_limit(limit, self.settings.api.page_size, self.settings.api.max_page_size)
         if method is not None and method not in METHODS:
             raise IotpipeError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+        self._known(device_id, metric)
         position = decode_cursor(cursor, "anomalies")
         before = (int(position["time"]), int(position["id"])) if position else None
         rows = anomaly_rows(self.store, device_id, metric, method, start, end, limit + 1, before)
@@ -903,12 +907,26 @@ class App:
         from iotpipe.app.paging import check_limit, decode_cursor, encode_cursor
 
         limit = check_limit(limit, self.settings.api.page_size, self.settings.api.max_page_size)
+        self._known(device_id)
         position = decode_cursor(cursor, "alerts")
         before = int(position["id"]) if position else None
         rows = alert_rows(self.store, status, limit + 1, before, severity, device_id)
         more = len(rows) > limit
         rows = rows[:limit]
         return {"items": rows, "next": encode_cursor({"k": "alerts", "id": rows[-1]["id"]}) if more else None}
+
+    def _known(self, device_id: str | None, metric: str | None = None) -> None:
+        """A filter on a device (and metric) must name a known one, else NotFound: a typo
+        answered with an empty list reads as "nothing happened there"."""
+        from iotpipe.analytics.common import find_device, find_series
+
+        if device_id is None:
+            return
+        with self.store.read_connection() as conn:
+            if metric is None:
+                find_device(conn, device_id)
+            else:
+                find_series(conn, device_id, metric)
 
     def alert_rules(self, limit: int | None = None, cursor: str | None = None) -> dict[str, Any]:
         from iotpipe.analytics.alerts import rule_views

@@ -178,7 +178,8 @@ def test_anomalies_command_lists_both_methods_as_json_and_detects_on_request(tmp
     assert only and all(r["method"] == "zscore" for r in only)
     assert list(only[0]) == ["device_id", "metric", "time", "end_time", "value", "score", "method", "reason"]
     assert {r["reason"] for r in only} <= {"spike", "dip"}
-    assert json.loads(iotpipe("anomalies", "--device", "nobody", "--json", cwd=tmp_path).stdout) == []
+    nobody = iotpipe("anomalies", "--device", "nobody", "--json", cwd=tmp_path)  # not "none found"
+    assert nobody.returncode == 2 and "no device 'nobody' in the store" in nobody.stderr
 
     table = iotpipe("anomalies", "--method", "streaming", cwd=tmp_path, env=None)
     assert "pump-1" in table.stdout and "streaming" in table.stdout

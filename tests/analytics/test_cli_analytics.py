@@ -115,8 +115,13 @@ def test_views_after_an_import_and_one_run_of_the_jobs(tmp_path: Path) -> None:
     majors = run_json("alerts", "--status", "open", "--severity", "major", "--device", "pump-7", cwd=tmp_path)
     assert offline in majors and majors == [a for a in alerts if a["severity"] == "major"]  # type: ignore[union-attr,index,operator]
     assert run_json("alerts", "--severity", "critical", cwd=tmp_path) == []
-    none = iotpipe("alerts", "--status", "open", "--severity", "major", "--device", "ghost", cwd=tmp_path)
-    assert (none.returncode, none.stdout.strip()) == (0, "No open major alerts for ghost.")
+    none = iotpipe("alerts", "--status", "open", "--severity", "critical", "--device", "pump-7", cwd=tmp_path)
+    assert (none.returncode, none.stdout.strip()) == (0, "No open critical alerts for pump-7.")
+    # A misspelt device is not "no alerts": every filter on a device names an unknown one.
+    for view in (["alerts"], ["anomalies"], ["report"]):
+        ghost = iotpipe(*view, "--device", "ghost", cwd=tmp_path)
+        assert ghost.returncode == 2, view
+        assert "no device 'ghost' in the store; check the device id (case matters)" in ghost.stderr
 
 
 def test_views_explain_unknown_series_buckets_and_alerts(tmp_path: Path) -> None:

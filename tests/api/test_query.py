@@ -286,6 +286,21 @@ def test_builtin_rules_cannot_be_edited_through_the_api(served: Served) -> None:
     assert refused.status_code == 409 and "comes from the builtin settings" in refused.json()["detail"]
 
 
+def test_a_filter_on_an_unknown_device_is_a_404_not_an_empty_list(served: Served) -> None:
+    minutely(served, "pump-1", "temperature", 1)
+    for view in ("anomalies", "alerts", "quality"):
+        known = served.client.get(f"/api/v1/{view}?device_id=pump-1")
+        assert known.status_code == 200 and known.json()["items"] == [], view
+        typo = served.client.get(f"/api/v1/{view}?device_id=Pump-1")
+        assert typo.status_code == 404, view
+        assert "no device 'Pump-1' in the store; check the device id (case matters)" in typo.json()["detail"]
+    metric = served.client.get("/api/v1/anomalies?device_id=pump-1&metric=temprature")
+    assert (
+        metric.status_code == 404
+        and "has no metric 'temprature'; it has: temperature" in metric.json()["detail"]
+    )
+
+
 def test_stats_and_dead_letters(served: Served) -> None:
     served.post_lines("telemetry,device_id=a t=1 1767571200000000000\nnot line protocol")
     stats = served.client.get("/api/v1/stats").json()
