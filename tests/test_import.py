@@ -198,3 +198,56 @@ def test_missing_file_is_a_clear_error(tmp_path: Path, missing: str) -> None:
     result = iotpipe("import", missing, database_url=f"sqlite:///{tmp_path / 'x.db'}", cwd=tmp_path)
     assert result.returncode == 2
     assert "no such file: nope.jsonl" in result.stderr
+
+
+def _cut_gzip(path: Path, lines: list[str]) -> None:
+    """`lines` gzipped and cut in half, as `head -c` leaves an interrupted download."""
+    whole = gzip.compress(("\n".join(lines) + "\n").encode())
+    path.write_bytes(whole[: len(whole) // 2])
+
+
+def _lines_read(stderr: str) -> int:
+    return int(stderr.split("after line ")[1].split(" ")[0])
+
+
+# Each kind of line file, with one reading per good line and a malformed line now and then.
+CUT_FILES = {
+    "v1.jsonl.gz": lambda i: (
+        '{"device_id": "broken'
+        if i % 97 == 5
+        else json.dumps({"device_id": f"d{i % 7}", "ts": 1763805600 + i, "t": i})
+    ),
+    "data.lp.gz": lambda i: (
+        "m,device_id=d v=" if i % 97 == 5 else f"m,device_id=d{i % 7} v={i} {1763805600 + i}000000000"
+    ),
+    "senml.jsonl.gz": lambda i: (
+        "[{"
+        if i % 97 == 5
+        else json.dumps([{"bn": f"urn:dev:d{i % 7}:", "bt": 1763805600 + i, "n": "t", "v": i}])
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CUT_FILES))
+def test_a_cut_gzip_file_stores_every_line_before_the_damage(
+    database_url: str, tmp_path: Path, name: str
+) -> None:
+    """The lines read before the damage are received (stored or dead-lettered), however
+    few: fewer than a chunk of the bulk import used to be lost with the damage."""
+    path = tmp_path / name
+    _cut_gzip(path, [CUT_FILES[name](i) for i in range(6000)])
+    result = iotpipe("import", str(path), database_url=database_url, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "is truncated or damaged after line" in result.stderr and "Traceback" not in result.stderr
+    assert "Re-import the complete file" in result.stderr
+    read = _lines_read(result.stderr)
+    assert 1000 < read < 6000
+    store = open_store(database_url)
+    stats = store.stats()
+    store.close()
+    assert stats["dead_letters"] == len([i for i in range(read) if i % 97 == 5])
+    assert stats["readings"] + stats["dead_letters"] == read
+    assert (
+        f"this import read {read:,} messages before it: {stats['readings']:,} readings stored"
+        in result.stderr
+    )

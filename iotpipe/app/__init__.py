@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from iotpipe.errors import ConfigError, IotpipeError, StoreError, first_line
+from iotpipe.errors import ConfigError, IotpipeError, SourceError, StoreError, first_line
 from iotpipe.model import (
     MICROS_PER_DAY,
     MICROS_PER_SECOND,
@@ -271,9 +271,16 @@ class App:
                             progress(source.bytes_read, source.bytes_total)
                             last_report = time.monotonic()
                 pipeline.close()
-            except IotpipeError:
+            except SourceError as exc:
                 # The source refused to go on (a truncated file): what was read before the
-                # damage is stored, then the user hears why.
+                # damage is stored, then the user hears why, and what became of it.
+                pipeline.close()
+                c = pipeline.counters
+                raise type(exc)(
+                    f"{exc} (this import read {c.messages_received:,} messages before it: "
+                    f"{c.readings_stored:,} readings stored, {c.messages_dead_lettered:,} dead letters)"
+                ) from None
+            except IotpipeError:
                 pipeline.close()
                 raise
             except Exception as exc:

@@ -49,6 +49,8 @@ TEXT_ENCODINGS = (
 )
 SNIFF_RECORDS = 20  # CSV records csv.Sniffer sees to choose the delimiter
 _SKIP_CHUNK = 1 << 16
+# What a damaged or cut compressed stream raises as it is read.
+DAMAGED = (EOFError, zlib.error, gzip.BadGzipFile)
 READ_BYTES = 1 << 20  # blocks() reads this much at a time and splits the whole lines out
 BLOCK_BYTES = 16 << 20  # and gives a block once it holds this much (or its max_lines lines)
 
@@ -178,10 +180,10 @@ class FileSource:
                 self._lines_read = 0
                 try:
                     yield from read(path, _text_stream(path, _decompressed(path, handle)))
-                except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+                except DAMAGED as exc:
                     raise TruncatedFile(
                         f"{printable(str(path))} is truncated or damaged after line {self._lines_read} "
-                        f"({exc}); the lines before it were read. Re-import the complete file: "
+                        f"({exc}); the lines before it are kept. Re-import the complete file: "
                         "what is already stored is not stored twice"
                     ) from None
                 self._current = None
@@ -252,7 +254,13 @@ class FileSource:
         tail = b""  # the unfinished line at the end of what was read
         held = 0  # bytes of `lines` (with their newlines)
         while True:
-            chunk = read(READ_BYTES)
+            try:
+                chunk = read(READ_BYTES)
+            except DAMAGED:
+                # Every whole line read before the damage is given before it is raised:
+                # the caller stores them, then stops with the damage (nothing read is lost).
+                yield from _whole_blocks(lines, number - len(lines) + 1, max_lines, final=True)
+                raise
             if chunk:
                 data = tail + chunk if tail else chunk
                 cut = data.rfind(b"\n")
