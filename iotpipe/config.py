@@ -477,6 +477,10 @@ class Settings(BaseSettings):
 def load_settings(config_file: str | Path | None = None, **flags: Any) -> Settings:
     """Settings from every layer; flags that are None (not given) do not override."""
     path = Path(config_file or os.environ.get("IOTPIPE_CONFIG") or DEFAULT_CONFIG_FILE)
+    if config_file is not None and path.is_dir():
+        raise ConfigError(
+            f"config file {path} is a directory; give a file (e.g. {path / DEFAULT_CONFIG_FILE})"
+        )
     if config_file is not None and not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     Settings.toml_path = path if path.is_file() else None

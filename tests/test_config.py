@@ -62,6 +62,11 @@ def test_explicit_config_file_must_exist() -> None:
         load_settings("missing.toml")
 
 
+def test_a_config_file_that_is_a_directory_is_named_as_one(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=re.escape(f"config file {tmp_path} is a directory; give a file")):
+        load_settings(tmp_path)
+
+
 def test_invalid_value_names_the_setting(tmp_path: Path) -> None:
     (tmp_path / "iotpipe.toml").write_text("[pipeline]\nbatch_size = 0\n")
     with pytest.raises(

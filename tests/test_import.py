@@ -197,7 +197,61 @@ def test_dlq_replay_stores_what_now_decodes(database_url: str, tmp_path: Path) -
 def test_missing_file_is_a_clear_error(tmp_path: Path, missing: str) -> None:
     result = iotpipe("import", missing, database_url=f"sqlite:///{tmp_path / 'x.db'}", cwd=tmp_path)
     assert result.returncode == 2
-    assert "no such file: nope.jsonl" in result.stderr
+    assert "no such file: nope.jsonl; check the path" in result.stderr
+
+
+def test_a_directory_is_refused_as_one(tmp_path: Path) -> None:
+    (tmp_path / "exports").mkdir()
+    result = iotpipe("import", "exports", database_url=f"sqlite:///{tmp_path / 'x.db'}", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "error: exports is a directory; give a file" in result.stderr
+    assert "no such file" not in result.stderr
+
+
+def _parquet() -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table({"device_id": ["a"], "t": [1.0]}), sink)
+    return bytes(sink.getvalue().to_pybytes())
+
+
+LINE = b'{"device_id": "a", "timestamp": 1763805600, "t": 1}\n'
+# Files iotpipe import cannot read, named so that their suffix does not give them away.
+UNSUPPORTED = {
+    "Parquet": _parquet,
+    "zstd-compressed": lambda: b"\x28\xb5\x2f\xfd\x04\x58" + LINE,  # a zstd frame's start
+    "xz-compressed": lambda: __import__("lzma").compress(LINE),
+    "bzip2-compressed": lambda: __import__("bz2").compress(LINE),
+    "Parquet, gzip-compressed": lambda: gzip.compress(_parquet()),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(UNSUPPORTED))
+def test_a_file_of_an_unsupported_type_is_refused_before_anything_is_read(tmp_path: Path, kind: str) -> None:
+    """Read as text, each line of such a file was a dead letter "not valid UTF-8" (exit 0);
+    now the import refuses it up front, the good file given with it included."""
+    good = tmp_path / "good.jsonl"
+    good.write_bytes(LINE)
+    odd = tmp_path / "readings.data"
+    odd.write_bytes(UNSUPPORTED[kind]())
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    result = iotpipe("import", str(good), str(odd), database_url=url, cwd=tmp_path)
+    assert result.returncode == 2
+    assert f"{odd}: unsupported file type ({kind}); iotpipe import reads JSON lines" in result.stderr
+    assert "optionally gzip-compressed (.gz); convert it first" in result.stderr
+    assert not (tmp_path / "x.db").exists()  # nothing received: nothing to store or dead-letter
+
+
+def test_a_line_protocol_file_whose_first_measurement_starts_like_bzip2_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "bz.lp"
+    path.write_bytes(b"BZh9,device_id=a v=1 1763805600000000000\n")
+    result = iotpipe(
+        "import", str(path), "--json", database_url=f"sqlite:///{tmp_path / 'x.db'}", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["stored"] == 1
 
 
 def _cut_gzip(path: Path, lines: list[str]) -> None:

@@ -240,12 +240,10 @@ class App:
             raise IotpipeError(
                 f"unknown format {format!r}; choose one of: {', '.join(formats.format_names())}"
             )
-        try:
-            source = FileSource(
-                paths, format=format, device_id=device_id, limits=self.settings.limits.to_limits()
-            )
-        except FileNotFoundError as exc:
-            raise IotpipeError(f"{exc}; check the path") from None
+        # Refuses, before reading any, paths that are no file or files it cannot read.
+        source = FileSource(
+            paths, format=format, device_id=device_id, limits=self.settings.limits.to_limits()
+        )
         storage = self.settings.storage
         pack_before = None
         if storage.import_packed:

@@ -39,6 +39,23 @@ from iotpipe.text import printable
 
 SUFFIX_FORMATS = {".csv": "csv", ".senml.json": "senml", ".senml": "senml", ".lp": "lineproto"}
 GZIP_MAGIC = b"\x1f\x8b"
+# What `iotpipe import` reads (docs/formats.md, "Files"), for the refusal of anything else.
+SUPPORTED_FILES = (
+    "JSON lines (.jsonl, .ndjson), line protocol (.lp), JSON (.json), SenML (.senml.json, .senml) and CSV "
+    "(.csv), each optionally gzip-compressed (.gz)"
+)
+# Files people hand to an import that it cannot read, by their first bytes (the name may
+# say nothing): read as text, each "line" of them would be a dead letter.
+UNSUPPORTED_MAGIC = (
+    (b"PAR1", "Parquet"),
+    (b"\x28\xb5\x2f\xfd", "zstd-compressed"),
+    (b"\xfd7zXZ\x00", "xz-compressed"),
+    (b"PK\x03\x04", "zip archive or Excel workbook"),
+    (b"7z\xbc\xaf\x27\x1c", "7-Zip archive"),
+)
+# bzip2: "BZh", the block size 1-9, then the first block's magic (pi's digits in BCD) or,
+# when empty, the end of stream's (sqrt(pi)'s), so a line protocol line "BZh..." is not one.
+BZIP2_MAGICS = (b"\x31\x41\x59\x26\x53\x59", b"\x17\x72\x45\x38\x50\x90")
 # Byte-order marks, longest first: the UTF-32 LE mark starts with the UTF-16 LE one.
 TEXT_ENCODINGS = (
     (codecs.BOM_UTF32_LE, "utf-32"),
@@ -133,6 +150,55 @@ def suffix_format(path: Path) -> str | None:
     return None
 
 
+def check_files(paths: Sequence[Path]) -> None:
+    """Refuse, before anything is read, paths that are no file or files of a type the import
+    cannot read (SourceError naming each and what to do)."""
+    problems: list[str] = []
+    missing = [printable(str(p)) for p in paths if not p.exists()]
+    if missing:
+        problems.append(f"no such file: {', '.join(missing)}; check the path")
+    for path in paths:
+        if path.is_dir():
+            problems.append(
+                f"{printable(str(path))} is a directory; give a file (e.g. {printable(str(path))}/*.jsonl)"
+            )
+        elif path.exists() and not path.is_file():
+            problems.append(f"{printable(str(path))} is not a regular file; give a file")
+        elif path.is_file() and (kind := unsupported_type(path)) is not None:
+            problems.append(
+                f"{printable(str(path))}: unsupported file type ({kind}); iotpipe import reads "
+                f"{SUPPORTED_FILES}; convert it first"
+            )
+    if problems:
+        raise SourceError("; ".join(problems))
+
+
+def unsupported_type(path: Path) -> str | None:
+    """What a file is when its first bytes (or, gzipped, those of its content) say it is a
+    type the import cannot read, else None."""
+    with open(path, "rb") as handle:
+        start = handle.read(16)
+        if start.startswith(GZIP_MAGIC):
+            handle.seek(0)
+            try:
+                with gzip.GzipFile(fileobj=handle) as inner:
+                    start = inner.read(16)
+            except DAMAGED:
+                return None  # told when it is read, after the lines before the damage
+            kind = _magic_type(start)
+            return None if kind is None else f"{kind}, gzip-compressed"
+    return _magic_type(start)
+
+
+def _magic_type(start: bytes) -> str | None:
+    for magic, kind in UNSUPPORTED_MAGIC:
+        if start.startswith(magic):
+            return kind
+    if start[:3] == b"BZh" and start[3:4] in b"123456789" and start[4:10] in BZIP2_MAGICS:
+        return "bzip2-compressed"
+    return None
+
+
 class FileSource:
     """Messages from files, with byte progress across all of them."""
 
@@ -144,9 +210,7 @@ class FileSource:
         limits: Limits = DEFAULT_LIMITS,
         source: str = "file",
     ) -> None:
-        missing = [str(p) for p in paths if not p.is_file()]
-        if missing:
-            raise FileNotFoundError(f"no such file: {', '.join(missing)}")
+        check_files(paths)
         self.paths = paths
         self.format = format
         self.device_id = device_id
