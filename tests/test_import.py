@@ -305,3 +305,22 @@ def test_a_cut_gzip_file_stores_every_line_before_the_damage(
         f"this import read {read:,} messages before it: {stats['readings']:,} readings stored"
         in result.stderr
     )
+
+
+def test_a_nul_byte_in_one_csv_row_costs_only_that_row(database_url: str, tmp_path: Path) -> None:
+    """It used to make the whole file (header included) dead letters "binary"."""
+    path = tmp_path / "tank.csv"
+    rows = [f"2026-11-22T10:{m:02d}:00Z,tank-1,{18 + m / 10}" for m in range(10)]
+    rows[4] = "2026-11-22T10:04:00Z,tank-1,1\x008.4"
+    path.write_bytes(("timestamp,device_id,temperature\n" + "\n".join(rows) + "\n").encode())
+    result = iotpipe("import", str(path), "--json", database_url=database_url, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary == {"messages": 10, "stored": 9, "duplicates": 0, "invalid": 0, "dead_lettered": 1}
+    store = open_store(database_url)
+    [letter] = store.dead_letter_rows()
+    assert letter["origin"] == f"{path}:6"
+    assert "CSV row holds a NUL byte (at offset 29): the record is damaged" in letter["reason"]
+    assert bytes(letter["payload"]) == rows[4].encode()  # kept as received, NUL included
+    assert store.stats()["readings"] == 9
+    store.close()

@@ -87,6 +87,9 @@ def decode_csv(raw: RawMessage, delimiter: str = ",") -> list[DecodedMessage]:
     if raw.header is None:
         raise DecodeError("CSV row without a header: the source must give the column names")
     layout = _layout(raw.header, raw.device_id is not None)
+    nul = raw.payload.find(b"\x00")
+    if nul >= 0:  # no CSV text holds one: the record is damaged (the others are not)
+        raise DecodeError(f"CSV row holds a NUL byte (at offset {nul}): the record is damaged, not text")
     try:
         text = raw.payload.decode("utf-8")
     except UnicodeDecodeError as exc:

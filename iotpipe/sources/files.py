@@ -386,11 +386,9 @@ class FileSource:
             fmt = _sniff_csv_format(body for _, body, size in head if size is None)
         header: tuple[str, ...] | None = None
         problem: str | None = None
-        if any(b"\x00" in body for _, body, _ in head):
-            problem = (
-                "the file holds NUL bytes in its first lines: it is binary, or UTF-16/UTF-32 without a "
-                "byte-order mark (save it as UTF-8), not CSV text"
-            )
+        # NULs near the start tell a binary (or BOM-less UTF-16) file only when its header is
+        # unusable too: under a good header, a NUL costs just the row that holds it.
+        binary = any(b"\x00" in body for _, body, _ in head)
         for number, record, oversize in _chain(head, records):
             where = f"{origin}:{number}"
             if oversize is not None:
@@ -402,9 +400,16 @@ class FileSource:
             if header is None and problem is None:
                 try:
                     header = split_header(body, fmt)
+                    continue
                 except DecodeError as exc:
-                    problem = f"{exc.reason} (line {number} of the file), so its rows cannot be read"
-                continue
+                    if not binary:
+                        problem = f"{exc.reason} (line {number} of the file), so its rows cannot be read"
+                        continue
+                    # Not a header at all: every line of the file is refused, this one too.
+                    problem = (
+                        "the file holds NUL bytes in its first lines: it is binary, or UTF-16/UTF-32 "
+                        "without a byte-order mark (save it as UTF-8), not CSV text"
+                    )
             if problem is not None:
                 yield refused(body, self.source, where, received_at, problem, self.device_id)
             else:

@@ -180,3 +180,8 @@ def test_generated_wide_rows_written_by_the_csv_module_decode_back(
     assert readings_of(messages) == [
         ("d", column, seconds * 1_000_000, value) for column, value in zip(columns, values, strict=True)
     ]
+
+
+def test_a_row_holding_a_nul_byte_is_refused_saying_so() -> None:
+    with pytest.raises(DecodeError, match=r"CSV row holds a NUL byte \(at offset 3\): the record is damaged"):
+        row("179\x005341600,12.5", "timestamp,value", device_id="meter-1")
