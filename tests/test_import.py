@@ -178,8 +178,8 @@ def test_whole_json_documents_import(database_url: str, tmp_path: Path) -> None:
 
 def test_dlq_replay_stores_what_now_decodes(database_url: str, tmp_path: Path) -> None:
     export = tmp_path / "export.csv"
-    export.write_text("timestamp,value\n2026-11-22T10:00:00Z,1.5\n")
-    # Without --device the rows have no device id and are dead-lettered.
+    export.write_text("timestamp,device_id,value\n2026-11-22T10:00:00Z,,1.5\n")
+    # A row with an empty device cell, and no --device, has no device id: dead-lettered.
     first = json.loads(
         iotpipe("import", str(export), "--json", database_url=database_url, cwd=tmp_path).stdout
     )
@@ -324,3 +324,37 @@ def test_a_nul_byte_in_one_csv_row_costs_only_that_row(database_url: str, tmp_pa
     assert bytes(letter["payload"]) == rows[4].encode()  # kept as received, NUL included
     assert store.stats()["readings"] == 9
     store.close()
+
+
+def test_a_csv_with_no_device_column_and_no_device_flag_is_refused_up_front(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Every row of it was a dead letter (exit 0) whose reason did not say what to do; now
+    nothing is read, of it or of the files given with it, and the message says --device."""
+    good = tmp_path / "good.jsonl"
+    good.write_text(json.dumps({"device_id": "a", "timestamp": T, "t": 1}) + "\n")
+    nab = tmp_path / "nab.csv.gz"  # NAB's layout; gzipped and ;-delimited, read as the import reads it
+    nab.write_bytes(gzip.compress(b"timestamp;value\n2026-11-22T10:00:00Z;1,5\n2026-11-22T10:05:00Z;2,5\n"))
+    result = iotpipe("import", str(good), str(nab), database_url=database_url, cwd=tmp_path)
+    assert result.returncode == 2
+    assert (
+        f"error: {nab}: no device column (device_id or device) and no --device given; pass --device NAME"
+        in result.stderr
+    )
+    store = open_store(database_url)
+    stats = store.stats()
+    store.close()
+    assert (stats["readings"], stats["dead_letters"]) == (0, 0)  # nothing received
+
+
+def test_the_reason_of_a_csv_row_without_a_device_says_how_to_give_one() -> None:
+    from iotpipe.errors import DecodeError
+    from iotpipe.formats import decode
+    from iotpipe.formats.csv import split_header
+    from iotpipe.model import RawMessage
+
+    raw = RawMessage(
+        b"2026-11-22T10:00:00Z,1.5", "http", "POST", 0, "csv", None, split_header(b"timestamp,value")
+    )
+    with pytest.raises(DecodeError, match=r"give one \(iotpipe import --device NAME, or \?device_id=NAME"):
+        decode(raw)

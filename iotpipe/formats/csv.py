@@ -164,7 +164,10 @@ def _layout(header: tuple[str, ...], source_names_device: bool) -> _Layout:
     time = next((positions[name] for name in TIME_COLUMNS if name in positions), None)
     device = next((positions[name] for name in DEVICE_COLUMNS if name in positions), None)
     if device is None and not source_names_device:
-        raise DecodeError("device_id missing: the CSV has no device_id column and the source names no device")
+        raise DecodeError(
+            "device_id missing: the CSV has no device_id (or device) column and its source names no "
+            "device; give one (iotpipe import --device NAME, or ?device_id=NAME on the HTTP API)"
+        )
     time_name = names[time] if time is not None else ""
 
     if "metric" in positions and "value" in positions:

@@ -20,6 +20,7 @@ import codecs
 import csv
 import gzip
 import io
+import itertools
 import json
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -29,7 +30,7 @@ from typing import Any, BinaryIO, Protocol, cast, overload
 import orjson
 
 from iotpipe.errors import DecodeError, SourceError, TruncatedFile
-from iotpipe.formats.csv import CSV_DELIMITERS, split_header
+from iotpipe.formats.csv import CSV_DELIMITERS, DEVICE_COLUMNS, split_header
 from iotpipe.formats.json import parse_json
 from iotpipe.formats.refused import refused
 from iotpipe.formats.senml import is_senml_record
@@ -216,11 +217,45 @@ class FileSource:
         self.device_id = device_id
         self.limits = limits
         self.source = source  # RawMessage.source of what it reads
+        self._refuse_csv_without_devices()
         self.bytes_total = sum(p.stat().st_size for p in paths)
         self.bytes_done = 0  # of files finished
         self.files_done = 0
         self._current: BinaryIO | None = None
         self._lines_read = 0  # of the current file, for the truncation message
+
+    def _refuse_csv_without_devices(self) -> None:
+        """Refuse, before anything is read, CSV files whose header names no device column
+        when no device was given: not one of their rows could be stored."""
+        if self.device_id is not None:
+            return
+        lacking = [
+            printable(str(p)) for p in self.paths if self._is_csv(p) and _names_no_device(self._csv_header(p))
+        ]
+        if lacking:
+            raise SourceError(
+                f"{', '.join(lacking)}: no device column ({' or '.join(DEVICE_COLUMNS)}) and no --device "
+                "given; pass --device NAME, the device whose readings the file holds"
+            )
+
+    def _is_csv(self, path: Path) -> bool:
+        fmt = self.format or suffix_format(path)
+        return file_kind(path) == "csv" or (fmt is not None and fmt.startswith("csv"))
+
+    def _csv_header(self, path: Path) -> tuple[str, ...] | None:
+        """The column names of a CSV file as its import reads them; None when it has no usable
+        header (its rows are then dead letters saying why) or is damaged (said when read)."""
+        with open(path, "rb") as handle:
+            try:
+                stream = _text_stream(path, _decompressed(path, handle))
+                fmt, head, _ = self._csv_head(stream, self.format or suffix_format(path))
+            except DAMAGED:
+                return None
+        first = next((body for _, body, size in head if size is None and body.strip()), None)
+        try:
+            return None if first is None else split_header(first.rstrip(b"\r\n"), fmt)
+        except DecodeError:
+            return None
 
     @property
     def bytes_read(self) -> int:
@@ -261,7 +296,7 @@ class FileSource:
         fmt = self.format or suffix_format(path)
         received_at = now_micros()
         origin = printable(str(path))  # a file name may hold bytes that are not UTF-8
-        if kind == "csv" or (fmt is not None and fmt.startswith("csv")):
+        if self._is_csv(path):
             yield from self._csv(origin, stream, fmt, received_at)
         elif kind == "document" and fmt not in ("lineproto",):
             yield from self._document(origin, stream, fmt, received_at)
@@ -375,15 +410,7 @@ class FileSource:
     def _csv(
         self, origin: str, stream: _LineReader, fmt: str | None, received_at: int
     ) -> Iterator[RawMessage]:
-        records = self._read_records(stream)
-        # The first records, kept to choose the delimiter, then served like the rest.
-        head: list[tuple[int, bytes, int | None]] = []
-        for first in records:
-            head.append(first)
-            if len(head) >= SNIFF_RECORDS:
-                break
-        if fmt is None or fmt not in CSV_DELIMITERS.values() or fmt == "csv":
-            fmt = _sniff_csv_format(body for _, body, size in head if size is None)
+        fmt, head, records = self._csv_head(stream, fmt)
         header: tuple[str, ...] | None = None
         problem: str | None = None
         # NULs near the start tell a binary (or BOM-less UTF-16) file only when its header is
@@ -414,6 +441,17 @@ class FileSource:
                 yield refused(body, self.source, where, received_at, problem, self.device_id)
             else:
                 yield RawMessage(body, self.source, where, received_at, fmt, self.device_id, header)
+
+    def _csv_head(
+        self, stream: _LineReader, fmt: str | None
+    ) -> tuple[str, list[tuple[int, bytes, int | None]], Iterator[tuple[int, bytes, int | None]]]:
+        """(the CSV decoder, the first records, the records after them): the first records
+        are kept to choose the delimiter, then served like the rest."""
+        records = self._read_records(stream)
+        head = list(itertools.islice(records, SNIFF_RECORDS))
+        if fmt is None or fmt not in CSV_DELIMITERS.values() or fmt == "csv":
+            fmt = _sniff_csv_format(body for _, body, size in head if size is None)
+        return fmt, head, records
 
     def _document(
         self, origin: str, stream: _LineReader, fmt: str | None, received_at: int
@@ -620,6 +658,10 @@ def _sniff_csv_format(records: Iterator[bytes]) -> str:
     except csv.Error:  # one column, or nothing to tell the delimiters apart
         return "csv"
     return CSV_DELIMITERS.get(dialect.delimiter, "csv")
+
+
+def _names_no_device(header: tuple[str, ...] | None) -> bool:
+    return header is not None and not any(name.lower() in DEVICE_COLUMNS for name in header)
 
 
 def _chain(
