@@ -358,3 +358,63 @@ def test_the_reason_of_a_csv_row_without_a_device_says_how_to_give_one() -> None
     )
     with pytest.raises(DecodeError, match=r"give one \(iotpipe import --device NAME, or \?device_id=NAME"):
         decode(raw)
+
+
+# What docs/formats.md documents for files, and nothing internal or topic-only.
+IMPORT_FORMATS = [
+    "csv",
+    "csv-pipe",
+    "csv-semicolon",
+    "csv-tab",
+    "json",
+    "lineproto",
+    "lineproto_ms",
+    "lineproto_s",
+    "lineproto_us",
+    "senml",
+    "tasmota",
+    "thingspeak",
+    "v1",
+    "v2",
+    "zigbee2mqtt",
+]
+
+
+@pytest.mark.parametrize("name", ["refused", "unmatched-topic", "value", "parquet"])
+def test_import_refuses_a_format_it_does_not_read(tmp_path: Path, name: str) -> None:
+    """`refused` and `unmatched-topic` are internal and dead-lettered every message; `value`
+    takes its metric from an MQTT topic, which a file has not."""
+    path = tmp_path / "data.jsonl"
+    path.write_text(json.dumps({"device_id": "a", "timestamp": T, "t": 1}) + "\n")
+    result = iotpipe(
+        "import", str(path), "--format", name, database_url=f"sqlite:///{tmp_path / 'x.db'}", cwd=tmp_path
+    )
+    assert result.returncode == 2
+    assert f"error: --format '{name}' is not a format iotpipe import reads; choose one of: " in result.stderr
+    assert result.stderr.strip().endswith(", ".join(IMPORT_FORMATS))
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_import_help_lists_exactly_the_formats_it_takes() -> None:
+    import typer.main
+
+    from iotpipe.app import import_format_names
+    from iotpipe.cli import app
+
+    assert import_format_names() == IMPORT_FORMATS
+    command = typer.main.get_command(app).commands["import"]  # type: ignore[attr-defined]
+    [option] = [p for p in command.params if "--format" in p.opts]
+    assert option.help == f"Force a decoder: {', '.join(IMPORT_FORMATS)}."
+
+
+@pytest.mark.parametrize("name", IMPORT_FORMATS)
+def test_every_format_the_help_lists_is_taken(tmp_path: Path, name: str) -> None:
+    from iotpipe.app import App
+    from iotpipe.config import Settings
+
+    path = tmp_path / "data.csv"
+    path.write_text("timestamp,device_id,t\n2026-11-22T10:00:00Z,a,1\n")
+    app = App(Settings(database_url=f"sqlite:///{tmp_path / 'x.db'}"))  # type: ignore[call-arg]
+    # Read by that decoder (stored or dead-lettered), not refused as unknown.
+    assert app.import_files([path], format=name, device_id="a").counters.messages_received == 1
+    app.close()

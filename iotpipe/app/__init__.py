@@ -30,6 +30,7 @@ from iotpipe.model import (
     format_micros,
     now_micros,
 )
+from iotpipe.text import printable
 
 if TYPE_CHECKING:  # the heavy parts load on first use, so `iotpipe --help` stays instant
     from iotpipe.app.access import KeyRing, Principal
@@ -236,9 +237,10 @@ class App:
         from iotpipe.app.runner import shutdown_signals
         from iotpipe.sources.files import FileSource
 
-        if format is not None and format not in formats.format_names():
+        if format is not None and format not in formats.file_format_names():
             raise IotpipeError(
-                f"unknown format {format!r}; choose one of: {', '.join(formats.format_names())}"
+                f"--format {printable(format)!r} is not a format iotpipe import reads; choose one of: "
+                f"{', '.join(formats.file_format_names())}"
             )
         # Refuses, before reading any, paths that are no file or files it cannot read.
         source = FileSource(
@@ -1164,6 +1166,13 @@ def format_names() -> list[str]:
     from iotpipe import formats
 
     return formats.format_names()
+
+
+def import_format_names() -> list[str]:
+    """What `iotpipe import --format` takes."""
+    from iotpipe import formats
+
+    return formats.file_format_names()
 
 
 def parse_time(value: str | None, flag: str) -> Micros | None:
