@@ -418,3 +418,26 @@ def test_every_format_the_help_lists_is_taken(tmp_path: Path, name: str) -> None
     # Read by that decoder (stored or dead-lettered), not refused as unknown.
     assert app.import_files([path], format=name, device_id="a").counters.messages_received == 1
     app.close()
+
+
+def test_a_json_array_element_that_is_no_object_is_refused_in_json_terms(
+    database_url: str, tmp_path: Path
+) -> None:
+    """`5` and `"x"` were sniffed as line protocol and refused with its reason ("no fields")."""
+    path = tmp_path / "batch.json"
+    good = {"device_id": "a", "timestamp": T, "t": 1}
+    path.write_text(json.dumps([good, {**good, "t": 2, "device_id": "b"}, "x", 5, None, True]))
+    result = iotpipe("import", str(path), "--json", database_url=database_url, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["messages"], summary["stored"], summary["dead_lettered"]) == (6, 2, 4)
+    store = open_store(database_url)
+    letters = {letter["origin"]: letter for letter in store.dead_letter_rows()}
+    store.close()
+    kinds = {2: "a string", 3: "a number", 4: "null", 5: "a boolean"}
+    assert set(letters) == {f"{path}[{i}]" for i in kinds}
+    for index, kind in kinds.items():
+        letter = letters[f"{path}[{index}]"]
+        assert letter["reason"].startswith(f"element {index} of the JSON array is {kind}, not an object")
+        assert "line protocol" not in letter["reason"] and "fields" not in letter["reason"]
+    assert bytes(letters[f"{path}[3]"]["payload"]) == b"5"

@@ -31,7 +31,7 @@ import orjson
 
 from iotpipe.errors import DecodeError, SourceError, TruncatedFile
 from iotpipe.formats.csv import CSV_DELIMITERS, DEVICE_COLUMNS, split_header
-from iotpipe.formats.json import parse_json
+from iotpipe.formats.json import json_kind, parse_json
 from iotpipe.formats.refused import refused
 from iotpipe.formats.senml import is_senml_record
 from iotpipe.limits import DEFAULT_LIMITS, Limits, setting_hint
@@ -487,9 +487,16 @@ class FileSource:
             dump = _dump_lenient_json
         if isinstance(doc, list) and doc and not any(isinstance(d, dict) and is_senml_record(d) for d in doc):
             for index, element in enumerate(doc):
-                yield RawMessage(
-                    dump(element), self.source, f"{origin}[{index}]", received_at, fmt, self.device_id
+                where = f"{origin}[{index}]"
+                if isinstance(element, dict | list):
+                    yield RawMessage(dump(element), self.source, where, received_at, fmt, self.device_id)
+                    continue
+                # A bare 5 or "x" would be sniffed as line protocol, and refused in its terms.
+                reason = (
+                    f"element {index} of the JSON array is {json_kind(element)}, not an object; "
+                    "a JSON array document holds one object per message"
                 )
+                yield refused(dump(element), self.source, where, received_at, reason, self.device_id)
             return
         yield RawMessage(body, self.source, origin, received_at, fmt, self.device_id)
 
