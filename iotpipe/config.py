@@ -481,7 +481,9 @@ def load_settings(config_file: str | Path | None = None, **flags: Any) -> Settin
     """Settings from every layer; flags that are None (not given) do not override."""
     path = Path(config_file or os.environ.get("IOTPIPE_CONFIG") or DEFAULT_CONFIG_FILE)
     if path.is_dir():
-        raise ConfigError(f"config file {path} is a directory; give the path of a TOML file")
+        raise ConfigError(
+            f"config file {path} is a directory; give the path of a TOML file (e.g. {path / DEFAULT_CONFIG_FILE})"
+        )
     if config_file is not None and not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     if path.is_file():

@@ -395,3 +395,30 @@ def test_a_process_pool_decodes_a_large_import_as_the_exact_path_does(
     assert _contents(pooled_app.store) == _contents(exact_app.store)
     exact_app.close()
     pooled_app.close()
+
+
+def test_a_process_pool_feeds_every_chunk_read_before_a_gzip_file_ends_early(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunks still decoding in the pool when the damage is found are stored all the same."""
+    import gzip
+
+    from iotpipe.app import bulk_import
+    from iotpipe.errors import TruncatedFile
+
+    monkeypatch.setattr(bulk_import, "POOL_FROM_BYTES", 0)
+    monkeypatch.setattr(bulk_import, "CHUNK_LINES", 500)  # several chunks in flight
+    whole = gzip.compress(
+        b"".join(b'{"device_id": "d", "timestamp": %d, "t": %d}\n' % (OLD_MS + i, i) for i in range(20_000))
+    )
+    path = tmp_path / "cut.jsonl.gz"
+    path.write_bytes(whole[: len(whole) // 2])
+    app = App(
+        Settings(database_url=f"sqlite:///{tmp_path / 'x.db'}", storage=StorageSettings(import_workers=2))
+    )  # type: ignore[call-arg]
+    with pytest.raises(TruncatedFile, match="after line") as caught:
+        app.import_files([path])
+    read = int(str(caught.value).split("after line ")[1].split(" ")[0])
+    assert 0 < read < 20_000
+    assert app.store.stats()["readings"] == read
+    app.close()

@@ -62,6 +62,13 @@ def test_explicit_config_file_must_exist() -> None:
         load_settings("missing.toml")
 
 
+def test_a_config_file_that_is_a_directory_is_named_as_one(tmp_path: Path) -> None:
+    with pytest.raises(
+        ConfigError, match=re.escape(f"config file {tmp_path} is a directory; give the path of a TOML file")
+    ):
+        load_settings(tmp_path)
+
+
 def test_invalid_value_names_the_setting(tmp_path: Path) -> None:
     (tmp_path / "iotpipe.toml").write_text("[pipeline]\nbatch_size = 0\n")
     with pytest.raises(
@@ -91,8 +98,3 @@ def test_a_config_file_that_is_not_toml_says_where(tmp_path: Path) -> None:
     (tmp_path / "iotpipe.toml").write_bytes(b'log_level = "\xff"\n')
     with pytest.raises(ConfigError, match=r"iotpipe\.toml is not UTF-8 text"):
         load_settings()
-
-
-def test_a_config_path_that_is_a_directory_is_named_as_such(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="is a directory; give the path of a TOML file"):
-        load_settings(tmp_path)

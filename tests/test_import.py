@@ -178,8 +178,8 @@ def test_whole_json_documents_import(database_url: str, tmp_path: Path) -> None:
 
 def test_dlq_replay_stores_what_now_decodes(database_url: str, tmp_path: Path) -> None:
     export = tmp_path / "export.csv"
-    export.write_text("timestamp,value\n2026-11-22T10:00:00Z,1.5\n")
-    # Without --device the rows have no device id and are dead-lettered.
+    export.write_text("timestamp,device_id,value\n2026-11-22T10:00:00Z,,1.5\n")
+    # A row with an empty device cell, and no --device, has no device id: dead-lettered.
     first = json.loads(
         iotpipe("import", str(export), "--json", database_url=database_url, cwd=tmp_path).stdout
     )
@@ -198,4 +198,247 @@ def test_dlq_replay_stores_what_now_decodes(database_url: str, tmp_path: Path) -
 def test_missing_file_is_a_clear_error(tmp_path: Path, missing: str) -> None:
     result = iotpipe("import", missing, database_url=f"sqlite:///{tmp_path / 'x.db'}", cwd=tmp_path)
     assert result.returncode == 2
-    assert "no such file: nope.jsonl" in result.stderr
+    assert "no such file: nope.jsonl; check the path" in result.stderr
+
+
+def test_a_directory_is_refused_as_one(tmp_path: Path) -> None:
+    (tmp_path / "exports").mkdir()
+    result = iotpipe("import", "exports", database_url=f"sqlite:///{tmp_path / 'x.db'}", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "error: exports is a directory; give a file" in result.stderr
+    assert "no such file" not in result.stderr
+
+
+def _parquet() -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table({"device_id": ["a"], "t": [1.0]}), sink)
+    return bytes(sink.getvalue().to_pybytes())
+
+
+LINE = b'{"device_id": "a", "timestamp": 1763805600, "t": 1}\n'
+# Files iotpipe import cannot read, named so that their suffix does not give them away.
+UNSUPPORTED = {
+    "Parquet": _parquet,
+    "zstd-compressed": lambda: b"\x28\xb5\x2f\xfd\x04\x58" + LINE,  # a zstd frame's start
+    "xz-compressed": lambda: __import__("lzma").compress(LINE),
+    "bzip2-compressed": lambda: __import__("bz2").compress(LINE),
+    "Parquet, gzip-compressed": lambda: gzip.compress(_parquet()),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(UNSUPPORTED))
+def test_a_file_of_an_unsupported_type_is_refused_before_anything_is_read(tmp_path: Path, kind: str) -> None:
+    """Read as text, each line of such a file was a dead letter "not valid UTF-8" (exit 0);
+    now the import refuses it up front, the good file given with it included."""
+    good = tmp_path / "good.jsonl"
+    good.write_bytes(LINE)
+    odd = tmp_path / "readings.data"
+    odd.write_bytes(UNSUPPORTED[kind]())
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    result = iotpipe("import", str(good), str(odd), database_url=url, cwd=tmp_path)
+    assert result.returncode == 2
+    assert f"{odd}: unsupported file type ({kind}); iotpipe import reads JSON lines" in result.stderr
+    assert "optionally gzip-compressed (.gz); convert it first" in result.stderr
+    assert not (tmp_path / "x.db").exists()  # nothing received: nothing to store or dead-letter
+
+
+def test_a_line_protocol_file_whose_first_measurement_starts_like_bzip2_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "bz.lp"
+    path.write_bytes(b"BZh9,device_id=a v=1 1763805600000000000\n")
+    result = iotpipe(
+        "import", str(path), "--json", database_url=f"sqlite:///{tmp_path / 'x.db'}", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["stored"] == 1
+
+
+def _cut_gzip(path: Path, lines: list[str]) -> None:
+    """`lines` gzipped and cut in half, as `head -c` leaves an interrupted download."""
+    whole = gzip.compress(("\n".join(lines) + "\n").encode())
+    path.write_bytes(whole[: len(whole) // 2])
+
+
+def _lines_read(stderr: str) -> int:
+    return int(stderr.split("after line ")[1].split(" ")[0])
+
+
+# Each kind of line file, with one reading per good line and a malformed line now and then.
+CUT_FILES = {
+    "v1.jsonl.gz": lambda i: (
+        '{"device_id": "broken'
+        if i % 97 == 5
+        else json.dumps({"device_id": f"d{i % 7}", "ts": 1763805600 + i, "t": i})
+    ),
+    "data.lp.gz": lambda i: (
+        "m,device_id=d v=" if i % 97 == 5 else f"m,device_id=d{i % 7} v={i} {1763805600 + i}000000000"
+    ),
+    "senml.jsonl.gz": lambda i: (
+        "[{"
+        if i % 97 == 5
+        else json.dumps([{"bn": f"urn:dev:d{i % 7}:", "bt": 1763805600 + i, "n": "t", "v": i}])
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CUT_FILES))
+def test_a_cut_gzip_file_stores_every_line_before_the_damage(
+    database_url: str, tmp_path: Path, name: str
+) -> None:
+    """The lines read before the damage are received (stored or dead-lettered), however
+    few: fewer than a chunk of the bulk import used to be lost with the damage."""
+    path = tmp_path / name
+    _cut_gzip(path, [CUT_FILES[name](i) for i in range(6000)])
+    result = iotpipe("import", str(path), database_url=database_url, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "is truncated or damaged after line" in result.stderr and "Traceback" not in result.stderr
+    assert "Re-import the complete file" in result.stderr
+    read = _lines_read(result.stderr)
+    assert 1000 < read < 6000
+    store = open_store(database_url)
+    stats = store.stats()
+    store.close()
+    assert stats["dead_letters"] == len([i for i in range(read) if i % 97 == 5])
+    assert stats["readings"] + stats["dead_letters"] == read
+    assert (
+        f"this import read {read:,} messages before it: {stats['readings']:,} readings stored"
+        in result.stderr
+    )
+
+
+def test_a_nul_byte_in_one_csv_row_costs_only_that_row(database_url: str, tmp_path: Path) -> None:
+    """It used to make the whole file (header included) dead letters "binary"."""
+    path = tmp_path / "tank.csv"
+    rows = [f"2026-11-22T10:{m:02d}:00Z,tank-1,{18 + m / 10}" for m in range(10)]
+    rows[4] = "2026-11-22T10:04:00Z,tank-1,1\x008.4"
+    path.write_bytes(("timestamp,device_id,temperature\n" + "\n".join(rows) + "\n").encode())
+    result = iotpipe("import", str(path), "--json", database_url=database_url, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary == {"messages": 10, "stored": 9, "duplicates": 0, "invalid": 0, "dead_lettered": 1}
+    store = open_store(database_url)
+    [letter] = store.dead_letter_rows()
+    assert letter["origin"] == f"{path}:6"
+    assert "CSV row holds a NUL byte (at offset 29): the record is damaged" in letter["reason"]
+    assert bytes(letter["payload"]) == rows[4].encode()  # kept as received, NUL included
+    assert store.stats()["readings"] == 9
+    store.close()
+
+
+def test_a_csv_with_no_device_column_and_no_device_flag_is_refused_up_front(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Every row of it was a dead letter (exit 0) whose reason did not say what to do; now
+    nothing is read, of it or of the files given with it, and the message says --device."""
+    good = tmp_path / "good.jsonl"
+    good.write_text(json.dumps({"device_id": "a", "timestamp": T, "t": 1}) + "\n")
+    nab = tmp_path / "nab.csv.gz"  # NAB's layout; gzipped and ;-delimited, read as the import reads it
+    nab.write_bytes(gzip.compress(b"timestamp;value\n2026-11-22T10:00:00Z;1,5\n2026-11-22T10:05:00Z;2,5\n"))
+    result = iotpipe("import", str(good), str(nab), database_url=database_url, cwd=tmp_path)
+    assert result.returncode == 2
+    assert (
+        f"error: {nab}: no device column (device_id or device) and no --device given; pass --device NAME"
+        in result.stderr
+    )
+    store = open_store(database_url)
+    stats = store.stats()
+    store.close()
+    assert (stats["readings"], stats["dead_letters"]) == (0, 0)  # nothing received
+
+
+def test_the_reason_of_a_csv_row_without_a_device_says_how_to_give_one() -> None:
+    from iotpipe.errors import DecodeError
+    from iotpipe.formats import decode
+    from iotpipe.formats.csv import split_header
+    from iotpipe.model import RawMessage
+
+    raw = RawMessage(
+        b"2026-11-22T10:00:00Z,1.5", "http", "POST", 0, "csv", None, split_header(b"timestamp,value")
+    )
+    with pytest.raises(DecodeError, match=r"give one \(iotpipe import --device NAME, or \?device_id=NAME"):
+        decode(raw)
+
+
+# What docs/formats.md documents for files, and nothing internal or topic-only.
+IMPORT_FORMATS = [
+    "csv",
+    "csv-pipe",
+    "csv-semicolon",
+    "csv-tab",
+    "json",
+    "lineproto",
+    "lineproto_ms",
+    "lineproto_s",
+    "lineproto_us",
+    "senml",
+    "tasmota",
+    "thingspeak",
+    "v1",
+    "v2",
+    "zigbee2mqtt",
+]
+
+
+@pytest.mark.parametrize("name", ["refused", "unmatched-topic", "value", "parquet"])
+def test_import_refuses_a_format_it_does_not_read(tmp_path: Path, name: str) -> None:
+    """`refused` and `unmatched-topic` are internal and dead-lettered every message; `value`
+    takes its metric from an MQTT topic, which a file has not."""
+    path = tmp_path / "data.jsonl"
+    path.write_text(json.dumps({"device_id": "a", "timestamp": T, "t": 1}) + "\n")
+    result = iotpipe(
+        "import", str(path), "--format", name, database_url=f"sqlite:///{tmp_path / 'x.db'}", cwd=tmp_path
+    )
+    assert result.returncode == 2
+    assert f"error: --format '{name}' is not a format iotpipe import reads; choose one of: " in result.stderr
+    assert result.stderr.strip().endswith(", ".join(IMPORT_FORMATS))
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_import_help_lists_exactly_the_formats_it_takes() -> None:
+    import typer.main
+
+    from iotpipe.app import import_format_names
+    from iotpipe.cli import app
+
+    assert import_format_names() == IMPORT_FORMATS
+    command = typer.main.get_command(app).commands["import"]  # type: ignore[attr-defined]
+    [option] = [p for p in command.params if "--format" in p.opts]
+    assert option.help == f"Force a decoder: {', '.join(IMPORT_FORMATS)}."
+
+
+@pytest.mark.parametrize("name", IMPORT_FORMATS)
+def test_every_format_the_help_lists_is_taken(tmp_path: Path, name: str) -> None:
+    from iotpipe.app import App
+    from iotpipe.config import Settings
+
+    path = tmp_path / "data.csv"
+    path.write_text("timestamp,device_id,t\n2026-11-22T10:00:00Z,a,1\n")
+    app = App(Settings(database_url=f"sqlite:///{tmp_path / 'x.db'}"))  # type: ignore[call-arg]
+    # Read by that decoder (stored or dead-lettered), not refused as unknown.
+    assert app.import_files([path], format=name, device_id="a").counters.messages_received == 1
+    app.close()
+
+
+def test_a_json_array_element_that_is_no_object_is_refused_in_json_terms(
+    database_url: str, tmp_path: Path
+) -> None:
+    """`5` and `"x"` were sniffed as line protocol and refused with its reason ("no fields")."""
+    path = tmp_path / "batch.json"
+    good = {"device_id": "a", "timestamp": T, "t": 1}
+    path.write_text(json.dumps([good, {**good, "t": 2, "device_id": "b"}, "x", 5, None, True]))
+    result = iotpipe("import", str(path), "--json", database_url=database_url, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["messages"], summary["stored"], summary["dead_lettered"]) == (6, 2, 4)
+    store = open_store(database_url)
+    letters = {letter["origin"]: letter for letter in store.dead_letter_rows()}
+    store.close()
+    kinds = {2: "a string", 3: "a number", 4: "null", 5: "a boolean"}
+    assert set(letters) == {f"{path}[{i}]" for i in kinds}
+    for index, kind in kinds.items():
+        letter = letters[f"{path}[{index}]"]
+        assert letter["reason"].startswith(f"element {index} of the JSON array is {kind}, not an object")
+        assert "line protocol" not in letter["reason"] and "fields" not in letter["reason"]
+    assert bytes(letters[f"{path}[3]"]["payload"]) == b"5"

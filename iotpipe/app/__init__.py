@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from iotpipe.errors import ConfigError, IotpipeError, StoreError, first_line
+from iotpipe.errors import ConfigError, IotpipeError, SourceError, StoreError, first_line
 from iotpipe.model import (
     MICROS_PER_DAY,
     MICROS_PER_SECOND,
@@ -30,6 +30,7 @@ from iotpipe.model import (
     format_micros,
     now_micros,
 )
+from iotpipe.text import printable
 
 if TYPE_CHECKING:  # the heavy parts load on first use, so `iotpipe --help` stays instant
     from iotpipe.app.access import KeyRing, Principal
@@ -236,16 +237,15 @@ class App:
         from iotpipe.app.runner import shutdown_signals
         from iotpipe.sources.files import FileSource
 
-        if format is not None and format not in formats.format_names():
+        if format is not None and format not in formats.file_format_names():
             raise IotpipeError(
-                f"unknown format {format!r}; choose one of: {', '.join(formats.format_names())}"
+                f"--format {printable(format)!r} is not a format iotpipe import reads; choose one of: "
+                f"{', '.join(formats.file_format_names())}"
             )
-        try:
-            source = FileSource(
-                paths, format=format, device_id=device_id, limits=self.settings.limits.to_limits()
-            )
-        except FileNotFoundError as exc:
-            raise IotpipeError(f"{exc}; check the path") from None
+        # Refuses, before reading any, paths that are no file or files it cannot read.
+        source = FileSource(
+            paths, format=format, device_id=device_id, limits=self.settings.limits.to_limits()
+        )
         storage = self.settings.storage
         pack_before = None
         if storage.import_packed:
@@ -271,9 +271,16 @@ class App:
                             progress(source.bytes_read, source.bytes_total)
                             last_report = time.monotonic()
                 pipeline.close()
-            except IotpipeError:
+            except SourceError as exc:
                 # The source refused to go on (a truncated file): what was read before the
-                # damage is stored, then the user hears why.
+                # damage is stored, then the user hears why, and what became of it.
+                pipeline.close()
+                c = pipeline.counters
+                raise type(exc)(
+                    f"{exc} (this import read {c.messages_received:,} messages before it: "
+                    f"{c.readings_stored:,} readings stored, {c.messages_dead_lettered:,} dead letters)"
+                ) from None
+            except IotpipeError:
                 pipeline.close()
                 raise
             except Exception as exc:
@@ -1182,6 +1189,13 @@ def format_names() -> list[str]:
     from iotpipe import formats
 
     return formats.format_names()
+
+
+def import_format_names() -> list[str]:
+    """What `iotpipe import --format` takes."""
+    from iotpipe import formats
+
+    return formats.file_format_names()
 
 
 def parse_time(value: str | None, flag: str) -> Micros | None:

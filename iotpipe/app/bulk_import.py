@@ -23,6 +23,7 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from typing import Any
 
 from iotpipe import limits
+from iotpipe.errors import SourceError
 from iotpipe.model import RawMessage
 from iotpipe.pipeline import Pipeline
 from iotpipe.sources.files import FileSource, LineBlock
@@ -96,18 +97,25 @@ class BulkImport:
         self._chunk = []
         self._pending.clear()  # a feed that failed half-way leaves nothing for the next
         try:
-            for number, item in enumerate(items):
-                if isinstance(item, LineBlock) or not number % 1024:
-                    if stopped():
-                        break
-                    if report is not None:
-                        report()
-                if isinstance(item, LineBlock) and (fmt := block_format(item)) is not None:
-                    self._flush_chunk(pool, columnar)
-                    self._submit(pool, item, fmt, columnar)
-                else:  # a CSV row, a JSON document, a refusal, or a block of mixed lines
-                    for raw in item if isinstance(item, LineBlock) else (item,):
-                        self._take(raw, pool, columnar)
+            try:
+                for number, item in enumerate(items):
+                    if isinstance(item, LineBlock) or not number % 1024:
+                        if stopped():
+                            break
+                        if report is not None:
+                            report()
+                    if isinstance(item, LineBlock) and (fmt := block_format(item)) is not None:
+                        self._flush_chunk(pool, columnar)
+                        self._submit(pool, item, fmt, columnar)
+                    else:  # a CSV row, a JSON document, a refusal, or a block of mixed lines
+                        for raw in item if isinstance(item, LineBlock) else (item,):
+                            self._take(raw, pool, columnar)
+            except SourceError:
+                # The source cannot go on (a damaged file): what it gave before is received
+                # like the rest (stored or dead-lettered), then the user hears why it stopped.
+                self._flush_chunk(pool, columnar)
+                self._drain(columnar, keep=0)
+                raise
             if not stopped():
                 self._flush_chunk(pool, columnar)
             self._drain(columnar, keep=0)

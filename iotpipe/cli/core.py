@@ -8,13 +8,15 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from iotpipe import __version__
+from iotpipe.app import import_format_names
 from iotpipe.cli import JsonFlag, app, consoles, dlq_app, get_app, print_json, say, untrusted
 from iotpipe.model import Counters
 
 if TYPE_CHECKING:
     from iotpipe.app import App
 
-FORMATS_HELP = "v1, v2, senml, lineproto, csv, thingspeak, tasmota, zigbee2mqtt, value"
+# Generated, so that the help names exactly what the import accepts.
+FORMATS_HELP = ", ".join(import_format_names())
 
 
 def counters_line(c: Counters) -> str:

@@ -15,20 +15,33 @@ from iotpipe.model import DecodedMessage, RawMessage
 Decoder = Callable[[RawMessage], list[DecodedMessage]]
 
 _DECODERS: dict[str, Decoder] = {}
+# The names users may give (`--format`, topic templates), each with whether a file's
+# messages can take it. Internal decoders (a source's refusal) are not among them: named
+# by a user, they would dead-letter everything.
+_USER_FORMATS: dict[str, bool] = {}
 
 
-def register(name: str) -> Callable[[Decoder], Decoder]:
-    """Register a decoder under the name users give to `--format` and topic templates."""
+def register(name: str, *, internal: bool = False, files: bool = True) -> Callable[[Decoder], Decoder]:
+    """Register a decoder under the name users give to `--format` and topic templates (none
+    when `internal`; not `--format` of a file import unless `files`)."""
 
     def add(decoder: Decoder) -> Decoder:
         _DECODERS[name] = decoder
+        if not internal:
+            _USER_FORMATS[name] = files
         return decoder
 
     return add
 
 
 def format_names() -> list[str]:
-    return sorted(_DECODERS)
+    """The formats a user may name (a topic template's, say)."""
+    return sorted(_USER_FORMATS)
+
+
+def file_format_names() -> list[str]:
+    """The formats `iotpipe import --format` takes: those a file's message can be decoded by."""
+    return sorted(name for name, files in _USER_FORMATS.items() if files)
 
 
 def decoder_for(name: str) -> Decoder:

@@ -87,6 +87,9 @@ def decode_csv(raw: RawMessage, delimiter: str = ",") -> list[DecodedMessage]:
     if raw.header is None:
         raise DecodeError("CSV row without a header: the source must give the column names")
     layout = _layout(raw.header, raw.device_id is not None)
+    nul = raw.payload.find(b"\x00")
+    if nul >= 0:  # no CSV text holds one: the record is damaged (the others are not)
+        raise DecodeError(f"CSV row holds a NUL byte (at offset {nul}): the record is damaged, not text")
     try:
         text = raw.payload.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -161,7 +164,10 @@ def _layout(header: tuple[str, ...], source_names_device: bool) -> _Layout:
     time = next((positions[name] for name in TIME_COLUMNS if name in positions), None)
     device = next((positions[name] for name in DEVICE_COLUMNS if name in positions), None)
     if device is None and not source_names_device:
-        raise DecodeError("device_id missing: the CSV has no device_id column and the source names no device")
+        raise DecodeError(
+            "device_id missing: the CSV has no device_id (or device) column and its source names no "
+            "device; give one (iotpipe import --device NAME, or ?device_id=NAME on the HTTP API)"
+        )
     time_name = names[time] if time is not None else ""
 
     if "metric" in positions and "value" in positions:

@@ -76,9 +76,22 @@ def detect_version(obj: dict[str, Any]) -> int:
     return 1
 
 
+def json_kind(value: Any) -> str:
+    """What a parsed JSON value is, in JSON's words ("a number", not Python's "int")."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object"
+
+
 def decode_object(obj: Any, raw: RawMessage) -> DecodedMessage:
     if not isinstance(obj, dict):
-        raise DecodeError(f"expected a JSON object, got {type(obj).__name__}")
+        raise DecodeError(f"expected a JSON object, got {json_kind(obj)}")
     return JSON_VERSIONS[detect_version(obj)](obj, raw)
 
 

@@ -21,7 +21,7 @@ def refused(
     return RawMessage(payload, source, origin, received_at, REFUSED, device_id, (reason,))
 
 
-@register(REFUSED)
+@register(REFUSED, internal=True)
 def decode_refused(raw: RawMessage) -> list[DecodedMessage]:
     reason = raw.header[0] if raw.header else ""
     raise DecodeError(reason or "refused by its source")

@@ -9,7 +9,7 @@ from iotpipe.model import DecodedMessage, RawMessage
 UNMATCHED_TOPIC = "unmatched-topic"
 
 
-@register(UNMATCHED_TOPIC)
+@register(UNMATCHED_TOPIC, internal=True)
 def decode_unmatched_topic(raw: RawMessage) -> list[DecodedMessage]:
     # The MQTT source puts the templates in force in the header, so the reason (kept in
     # the DLQ, and given again on replay) says what the topic was compared with.

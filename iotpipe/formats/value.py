@@ -47,7 +47,8 @@ def add_state(message: DecodedMessage, metric: str, time: int, value: object) ->
     return False
 
 
-@register("value")
+# Its metric comes from the topic ({device_id}/{metric}): a file has none to give.
+@register("value", files=False)
 def decode_value(raw: RawMessage) -> list[DecodedMessage]:
     if not raw.header:
         raise DecodeError(

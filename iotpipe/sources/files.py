@@ -20,6 +20,7 @@ import codecs
 import csv
 import gzip
 import io
+import itertools
 import json
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -29,8 +30,8 @@ from typing import Any, BinaryIO, Protocol, cast, overload
 import orjson
 
 from iotpipe.errors import DecodeError, SourceError, TruncatedFile
-from iotpipe.formats.csv import CSV_DELIMITERS, split_header
-from iotpipe.formats.json import parse_json
+from iotpipe.formats.csv import CSV_DELIMITERS, DEVICE_COLUMNS, split_header
+from iotpipe.formats.json import json_kind, parse_json
 from iotpipe.formats.refused import refused
 from iotpipe.formats.senml import is_senml_record
 from iotpipe.limits import DEFAULT_LIMITS, Limits, setting_hint
@@ -39,6 +40,23 @@ from iotpipe.text import printable
 
 SUFFIX_FORMATS = {".csv": "csv", ".senml.json": "senml", ".senml": "senml", ".lp": "lineproto"}
 GZIP_MAGIC = b"\x1f\x8b"
+# What `iotpipe import` reads (docs/formats.md, "Files"), for the refusal of anything else.
+SUPPORTED_FILES = (
+    "JSON lines (.jsonl, .ndjson), line protocol (.lp), JSON (.json), SenML (.senml.json, .senml) and CSV "
+    "(.csv), each optionally gzip-compressed (.gz)"
+)
+# Files people hand to an import that it cannot read, by their first bytes (the name may
+# say nothing): read as text, each "line" of them would be a dead letter.
+UNSUPPORTED_MAGIC = (
+    (b"PAR1", "Parquet"),
+    (b"\x28\xb5\x2f\xfd", "zstd-compressed"),
+    (b"\xfd7zXZ\x00", "xz-compressed"),
+    (b"PK\x03\x04", "zip archive or Excel workbook"),
+    (b"7z\xbc\xaf\x27\x1c", "7-Zip archive"),
+)
+# bzip2: "BZh", the block size 1-9, then the first block's magic (pi's digits in BCD) or,
+# when empty, the end of stream's (sqrt(pi)'s), so a line protocol line "BZh..." is not one.
+BZIP2_MAGICS = (b"\x31\x41\x59\x26\x53\x59", b"\x17\x72\x45\x38\x50\x90")
 # Byte-order marks, longest first: the UTF-32 LE mark starts with the UTF-16 LE one.
 TEXT_ENCODINGS = (
     (codecs.BOM_UTF32_LE, "utf-32"),
@@ -49,6 +67,8 @@ TEXT_ENCODINGS = (
 )
 SNIFF_RECORDS = 20  # CSV records csv.Sniffer sees to choose the delimiter
 _SKIP_CHUNK = 1 << 16
+# What a damaged or cut compressed stream raises as it is read.
+DAMAGED = (EOFError, zlib.error, gzip.BadGzipFile)
 READ_BYTES = 1 << 20  # blocks() reads this much at a time and splits the whole lines out
 BLOCK_BYTES = 16 << 20  # and gives a block once it holds this much (or its max_lines lines)
 
@@ -131,6 +151,55 @@ def suffix_format(path: Path) -> str | None:
     return None
 
 
+def check_files(paths: Sequence[Path]) -> None:
+    """Refuse, before anything is read, paths that are no file or files of a type the import
+    cannot read (SourceError naming each and what to do)."""
+    problems: list[str] = []
+    missing = [printable(str(p)) for p in paths if not p.exists()]
+    if missing:
+        problems.append(f"no such file: {', '.join(missing)}; check the path")
+    for path in paths:
+        if path.is_dir():
+            problems.append(
+                f"{printable(str(path))} is a directory; give a file (e.g. {printable(str(path))}/*.jsonl)"
+            )
+        elif path.exists() and not path.is_file():
+            problems.append(f"{printable(str(path))} is not a regular file; give a file")
+        elif path.is_file() and (kind := unsupported_type(path)) is not None:
+            problems.append(
+                f"{printable(str(path))}: unsupported file type ({kind}); iotpipe import reads "
+                f"{SUPPORTED_FILES}; convert it first"
+            )
+    if problems:
+        raise SourceError("; ".join(problems))
+
+
+def unsupported_type(path: Path) -> str | None:
+    """What a file is when its first bytes (or, gzipped, those of its content) say it is a
+    type the import cannot read, else None."""
+    with open(path, "rb") as handle:
+        start = handle.read(16)
+        if start.startswith(GZIP_MAGIC):
+            handle.seek(0)
+            try:
+                with gzip.GzipFile(fileobj=handle) as inner:
+                    start = inner.read(16)
+            except DAMAGED:
+                return None  # told when it is read, after the lines before the damage
+            kind = _magic_type(start)
+            return None if kind is None else f"{kind}, gzip-compressed"
+    return _magic_type(start)
+
+
+def _magic_type(start: bytes) -> str | None:
+    for magic, kind in UNSUPPORTED_MAGIC:
+        if start.startswith(magic):
+            return kind
+    if start[:3] == b"BZh" and start[3:4] in b"123456789" and start[4:10] in BZIP2_MAGICS:
+        return "bzip2-compressed"
+    return None
+
+
 class FileSource:
     """Messages from files, with byte progress across all of them."""
 
@@ -142,19 +211,51 @@ class FileSource:
         limits: Limits = DEFAULT_LIMITS,
         source: str = "file",
     ) -> None:
-        missing = [str(p) for p in paths if not p.is_file()]
-        if missing:
-            raise FileNotFoundError(f"no such file: {', '.join(missing)}")
+        check_files(paths)
         self.paths = paths
         self.format = format
         self.device_id = device_id
         self.limits = limits
         self.source = source  # RawMessage.source of what it reads
+        self._refuse_csv_without_devices()
         self.bytes_total = sum(p.stat().st_size for p in paths)
         self.bytes_done = 0  # of files finished
         self.files_done = 0
         self._current: BinaryIO | None = None
         self._lines_read = 0  # of the current file, for the truncation message
+
+    def _refuse_csv_without_devices(self) -> None:
+        """Refuse, before anything is read, CSV files whose header names no device column
+        when no device was given: not one of their rows could be stored."""
+        if self.device_id is not None:
+            return
+        lacking = [
+            printable(str(p)) for p in self.paths if self._is_csv(p) and _names_no_device(self._csv_header(p))
+        ]
+        if lacking:
+            raise SourceError(
+                f"{', '.join(lacking)}: no device column ({' or '.join(DEVICE_COLUMNS)}) and no --device "
+                "given; pass --device NAME, the device whose readings the file holds"
+            )
+
+    def _is_csv(self, path: Path) -> bool:
+        fmt = self.format or suffix_format(path)
+        return file_kind(path) == "csv" or (fmt is not None and fmt.startswith("csv"))
+
+    def _csv_header(self, path: Path) -> tuple[str, ...] | None:
+        """The column names of a CSV file as its import reads them; None when it has no usable
+        header (its rows are then dead letters saying why) or is damaged (said when read)."""
+        with open(path, "rb") as handle:
+            try:
+                stream = _text_stream(path, _decompressed(path, handle))
+                fmt, head, _ = self._csv_head(stream, self.format or suffix_format(path))
+            except DAMAGED:
+                return None
+        first = next((body for _, body, size in head if size is None and body.strip()), None)
+        try:
+            return None if first is None else split_header(first.rstrip(b"\r\n"), fmt)
+        except DecodeError:
+            return None
 
     @property
     def bytes_read(self) -> int:
@@ -178,10 +279,10 @@ class FileSource:
                 self._lines_read = 0
                 try:
                     yield from read(path, _text_stream(path, _decompressed(path, handle)))
-                except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+                except DAMAGED as exc:
                     raise TruncatedFile(
                         f"{printable(str(path))} is truncated or damaged after line {self._lines_read} "
-                        f"({exc}); the lines before it were read. Re-import the complete file: "
+                        f"({exc}); the lines before it are kept. Re-import the complete file: "
                         "what is already stored is not stored twice"
                     ) from None
                 self._current = None
@@ -195,7 +296,7 @@ class FileSource:
         fmt = self.format or suffix_format(path)
         received_at = now_micros()
         origin = printable(str(path))  # a file name may hold bytes that are not UTF-8
-        if kind == "csv" or (fmt is not None and fmt.startswith("csv")):
+        if self._is_csv(path):
             yield from self._csv(origin, stream, fmt, received_at)
         elif kind == "document" and fmt not in ("lineproto",):
             yield from self._document(origin, stream, fmt, received_at)
@@ -252,7 +353,13 @@ class FileSource:
         tail = b""  # the unfinished line at the end of what was read
         held = 0  # bytes of `lines` (with their newlines)
         while True:
-            chunk = read(READ_BYTES)
+            try:
+                chunk = read(READ_BYTES)
+            except DAMAGED:
+                # Every whole line read before the damage is given before it is raised:
+                # the caller stores them, then stops with the damage (nothing read is lost).
+                yield from _whole_blocks(lines, number - len(lines) + 1, max_lines, final=True)
+                raise
             if chunk:
                 data = tail + chunk if tail else chunk
                 cut = data.rfind(b"\n")
@@ -303,22 +410,12 @@ class FileSource:
     def _csv(
         self, origin: str, stream: _LineReader, fmt: str | None, received_at: int
     ) -> Iterator[RawMessage]:
-        records = self._read_records(stream)
-        # The first records, kept to choose the delimiter, then served like the rest.
-        head: list[tuple[int, bytes, int | None]] = []
-        for first in records:
-            head.append(first)
-            if len(head) >= SNIFF_RECORDS:
-                break
-        if fmt is None or fmt not in CSV_DELIMITERS.values() or fmt == "csv":
-            fmt = _sniff_csv_format(body for _, body, size in head if size is None)
+        fmt, head, records = self._csv_head(stream, fmt)
         header: tuple[str, ...] | None = None
         problem: str | None = None
-        if any(b"\x00" in body for _, body, _ in head):
-            problem = (
-                "the file holds NUL bytes in its first lines: it is binary, or UTF-16/UTF-32 without a "
-                "byte-order mark (save it as UTF-8), not CSV text"
-            )
+        # NULs near the start tell a binary (or BOM-less UTF-16) file only when its header is
+        # unusable too: under a good header, a NUL costs just the row that holds it.
+        binary = any(b"\x00" in body for _, body, _ in head)
         for number, record, oversize in _chain(head, records):
             where = f"{origin}:{number}"
             if oversize is not None:
@@ -330,13 +427,31 @@ class FileSource:
             if header is None and problem is None:
                 try:
                     header = split_header(body, fmt)
+                    continue
                 except DecodeError as exc:
-                    problem = f"{exc.reason} (line {number} of the file), so its rows cannot be read"
-                continue
+                    if not binary:
+                        problem = f"{exc.reason} (line {number} of the file), so its rows cannot be read"
+                        continue
+                    # Not a header at all: every line of the file is refused, this one too.
+                    problem = (
+                        "the file holds NUL bytes in its first lines: it is binary, or UTF-16/UTF-32 "
+                        "without a byte-order mark (save it as UTF-8), not CSV text"
+                    )
             if problem is not None:
                 yield refused(body, self.source, where, received_at, problem, self.device_id)
             else:
                 yield RawMessage(body, self.source, where, received_at, fmt, self.device_id, header)
+
+    def _csv_head(
+        self, stream: _LineReader, fmt: str | None
+    ) -> tuple[str, list[tuple[int, bytes, int | None]], Iterator[tuple[int, bytes, int | None]]]:
+        """(the CSV decoder, the first records, the records after them): the first records
+        are kept to choose the delimiter, then served like the rest."""
+        records = self._read_records(stream)
+        head = list(itertools.islice(records, SNIFF_RECORDS))
+        if fmt is None or fmt not in CSV_DELIMITERS.values() or fmt == "csv":
+            fmt = _sniff_csv_format(body for _, body, size in head if size is None)
+        return fmt, head, records
 
     def _document(
         self, origin: str, stream: _LineReader, fmt: str | None, received_at: int
@@ -372,9 +487,16 @@ class FileSource:
             dump = _dump_lenient_json
         if isinstance(doc, list) and doc and not any(isinstance(d, dict) and is_senml_record(d) for d in doc):
             for index, element in enumerate(doc):
-                yield RawMessage(
-                    dump(element), self.source, f"{origin}[{index}]", received_at, fmt, self.device_id
+                where = f"{origin}[{index}]"
+                if isinstance(element, dict | list):
+                    yield RawMessage(dump(element), self.source, where, received_at, fmt, self.device_id)
+                    continue
+                # A bare 5 or "x" would be sniffed as line protocol, and refused in its terms.
+                reason = (
+                    f"element {index} of the JSON array is {json_kind(element)}, not an object; "
+                    "a JSON array document holds one object per message"
                 )
+                yield refused(dump(element), self.source, where, received_at, reason, self.device_id)
             return
         yield RawMessage(body, self.source, origin, received_at, fmt, self.device_id)
 
@@ -543,6 +665,10 @@ def _sniff_csv_format(records: Iterator[bytes]) -> str:
     except csv.Error:  # one column, or nothing to tell the delimiters apart
         return "csv"
     return CSV_DELIMITERS.get(dialect.delimiter, "csv")
+
+
+def _names_no_device(header: tuple[str, ...] | None) -> bool:
+    return header is not None and not any(name.lower() in DEVICE_COLUMNS for name in header)
 
 
 def _chain(

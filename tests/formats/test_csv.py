@@ -91,7 +91,12 @@ def test_crlf_row_ending_is_ignored() -> None:
         ("1,2", "timestamp,x,y", "d", r"^CSV row has 2 columns, the header has 3$"),
         ("", "timestamp,x", "d", r"^CSV row has 1 column, the header has 2$"),
         ("1,2,3", "x,y", "d", r"^CSV row has 3 columns, the header has 2$"),
-        ("2026-11-22,1", "timestamp,x", None, r"^device_id missing: the CSV has no device_id column"),
+        (
+            "2026-11-22,1",
+            "timestamp,x",
+            None,
+            r"^device_id missing: the CSV has no device_id \(or device\) column.*--device NAME",
+        ),
         ("2026-11-22,,1", "timestamp,device_id,x", None, r"^device_id missing$"),
         ("soon,1", "timestamp,x", "d", r"^timestamp 'soon' is not a valid ISO 8601 time$"),
         (",1", "Time,x", "d", r"^Time is empty$"),
@@ -180,3 +185,8 @@ def test_generated_wide_rows_written_by_the_csv_module_decode_back(
     assert readings_of(messages) == [
         ("d", column, seconds * 1_000_000, value) for column, value in zip(columns, values, strict=True)
     ]
+
+
+def test_a_row_holding_a_nul_byte_is_refused_saying_so() -> None:
+    with pytest.raises(DecodeError, match=r"CSV row holds a NUL byte \(at offset 3\): the record is damaged"):
+        row("179\x005341600,12.5", "timestamp,value", device_id="meter-1")

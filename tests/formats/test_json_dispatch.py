@@ -119,9 +119,9 @@ def test_thingspeak_document_goes_to_thingspeak() -> None:
         (b"{not json", "payload is not valid JSON"),
         (b'{"a": NaN', "payload is not valid JSON"),  # NaN itself is an invalid value: test_files.py
         (b"\xff\xfe{}", "payload is not valid UTF-8"),  # UTF-16
-        (b'"just a string"', "expected a JSON object, got str"),
-        (b"42", "expected a JSON object, got int"),
-        (b"null", "expected a JSON object, got NoneType"),
+        (b'"just a string"', "expected a JSON object, got a string"),
+        (b"42", "expected a JSON object, got a number"),
+        (b"null", "expected a JSON object, got null"),
     ],
 )
 def test_json_that_is_not_an_object_or_array_is_rejected(payload: bytes, message: str) -> None:

@@ -118,7 +118,7 @@ def test_device_without_metadata_has_no_info() -> None:
         (v2(readings=[1, 2]), "^readings must be an object, got list$"),
         (v2(ts="later"), "^ts 'later' is not a valid ISO 8601 time$"),
         (v2(ts=True), "^ts True is a boolean, not a timestamp$"),
-        (b"[]", "^expected a JSON object, got list$"),
+        (b"[]", "^expected a JSON object, got an array$"),
         (b"{", "^payload is not valid JSON"),
     ],
 )

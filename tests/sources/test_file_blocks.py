@@ -129,8 +129,11 @@ def test_blocks_of_a_truncated_gzip_file_give_the_lines_before_the_damage_then_s
     path = tmp_path / "cut.lp.gz"
     path.write_bytes(whole[: len(whole) // 2])
     got: list[bytes] = []
-    with pytest.raises(TruncatedFile, match="truncated or damaged after line"):
+    with pytest.raises(TruncatedFile, match="truncated or damaged after line") as caught:
         for item in FileSource([path]).blocks(1000):
             assert isinstance(item, LineBlock)
             got += item.bodies
     assert got and got == [b"m,device_id=d v=%d" % i for i in range(len(got))]
+    # Every line the message counts was given, the last short block too.
+    assert len(got) == int(str(caught.value).split("after line ")[1].split(" ")[0])
+    assert len(got) % 1000
