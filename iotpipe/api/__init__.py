@@ -22,7 +22,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from iotpipe import __version__
-from iotpipe.api import dashboard, health, ingest, live, query, thingspeak, threads
+from iotpipe.api import dashboard, health, ingest, live, openapi, query, thingspeak, threads
 from iotpipe.api.problems import RETRY_AFTER_OUTAGE, ApiProblem, outage_detail, problem
 from iotpipe.api.ratelimit import RateLimiter
 from iotpipe.app import App, database_outages, explain_error
@@ -51,6 +51,7 @@ def create_app(app: App) -> FastAPI:
     for router in (query.router, ingest.router, thingspeak.router, health.router, live.router):
         api.include_router(router)
     dashboard.mount(api)
+    api.openapi = lambda: openapi.document(api)  # type: ignore[method-assign]
     app.live  # noqa: B018  made now, so the pipelines made from here on feed the live feed
     _add_error_handlers(api)
     if config.cors_origins:

@@ -21,6 +21,13 @@ class Problem(BaseModel):
     instance: str
 
 
+class ValidationProblem(Problem):
+    """A 422: which parameter (`loc`) was invalid, and why (`msg`), when a parameter was;
+    an ingest request none of whose messages could be stored carries its summary instead."""
+
+    errors: list[dict[str, str]] | None = None
+
+
 class Metric(BaseModel):
     name: str
     unit: str | None

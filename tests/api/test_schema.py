@@ -59,3 +59,16 @@ def test_no_answer_is_a_server_error_or_breaks_its_schema(live: Served) -> None:
             failures.append(f"{operation.label}: {str(exc)[:2000]}")
     assert operations >= 25
     assert not failures, "\n\n".join(failures)
+
+
+def test_the_openapi_document_says_errors_are_problem_details_and_how_to_show_a_key(live: Served) -> None:
+    document = live.client.get("/openapi.json").json()
+    assert document["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert "HTTPValidationError" not in document["components"]["schemas"]  # FastAPI's, never answered
+    operation = document["paths"]["/api/v1/devices/{device_id}/series/{metric}"]["get"]
+    assert operation["security"] == [{"bearer": []}]
+    for code, model in (("422", "ValidationProblem"), ("default", "Problem")):
+        content = operation["responses"][code]["content"]
+        assert content == {"application/problem+json": {"schema": {"$ref": f"#/components/schemas/{model}"}}}
+    # ThingSpeak's routes answer as ThingSpeak does (0, -1), not with problem details.
+    assert "default" not in document["paths"]["/update"]["get"]["responses"]
