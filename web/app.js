@@ -9,8 +9,11 @@ import * as device from "./pages/device.js";
 import * as alerts from "./pages/alerts.js";
 import * as quality from "./pages/quality.js";
 import * as deadLetters from "./pages/dead-letters.js";
+import { badAddress, notFound } from "./pages/missing.js";
 
 const pages = { fleet, device, alerts, quality, "dead-letters": deadLetters };
+// What the router shows where an address leads nowhere (no address of their own).
+const fallbacks = { "not-found": notFound, "bad-address": badAddress };
 const main = document.getElementById("page");
 const banner = document.getElementById("error");
 const liveState = document.getElementById("live-state");
@@ -37,10 +40,12 @@ const shell = {
     liveState.textContent = state === "live" ? "live" : state;
     liveState.title = reason || "live feed";
   },
-  // Runs an API call, showing its error (the API's own message) if it fails.
+  // Runs an API call, showing its error (the API's own message) if it fails; a success
+  // clears the banner, so an error never outlives the action that put it right.
   async attempt(call) {
     try {
       const result = await call();
+      shell.error(null);
       return result;
     } catch (error) {
       shell.error(error);
@@ -49,11 +54,20 @@ const shell = {
   },
 };
 
+// The page and its parameters from the address. An unknown page, or a device id whose
+// percent-encoding is broken (decodeURIComponent throws URIError), gets a page saying so
+// rather than Fleet or an uncaught error that leaves the last page on screen.
 function route() {
-  const parts = location.hash.replace(/^#\/?/, "").split("/");
-  const name = pages[parts[0]] ? parts[0] : "fleet";
-  const params = parts.slice(1).map((part) => decodeURIComponent(part));
-  return { name, params };
+  const [first, ...rest] = location.hash.replace(/^#\/?/, "").split("/");
+  if (!first) return { name: "fleet", params: [] };
+  if (!Object.hasOwn(pages, first)) return { name: "not-found", params: [first, ...rest] };
+  try {
+    return { name: first, params: rest.map((part) => decodeURIComponent(part)) };
+  } catch (error) {
+    if (!(error instanceof URIError)) throw error;
+    // Only the device page reads its parameters; the others ignore them.
+    return first === "device" ? { name: "bad-address", params: [location.hash] } : { name: first, params: [] };
+  }
 }
 
 async function show() {
@@ -64,14 +78,18 @@ async function show() {
   window.iotpipe.charts.clear();
   const { name, params } = route();
   for (const link of document.querySelectorAll(".top nav a")) {
-    link.classList.toggle("current", link.dataset.page === name || (name === "device" && link.dataset.page === "fleet"));
+    const current = link.dataset.page === name || (name === "device" && link.dataset.page === "fleet");
+    link.classList.toggle("current", current);
+    if (current) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
   }
   clear(main);
   main.dataset.page = name;
   window.iotpipe.page = name;
   const ticket = ++rendering;
   try {
-    const undo = await pages[name].render(main, params, shell);
+    const render = Object.hasOwn(pages, name) ? pages[name].render : fallbacks[name];
+    const undo = await render(main, params, shell);
     if (ticket !== rendering) {
       if (undo) undo();
       return;

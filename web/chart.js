@@ -1,8 +1,10 @@
 // One chart per metric, on uPlot: the line from the API's `auto` buckets with their
 // min/max band, anomalies as red markers (reason and score on hover), alert thresholds
-// as dashed lines, drag to zoom. Everything a device said is drawn on the canvas or
-// set as textContent.
+// as dashed lines, drag to zoom; a break where readings stop for a while, and a message
+// when the range holds none. Everything a device said is drawn on the canvas or set as
+// textContent.
 
+import { when } from "./dom.js";
 import uPlot from "./vendor/uPlot.esm.js";
 
 const LINE = "#2f6fdf";
@@ -10,6 +12,10 @@ const BAND = "rgba(47, 111, 223, 0.16)";
 const MARKER = "#d64545";
 const THRESHOLD = "#d97706";
 const HOVER_PX = 10;
+// Points further apart than this many usual spacings have a gap between them: the line
+// and band break there (uPlot breaks at a null; spanGaps is off) instead of drawing a
+// straight line across hours without a reading.
+const GAP_FACTOR = 5;
 
 export class Chart {
   constructor(container, { label, width, height = 220, onZoom }) {
@@ -22,6 +28,14 @@ export class Chart {
     this.tip = document.createElement("div");
     this.tip.className = "tip";
     this.tip.hidden = true;
+    this.latest = null; // time (ms) of the metric's newest reading, for the empty message
+    this.spacing = null; // the usual spacing of the points (s), to tell a gap
+    this.empty = document.createElement("p");
+    this.empty.className = "empty";
+    this.empty.hidden = true;
+    this.label = label;
+    // The canvas says nothing to a screen reader: the box is an image with a description.
+    container.setAttribute("role", "img");
     const chart = this;
     const options = {
       width,
@@ -54,7 +68,7 @@ export class Chart {
       },
     };
     this.plot = new uPlot(options, [[], [], [], []], container);
-    this.plot.over.append(this.tip);
+    this.plot.over.append(this.tip, this.empty);
   }
 
   // Columns from /series: times (ms), values, and min/max per bucket (null for raw readings).
@@ -63,7 +77,8 @@ export class Chart {
     const low = series.min || series.values;
     const high = series.max || series.values;
     this.range = range ? [range[0] / 1000, range[1] / 1000] : null;
-    this.data = [times, series.values.slice(), low.slice(), high.slice()];
+    this.spacing = usualSpacing(times);
+    this.data = breakGaps([times, series.values, low, high], this.spacing);
     return this.redraw();
   }
 
@@ -74,6 +89,13 @@ export class Chart {
     for (let i = 0; i < times.length; i++) {
       const t = times[i] / 1000;
       if (xs.length && t <= xs[xs.length - 1]) continue;
+      if (this.spacing === null) this.spacing = usualSpacing(xs);
+      if (xs.length && t - xs[xs.length - 1] > gapLimit(this.spacing)) {
+        xs.push((xs[xs.length - 1] + t) / 2); // a break inside the gap
+        ys.push(null);
+        lows.push(null);
+        highs.push(null);
+      }
       xs.push(t);
       ys.push(values[i]);
       lows.push(values[i]);
@@ -86,6 +108,11 @@ export class Chart {
   setAnomalies(anomalies) {
     this.anomalies = anomalies;
     this.redraw();
+  }
+
+  setLatest(ms) {
+    this.latest = ms;
+    this.explain();
   }
 
   setThresholds(thresholds) {
@@ -158,6 +185,7 @@ export class Chart {
       this.markers.push({ x: u.valToPos(anomaly.t, "x"), y: u.valToPos(anomaly.value, "y"), anomaly });
     }
     ctx.restore();
+    this.explain();
     this.container.dataset.points = String(this.data ? this.data[0].length : 0);
     this.container.dataset.markers = String(this.markers.length);
     this.container.dataset.thresholds = String(this.thresholds.length);
@@ -165,6 +193,29 @@ export class Chart {
       this.resolveDrawn(performance.now());
       this.resolveDrawn = null;
     }
+  }
+
+  // Readings drawn in the range shown (a null is a break, not a reading).
+  shown() {
+    if (!this.data) return 0;
+    const [xs, ys] = this.data;
+    const [start, end] = this.range || [-Infinity, Infinity];
+    let count = 0;
+    for (let i = 0; i < xs.length; i++) if (ys[i] !== null && xs[i] >= start && xs[i] <= end) count++;
+    return count;
+  }
+
+  // The message over an empty plot and the box's description for screen readers.
+  explain() {
+    const count = this.shown();
+    let message = "No readings in this range";
+    if (this.latest !== null && this.range && this.latest / 1000 < this.range[0]) {
+      message += ` (last reading ${when(new Date(this.latest).toISOString(), "medium")})`;
+    }
+    this.empty.textContent = message;
+    this.empty.hidden = !this.data || count > 0;
+    const span = this.range ? ` from ${when(new Date(this.range[0] * 1000).toISOString())} to ${when(new Date(this.range[1] * 1000).toISOString())}` : "";
+    this.container.setAttribute("aria-label", `${this.label}${span}: ${count ? `chart of ${count} points` : message.toLowerCase()}`);
   }
 
   hover(u) {
@@ -193,4 +244,32 @@ export class Chart {
   destroy() {
     this.plot.destroy();
   }
+}
+
+// The median distance between consecutive times (s), or null with fewer than two.
+function usualSpacing(times) {
+  const steps = [];
+  for (let i = 1; i < times.length; i++) steps.push(times[i] - times[i - 1]);
+  if (!steps.length) return null;
+  steps.sort((a, b) => a - b);
+  return steps[Math.floor(steps.length / 2)];
+}
+
+function gapLimit(spacing) {
+  return spacing ? GAP_FACTOR * spacing : Infinity;
+}
+
+// Copies of the columns with a row of nulls inside each gap (see GAP_FACTOR).
+function breakGaps(columns, spacing) {
+  const [times] = columns;
+  const limit = gapLimit(spacing);
+  const out = columns.map(() => []);
+  for (let i = 0; i < times.length; i++) {
+    if (i > 0 && times[i] - times[i - 1] > limit) {
+      out[0].push((times[i - 1] + times[i]) / 2);
+      for (let c = 1; c < out.length; c++) out[c].push(null);
+    }
+    columns.forEach((column, c) => out[c].push(column[i]));
+  }
+  return out;
 }

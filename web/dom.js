@@ -59,9 +59,10 @@ export function ago(iso, now = Date.now()) {
   return `${Math.round(seconds / 86400)} d ago`;
 }
 
-export function when(iso) {
+// dateStyle "medium" where the year must be plain ("Jan 2, 2015", not "1/2/15").
+export function when(iso, dateStyle = "short") {
   if (!iso) return "–";
-  return new Date(iso).toLocaleString(undefined, { dateStyle: "short", timeStyle: "medium" });
+  return new Date(iso).toLocaleString(undefined, { dateStyle, timeStyle: "medium" });
 }
 
 // A glob (`pump-*`, `meter-?`) as a RegExp matching whole ids, as the server reads them.

@@ -1,6 +1,6 @@
 """A running `iotpipe run` for the browser tests: its store pre-filled (a fleet with
 anomalies, alerts and a dead letter, a year of one device, devices whose id, metric and
-firmware are script), subscribed to a real Mosquitto that `iotpipe simulate` publishes a
+firmware are script, a device last heard of in 2015 and one silent for hours), subscribed to a real Mosquitto that `iotpipe simulate` publishes a
 fleet to, with reader, operator and admin keys; and Chromium."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import orjson
 import pytest
 
 from iotpipe.app import App
-from iotpipe.model import RawMessage, now_micros
+from iotpipe.model import MICROS_PER_SECOND, RawMessage, now_micros
 from tests.browser import chromium
 from tests.fleet import fill, fill_year, fleet_settings
 from tests.servers import MosquittoServer, free_port, wait_for_port
@@ -28,6 +28,10 @@ from tests.servers import MosquittoServer, free_port, wait_for_port
 XSS = ('<img src=x onerror="window.pwned=1">', "<script>window.pwned=1</script>")
 SIMULATED = 5
 BULK = 2000  # devices that reported once: the fleet page at thousands of devices
+OLD = "old-1"  # reported for an hour in 2015, never since
+OLD_DAY = 1_420_070_400_000_000  # 2015-01-01 00:00 UTC, µs
+GAPPY = "gap-1"  # the last day at 5-minute steps, but for a silence of GAP_HOURS
+GAP_HOURS = (16, 8)  # the silence, in hours before the fill: from, to
 
 
 @dataclass
@@ -59,6 +63,16 @@ def fill_store(database_url: str) -> dict[str, str]:
             }
             pipeline.feed(RawMessage(orjson.dumps(body), "mqtt", "telemetry/x", at))
             pipeline.feed(RawMessage(text.encode(), "mqtt", f"telemetry/{text}", at))  # a dead letter
+        for step in range(12):  # an hour at 5-minute steps
+            at_old = OLD_DAY + step * 300 * MICROS_PER_SECOND
+            body = {"device_id": OLD, "timestamp": at_old // 1000, "temperature": 15.0 + step}
+            pipeline.feed(RawMessage(orjson.dumps(body), "mqtt", f"telemetry/{OLD}", at_old))
+        for step in range(24 * 12):
+            back = step * 300 * MICROS_PER_SECOND
+            if GAP_HOURS[1] * 3600 * MICROS_PER_SECOND < back < GAP_HOURS[0] * 3600 * MICROS_PER_SECOND:
+                continue
+            body = {"device_id": GAPPY, "timestamp": (at - back) // 1000, "temperature": 20.0 + step % 5}
+            pipeline.feed(RawMessage(orjson.dumps(body), "mqtt", f"telemetry/{GAPPY}", at))
         for n in range(BULK):
             body = {"device_id": f"bulk-{n:04d}", "timestamp": at // 1000, "temperature": 20.0 + n % 7}
             pipeline.feed(RawMessage(orjson.dumps(body), "mqtt", f"telemetry/bulk-{n:04d}", at))
@@ -77,6 +91,7 @@ batch_delay = 0.2
 
 [analytics]
 rollups_every = 5
+alerts_every = 2
 
 [[analytics.alert_rules]]
 name = "pressure high"
@@ -173,16 +188,26 @@ def browser() -> Iterator[Any]:
 @pytest.fixture
 def open_page(browser: Any, dashboard: Dashboard) -> Iterator[Callable[..., Any]]:
     """open_page(route, role="reader"): a new tab with that key in its session, at `#/route`,
-    rendered; console errors and failed requests collected on `page.problems`."""
+    rendered; console errors and failed requests collected on `page.problems`. `clock`
+    installs Playwright's clock first, for tests that move the page's time on."""
     contexts: list[Any] = []
 
-    def open_(route: str = "fleet", role: str | None = "reader", wait: bool = True, height: int = 900) -> Any:
-        context = browser.new_context(viewport={"width": 1400, "height": height})
+    def open_(
+        route: str = "fleet",
+        role: str | None = "reader",
+        wait: bool = True,
+        height: int = 900,
+        width: int = 1400,
+        clock: bool = False,
+    ) -> Any:
+        context = browser.new_context(viewport={"width": width, "height": height})
         contexts.append(context)
         if role is not None:
             token = orjson.dumps(dashboard.keys[role]).decode()
             context.add_init_script(f"sessionStorage.setItem('iotpipe.key', {token});")
         page = context.new_page()
+        if clock:
+            page.clock.install()
         page.problems = []
         page.on("pageerror", lambda error: page.problems.append(f"page error: {error}"))
         page.on(

@@ -16,10 +16,14 @@ export async function render(main, _params, shell) {
     h("h1", {}, "Alerts"),
     h("div", { className: "toolbar ranges" }, tabs, h("span", { className: "spacer" }), counts),
     h(
-      "table",
-      { attrs: { "aria-label": "alerts" } },
-      h("thead", {}, h("tr", {}, ["Opened", "Severity", "Device", "Metric", "Message", "Status", ""].map((t) => h("th", {}, t)))),
-      body,
+      "div",
+      { className: "table-scroll" },
+      h(
+        "table",
+        { attrs: { "aria-label": "alerts" } },
+        h("thead", {}, h("tr", {}, ["Opened", "Severity", "Device", "Metric", "Message", "Status", "Action"].map((t) => h("th", {}, t)))),
+        body,
+      ),
     ),
   );
 

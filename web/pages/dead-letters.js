@@ -16,10 +16,14 @@ export async function render(main, _params, shell) {
     h("h1", {}, "Dead letters"),
     h("div", { className: "toolbar" }, replay, outcome, h("span", { className: "spacer" }), summary),
     h(
-      "table",
-      { attrs: { "aria-label": "dead letters" } },
-      h("thead", {}, h("tr", {}, ["Received", "Source", "Origin", "Reason", "Attempts", "Payload (start)"].map((t) => h("th", {}, t)))),
-      body,
+      "div",
+      { className: "table-scroll" },
+      h(
+        "table",
+        { attrs: { "aria-label": "dead letters" } },
+        h("thead", {}, h("tr", {}, ["Received", "Source", "Origin", "Reason", "Attempts", "Payload (start)"].map((t) => h("th", {}, t)))),
+        body,
+      ),
     ),
   );
 

@@ -8,6 +8,7 @@ import { ago, append, clear, fmt, h } from "../dom.js";
 const ROW = 34; // px, as .grid-row in style.css
 const OVERSCAN = 10;
 const STATUSES = ["online", "stale", "offline"];
+const ACTIVE = new Set(["open", "acknowledged"]); // what "Open alerts" counts
 const COLUMNS = [
   ["device_id", "Device"],
   ["type", "Type"],
@@ -26,26 +27,30 @@ export async function render(main, _params, shell) {
   const statusFilter = h("select", { attrs: { "aria-label": "status" } }, h("option", { value: "" }, "All statuses"), STATUSES.map((s) => h("option", { value: s }, s)));
   const typeFilter = h("select", { attrs: { "aria-label": "type" } }, h("option", { value: "" }, "All types"));
   const shown = h("span", { className: "muted" });
-  const head = h("div", { className: "grid-head", attrs: { role: "row" } });
-  const spacer = h("div");
-  const viewport = h("div", { className: "viewport", attrs: { role: "table", "aria-label": "devices" } }, spacer);
+  // An ARIA table whose rows are virtual: the header row and the rowgroup of rows in
+  // view, in one box that scrolls sideways as a whole on a narrow screen (the rows
+  // scroll up and down inside the viewport, under the header).
+  const head = h("div", { className: "grid-head", attrs: { role: "row", "aria-rowindex": 1 } });
+  const spacer = h("div", { attrs: { role: "rowgroup" } });
+  const viewport = h("div", { className: "viewport" }, spacer);
+  const table = h("div", { className: "table-scroll fleet-table", attrs: { role: "table", "aria-label": "devices" } }, head, viewport);
   main.append(
     h("h1", {}, "Fleet"),
     counts,
     h("div", { className: "toolbar" }, search, statusFilter, typeFilter, h("span", { className: "spacer" }), shown),
-    head,
-    viewport,
+    table,
   );
 
-  for (const [field, label] of COLUMNS) {
+  const headers = COLUMNS.map(([field, label]) => {
     const button = h("button", { type: "button", dataset: { sort: field } }, label);
     button.addEventListener("click", () => {
       state.descending = state.sort === field ? !state.descending : false;
       state.sort = field;
       refresh();
     });
-    head.append(h("div", { attrs: { role: "columnheader" } }, button));
-  }
+    return h("div", { attrs: { role: "columnheader" }, dataset: { sort: field } }, button);
+  });
+  head.append(...headers);
 
   function value(device, field) {
     if (field === "status") return STATUSES.indexOf(device.status);
@@ -73,9 +78,10 @@ export async function render(main, _params, shell) {
       return (x < y ? -1 : 1) * sign;
     });
     state.rows = rows;
-    for (const button of head.querySelectorAll("button")) {
-      button.setAttribute("aria-sort", button.dataset.sort === state.sort ? (state.descending ? "descending" : "ascending") : "none");
+    for (const header of headers) {
+      header.setAttribute("aria-sort", header.dataset.sort === state.sort ? (state.descending ? "descending" : "ascending") : "none");
     }
+    table.setAttribute("aria-rowcount", String(rows.length + 1));
     shown.textContent = `${rows.length} of ${state.devices.size} devices`;
     spacer.style.height = `${rows.length * ROW}px`;
     drawCounts();
@@ -100,7 +106,14 @@ export async function render(main, _params, shell) {
     const now = Date.now();
     const rows = [];
     for (let index = first; index < last; index++) rows.push(row(state.rows[index], index, now));
+    if (!state.rows.length) rows.push(h("div", { className: "grid-note", attrs: { role: "row" } }, h("div", { attrs: { role: "cell" } }, emptyMessage())));
     clear(spacer).append(...rows);
+  }
+
+  function emptyMessage() {
+    if (!state.devices.size) return "No devices yet: they appear here once they send a reading.";
+    const asked = [state.q && `“${state.q}”`, state.status && `status ${state.status}`, state.type && `type ${state.type}`];
+    return `No device matches ${asked.filter(Boolean).join(", ")}.`;
   }
   viewport.addEventListener("scroll", () => {
     if (painted === null) painted = requestAnimationFrame(paint);
@@ -110,15 +123,15 @@ export async function render(main, _params, shell) {
     const link = h("a", { href: `#/device/${encodeURIComponent(device.device_id)}`, title: device.name || device.device_id }, device.device_id);
     const element = h(
       "div",
-      { className: "grid-row", attrs: { role: "row" }, dataset: { device: device.device_id } },
-      h("div", {}, link),
-      h("div", { title: device.type || "" }, device.type || "–"),
-      h("div", {}, h("span", { className: `status ${device.status}` }, device.status)),
-      h("div", { title: device.last_seen || "" }, ago(device.last_seen, now)),
-      h("div", { className: device.battery_low ? "sev critical" : "" }, device.battery == null ? "–" : `${fmt(device.battery, 0)} %`),
-      h("div", {}, device.quality_score == null ? "–" : fmt(device.quality_score, 0)),
-      h("div", { className: device.open_alerts ? "sev major" : "" }, String(device.open_alerts || 0)),
-      h("div", {}, String(device.metrics.length)),
+      { className: "grid-row", attrs: { role: "row", "aria-rowindex": index + 2 }, dataset: { device: device.device_id } },
+      cell({}, link),
+      cell({ title: device.type || "" }, device.type || "–"),
+      cell({}, h("span", { className: `status ${device.status}` }, device.status)),
+      cell({ title: device.last_seen || "" }, ago(device.last_seen, now)),
+      cell({ className: device.battery_low ? "sev critical" : "" }, device.battery == null ? "–" : `${fmt(device.battery, 0)} %`),
+      cell({}, device.quality_score == null ? "–" : fmt(device.quality_score, 0)),
+      cell({ className: device.open_alerts ? "sev major" : "", dataset: { field: "open_alerts" } }, String(device.open_alerts || 0)),
+      cell({}, String(device.metrics.length)),
     );
     element.style.top = `${index * ROW}px`; // through CSSOM: the policy forbids style attributes
     return element;
@@ -141,11 +154,20 @@ export async function render(main, _params, shell) {
     refresh();
   });
 
+  // Open or acknowledged alerts, id -> device id: loaded, then kept by the live feed.
+  const active = new Map();
+  function countAlerts() {
+    const byDevice = new Map();
+    for (const deviceId of active.values()) byDevice.set(deviceId, (byDevice.get(deviceId) || 0) + 1);
+    for (const device of state.devices.values()) device.open_alerts = byDevice.get(device.device_id) || 0;
+  }
+
   async function load() {
     const [devices, alerts] = await Promise.all([all("/devices"), openAlerts()]);
-    const open = new Map();
-    for (const alert of alerts) open.set(alert.device_id, (open.get(alert.device_id) || 0) + 1);
-    state.devices = new Map(devices.map((d) => [d.device_id, { ...d, open_alerts: open.get(d.device_id) || 0 }]));
+    active.clear();
+    for (const alert of alerts) active.set(alert.id, alert.device_id);
+    state.devices = new Map(devices.map((d) => [d.device_id, { ...d }]));
+    countAlerts();
     const types = [...new Set(devices.map((d) => d.type).filter(Boolean))].sort();
     const chosen = typeFilter.value;
     append(clear(typeFilter), [h("option", { value: "" }, "All types"), types.map((t) => h("option", { value: t }, t))]);
@@ -154,8 +176,8 @@ export async function render(main, _params, shell) {
   }
 
   async function openAlerts() {
-    const [open, acknowledged] = await Promise.all([all("/alerts", { status: "open" }), all("/alerts", { status: "acknowledged" })]);
-    return [...open, ...acknowledged];
+    const lists = await Promise.all([...ACTIVE].map((status) => all("/alerts", { status })));
+    return lists.flat();
   }
 
   await load();
@@ -183,7 +205,11 @@ export async function render(main, _params, shell) {
           if (device) device.status = change.status;
           else dirty = true;
         }
-        if ((frame.alerts || []).length) dirty = true;
+        for (const { alert } of frame.alerts || []) {
+          if (ACTIVE.has(alert.status)) active.set(alert.id, alert.device_id);
+          else active.delete(alert.id);
+        }
+        if ((frame.alerts || []).length) countAlerts();
         repaintSoon();
       },
     },
@@ -197,7 +223,7 @@ export async function render(main, _params, shell) {
       }, 500);
     }
   }
-  // The slow parts (quality, health, alert counts) come from jobs: reload now and then.
+  // The slow parts (quality, health) come from jobs: reload now and then.
   const reload = setInterval(() => {
     if (dirty || document.visibilityState === "visible") {
       dirty = false;
@@ -212,4 +238,8 @@ export async function render(main, _params, shell) {
     clearInterval(tick);
     clearTimeout(repaint);
   };
+}
+
+function cell(props, ...children) {
+  return h("div", { ...props, attrs: { role: "cell" } }, ...children);
 }

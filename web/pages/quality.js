@@ -22,10 +22,14 @@ export async function render(main, _params, shell) {
     h("p", { className: "muted" }, "Score = 100 − 30·missing% − 40·out-of-range% − 30·anomalous%, per device and UTC day."),
     h("div", { className: "toolbar" }, days, h("span", { className: "spacer" }), span),
     h(
-      "table",
-      { attrs: { "aria-label": "data quality" } },
-      h("thead", {}, h("tr", {}, h("th", {}, "Device"), h("th", {}, "Day"), h("th", { className: "num" }, "Score"), PARTS.map(([, label]) => h("th", { className: "num" }, label)))),
-      body,
+      "div",
+      { className: "table-scroll" },
+      h(
+        "table",
+        { attrs: { "aria-label": "data quality" } },
+        h("thead", {}, h("tr", {}, h("th", {}, "Device"), h("th", {}, "Day"), h("th", { className: "num" }, "Score"), PARTS.map(([, label]) => h("th", { className: "num" }, label)))),
+        body,
+      ),
     ),
   );
 
