@@ -91,3 +91,27 @@ def test_log_format_json_prints_json_lines(tmp_path: Path) -> None:
     lines = [line for line in result.stderr.splitlines() if line.startswith("{")]
     assert lines, result.stderr
     assert all({"time", "level", "logger", "message"} <= json.loads(line).keys() for line in lines)
+
+
+def test_a_reading_command_on_a_mistyped_path_creates_nothing(tmp_path: Path) -> None:
+    typo = tmp_path / "typo" / "iotpipe.db"
+    for command in (
+        ["stats"],
+        ["dlq", "list"],
+        ["query", "--device", "a", "--metric", "b"],
+        ["keys", "list"],
+    ):
+        result = iotpipe("--database-url", f"sqlite:///{typo}", *command, cwd=tmp_path)
+        assert result.returncode == 2, command
+        assert f"no database at {typo}; check --database-url" in result.stderr
+    assert not (tmp_path / "typo").exists()
+
+
+def test_a_file_that_is_not_a_database_is_named_not_called_a_bug(tmp_path: Path) -> None:
+    other = tmp_path / "readings.jsonl"
+    other.write_text('{"device_id": "a", "t": 1}\n')
+    result = iotpipe("--database-url", f"sqlite:///{other}", "stats", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "cannot be opened as a database (file is not a database)" in result.stderr
+    assert "internal error" not in result.stderr
+    assert other.read_text() == '{"device_id": "a", "t": 1}\n'

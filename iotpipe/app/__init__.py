@@ -197,6 +197,18 @@ class App:
 
         return f"PostgreSQL database {make_url(url).render_as_string(hide_password=True)}"
 
+    def expect_database(self) -> None:
+        """For what only reads: a SQLite file that is not there is a mistyped path, not a
+        database to create (a new, empty one would answer "nothing stored")."""
+        from iotpipe.store import sqlite_file
+
+        path = sqlite_file(self.settings.database_url)
+        if path is not None and not path.exists():
+            raise ConfigError(
+                f"no database at {path}; check --database-url (or IOTPIPE_DATABASE_URL), or store "
+                "readings there first (iotpipe run, iotpipe import)"
+            )
+
     def pipeline(self, **overrides: Any) -> Pipeline:
         """A pipeline into this app's store, with the observers the settings ask for."""
         from iotpipe.app import wiring

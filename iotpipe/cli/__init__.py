@@ -161,8 +161,9 @@ def main_options(
     }
 
 
-def get_app(ctx: typer.Context) -> App:
-    """The App for this invocation, built from the global options on first use."""
+def get_app(ctx: typer.Context, reads_only: bool = False) -> App:
+    """The App for this invocation, built from the global options on first use. A command
+    that `reads_only` refuses a SQLite file that is not there rather than create it."""
     root = ctx.find_root()
     built = root.meta.get("iotpipe.app")
     if built is None:
@@ -172,6 +173,8 @@ def get_app(ctx: typer.Context) -> App:
         built = App.from_options(options.pop("config_file", None), **options)
         root.meta["iotpipe.app"] = built
         root.call_on_close(built.close)
+    if reads_only:
+        built.expect_database()
     return built
 
 

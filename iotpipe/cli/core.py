@@ -202,7 +202,7 @@ def import_(
 @app.command(rich_help_panel="Look at the data")
 def stats(ctx: typer.Context, json_output: JsonFlag = False) -> None:
     """Counts of devices, series, readings, invalid values and dead letters; bytes per reading per tier."""
-    application = get_app(ctx)
+    application = get_app(ctx, reads_only=True)
     counts = application.stats()
     if json_output:
         print_json(counts)
@@ -250,7 +250,7 @@ def export(
 
     from iotpipe.app import parse_range
 
-    application = get_app(ctx)
+    application = get_app(ctx, reads_only=True)
     first, last = parse_range(start, end)
     with Progress(
         TextColumn("[bold]exporting days"),
@@ -313,7 +313,7 @@ def dlq_list(
     json_output: JsonFlag = False,
 ) -> None:
     """List dead letters, oldest first, with the reason each was rejected."""
-    entries = get_app(ctx).dead_letters(limit)
+    entries = get_app(ctx, reads_only=True).dead_letters(limit)
     if json_output:
         print_json(entries)
         return

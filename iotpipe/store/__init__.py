@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, OperationalError, ProgrammingError
+from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError, ProgrammingError
 
 from iotpipe.errors import ConfigError, StoreError
 from iotpipe.redact import redact
@@ -74,9 +74,24 @@ def _check_connection(store: Store) -> None:
             f"cannot connect to the database {store.describe()}: {reason}. Check --database-url "
             "(or IOTPIPE_DATABASE_URL) and that the database server is running."
         ) from None
+    except DatabaseError as exc:  # SQLite: "file is not a database"
+        store.close()
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        raise ConfigError(
+            f"{store.describe()} cannot be opened as a database ({reason}); check --database-url "
+            "(or IOTPIPE_DATABASE_URL): it names some other file"
+        ) from None
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file a SQLite URL names, or None (another engine, or an in-memory database)."""
+    path = url.split("///", 1)[-1] if url.startswith("sqlite:") and "///" in url else ""
+    if not path or path == ":memory:":
+        return None
+    return Path(path).expanduser().resolve()
 
 
 def _ensure_sqlite_dir(url: str) -> None:
-    path = url.split("///", 1)[-1] if "///" in url else ""
-    if path and path != ":memory:":
-        Path(path).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+    path = sqlite_file(url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
