@@ -7,7 +7,7 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError, ProgrammingError
 
-from iotpipe.errors import ConfigError, StoreError
+from iotpipe.errors import ConfigError, IotpipeError, StoreError
 from iotpipe.redact import redact
 from iotpipe.store.base import Store
 
@@ -61,26 +61,25 @@ def _check_connection(store: Store) -> None:
     try:
         with store.engine.connect():
             pass
-    except ProgrammingError as exc:  # psycopg: an option in the URL it does not know
+    except DatabaseError as exc:
         store.close()
-        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-        raise ConfigError(
-            f"the database refused the URL: {reason}; remove that option from --database-url"
-        ) from None
-    except OperationalError as exc:
-        store.close()
-        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-        raise StoreError(
+        raise _refusal(store, exc) from None
+
+
+def _refusal(store: Store, exc: DatabaseError) -> IotpipeError:
+    """What to tell a user whose database could not be opened, by why."""
+    reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+    if isinstance(exc, ProgrammingError):  # psycopg: an option in the URL it does not know
+        return ConfigError(f"the database refused the URL: {reason}; remove that option from --database-url")
+    if isinstance(exc, OperationalError):
+        return StoreError(
             f"cannot connect to the database {store.describe()}: {reason}. Check --database-url "
             "(or IOTPIPE_DATABASE_URL) and that the database server is running."
-        ) from None
-    except DatabaseError as exc:  # SQLite: "file is not a database"
-        store.close()
-        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-        raise ConfigError(
-            f"{store.describe()} cannot be opened as a database ({reason}); check --database-url "
-            "(or IOTPIPE_DATABASE_URL): it names some other file"
-        ) from None
+        )
+    return ConfigError(  # SQLite: "file is not a database"
+        f"{store.describe()} cannot be opened as a database ({reason}); check --database-url "
+        "(or IOTPIPE_DATABASE_URL): it names some other file"
+    )
 
 
 def sqlite_file(url: str) -> Path | None:
