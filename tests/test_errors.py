@@ -92,6 +92,7 @@ def test_out_of_range_flags_are_refused_before_any_work(
 
 
 def test_a_range_from_year_one_is_answered(database_url: str, tmp_path: Path) -> None:
+    assert iotpipe("--database-url", database_url, "init", cwd=tmp_path).returncode == 0
     result = iotpipe(
         "--database-url", database_url, "anomalies", "--start", "0001-01-01", "--json", cwd=tmp_path
     )
