@@ -193,6 +193,7 @@ def test_anomalies_command_lists_both_methods_as_json_and_detects_on_request(tmp
     ],
 )
 def test_anomalies_command_explains_bad_options(args: list[str], message: str, tmp_path: Path) -> None:
+    assert iotpipe("init", cwd=tmp_path).returncode == 0
     result = iotpipe("anomalies", *args, cwd=tmp_path)
     assert result.returncode == 2
     assert message in result.stderr
