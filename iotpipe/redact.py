@@ -16,8 +16,11 @@ import threading
 
 MASK = "***"
 
-# scheme://user:password@host — keep the user, hide the password.
-_URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:)(?P<secret>[^@\s/]+)(?P<tail>@)")
+# scheme://user:password@host — keep the user, hide the password: up to the last @ before
+# the host, since users paste passwords with an unencoded @ in them (p@ss@host).
+_URL_PASSWORD = re.compile(
+    r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:)(?P<secret>[^\s/]+?)(?P<tail>@)(?![^\s/]*@)"
+)
 # key=value pairs whose name says it is a secret (query strings, forms, config echoes).
 _SECRET_PARAMETER = re.compile(
     r"(?P<head>\b(?:api[_-]?key|apikey|key|token|access[_-]?token|auth|password|passwd|pwd|secret|"

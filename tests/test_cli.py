@@ -55,6 +55,15 @@ def test_unreachable_postgres_says_what_to_check(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_a_password_with_an_unencoded_at_sign_is_refused_without_showing_it(tmp_path: Path) -> None:
+    result = iotpipe("--database-url", "postgresql://bob:x@Hunter2@127.0.0.1:1/db", "stats", cwd=tmp_path)
+    assert result.returncode == 2
+    assert (
+        "has more than one @ before its host: write an @ in the user name or password as %40" in result.stderr
+    )
+    assert "Hunter2" not in result.stderr + result.stdout
+
+
 def test_unsupported_database_url_is_explained(tmp_path: Path) -> None:
     result = iotpipe("--database-url", "mysql://x/y", "stats", cwd=tmp_path)
     assert result.returncode == 2

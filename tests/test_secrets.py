@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from tests.servers import MosquittoServer, PostgresServer
 from tests.sources.test_thingspeak import house
@@ -105,3 +106,19 @@ def test_log_lines_mask_secrets_and_escape_device_control_characters() -> None:
     )
     assert RedactingFilter().filter(record)
     assert record.getMessage() == "dead letter from \\x1b[31mpump\\x0aFAKE LINE: mqtt://u:***@b"
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("postgresql://bob:PW@127.0.0.1:5432/x", "postgresql://bob:***@127.0.0.1:5432/x"),
+        # Pasted with an unencoded @ in the password: masked up to the host's @.
+        ("postgresql://bob:p@ss@127.0.0.1/db", "postgresql://bob:***@127.0.0.1/db"),
+        ("in 'mqtt://u:a@b@c@broker:1883' and", "in 'mqtt://u:***@broker:1883' and"),
+        ("http://host/path@x and me@example.com", "http://host/path@x and me@example.com"),
+    ],
+)
+def test_a_password_in_a_url_is_masked_whole(text: str, shown: str) -> None:
+    from iotpipe.redact import redact
+
+    assert redact(text) == shown

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError, ProgrammingError
@@ -55,6 +56,13 @@ def check_url(url: str) -> None:
         raise ConfigError(f"the database URL asks for the {driver} driver; write sqlite:///path.db")
     if port is not None and not 0 < port < 65536:
         raise ConfigError(f"the database URL's port {port} is out of range 1-65535")
+    # user:p@ss@host parses as the password "p" at the host "ss@host": the server's "cannot
+    # resolve host" would then show the rest of the password.
+    if urlsplit(url).netloc.count("@") > 1:
+        raise ConfigError(
+            f"the database URL {redact(url)!r} has more than one @ before its host: write an @ in the "
+            "user name or password as %40"
+        )
 
 
 def _check_connection(store: Store) -> None:
