@@ -102,13 +102,15 @@ def test_log_format_json_prints_json_lines(tmp_path: Path) -> None:
     assert all({"time", "level", "logger", "message"} <= json.loads(line).keys() for line in lines)
 
 
-def test_a_reading_command_on_a_mistyped_path_creates_nothing(tmp_path: Path) -> None:
+def test_a_command_on_what_is_stored_at_a_mistyped_path_creates_nothing(tmp_path: Path) -> None:
     typo = tmp_path / "typo" / "iotpipe.db"
     for command in (
         ["stats"],
         ["dlq", "list"],
         ["query", "--device", "a", "--metric", "b"],
         ["keys", "list"],
+        ["purge", "--dry-run"],
+        ["jobs", "all"],
     ):
         result = iotpipe("--database-url", f"sqlite:///{typo}", *command, cwd=tmp_path)
         assert result.returncode == 2, command

@@ -115,6 +115,22 @@ def test_export_of_rollups_and_csv_and_filters(database_url: str, tmp_path: Path
     app.close()
 
 
+def test_an_export_of_rollups_spans_the_rollups_that_outlived_their_readings(
+    database_url: str, tmp_path: Path
+) -> None:
+    from iotpipe.config import RetentionSettings
+
+    app = App(Settings(database_url=database_url, retention=RetentionSettings(raw_days=3)))  # type: ignore[call-arg]
+    _history(app.store)
+    refresh(app.store)
+    assert app.purge()["tiers"]["raw"]["readings"] > 0  # the first two of the four days
+    hourly = app.export(tmp_path / "hourly", tier="1h", devices=["pump-1"], metrics=["pressure"])
+    assert (hourly["rows"], hourly["partitions"]) == (4 * 24, 4)  # not only the two days still raw
+    daily = app.export(tmp_path / "daily", tier="1d")
+    assert daily["rows"] == 4 * 4  # four series, four days
+    app.close()
+
+
 def test_export_names_an_unknown_device(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'e.db'}"
     app = _app(url)

@@ -87,7 +87,7 @@ def test_a_purge_during_mqtt_ingest_stalls_no_batch_longer_than_one_batch_delay(
         publisher.close()
         wait_until(lambda: worker.app.store.stats()["readings"] == sent, "every live message to be stored")
 
-    assert purged["tiers"]["raw"]["rows"] > 0 and purged["tiers"]["raw"]["transactions"] > 30
+    assert purged["tiers"]["raw"]["readings"] > 0 and purged["tiers"]["raw"]["transactions"] > 30
     store = open_store(database_url)
     assert store.stats()["readings"] == sent  # all history gone, every live reading stored once
     store.close()

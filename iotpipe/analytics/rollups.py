@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, TextClause, bindparam, select, text
+from sqlalchemy import Connection, TextClause, bindparam, func, select, text
 
 from iotpipe.analytics.common import MICROS_PER_WEEK, WEEK_ORIGIN, SeriesRef
 from iotpipe.config import Settings
@@ -431,6 +431,24 @@ def _bucket(row: Any) -> RollupBucket:
         last_time=row["last_time"],
         last_value=row["last_value"],
     )
+
+
+def rollup_span(store: Store, series_ids: list[int], bucket: str) -> tuple[Micros, Micros] | None:
+    """The first and last bucket start of these series' `bucket` rollups, or None if none:
+    rollups outlive the raw readings they summarise (retention), so an export of a rollup
+    tier spans them, not the readings."""
+    first, last = None, None
+    with store.read_connection() as conn:
+        for at in range(0, len(series_ids), 500):
+            row = conn.execute(
+                select(func.min(rollups.c.bucket_start), func.max(rollups.c.bucket_start)).where(
+                    rollups.c.series_id.in_(series_ids[at : at + 500]), rollups.c.bucket == bucket
+                )
+            ).one()
+            if row[0] is not None:
+                first = row[0] if first is None else min(first, row[0])
+                last = row[1] if last is None else max(last, row[1])
+    return None if first is None or last is None else (first, last)
 
 
 def export_rows(

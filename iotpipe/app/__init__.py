@@ -743,7 +743,7 @@ class App:
         """Write readings (or 1h/1d rollups) as Hive-partitioned files, one per UTC day:
         `out/date=YYYY-MM-DD/part-0.parquet|csv`. Each partition is replaced atomically;
         the same data gives the same bytes. `progress(days_done, days_total)`."""
-        from iotpipe.analytics.rollups import export_rows
+        from iotpipe.analytics.rollups import export_rows, rollup_span
         from iotpipe.sinks import files
 
         if format not in files.FORMATS:
@@ -754,6 +754,8 @@ class App:
             raise IotpipeError("--end must be after --start")
         names = self._series_names(devices, metrics)
         spans = [span for n in names if (span := self.store.series_span(n.series_id)) is not None]
+        if tier != "raw" and (kept := rollup_span(self.store, [n.series_id for n in names], tier)):
+            spans.append(kept)  # rollups outlive the readings they summarise
         if not spans:
             return {
                 "out": str(out),
@@ -1121,8 +1123,13 @@ def _with_overrides(section: Any, overrides: dict[str, Any]) -> Any:
     try:
         return type(section).model_validate({**section.model_dump(), **given})
     except ValidationError as exc:
-        problems = "; ".join(f"--{'-'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(f"{_flag(e['loc'])}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"invalid option ({problems})") from None
+
+
+def _flag(loc: tuple[Any, ...]) -> str:
+    """A setting's command-line flag as it is spelt: --ack-wait, not the field's ack_wait."""
+    return "--" + "-".join(str(part).replace("_", "-") for part in loc)
 
 
 def _anomaly_view(row: dict[str, Any]) -> dict[str, Any]:

@@ -161,9 +161,10 @@ def main_options(
     }
 
 
-def get_app(ctx: typer.Context, reads_only: bool = False) -> App:
+def get_app(ctx: typer.Context, existing: bool = False) -> App:
     """The App for this invocation, built from the global options on first use. A command
-    that `reads_only` refuses a SQLite file that is not there rather than create it."""
+    that works on what is `existing` (reads, purges, replays, runs the jobs) refuses a
+    SQLite file that is not there, rather than create an empty one and say "nothing"."""
     root = ctx.find_root()
     built = root.meta.get("iotpipe.app")
     if built is None:
@@ -173,7 +174,7 @@ def get_app(ctx: typer.Context, reads_only: bool = False) -> App:
         built = App.from_options(options.pop("config_file", None), **options)
         root.meta["iotpipe.app"] = built
         root.call_on_close(built.close)
-    if reads_only:
+    if existing:
         built.expect_database()
     return built
 

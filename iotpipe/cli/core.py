@@ -202,7 +202,7 @@ def import_(
 @app.command(rich_help_panel="Look at the data")
 def stats(ctx: typer.Context, json_output: JsonFlag = False) -> None:
     """Counts of devices, series, readings, invalid values and dead letters; bytes per reading per tier."""
-    application = get_app(ctx, reads_only=True)
+    application = get_app(ctx, existing=True)
     counts = application.stats()
     if json_output:
         print_json(counts)
@@ -250,7 +250,7 @@ def export(
 
     from iotpipe.app import parse_range
 
-    application = get_app(ctx, reads_only=True)
+    application = get_app(ctx, existing=True)
     first, last = parse_range(start, end)
     with Progress(
         TextColumn("[bold]exporting days"),
@@ -291,7 +291,7 @@ def purge(
 
     Deletes in small transactions, so ingest goes on meanwhile. Tiers without a retention are kept forever.
     """
-    result = get_app(ctx).purge(dry_run)
+    result = get_app(ctx, existing=True).purge(dry_run)
     if json_output:
         print_json(result)
         return
@@ -313,7 +313,7 @@ def dlq_list(
     json_output: JsonFlag = False,
 ) -> None:
     """List dead letters, oldest first, with the reason each was rejected."""
-    entries = get_app(ctx, reads_only=True).dead_letters(limit)
+    entries = get_app(ctx, existing=True).dead_letters(limit)
     if json_output:
         print_json(entries)
         return
@@ -343,7 +343,7 @@ def dlq_replay(
     json_output: JsonFlag = False,
 ) -> None:
     """Re-run dead letters through the current decoders; those that now decode are stored and leave the queue, the others stay with their new reason."""
-    summary = get_app(ctx).replay_dead_letters(limit)
+    summary = get_app(ctx, existing=True).replay_dead_letters(limit)
     if json_output:
         print_json(summary)
     else:

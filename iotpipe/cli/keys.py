@@ -56,7 +56,7 @@ def keys_create(
 @keys_app.command("list")
 def keys_list(ctx: typer.Context, json_output: JsonFlag = False) -> None:
     """List keys: name, token prefix, role, devices, status, expiry, last use."""
-    keys = get_app(ctx, reads_only=True).list_keys()
+    keys = get_app(ctx, existing=True).list_keys()
     if json_output:
         print_json(keys)
         return
@@ -92,7 +92,7 @@ def keys_revoke(
     json_output: JsonFlag = False,
 ) -> None:
     """Revoke a key: requests with it are refused from now on."""
-    key = get_app(ctx).revoke_key(name)
+    key = get_app(ctx, existing=True).revoke_key(name)
     if json_output:
         print_json(key)
     else:

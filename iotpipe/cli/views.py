@@ -53,7 +53,7 @@ def query(
     Rollups are as current as the last `rollups` job (`iotpipe jobs rollups`).
     """
     first, last = _times(start, end)
-    rows = get_app(ctx, reads_only=True).series_history(device, metric, bucket, first, last)
+    rows = get_app(ctx, existing=True).series_history(device, metric, bucket, first, last)
     if json_output:
         print_json(rows)
         return
@@ -84,7 +84,7 @@ def trends(
 ) -> None:
     """Daily mean, day-over-day change (absolute and %) and 7-day moving average."""
     first, last = _times(start, end)
-    days = get_app(ctx, reads_only=True).trends(device, metric, first, last)
+    days = get_app(ctx, existing=True).trends(device, metric, first, last)
     if json_output:
         print_json(days)
         return
@@ -129,7 +129,7 @@ def anomalies(
 
     zscore: each reading with |x - mean| > k * stddev over the trailing window (found by the scheduled `anomalies` job, or by --detect). streaming: one per abnormal episode, found as readings arrive; its time is the episode's first reading.
     """
-    application = get_app(ctx, reads_only=not detect)
+    application = get_app(ctx, existing=True)
     since, until = _times(start, end)
     if detect:
         done = application.detect_anomalies(since, until, device, metric)
@@ -172,7 +172,7 @@ def report(
     json_output: JsonFlag = False,
 ) -> None:
     """The data-quality report: per device, readings received vs expected, invalid, out-of-range and anomalous ones, and the score (as computed by the `quality` job)."""
-    result = get_app(ctx, reads_only=True).quality_report(days, device)
+    result = get_app(ctx, existing=True).quality_report(days, device)
     rows = result["devices"]
     if json_output:
         print_json(rows)
@@ -220,7 +220,7 @@ def alerts_list(
     """List alerts, newest first (`iotpipe alerts ack ID` acknowledges one)."""
     if ctx.invoked_subcommand is not None:
         return
-    rows = get_app(ctx, reads_only=True).alerts(status, severity, device)
+    rows = get_app(ctx, existing=True).alerts(status, severity, device)
     if json_output:
         print_json(rows)
         return
@@ -249,7 +249,7 @@ def alerts_ack(
     json_output: JsonFlag = False,
 ) -> None:
     """Acknowledge an open alert; it still resolves by itself when its condition clears."""
-    alert = get_app(ctx).acknowledge_alert(alert_id)
+    alert = get_app(ctx, existing=True).acknowledge_alert(alert_id)
     if json_output:
         print_json(alert)
     else:
@@ -272,7 +272,7 @@ def jobs(
     json_output: JsonFlag = False,
 ) -> None:
     """Run the analytics and storage jobs once, now (`iotpipe run` runs them periodically)."""
-    results = get_app(ctx).run_jobs(name)
+    results = get_app(ctx, existing=True).run_jobs(name)
     if json_output:
         print_json(results)
         return

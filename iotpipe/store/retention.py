@@ -60,14 +60,21 @@ def purge(
     transaction (`begin()` opens one); stops between two chunks when `should_stop()`."""
     with begin() as conn:
         series_ids = _series_ids(conn)
-    done = {"rows": 0, "transactions": 0}
+    # The dry run's figures (expired()), counted as deleted, and the transactions it took.
+    counts = {"readings": "hot_readings", "packed_readings": "packed_days", "rollups": "rows"}
+    done = dict.fromkeys([counts[table] for table, *_ in _targets(tier, cutoff)], 0)
+    if tier == "raw":
+        done["readings"] = 0
+    done["transactions"] = 0
     for series_id in series_ids:
         for table, column, where, bound in _targets(tier, cutoff):
             while not should_stop():
                 with begin() as conn:
-                    deleted = _delete_chunk(conn, table, column, where, series_id, bound, chunk)
+                    deleted, readings = _delete_chunk(conn, table, column, where, series_id, bound, chunk)
                 done["transactions"] += 1
-                done["rows"] += deleted
+                done[counts[table]] += deleted
+                if tier == "raw":
+                    done["readings"] += readings
                 if deleted < chunk:
                     break
     return done
@@ -86,7 +93,8 @@ def _targets(tier: str, cutoff: Micros) -> list[tuple[str, str, str, Micros]]:
 
 def _delete_chunk(
     conn: Connection, table: str, column: str, where: str, series_id: int, bound: Micros, chunk: int
-) -> int:
+) -> tuple[int, int]:
+    """Delete one chunk: (rows deleted, readings they held: a packed day holds many)."""
     # The chunk's last time: one index range read, then one index range delete.
     last = conn.execute(
         _typed(
@@ -96,9 +104,15 @@ def _delete_chunk(
         ),
         {"s": series_id, "bound": bound, "skip": chunk - 1},
     ).first()
-    statement = f"DELETE FROM {table} WHERE {where}series_id = :s AND {column} < :bound"
+    condition = f"WHERE {where}series_id = :s AND {column} < :bound"
     params: dict[str, Any] = {"s": series_id, "bound": bound}
     if last is not None:
-        statement += f" AND {column} <= :last"
+        condition += f" AND {column} <= :last"
         params["last"] = last[0]
-    return int(conn.execute(_typed(statement, times=("bound",)), params).rowcount)
+    held = None
+    if table == "packed_readings":
+        held = conn.execute(
+            _typed(f"SELECT coalesce(sum(count), 0) FROM {table} {condition}", times=("bound",)), params
+        ).scalar_one()
+    deleted = int(conn.execute(_typed(f"DELETE FROM {table} {condition}", times=("bound",)), params).rowcount)
+    return deleted, deleted if held is None else int(held)

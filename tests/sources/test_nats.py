@@ -349,7 +349,7 @@ def test_with_one_shared_consumer_a_killed_workers_messages_go_to_the_other(
             "error: nats.ack_wait (1.5 s) must be well above",
         ),
         (("--url", "nats://127.0.0.1:1", "--subject", "a.>.b"), "error: NATS subject 'a.>.b'"),
-        (("--url", "nats://127.0.0.1:1", "--max-deliver", "1"), "error: invalid option (--max_deliver: "),
+        (("--url", "nats://127.0.0.1:1", "--max-deliver", "1"), "error: invalid option (--max-deliver: "),
     ],
 )
 def test_ingest_nats_refuses_what_it_cannot_do_and_says_why(
