@@ -35,7 +35,7 @@ from sqlalchemy import Connection, TextClause, bindparam, func, select, text
 
 from iotpipe.analytics.common import MICROS_PER_WEEK, WEEK_ORIGIN, SeriesRef
 from iotpipe.config import Settings
-from iotpipe.model import MICROS_PER_DAY, MICROS_PER_HOUR, MICROS_PER_SECOND, Micros, now_micros
+from iotpipe.model import MICROS_PER_DAY, MICROS_PER_HOUR, MICROS_PER_SECOND, Micros, day_start, now_micros
 from iotpipe.store import Store, driver
 from iotpipe.store.schema import UtcMicros, rollups
 from iotpipe.store.tiers import pg_array
@@ -398,8 +398,7 @@ def bucket_floor(bucket: str, at: Micros) -> Micros:
     """The start of the `bucket` rollup that holds time `at` (weeks begin on Mondays)."""
     if bucket == "1w":
         return at - (at - WEEK_ORIGIN) % MICROS_PER_WEEK
-    width = MICROS_PER_DAY if bucket == "1d" else MICROS_PER_HOUR
-    return at - at % width
+    return day_start(at) if bucket == "1d" else at - at % MICROS_PER_HOUR
 
 
 def chart_columns(

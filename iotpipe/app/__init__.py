@@ -198,8 +198,9 @@ class App:
         return f"PostgreSQL database {make_url(url).render_as_string(hide_password=True)}"
 
     def expect_database(self) -> None:
-        """For what only reads: a SQLite file that is not there is a mistyped path, not a
-        database to create (a new, empty one would answer "nothing stored")."""
+        """For what works on what is stored (reads, purges, replays, the jobs): a SQLite file
+        that is not there is a mistyped path, not a database to create (a new, empty one
+        would answer "nothing stored")."""
         from iotpipe.store import sqlite_file
 
         path = sqlite_file(self.settings.database_url)
